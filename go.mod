@@ -1,0 +1,3 @@
+module github.com/todeviced/todeviced
+
+go 1.26
