@@ -1,0 +1,131 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/todeviced/todeviced/internal/server"
+)
+
+// envPrefix prefixes the environment variable of every flag:
+// --database-url is TODEVICED_DATABASE_URL.
+const envPrefix = "TODEVICED_"
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// destinationsFlag parses name=url,name=url.
+type destinationsFlag map[string]string
+
+func (d *destinationsFlag) String() string {
+	var parts []string
+	for k, v := range *d {
+		parts = append(parts, k+"="+v)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (d *destinationsFlag) Set(s string) error {
+	m := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, u, ok := strings.Cut(part, "=")
+		if !ok || name == "" || u == "" {
+			return fmt.Errorf("%q: want name=url", part)
+		}
+		m[name] = u
+	}
+	*d = m
+	return nil
+}
+
+type levelFlag struct{ l *slog.Level }
+
+func (f levelFlag) String() string {
+	if f.l == nil {
+		return "info"
+	}
+	return strings.ToLower(f.l.String())
+}
+func (f levelFlag) Set(s string) error { return f.l.UnmarshalText([]byte(s)) }
+
+// newFlagSet declares every setting of todeviced on cfg.
+func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address of the client, federation and internal HTTP API")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "postgres://… / postgresql://… or sqlite:PATH")
+	fs.StringVar(&cfg.DatabaseDirectURL, "database-direct-url", cfg.DatabaseDirectURL, "PostgreSQL URL bypassing a transaction-pooling proxy, for LISTEN and migration locks (default: --database-url)")
+	fs.IntVar(&cfg.DatabaseMaxConns, "database-max-conns", cfg.DatabaseMaxConns, "PostgreSQL pool size (0: max(4, CPUs))")
+	fs.StringVar(&cfg.ServerName, "server-name", cfg.ServerName, "this homeserver's name; federation stays off while it is localhost")
+	fs.StringVar(&cfg.InternalSecret, "internal-secret", cfg.InternalSecret, "bearer secret of /_todeviced/internal/* (empty: internal API off)")
+	fs.StringVar(&cfg.SigningKey, "signing-key", cfg.SigningKey, "ed25519 signing key file (the homeserver's, behind one); created if missing")
+	fs.BoolVar(&cfg.Migrate, "migrate", cfg.Migrate, "apply database migrations at start-up")
+	fs.Var((*destinationsFlag)(&cfg.FederationDestinations), "federation-destinations", "name=url,... overriding server discovery (tests, private federations)")
+	fs.BoolVar(&cfg.FederationTLSInsecure, "federation-tls-insecure", cfg.FederationTLSInsecure, "skip TLS verification of other servers: for tests only")
+	fs.Var(levelFlag{&cfg.LogLevel}, "log-level", "debug, info, warn or error")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "auto (text on a terminal, else JSON), json or text")
+	fs.DurationVar(&cfg.InboxMaxAge, "inbox-max-age", cfg.InboxMaxAge, "drop messages pending longer than this (0: keep forever)")
+	fs.DurationVar(&cfg.TxnRetention, "txn-retention", cfg.TxnRetention, "how long sendToDevice transaction ids are remembered (at least 24h)")
+	fs.Int64Var(&cfg.MaxSendBytes, "max-send-bytes", cfg.MaxSendBytes, "largest sendToDevice body accepted (0: 16 MiB)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish at shutdown")
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: todeviced [serve|migrate [up|status]|device add USER_ID DEVICE_ID|version] [flags]\n\nFlags (each also read from its environment variable; a flag wins):\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			def := f.DefValue
+			if def == "" {
+				def = "none"
+			}
+			fmt.Fprintf(out, "  --%s  (%s, default %s)\n      %s\n", f.Name, envName(f.Name), def, f.Usage)
+		})
+	}
+	return fs
+}
+
+// parseArgs parses flags wherever they stand among the positional arguments,
+// then fills every flag not given from its environment variable.
+func parseArgs(fs *flag.FlagSet, args []string, getenv func(string) string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		if v, ok := lookupEnv(getenv, envName(f.Name)); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %v", envName(f.Name), v, err))
+			}
+		}
+	})
+	return positional, errors.Join(errs...)
+}
+
+func lookupEnv(getenv func(string) string, name string) (string, bool) {
+	if getenv == nil {
+		return os.LookupEnv(name)
+	}
+	v := getenv(name)
+	return v, v != ""
+}

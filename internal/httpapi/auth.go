@@ -1,0 +1,74 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/mxerr"
+)
+
+type ctxKey int
+
+const deviceKey ctxKey = iota
+
+// bearer returns the access token of a request: the Authorization header,
+// or the deprecated access_token query parameter that older clients send.
+func bearer(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(tok) != "" {
+			return strings.TrimSpace(tok), true
+		}
+		return "", false
+	}
+	if tok := r.URL.Query().Get("access_token"); tok != "" {
+		return tok, true
+	}
+	return "", false
+}
+
+// requireDevice authenticates a client request by its access token.
+func (a *api) requireDevice(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := bearer(r)
+		if !ok {
+			writeError(w, r, a.log, mxerr.New(mxerr.MissingToken, "Missing access token."))
+			return
+		}
+		dev, err := a.devices.Authenticate(r.Context(), tok)
+		if err != nil {
+			if errors.Is(err, devicelists.ErrNotFound) {
+				writeError(w, r, a.log, mxerr.New(mxerr.UnknownToken, "Unknown access token."))
+				return
+			}
+			writeError(w, r, a.log, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), deviceKey, dev)))
+	})
+}
+
+func deviceFrom(r *http.Request) devicelists.Device {
+	return r.Context().Value(deviceKey).(devicelists.Device)
+}
+
+// requireInternal checks the internal API's shared secret in constant time.
+func (a *api) requireInternal(next http.Handler) http.Handler {
+	secret := []byte(a.cfg.InternalSecret)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := bearer(r)
+		if !ok {
+			writeError(w, r, a.log, mxerr.New(mxerr.MissingToken, "Missing internal secret."))
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(tok), secret) != 1 {
+			writeError(w, r, a.log, mxerr.New(mxerr.UnknownToken, "Wrong internal secret."))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

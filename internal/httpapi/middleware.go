@@ -1,0 +1,146 @@
+package httpapi
+
+import (
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/todeviced/todeviced/internal/mxerr"
+)
+
+// Metrics are the HTTP layer's Prometheus metrics.
+type Metrics struct {
+	Requests *prometheus.CounterVec
+	Duration *prometheus.HistogramVec
+	InFlight prometheus.Gauge
+}
+
+// NewMetrics creates the HTTP metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "todeviced_http_requests_total",
+			Help: "HTTP requests answered, by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "todeviced_http_request_duration_seconds",
+			Help:    "Time to answer HTTP requests (long-polls included), by route pattern and method.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"route", "method"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_http_requests_in_flight",
+			Help: "HTTP requests being served, long-polls included.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Requests, m.Duration, m.InFlight)
+	}
+	return m
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += n
+	return n, err
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// routePattern is the chi route that matched ("unmatched" for 404s), the
+// only path form used in logs and metric labels: it never holds ids or tokens.
+func routePattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		if p := rc.RoutePattern(); p != "" {
+			return p
+		}
+	}
+	return "unmatched"
+}
+
+// observe logs one line per request and records the request metrics. It
+// also turns a panic into a 500 so one bad request cannot kill the server.
+func observe(log *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			rec := &statusRecorder{ResponseWriter: w}
+			m.InFlight.Inc()
+			defer func() {
+				m.InFlight.Dec()
+				if p := recover(); p != nil {
+					if p == http.ErrAbortHandler {
+						panic(p)
+					}
+					log.ErrorContext(r.Context(), "handler panicked", "route", routePattern(r), "panic", p)
+					if rec.status == 0 {
+						writeError(rec, r, log, mxerr.New(mxerr.Unknown, "Internal server error."))
+					}
+				}
+				status := rec.status
+				if status == 0 {
+					// The client left during a long-poll and nothing was written.
+					status = 499
+				}
+				route := routePattern(r)
+				d := time.Since(start)
+				m.Requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+				m.Duration.WithLabelValues(route, r.Method).Observe(d.Seconds())
+				level := slog.LevelInfo
+				if status >= 500 {
+					level = slog.LevelError
+				}
+				log.Log(r.Context(), level, "request", "method", r.Method, "route", route, "status", status,
+					"duration_ms", float64(d.Microseconds())/1000, "bytes", rec.bytes)
+			}()
+			next.ServeHTTP(rec, r)
+		})
+	}
+}
+
+// cors lets browser clients (Element Web and the like) call the client API,
+// as the spec's CORS section asks of homeservers.
+func cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
+		if r.Method == http.MethodOptions {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// escapedRouting makes chi match on the escaped path, so an id holding an
+// escaped '/' stays one path parameter; handlers unescape parameters.
+func escapedRouting(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rc := chi.RouteContext(r.Context()); rc != nil {
+			rc.RoutePath = r.URL.EscapedPath()
+		}
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,57 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/todeviced/todeviced/internal/mxerr"
+)
+
+// writeJSON answers with status and v encoded as JSON.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, `{"errcode":"M_UNKNOWN","error":"encoding response"}`, http.StatusInternalServerError)
+		return
+	}
+	writeRaw(w, status, body)
+}
+
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+type errorBody struct {
+	Errcode      mxerr.Code `json:"errcode"`
+	Error        string     `json:"error"`
+	RetryAfterMS int64      `json:"retry_after_ms,omitempty"`
+}
+
+// writeError is the one place an error becomes a response: a Matrix error
+// as itself, anything else as 500 M_UNKNOWN, logged with the request.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	e, ok := mxerr.As(err)
+	if !ok {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			e = mxerr.New(mxerr.TooLarge, "Request body is larger than %d bytes.", mbe.Limit)
+		} else {
+			if r.Context().Err() != nil {
+				return // the client went away; nobody to answer
+			}
+			log.ErrorContext(r.Context(), "request failed", "method", r.Method, "route", routePattern(r), "err", err)
+			e = mxerr.New(mxerr.Unknown, "Internal server error.")
+		}
+	}
+	if e.RetryAfter > 0 {
+		secs := int64((e.RetryAfter + 999_999_999) / 1_000_000_000)
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	}
+	writeJSON(w, e.Status, errorBody{Errcode: e.Code, Error: e.Message, RetryAfterMS: e.RetryAfter.Milliseconds()})
+}

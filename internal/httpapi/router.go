@@ -1,0 +1,101 @@
+// Package httpapi is todeviced's HTTP surface: the client routes it
+// implements (sendToDevice, /sync), the internal API a homeserver drives, the
+// Matrix error JSON, authentication, and per-request logs and metrics.
+// Handlers parse and answer; the domain packages decide.
+package httpapi
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+// Request limits.
+const (
+	// DefaultMaxSendBytes bounds a sendToDevice body. One message is at most
+	// 64 KiB; 16 MiB leaves room for fan-outs to hundreds of devices with
+	// per-device encrypted payloads.
+	DefaultMaxSendBytes = 16 << 20
+	// maxInternalBytes bounds internal API bodies.
+	maxInternalBytes = 4 << 20
+	// MaxSyncTimeout caps a long-poll; clients ask for 30 s in practice.
+	MaxSyncTimeout = 5 * 60 * 1000
+)
+
+// Config is what the router needs.
+type Config struct {
+	ServerName string
+	// InternalSecret enables the internal API; empty turns it off (404).
+	InternalSecret string
+	MaxSendBytes   int64
+	Inbox          *inbox.Service
+	Devices        *devicelists.Registry
+	Hub            *wakeup.Hub
+	// PurgeDeleted is called after a device is deleted, to start purging
+	// its inbox in the background.
+	PurgeDeleted func()
+	Logger       *slog.Logger
+	Metrics      *Metrics
+}
+
+type api struct {
+	cfg     Config
+	log     *slog.Logger
+	inbox   *inbox.Service
+	devices *devicelists.Registry
+	hub     *wakeup.Hub
+}
+
+// NewRouter returns the HTTP handler of the API.
+func NewRouter(cfg Config) http.Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.MaxSendBytes <= 0 {
+		cfg.MaxSendBytes = DefaultMaxSendBytes
+	}
+	if cfg.PurgeDeleted == nil {
+		cfg.PurgeDeleted = func() {}
+	}
+	a := &api{cfg: cfg, log: cfg.Logger, inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub}
+
+	r := chi.NewRouter()
+	r.Use(escapedRouting, observe(a.log, cfg.Metrics))
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, a.log, mxerr.WithStatus(http.StatusNotFound, mxerr.Unrecognized, "Unrecognized request."))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, a.log, mxerr.WithStatus(http.StatusMethodNotAllowed, mxerr.Unrecognized, "Method not allowed."))
+	})
+
+	r.Route("/_matrix/client", func(r chi.Router) {
+		r.Use(cors)
+		r.Get("/versions", a.versions)
+		r.Group(func(r chi.Router) {
+			r.Use(a.requireDevice)
+			for _, v := range []string{"/v3", "/r0"} {
+				r.Put(v+"/sendToDevice/{eventType}/{txnId}", a.sendToDevice)
+				r.Get(v+"/sync", a.sync)
+			}
+		})
+	})
+
+	if cfg.InternalSecret != "" {
+		r.Route("/_todeviced/internal/v1", func(r chi.Router) {
+			r.Use(a.requireInternal)
+			r.Put("/users/{userId}/devices/{deviceId}", a.putDevice)
+			r.Delete("/users/{userId}/devices/{deviceId}", a.deleteDevice)
+			r.Get("/sync", a.internalSync)
+		})
+	}
+	return r
+}

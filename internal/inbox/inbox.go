@@ -1,0 +1,211 @@
+// Package inbox is the per-device inbox of to-device messages: it accepts a
+// sendToDevice (transaction dedupe, "*" expansion, local rows and remote outbox
+// rows in one database transaction), hands pending messages out through sync
+// (acknowledge with the next since, fetch at most a limit, in order), purges
+// the inboxes of deleted devices and prunes what has expired.
+package inbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Defaults of the inbox's housekeeping.
+const (
+	// DefaultSyncLimit is the spec's recommended number of to-device events
+	// per sync response, and the most we hand out at once.
+	DefaultSyncLimit = 100
+	// DefaultTxnRetention is how long sendToDevice transaction ids are kept
+	// for deduplication; the spec asks for retries to be recognised, and 24 h
+	// covers every client retry loop we know of.
+	DefaultTxnRetention = 24 * time.Hour
+	// purgeBatch bounds each delete of a deleted device's inbox, so purging a
+	// huge inbox never holds locks or bloats one transaction.
+	purgeBatch = 1000
+	// pruneBatch bounds each delete of old transaction records or messages.
+	pruneBatch = 5000
+)
+
+// Config configures a Service.
+type Config struct {
+	ServerName string
+	Store      Store
+	Metrics    *Metrics
+	Logger     *slog.Logger
+	// TxnRetention is how long transaction records are kept (at least 24 h).
+	TxnRetention time.Duration
+	// MaxAge drops messages pending longer than this; 0 keeps them forever.
+	MaxAge time.Duration
+	// Now returns the current time (tests inject a clock).
+	Now func() time.Time
+}
+
+// Service is the inbox.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+	m   *Metrics
+}
+
+// New returns an inbox service.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.TxnRetention < DefaultTxnRetention {
+		cfg.TxnRetention = DefaultTxnRetention
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
+}
+
+// Epoch is the database epoch that tokens carry.
+func (s *Service) Epoch() string { return s.cfg.Store.Epoch() }
+
+// Send accepts a sendToDevice request from the device txn names. It returns
+// the response body: the recorded one when txn was seen before.
+func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, error) {
+	a, err := BuildAccept(s.cfg.ServerName, txn, msgs)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.cfg.Store.Accept(ctx, a)
+	if err != nil {
+		return nil, fmt.Errorf("accepting sendToDevice: %w", err)
+	}
+	if res.Duplicate {
+		s.m.Duplicates.Inc()
+		return res.Response, nil
+	}
+	s.m.Enqueued.WithLabelValues(OriginLocal).Add(float64(res.Delivered))
+	s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(res.Unknown))
+	for _, e := range a.Remote {
+		s.m.Forwarded.Add(float64(e.Messages))
+	}
+	return res.Response, nil
+}
+
+// Event is a to-device event as /sync hands it out.
+type Event struct {
+	Sender  string          `json:"sender"`
+	Type    string          `json:"type"`
+	Content json.RawMessage `json:"content"`
+}
+
+// Batch is one sync's worth of a device's inbox.
+type Batch struct {
+	Events []Event
+	// Next is the position to hand out as the next since.
+	Next Position
+	// Limited is true when more messages are pending: the next sync with
+	// Next returns at once.
+	Limited bool
+}
+
+// Sync acknowledges what since says was delivered and returns the oldest
+// pending messages, at most limit (DefaultSyncLimit when limit <= 0 or larger).
+// It returns ErrDeviceGone if the device was deleted.
+func (s *Service) Sync(ctx context.Context, dev Recipient, since Position, limit int) (Batch, error) {
+	if limit <= 0 || limit > DefaultSyncLimit {
+		limit = DefaultSyncLimit
+	}
+	if since.NID != dev.NID {
+		since = Position{NID: dev.NID}
+	}
+	res, err := s.cfg.Store.Sync(ctx, SyncQuery{Device: dev, AckLo: since.Lo, AckHi: since.Hi, Limit: limit})
+	if err != nil {
+		if errors.Is(err, ErrDeviceGone) {
+			return Batch{}, err
+		}
+		return Batch{}, fmt.Errorf("syncing inbox: %w", err)
+	}
+	s.m.Acknowledged.Add(float64(res.Acked))
+	b := Batch{Next: since.Acked(), Limited: res.More, Events: make([]Event, len(res.Messages))}
+	now := s.cfg.Now()
+	for i, msg := range res.Messages {
+		b.Events[i] = Event{Sender: msg.Sender, Type: msg.Type, Content: msg.Content}
+		s.m.DeliveryDelay.Observe(max(now.Sub(msg.EnqueuedAt).Seconds(), 0))
+	}
+	if n := len(res.Messages); n > 0 {
+		b.Next.Hi = res.Messages[n-1].Pos
+		s.m.Delivered.Add(float64(n))
+	}
+	return b, nil
+}
+
+// PurgeDevice deletes every inbox row of a deleted device, in bounded batches.
+func (s *Service) PurgeDevice(ctx context.Context, dev Recipient) error {
+	var after int64
+	total := 0
+	for {
+		n, last, err := s.cfg.Store.PurgeDevice(ctx, dev, after, purgeBatch)
+		if err != nil {
+			return fmt.Errorf("purging inbox of deleted device %d: %w", dev.NID, err)
+		}
+		total += n
+		s.m.Dropped.WithLabelValues(DropDeviceDeleted).Add(float64(n))
+		if n < purgeBatch {
+			break
+		}
+		after = last
+	}
+	if total > 0 {
+		s.log.InfoContext(ctx, "purged inbox of deleted device", "user_id", dev.UserID, "device_nid", dev.NID, "messages", total)
+	}
+	return nil
+}
+
+// Housekeep prunes transaction records past their retention, drops messages
+// past the maximum age, and refreshes the backlog gauges. Run it periodically.
+func (s *Service) Housekeep(ctx context.Context) error {
+	now := s.cfg.Now()
+	for {
+		n, err := s.cfg.Store.PruneTxns(ctx, now.Add(-s.cfg.TxnRetention), pruneBatch)
+		if err != nil {
+			return fmt.Errorf("pruning transaction records: %w", err)
+		}
+		if n < pruneBatch {
+			break
+		}
+	}
+	if s.cfg.MaxAge > 0 {
+		for {
+			n, err := s.cfg.Store.ExpireMessages(ctx, now.Add(-s.cfg.MaxAge), pruneBatch)
+			if err != nil {
+				return fmt.Errorf("expiring old messages: %w", err)
+			}
+			if n > 0 {
+				s.m.Dropped.WithLabelValues(DropExpired).Add(float64(n))
+				s.log.WarnContext(ctx, "dropped messages older than the inbox maximum age", "messages", n, "max_age", s.cfg.MaxAge.String())
+			}
+			if n < pruneBatch {
+				break
+			}
+		}
+	}
+	return s.RefreshBacklog(ctx)
+}
+
+// RefreshBacklog updates the pending and oldest-age gauges.
+func (s *Service) RefreshBacklog(ctx context.Context) error {
+	b, err := s.cfg.Store.Backlog(ctx)
+	if err != nil {
+		return fmt.Errorf("reading inbox backlog: %w", err)
+	}
+	s.m.Pending.Set(float64(b.Pending))
+	if b.Oldest.IsZero() {
+		s.m.OldestAge.Set(0)
+	} else {
+		s.m.OldestAge.Set(max(s.cfg.Now().Sub(b.Oldest).Seconds(), 0))
+	}
+	return nil
+}

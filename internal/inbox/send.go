@@ -1,0 +1,266 @@
+package inbox
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"slices"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxid"
+)
+
+// Limits of a sendToDevice request.
+const (
+	// MaxEDUBytes is the largest m.direct_to_device EDU we build, wrapper
+	// included. Every message must fit one EDU on its own, wherever its
+	// recipient lives, so a message accepted locally could also be forwarded.
+	MaxEDUBytes = 64 << 10
+	// MaxEventTypeBytes and MaxTxnIDBytes bound the path parameters.
+	MaxEventTypeBytes = 255
+	MaxTxnIDBytes     = 255
+)
+
+// Messages is a decoded sendToDevice body: user id -> device id -> content.
+type Messages map[string]map[string]json.RawMessage
+
+// DecodeSendBody checks the shape of a sendToDevice body and returns its
+// messages. Every error is a Matrix error: M_NOT_JSON for what is not JSON,
+// M_BAD_JSON for the wrong shape, M_MISSING_PARAM when "messages" is absent.
+func DecodeSendBody(body []byte) (Messages, error) {
+	if !utf8.Valid(body) || !json.Valid(body) {
+		return nil, mxerr.New(mxerr.NotJSON, "Content not JSON.")
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+		return nil, mxerr.New(mxerr.BadJSON, "The body must be a JSON object.")
+	}
+	raw, ok := top["messages"]
+	if !ok {
+		return nil, mxerr.New(mxerr.MissingParam, "Missing 'messages'.")
+	}
+	var users map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &users); err != nil || users == nil {
+		return nil, mxerr.New(mxerr.BadJSON, "'messages' must be an object of user ids.")
+	}
+	out := make(Messages, len(users))
+	for userID, rawDevices := range users {
+		var devices map[string]json.RawMessage
+		if err := json.Unmarshal(rawDevices, &devices); err != nil || devices == nil {
+			return nil, mxerr.New(mxerr.BadJSON, "'messages' for %q must be an object of device ids.", userID)
+		}
+		for deviceID, content := range devices {
+			if !isObject(content) {
+				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q must be a JSON object.", userID, deviceID)
+			}
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, content); err != nil {
+				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q is not valid JSON.", userID, deviceID)
+			}
+			devices[deviceID] = buf.Bytes()
+		}
+		out[userID] = devices
+	}
+	return out, nil
+}
+
+func isObject(raw json.RawMessage) bool {
+	for _, c := range raw {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		}
+		return c == '{'
+	}
+	return false
+}
+
+// BuildAccept validates a decoded request from sender for this server and
+// turns it into the rows to store: local messages and, for users of other
+// servers, EDUs split by destination. It does no I/O.
+func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) {
+	if txn.EventType == "" {
+		return nil, mxerr.New(mxerr.InvalidParam, "Empty event type.")
+	}
+	if len(txn.EventType) > MaxEventTypeBytes {
+		return nil, mxerr.New(mxerr.TooLarge, "Event type is longer than %d bytes.", MaxEventTypeBytes)
+	}
+	if txn.TxnID == "" {
+		return nil, mxerr.New(mxerr.InvalidParam, "Empty transaction id.")
+	}
+	if len(txn.TxnID) > MaxTxnIDBytes {
+		return nil, mxerr.New(mxerr.TooLarge, "Transaction id is longer than %d bytes.", MaxTxnIDBytes)
+	}
+	a := &Accept{Txn: txn, Sender: txn.UserID, EventType: txn.EventType, Response: []byte("{}")}
+	e := newEDUShape(txn.UserID, txn.EventType)
+	remote := map[string]Messages{}
+	userIDs := make([]string, 0, len(msgs))
+	for userID := range msgs {
+		userIDs = append(userIDs, userID)
+	}
+	sort.Strings(userIDs)
+	for _, userID := range userIDs {
+		uid, err := mxid.ParseUserID(userID)
+		if err != nil {
+			return nil, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+		}
+		devices := msgs[userID]
+		deviceIDs := make([]string, 0, len(devices))
+		for deviceID, content := range devices {
+			if e.sizeAlone(userID, deviceID, content) > MaxEDUBytes {
+				return nil, mxerr.New(mxerr.TooLarge, "The message for %q device %q is larger than %d bytes.", userID, deviceID, MaxEDUBytes)
+			}
+			deviceIDs = append(deviceIDs, deviceID)
+		}
+		sort.Strings(deviceIDs)
+		if uid.Server != serverName {
+			// Forwarded as given: "*" stays unexpanded for the remote server.
+			if remote[uid.Server] == nil {
+				remote[uid.Server] = Messages{}
+			}
+			remote[uid.Server][userID] = devices
+			continue
+		}
+		for _, deviceID := range deviceIDs {
+			// "*" next to other device ids is just a device id nobody has.
+			if deviceID == AllDevices && len(deviceIDs) > 1 {
+				continue
+			}
+			a.Local = append(a.Local, LocalMessage{UserID: userID, DeviceID: deviceID, Content: devices[deviceID]})
+		}
+	}
+	destinations := make([]string, 0, len(remote))
+	for d := range remote {
+		destinations = append(destinations, d)
+	}
+	sort.Strings(destinations)
+	for _, d := range destinations {
+		a.Remote = append(a.Remote, e.split(d, remote[d])...)
+	}
+	return a, nil
+}
+
+// eduShape builds m.direct_to_device EDUs of one sender and type and knows
+// their exact serialized size, so splitting needs no trial encoding.
+type eduShape struct {
+	head, tail []byte // head ends where the messages object begins
+}
+
+const messageIDLen = 32 // 128 random bits, hex
+
+func newEDUShape(sender, eventType string) eduShape {
+	var h bytes.Buffer
+	h.WriteString(`{"content":{"message_id":"`)
+	h.WriteString(strings.Repeat("0", messageIDLen))
+	h.WriteString(`","sender":`)
+	h.Write(quote(sender))
+	h.WriteString(`,"type":`)
+	h.Write(quote(eventType))
+	h.WriteString(`,"messages":{`)
+	return eduShape{head: h.Bytes(), tail: []byte(`}},"edu_type":"m.direct_to_device"}`)}
+}
+
+func (e eduShape) sizeAlone(userID, deviceID string, content json.RawMessage) int {
+	return len(e.head) + len(e.tail) + len(quote(userID)) + 3 + len(quote(deviceID)) + 1 + len(content)
+}
+
+type eduEntry struct {
+	userID  string
+	devices []string
+}
+
+// split packs one destination's messages into as few EDUs as fit MaxEDUBytes,
+// users and devices in sorted order.
+func (e eduShape) split(destination string, msgs Messages) []OutboundEDU {
+	var out []OutboundEDU
+	var cur []eduEntry
+	size, count := len(e.head)+len(e.tail), 0
+	flush := func() {
+		if count == 0 {
+			return
+		}
+		out = append(out, e.encode(destination, cur, msgs, count))
+		cur, size, count = nil, len(e.head)+len(e.tail), 0
+	}
+	userIDs := make([]string, 0, len(msgs))
+	for u := range msgs {
+		userIDs = append(userIDs, u)
+	}
+	sort.Strings(userIDs)
+	for _, userID := range userIDs {
+		deviceIDs := make([]string, 0, len(msgs[userID]))
+		for d := range msgs[userID] {
+			deviceIDs = append(deviceIDs, d)
+		}
+		sort.Strings(deviceIDs)
+		qUser := len(quote(userID))
+		for _, deviceID := range deviceIDs {
+			cost := len(quote(deviceID)) + 1 + len(msgs[userID][deviceID])
+			newUser := len(cur) == 0 || cur[len(cur)-1].userID != userID
+			if newUser {
+				cost += qUser + 3
+				if len(cur) > 0 {
+					cost++ // comma between users
+				}
+			} else {
+				cost++ // comma between devices
+			}
+			if count > 0 && size+cost > MaxEDUBytes {
+				flush()
+				cost = qUser + 3 + len(quote(deviceID)) + 1 + len(msgs[userID][deviceID])
+				newUser = true
+			}
+			if newUser {
+				cur = append(cur, eduEntry{userID: userID})
+			}
+			cur[len(cur)-1].devices = append(cur[len(cur)-1].devices, deviceID)
+			size += cost
+			count++
+		}
+	}
+	flush()
+	return out
+}
+
+func (e eduShape) encode(destination string, entries []eduEntry, msgs Messages, count int) OutboundEDU {
+	id := newMessageID()
+	var b bytes.Buffer
+	b.Write(e.head)
+	raw := b.Bytes()
+	copy(raw[len(`{"content":{"message_id":"`):], id)
+	for i, en := range entries {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(quote(en.userID))
+		b.WriteString(":{")
+		for j, d := range en.devices {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			b.Write(quote(d))
+			b.WriteByte(':')
+			b.Write(msgs[en.userID][d])
+		}
+		b.WriteByte('}')
+	}
+	b.Write(e.tail)
+	return OutboundEDU{Destination: destination, MessageID: id, EDU: slices.Clip(b.Bytes()), Messages: count}
+}
+
+func newMessageID() string {
+	var b [messageIDLen / 2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func quote(s string) []byte {
+	b, _ := json.Marshal(s) // a string always marshals
+	return b
+}

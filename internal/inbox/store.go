@@ -1,0 +1,153 @@
+package inbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// AllDevices is the device id that addresses every device of a user.
+const AllDevices = "*"
+
+// TxnKey identifies one sendToDevice request for deduplication: the spec's
+// "same path from the same device".
+type TxnKey struct {
+	UserID    string
+	DeviceID  string
+	EventType string
+	TxnID     string
+}
+
+// LocalMessage is one message for a device of a local user. DeviceID is
+// AllDevices when the message goes to every device the user has at accept time.
+type LocalMessage struct {
+	UserID   string
+	DeviceID string
+	Content  json.RawMessage
+}
+
+// OutboundEDU is one m.direct_to_device EDU for a remote server, built and
+// given its message_id at accept time so that later batching never changes it.
+type OutboundEDU struct {
+	Destination string
+	MessageID   string
+	// EDU is the complete EDU object: {"edu_type": ..., "content": ...}.
+	EDU json.RawMessage
+	// Messages is how many device messages the EDU carries (for metrics).
+	Messages int
+}
+
+// Accept is a validated sendToDevice request, ready to store atomically.
+type Accept struct {
+	Txn       TxnKey
+	Sender    string
+	EventType string
+	// Local is sorted by (UserID, DeviceID).
+	Local []LocalMessage
+	// Remote is sorted by Destination, EDUs of one destination in order.
+	Remote []OutboundEDU
+	// Response is the body recorded for the transaction and returned to retries.
+	Response []byte
+}
+
+// AcceptResult says what storing an Accept did.
+type AcceptResult struct {
+	// Duplicate is true when the transaction was already recorded; nothing
+	// was enqueued and Response is the recorded answer.
+	Duplicate bool
+	Response  []byte
+	// Delivered counts inbox rows written, Unknown local messages dropped
+	// because their user or device does not exist, Queued outbox EDUs written.
+	Delivered int
+	Unknown   int
+	Queued    int
+}
+
+// Recipient is one incarnation of a local device as the inbox addresses it.
+// NID changes when a device is deleted and created again with the same id.
+type Recipient struct {
+	UserID string
+	NID    int64
+}
+
+// Message is one pending inbox row.
+type Message struct {
+	Pos        int64
+	Sender     string
+	Type       string
+	Content    json.RawMessage
+	EnqueuedAt time.Time
+}
+
+// SyncQuery acknowledges the device's messages in (AckLo, AckHi] and fetches
+// up to Limit messages above AckHi, oldest first.
+type SyncQuery struct {
+	Device Recipient
+	AckLo  int64
+	AckHi  int64
+	Limit  int
+}
+
+// SyncResult is the answer to a SyncQuery.
+type SyncResult struct {
+	Messages []Message
+	// More is true when messages beyond the returned ones are pending.
+	More bool
+	// Acked is how many messages the acknowledgement deleted.
+	Acked int
+}
+
+// Backlog summarises the pending messages of every inbox.
+type Backlog struct {
+	// Pending is the number of pending messages; backends may estimate it
+	// for large tables rather than count every row.
+	Pending int64
+	// Oldest is when the oldest pending message was accepted (zero if none).
+	Oldest time.Time
+}
+
+// ErrDeviceGone is returned by Sync when the device was deleted.
+var ErrDeviceGone = errors.New("device deleted")
+
+// Store is the persistence the inbox needs. Each method is one atomic unit;
+// backends implement it in sql/<dialect> terms and are checked by the shared
+// conformance suite (internal/storage/storetest).
+type Store interface {
+	// Epoch is the random id made when the database schema was created.
+	Epoch() string
+
+	// Accept records the transaction, every local inbox row and every
+	// outbox EDU in one database transaction, or nothing. Writers to one
+	// device serialize on that device's row (taken in a fixed order), so a
+	// reader never sees a message commit below a position it already read.
+	// It wakes waiters of the devices and destinations it wrote to.
+	Accept(ctx context.Context, a *Accept) (AcceptResult, error)
+
+	// Sync acknowledges and fetches as SyncQuery says. It returns
+	// ErrDeviceGone if the device no longer exists.
+	Sync(ctx context.Context, q SyncQuery) (SyncResult, error)
+
+	// PurgeDevice deletes up to limit inbox rows of a deleted device with a
+	// position above after, and returns how many it deleted and the highest
+	// position deleted (the next call's after).
+	PurgeDevice(ctx context.Context, d Recipient, after int64, limit int) (deleted int, last int64, err error)
+
+	// PruneTxns deletes up to limit transaction records created before cutoff.
+	PruneTxns(ctx context.Context, cutoff time.Time, limit int) (int, error)
+
+	// ExpireMessages deletes up to limit messages accepted before cutoff,
+	// oldest first.
+	ExpireMessages(ctx context.Context, cutoff time.Time, limit int) (int, error)
+
+	// Backlog reports the pending messages.
+	Backlog(ctx context.Context) (Backlog, error)
+}
+
+// Hooks lets tests stop a store at interesting points. Production code leaves
+// every field nil.
+type Hooks struct {
+	// BeforeAcceptCommit runs inside Accept's database transaction, after
+	// every row is written and before the commit.
+	BeforeAcceptCommit func(ctx context.Context, a *Accept)
+}

@@ -1,0 +1,84 @@
+// Package mxerr is the Matrix error vocabulary shared by the domain packages
+// and the HTTP layer: a domain decides *which* Matrix error a request earns
+// (M_INVALID_PARAM, M_TOO_LARGE, …), httpapi turns it into a response in one
+// place. Anything that is not an *Error is an internal failure (500 M_UNKNOWN).
+package mxerr
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Code is a Matrix errcode.
+type Code string
+
+// The errcodes todeviced answers with.
+const (
+	Forbidden     Code = "M_FORBIDDEN"
+	UnknownToken  Code = "M_UNKNOWN_TOKEN"
+	MissingToken  Code = "M_MISSING_TOKEN"
+	NotJSON       Code = "M_NOT_JSON"
+	BadJSON       Code = "M_BAD_JSON"
+	MissingParam  Code = "M_MISSING_PARAM"
+	InvalidParam  Code = "M_INVALID_PARAM"
+	TooLarge      Code = "M_TOO_LARGE"
+	LimitExceeded Code = "M_LIMIT_EXCEEDED"
+	Unrecognized  Code = "M_UNRECOGNIZED"
+	NotFound      Code = "M_NOT_FOUND"
+	Unauthorized  Code = "M_UNAUTHORIZED"
+	Unknown       Code = "M_UNKNOWN"
+	Unavailable   Code = "M_UNAVAILABLE"
+)
+
+// Error is a Matrix error a request deserves.
+type Error struct {
+	Status     int
+	Code       Code
+	Message    string
+	RetryAfter time.Duration // for M_LIMIT_EXCEEDED
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+
+// New returns an error with the status the spec gives code.
+func New(code Code, format string, args ...any) *Error {
+	return &Error{Status: statusOf(code), Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// WithStatus returns an error with an explicit status, for codes whose status
+// depends on context (M_UNRECOGNIZED is 404 or 405).
+func WithStatus(status int, code Code, format string, args ...any) *Error {
+	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// As reports whether err is (or wraps) a Matrix error and returns it.
+func As(err error) (*Error, bool) {
+	var e *Error
+	if errors.As(err, &e) {
+		return e, true
+	}
+	return nil, false
+}
+
+func statusOf(code Code) int {
+	switch code {
+	case Forbidden:
+		return http.StatusForbidden
+	case UnknownToken, MissingToken, Unauthorized:
+		return http.StatusUnauthorized
+	case TooLarge:
+		return http.StatusRequestEntityTooLarge
+	case LimitExceeded:
+		return http.StatusTooManyRequests
+	case Unrecognized, NotFound:
+		return http.StatusNotFound
+	case Unknown:
+		return http.StatusInternalServerError
+	case Unavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusBadRequest
+	}
+}

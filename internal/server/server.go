@@ -1,0 +1,301 @@
+// Package server wires todeviced together: it opens the backend, builds the
+// domain services and the HTTP handlers, runs the background jobs, and serves
+// until its context ends, then shuts down gracefully. cmd/todeviced, tests
+// and the load generator all start todeviced through it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/httpapi"
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/storage"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+// Background job intervals.
+const (
+	housekeepEvery = 10 * time.Minute
+	backlogEvery   = 15 * time.Second
+	purgeSweep     = time.Minute
+)
+
+// Server is one todeviced process.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	backend  storage.Backend
+	hub      *wakeup.Hub
+	inbox    *inbox.Service
+	devices  *devicelists.Registry
+	registry *prometheus.Registry
+	handler  http.Handler
+	metrics  http.Handler
+
+	purgeKick chan struct{}
+	stop      context.CancelFunc
+	jobs      sync.WaitGroup
+}
+
+// Options are for tests and embedders.
+type Options struct {
+	// InboxHooks are passed to the inbox store.
+	InboxHooks inbox.Hooks
+	// Registry receives the metrics (a fresh one when nil).
+	Registry *prometheus.Registry
+}
+
+// New opens the database (migrating it when configured) and builds the
+// server. Call Start to run background jobs, then Serve or use Handler.
+func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: log, registry: reg, purgeKick: make(chan struct{}, 1)}
+	m := newMetrics(reg)
+	s.hub = wakeup.NewHub()
+	s.hub.OnWaitersChanged = func(n int) { m.longPolls.Set(float64(n)) }
+
+	backend, err := storage.Open(ctx, storage.Options{
+		URL: cfg.DatabaseURL, DirectURL: cfg.DatabaseDirectURL, MaxConns: int32(cfg.DatabaseMaxConns),
+		Migrate: cfg.Migrate, Hub: s.hub, Logger: log, InboxHooks: opts.InboxHooks,
+		OnListenerState: func(up bool) {
+			if up {
+				m.listenerUp.Set(1)
+			} else {
+				m.listenerUp.Set(0)
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening database: %w", err)
+	}
+	s.backend = backend
+	if backend.Kind() == "sqlite" {
+		m.listenerUp.Set(1) // in-process wake-ups cannot disconnect
+	}
+	s.inbox = inbox.New(inbox.Config{
+		ServerName: cfg.ServerName, Store: backend.Inbox(), Metrics: inbox.NewMetrics(reg), Logger: log,
+		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
+	})
+	s.devices = devicelists.NewRegistry(backend.Devices(), cfg.ServerName, log)
+	s.handler = httpapi.NewRouter(httpapi.Config{
+		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
+		Inbox: s.inbox, Devices: s.devices, Hub: s.hub, Logger: log, Metrics: httpapi.NewMetrics(reg),
+		PurgeDeleted: s.kickPurge,
+	})
+	s.metrics = s.metricsMux()
+	return s, nil
+}
+
+// Handler is the client, federation and internal API.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// MetricsHandler serves /metrics, /healthz and /readyz.
+func (s *Server) MetricsHandler() http.Handler { return s.metrics }
+
+// Hub is the wake-up hub (tests watch its waiters).
+func (s *Server) Hub() *wakeup.Hub { return s.hub }
+
+// Inbox is the inbox service.
+func (s *Server) Inbox() *inbox.Service { return s.inbox }
+
+// Devices is the device registry.
+func (s *Server) Devices() *devicelists.Registry { return s.devices }
+
+// Backend is the open database.
+func (s *Server) Backend() storage.Backend { return s.backend }
+
+// Start runs the background jobs: the wake-up listener, the purge of deleted
+// devices' inboxes and housekeeping.
+func (s *Server) Start(ctx context.Context) {
+	ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
+	s.backend.Start(ctx)
+	s.kickPurge() // finish purges a previous process left undone
+	s.goJob(ctx, "purge", purgeSweep, s.purgeDeleted, s.purgeKick)
+	s.goJob(ctx, "housekeeping", housekeepEvery, s.inbox.Housekeep, nil)
+	s.goJob(ctx, "backlog", backlogEvery, s.inbox.RefreshBacklog, nil)
+}
+
+func (s *Server) goJob(ctx context.Context, name string, every time.Duration, fn func(context.Context) error, kick <-chan struct{}) {
+	s.jobs.Add(1)
+	go func() {
+		defer s.jobs.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				s.log.ErrorContext(ctx, "background job failed", "job", name, "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			case <-kick:
+			}
+		}
+	}()
+}
+
+func (s *Server) kickPurge() {
+	select {
+	case s.purgeKick <- struct{}{}:
+	default:
+	}
+}
+
+// purgeDeleted empties the inboxes of deleted devices, then forgets them.
+func (s *Server) purgeDeleted(ctx context.Context) error {
+	for {
+		tombs, err := s.devices.Tombstones(ctx, 100)
+		if err != nil {
+			return err
+		}
+		for _, d := range tombs {
+			if err := s.inbox.PurgeDevice(ctx, inbox.Recipient{UserID: d.UserID, NID: d.NID}); err != nil {
+				return err
+			}
+			if err := s.devices.ForgetTombstone(ctx, d.NID); err != nil {
+				return err
+			}
+		}
+		if len(tombs) < 100 {
+			return nil
+		}
+	}
+}
+
+// Close answers waiting long-polls, stops the background jobs and closes
+// the database.
+func (s *Server) Close() {
+	s.hub.Close()
+	if s.stop != nil {
+		s.stop()
+		s.jobs.Wait()
+	}
+	s.backend.Close()
+}
+
+// Serve listens on the configured addresses until ctx ends, then shuts down
+// gracefully: long-polls are answered at once (empty), in-flight requests get
+// ShutdownTimeout to finish, and the database is closed.
+func (s *Server) Serve(ctx context.Context) error {
+	apiLn, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", s.cfg.Listen, err)
+	}
+	var metricsLn net.Listener
+	if s.cfg.MetricsListen != "" {
+		if metricsLn, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
+			apiLn.Close()
+			return fmt.Errorf("--metrics-listen %s: %w", s.cfg.MetricsListen, err)
+		}
+	}
+	return s.ServeListeners(ctx, apiLn, metricsLn)
+}
+
+// ServeListeners is Serve on listeners the caller opened (nil metrics
+// listener: no metrics server).
+func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listener) error {
+	s.Start(ctx)
+	api := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	servers := []*http.Server{api}
+	errc := make(chan error, 2)
+	go func() { errc <- api.Serve(apiLn) }()
+	if metricsLn != nil {
+		ms := &http.Server{Handler: s.metrics, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, ms)
+		go func() { errc <- ms.Serve(metricsLn) }()
+	}
+	s.log.Info("todeviced serving", append(s.cfg.LogAttrs(), "api_addr", apiLn.Addr().String())...)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	s.log.Info("shutting down")
+	// Long-polls answer now, empty, so their clients come back elsewhere.
+	s.hub.Close()
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	for _, srv := range servers {
+		if err := srv.Shutdown(sctx); err != nil {
+			s.log.Warn("in-flight requests did not finish before the shutdown deadline", "err", err)
+			srv.Close()
+		}
+	}
+	s.Close()
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+// metrics of the process itself.
+type serverMetrics struct {
+	longPolls  prometheus.Gauge
+	listenerUp prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *serverMetrics {
+	m := &serverMetrics{
+		longPolls: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_longpolls_active",
+			Help: "Sync requests waiting for messages or device-list changes.",
+		}),
+		listenerUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_listener_up",
+			Help: "1 when the wake-up listener (LISTEN/NOTIFY) is connected; while 0, waiters fall back to polling.",
+		}),
+	}
+	reg.MustRegister(m.longPolls, m.listenerUp,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (s *Server) metricsMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain")
+		if err := s.backend.Ping(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = fmt.Fprintf(w, "database unreachable: %v\n", err)
+			return
+		}
+		if n, err := s.backend.Pending(ctx); err != nil || n > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = fmt.Fprintf(w, "migrations pending: %d %v\n", n, err)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}

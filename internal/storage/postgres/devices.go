@@ -1,0 +1,130 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+type deviceStore struct{ db *DB }
+
+func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (devicelists.Device, bool, error) {
+	d := devicelists.Device{UserID: p.UserID, DeviceID: p.DeviceID}
+	var created bool
+	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
+		if p.TokenHash != nil {
+			if _, err := tx.Exec(ctx, `
+				UPDATE devices SET token_hash = NULL
+				WHERE token_hash = $1 AND NOT (user_id = $2 AND device_id = $3)`,
+				p.TokenHash, p.UserID, p.DeviceID); err != nil {
+				return fmt.Errorf("revoking token from another device: %w", err)
+			}
+		}
+		var name *string
+		err := tx.QueryRow(ctx, `
+			INSERT INTO devices (user_id, device_id, token_hash, display_name)
+			VALUES ($1, $2, $3, $4)
+			ON CONFLICT (user_id, device_id) WHERE deleted_at IS NULL DO UPDATE SET
+				token_hash = coalesce(excluded.token_hash, devices.token_hash),
+				display_name = CASE WHEN $5 THEN excluded.display_name ELSE devices.display_name END
+			RETURNING nid, display_name, xmax = 0`,
+			p.UserID, p.DeviceID, p.TokenHash, p.DisplayName, p.DisplayName != nil).Scan(&d.NID, &name, &created)
+		if name != nil {
+			d.DisplayName = *name
+		}
+		return err
+	})
+	return d, created, err
+}
+
+func (s *deviceStore) DeleteDevice(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
+	d := devicelists.Device{UserID: userID, DeviceID: deviceID}
+	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
+		var name *string
+		err := tx.QueryRow(ctx, `
+			UPDATE devices SET deleted_at = now(), token_hash = NULL
+			WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL
+			RETURNING nid, display_name`, userID, deviceID).Scan(&d.NID, &name)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return devicelists.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if name != nil {
+			d.DisplayName = *name
+		}
+		b := &pgx.Batch{}
+		queueNotify(b, []wakeup.Key{wakeup.DeviceKey(d.NID)})
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return devicelists.Device{}, err
+	}
+	s.db.wakeLocal([]wakeup.Key{wakeup.DeviceKey(d.NID)})
+	return d, nil
+}
+
+func scanDevice(row pgx.Row) (devicelists.Device, error) {
+	var d devicelists.Device
+	var name *string
+	err := row.Scan(&d.NID, &d.UserID, &d.DeviceID, &name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return d, devicelists.ErrNotFound
+	}
+	if name != nil {
+		d.DisplayName = *name
+	}
+	return d, err
+}
+
+func (s *deviceStore) DeviceByToken(ctx context.Context, tokenHash []byte) (devicelists.Device, error) {
+	return scanDevice(s.db.pool.QueryRow(ctx, `
+		SELECT nid, user_id, device_id, display_name FROM devices
+		WHERE token_hash = $1 AND deleted_at IS NULL`, tokenHash))
+}
+
+func (s *deviceStore) Device(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
+	return scanDevice(s.db.pool.QueryRow(ctx, `
+		SELECT nid, user_id, device_id, display_name FROM devices
+		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL`, userID, deviceID))
+}
+
+func (s *deviceStore) collect(ctx context.Context, sql string, args ...any) ([]devicelists.Device, error) {
+	rows, err := s.db.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []devicelists.Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+func (s *deviceStore) UserDevices(ctx context.Context, userID string) ([]devicelists.Device, error) {
+	return s.collect(ctx, `
+		SELECT nid, user_id, device_id, display_name FROM devices
+		WHERE user_id = $1 AND deleted_at IS NULL ORDER BY device_id`, userID)
+}
+
+func (s *deviceStore) Tombstones(ctx context.Context, limit int) ([]devicelists.Device, error) {
+	return s.collect(ctx, `
+		SELECT nid, user_id, device_id, display_name FROM devices
+		WHERE deleted_at IS NOT NULL ORDER BY nid LIMIT $1`, limit)
+}
+
+func (s *deviceStore) ForgetTombstone(ctx context.Context, nid int64) error {
+	_, err := s.db.pool.Exec(ctx, `DELETE FROM devices WHERE nid = $1 AND deleted_at IS NOT NULL`, nid)
+	return err
+}

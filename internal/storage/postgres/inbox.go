@@ -1,0 +1,314 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+type inboxStore struct {
+	db    *DB
+	hooks inbox.Hooks
+}
+
+func (s *inboxStore) Epoch() string { return s.db.epoch }
+
+// Accept stores a sendToDevice in one transaction:
+//
+//  1. insert the transaction record first: a concurrent retry blocks on the
+//     unique key until this commits, then reads the recorded response;
+//  2. lock the live recipient devices in nid order (so overlapping fan-outs
+//     cannot deadlock) and expand "*";
+//  3. insert the inbox rows and outbox EDUs and queue the NOTIFY, pipelined.
+func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptResult, error) {
+	var res inbox.AcceptResult
+	var keys []wakeup.Key
+	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
+		res, keys = inbox.AcceptResult{}, nil
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO send_txns (user_id, device_id, event_type, txn_id, response)
+			VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT DO NOTHING`,
+			a.Txn.UserID, a.Txn.DeviceID, a.Txn.EventType, a.Txn.TxnID, a.Response)
+		if err != nil {
+			return fmt.Errorf("recording transaction: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			res.Duplicate = true
+			return tx.QueryRow(ctx, `
+				SELECT response FROM send_txns
+				WHERE user_id = $1 AND device_id = $2 AND event_type = $3 AND txn_id = $4`,
+				a.Txn.UserID, a.Txn.DeviceID, a.Txn.EventType, a.Txn.TxnID).Scan(&res.Response)
+		}
+		res.Response = a.Response
+
+		batch := &pgx.Batch{}
+		if len(a.Local) > 0 {
+			rows, unknown, err := lockRecipients(ctx, tx, a.Local)
+			if err != nil {
+				return err
+			}
+			res.Unknown = unknown
+			if len(rows.nids) > 0 {
+				batch.Queue(`
+					INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
+					SELECT u, n, $3, $4, c FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS r(u, n, c)`,
+					rows.users, rows.nids, a.Sender, a.EventType, rows.contents)
+				res.Delivered = len(rows.nids)
+				for _, nid := range rows.nids {
+					keys = append(keys, wakeup.DeviceKey(nid))
+				}
+			}
+		}
+		if len(a.Remote) > 0 {
+			dests := make([]string, len(a.Remote))
+			ids := make([]string, len(a.Remote))
+			edus := make([][]byte, len(a.Remote))
+			for i, e := range a.Remote {
+				dests[i], ids[i], edus[i] = e.Destination, e.MessageID, e.EDU
+				if i == 0 || a.Remote[i-1].Destination != e.Destination {
+					// Locks the destination (Remote is sorted, so in a fixed
+					// order): its EDUs commit in position order.
+					batch.Queue(`
+						INSERT INTO todevice_outbox_destinations (destination, last_enqueued_at)
+						VALUES ($1, now())
+						ON CONFLICT (destination) DO UPDATE SET last_enqueued_at = excluded.last_enqueued_at`,
+						e.Destination)
+					keys = append(keys, wakeup.OutboxKey(e.Destination))
+				}
+			}
+			batch.Queue(`
+				INSERT INTO todevice_outbox (destination, message_id, edu)
+				SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`,
+				dests, ids, edus)
+			res.Queued = len(a.Remote)
+		}
+		queueNotify(batch, keys)
+		if batch.Len() > 0 {
+			if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+				return fmt.Errorf("writing inbox and outbox rows: %w", err)
+			}
+		}
+		if s.hooks.BeforeAcceptCommit != nil {
+			s.hooks.BeforeAcceptCommit(ctx, a)
+		}
+		return nil
+	})
+	if err != nil {
+		return inbox.AcceptResult{}, err
+	}
+	s.db.wakeLocal(keys)
+	return res, nil
+}
+
+type recipientRows struct {
+	users    []string
+	nids     []int64
+	contents [][]byte
+}
+
+// lockRecipients resolves local messages to live devices, expanding "*", and
+// locks those device rows in nid order. It returns the inbox rows to write
+// and how many messages found no device.
+func lockRecipients(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (recipientRows, int, error) {
+	var exUsers, exDevices, starUsers []string
+	for _, m := range msgs {
+		if m.DeviceID == inbox.AllDevices {
+			starUsers = append(starUsers, m.UserID)
+		} else {
+			exUsers = append(exUsers, m.UserID)
+			exDevices = append(exDevices, m.DeviceID)
+		}
+	}
+	rows, err := tx.Query(ctx, `
+		SELECT nid, user_id, device_id FROM devices
+		WHERE deleted_at IS NULL
+		  AND ((user_id, device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+		       OR user_id = ANY($3::text[]))
+		ORDER BY nid
+		FOR NO KEY UPDATE`, exUsers, exDevices, starUsers)
+	if err != nil {
+		return recipientRows{}, 0, fmt.Errorf("locking recipient devices: %w", err)
+	}
+	type key struct{ user, device string }
+	found := map[key]int64{}
+	byUser := map[string][]int64{}
+	for rows.Next() {
+		var nid int64
+		var k key
+		if err := rows.Scan(&nid, &k.user, &k.device); err != nil {
+			rows.Close()
+			return recipientRows{}, 0, err
+		}
+		found[k] = nid
+		byUser[k.user] = append(byUser[k.user], nid)
+	}
+	if err := rows.Err(); err != nil {
+		return recipientRows{}, 0, fmt.Errorf("locking recipient devices: %w", err)
+	}
+	var out recipientRows
+	unknown := 0
+	add := func(user string, nid int64, content []byte) {
+		out.users = append(out.users, user)
+		out.nids = append(out.nids, nid)
+		out.contents = append(out.contents, content)
+	}
+	for _, m := range msgs {
+		if m.DeviceID == inbox.AllDevices {
+			nids := byUser[m.UserID]
+			if len(nids) == 0 {
+				unknown++
+			}
+			for _, nid := range nids {
+				add(m.UserID, nid, m.Content)
+			}
+			continue
+		}
+		if nid, ok := found[key{m.UserID, m.DeviceID}]; ok {
+			add(m.UserID, nid, m.Content)
+		} else {
+			unknown++
+		}
+	}
+	return out, unknown, nil
+}
+
+// Sync acknowledges and fetches in one pipelined round trip (an implicit
+// transaction). The acknowledgement deletes only (AckLo, AckHi]: everything
+// at or below AckLo was deleted before that position was handed out, so the
+// delete never walks the dead entries of earlier acknowledgements, and the
+// fetch starts right above AckHi for the same reason.
+func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncResult, error) {
+	b := &pgx.Batch{}
+	ack := q.AckHi > q.AckLo
+	if ack {
+		b.Queue(`DELETE FROM device_inbox WHERE user_id = $1 AND device_nid = $2 AND pos > $3 AND pos <= $4`,
+			q.Device.UserID, q.Device.NID, q.AckLo, q.AckHi)
+	}
+	b.Queue(`SELECT EXISTS (SELECT 1 FROM devices WHERE nid = $1 AND deleted_at IS NULL)`, q.Device.NID)
+	b.Queue(`
+		SELECT pos, sender, type, content, enqueued_at FROM device_inbox
+		WHERE user_id = $1 AND device_nid = $2 AND pos > $3
+		ORDER BY pos LIMIT $4`,
+		q.Device.UserID, q.Device.NID, q.AckHi, q.Limit+1)
+	br := s.db.pool.SendBatch(ctx, b)
+	defer br.Close()
+	var res inbox.SyncResult
+	if ack {
+		tag, err := br.Exec()
+		if err != nil {
+			return res, fmt.Errorf("acknowledging messages: %w", err)
+		}
+		res.Acked = int(tag.RowsAffected())
+	}
+	var live bool
+	if err := br.QueryRow().Scan(&live); err != nil {
+		return res, fmt.Errorf("checking device: %w", err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return res, fmt.Errorf("fetching messages: %w", err)
+	}
+	for rows.Next() {
+		var m inbox.Message
+		if err := rows.Scan(&m.Pos, &m.Sender, &m.Type, &m.Content, &m.EnqueuedAt); err != nil {
+			rows.Close()
+			return res, err
+		}
+		res.Messages = append(res.Messages, m)
+	}
+	if err := rows.Err(); err != nil {
+		return res, fmt.Errorf("fetching messages: %w", err)
+	}
+	if !live {
+		return inbox.SyncResult{}, inbox.ErrDeviceGone
+	}
+	if len(res.Messages) > q.Limit {
+		res.Messages, res.More = res.Messages[:q.Limit], true
+	}
+	return res, br.Close()
+}
+
+func (s *inboxStore) PurgeDevice(ctx context.Context, d inbox.Recipient, after int64, limit int) (int, int64, error) {
+	rows, err := s.db.pool.Query(ctx, `
+		WITH batch AS (
+			SELECT pos FROM device_inbox
+			WHERE user_id = $1 AND device_nid = $2 AND pos > $3
+			ORDER BY pos LIMIT $4
+		)
+		DELETE FROM device_inbox d USING batch
+		WHERE d.user_id = $1 AND d.device_nid = $2 AND d.pos = batch.pos
+		RETURNING d.pos`, d.UserID, d.NID, after, limit)
+	if err != nil {
+		return 0, 0, err
+	}
+	n, last := 0, after
+	for rows.Next() {
+		var pos int64
+		if err := rows.Scan(&pos); err != nil {
+			rows.Close()
+			return 0, 0, err
+		}
+		n++
+		last = max(last, pos)
+	}
+	return n, last, rows.Err()
+}
+
+func (s *inboxStore) PruneTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	tag, err := s.db.pool.Exec(ctx, `
+		DELETE FROM send_txns WHERE ctid = ANY (ARRAY (
+			SELECT ctid FROM send_txns WHERE created_at < $1 LIMIT $2))`, cutoff, limit)
+	if err != nil {
+		return 0, err
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// ExpireMessages looks only at the oldest limit rows by position (positions
+// follow acceptance time), so it costs the same whether or not anything has
+// expired.
+func (s *inboxStore) ExpireMessages(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	tag, err := s.db.pool.Exec(ctx, `
+		DELETE FROM device_inbox WHERE pos = ANY (ARRAY (
+			SELECT pos FROM (SELECT pos, enqueued_at FROM device_inbox ORDER BY pos LIMIT $2) oldest
+			WHERE enqueued_at < $1))`, cutoff, limit)
+	if err != nil {
+		return 0, err
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// exactCountBelow is the table size up to which Backlog counts rows exactly;
+// above it the statistics' live-tuple estimate is used, so a scrape never
+// scans a large table.
+const exactCountBelow = 100_000
+
+func (s *inboxStore) Backlog(ctx context.Context) (inbox.Backlog, error) {
+	var b inbox.Backlog
+	var estimate int64
+	err := s.db.pool.QueryRow(ctx, `
+		SELECT coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'device_inbox'::regclass), 0)`).Scan(&estimate)
+	if err != nil {
+		return b, err
+	}
+	if estimate < exactCountBelow {
+		err = s.db.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM device_inbox LIMIT $1) t`, exactCountBelow).Scan(&b.Pending)
+		if err != nil {
+			return b, err
+		}
+	} else {
+		b.Pending = estimate
+	}
+	err = s.db.pool.QueryRow(ctx, `SELECT enqueued_at FROM device_inbox ORDER BY pos LIMIT 1`).Scan(&b.Oldest)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = nil
+	}
+	return b, err
+}

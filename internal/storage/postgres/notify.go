@@ -1,0 +1,146 @@
+package postgres
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+// notifyChannel is the one channel every replica listens on.
+const notifyChannel = "todeviced_wake"
+
+// maxPayload stays under PostgreSQL's 8000-byte NOTIFY payload limit.
+const maxPayload = 7900
+
+// Listener timing.
+const (
+	// listenerPing bounds how long a silent LISTEN connection is trusted
+	// before it is checked, so a half-open TCP connection is noticed.
+	listenerPing = 30 * time.Second
+	// listenerMaxBackoff caps reconnect backoff; while the listener is down
+	// every waiter is woken at each attempt, so it is also the slow-poll
+	// interval that covers for lost notifications.
+	listenerMaxBackoff = 2 * time.Second
+)
+
+// notifyPayloads packs wake-up keys into as few NOTIFY payloads as fit.
+// Keys never contain spaces (user ids and server names cannot).
+func notifyPayloads(keys []wakeup.Key) []string {
+	var out []string
+	var b strings.Builder
+	for _, k := range keys {
+		if b.Len() > 0 && b.Len()+1+len(k) > maxPayload {
+			out = append(out, b.String())
+			b.Reset()
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(string(k))
+	}
+	if b.Len() > 0 {
+		out = append(out, b.String())
+	}
+	return out
+}
+
+// queueNotify adds the NOTIFYs for keys to a batch, to be sent with the
+// transaction's last writes: one notification per transaction, split only
+// when the payload would overflow.
+func queueNotify(b *pgx.Batch, keys []wakeup.Key) {
+	for _, p := range notifyPayloads(keys) {
+		b.Queue(`SELECT pg_notify('`+notifyChannel+`', $1)`, p)
+	}
+}
+
+func parsePayload(p string) []wakeup.Key {
+	fields := strings.Fields(p)
+	keys := make([]wakeup.Key, len(fields))
+	for i, f := range fields {
+		keys[i] = wakeup.Key(f)
+	}
+	return keys
+}
+
+// listener holds one LISTEN connection per replica and wakes the hub.
+type listener struct {
+	url     string
+	hub     *wakeup.Hub
+	log     *slog.Logger
+	onState func(up bool)
+}
+
+func (l *listener) setState(up bool) {
+	if l.onState != nil {
+		l.onState(up)
+	}
+}
+
+func (l *listener) run(ctx context.Context) {
+	const minBackoff = 50 * time.Millisecond
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		connected, err := l.listen(ctx)
+		l.setState(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if connected {
+			backoff = minBackoff
+		}
+		l.log.WarnContext(ctx, "wake-up listener disconnected; waiters fall back to polling", "err", err, "retry_in", backoff.String())
+		// Whatever was notified while we were away is lost: let every
+		// waiter look for itself.
+		l.hub.WakeAll()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		backoff = min(backoff*2, listenerMaxBackoff)
+	}
+}
+
+// listen connects, listens, and dispatches notifications until the
+// connection fails or ctx ends.
+func (l *listener) listen(ctx context.Context) (connected bool, err error) {
+	conn, err := pgx.Connect(ctx, l.url)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+		return false, err
+	}
+	l.setState(true)
+	l.log.InfoContext(ctx, "wake-up listener connected")
+	// Notifications sent before LISTEN took effect were missed.
+	l.hub.WakeAll()
+	for {
+		wctx, cancel := context.WithTimeout(ctx, listenerPing)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return true, ctx.Err()
+			}
+			if wctx.Err() != nil {
+				// Quiet for a while: make sure the connection still works.
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err = conn.Ping(pctx)
+				cancel()
+				if err == nil {
+					continue
+				}
+			}
+			return true, err
+		}
+		l.hub.Wake(parsePayload(n.Payload)...)
+	}
+}

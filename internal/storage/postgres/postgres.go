@@ -1,0 +1,168 @@
+// Package postgres is todeviced's PostgreSQL backend (pgx v5, pgxpool): the
+// production store. It implements the store interfaces of the domain
+// packages, runs the migrations in sql/postgres, and feeds the wake-up hub
+// from LISTEN/NOTIFY so long-polls wake on whichever replica they wait.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+// Options configure Open.
+type Options struct {
+	// URL is the connection string of the pool (may go through a
+	// transaction-pooling proxy).
+	URL string
+	// DirectURL reaches PostgreSQL without a transaction-pooling proxy; LISTEN
+	// and session advisory locks need it. Defaults to URL.
+	DirectURL string
+	// MaxConns caps the pool (0: pgxpool's default).
+	MaxConns int32
+	// Migrate applies pending migrations before anything else.
+	Migrate bool
+	// Hub is woken by notifications; nil disables listening.
+	Hub    *wakeup.Hub
+	Logger *slog.Logger
+	// InboxHooks are test hooks for the inbox store.
+	InboxHooks inbox.Hooks
+	// OnListenerState is told whether the LISTEN connection is up.
+	OnListenerState func(up bool)
+}
+
+// DB is an open PostgreSQL backend.
+type DB struct {
+	pool      *pgxpool.Pool
+	opts      Options
+	log       *slog.Logger
+	epoch     string
+	hub       *wakeup.Hub
+	listener  *listener
+	cancel    context.CancelFunc
+	listening chan struct{}
+}
+
+// Open connects, migrates when asked, and loads the epoch. Call Start to begin
+// listening for wake-ups and Close when done.
+func Open(ctx context.Context, opts Options) (*DB, error) {
+	if opts.DirectURL == "" {
+		opts.DirectURL = opts.URL
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Migrate {
+		if _, err := Migrate(ctx, opts.DirectURL, opts.Logger); err != nil {
+			return nil, err
+		}
+	}
+	cfg, err := pgxpool.ParseConfig(opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("parsing database URL: %w", err)
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = opts.MaxConns
+	}
+	cfg.ConnConfig.RuntimeParams["application_name"] = "todeviced"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating connection pool: %w", err)
+	}
+	db := &DB{pool: pool, opts: opts, log: opts.Logger, hub: opts.Hub}
+	if err := pool.QueryRow(ctx, `SELECT epoch FROM meta`).Scan(&db.epoch); err != nil {
+		pool.Close()
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
+			return nil, errors.New("the database has no todeviced schema: run `todeviced migrate` or start with --migrate")
+		}
+		return nil, fmt.Errorf("reading database epoch: %w", err)
+	}
+	return db, nil
+}
+
+// Start begins listening for wake-up notifications on a direct connection.
+// It returns at once; the listener reconnects on its own until Close.
+func (db *DB) Start(ctx context.Context) {
+	if db.hub == nil || db.listener != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	db.cancel = cancel
+	db.listener = &listener{url: db.opts.DirectURL, hub: db.hub, log: db.log, onState: db.opts.OnListenerState}
+	db.listening = make(chan struct{})
+	go func() {
+		defer close(db.listening)
+		db.listener.run(ctx)
+	}()
+}
+
+// Close stops the listener and closes the pool.
+func (db *DB) Close() {
+	if db.cancel != nil {
+		db.cancel()
+		<-db.listening
+	}
+	db.pool.Close()
+}
+
+// Pool exposes the pool for benchmarks, tests and pool metrics.
+func (db *DB) Pool() *pgxpool.Pool { return db.pool }
+
+// Epoch is the database epoch.
+func (db *DB) Epoch() string { return db.epoch }
+
+// Ping checks that the database answers.
+func (db *DB) Ping(ctx context.Context) error { return db.pool.Ping(ctx) }
+
+// Inbox returns the inbox store.
+func (db *DB) Inbox() inbox.Store { return &inboxStore{db: db, hooks: db.opts.InboxHooks} }
+
+// Devices returns the device registry store.
+func (db *DB) Devices() devicelists.Store { return &deviceStore{db: db} }
+
+// inTx runs fn in a transaction, retrying a few times when PostgreSQL aborts
+// it for a deadlock or a serialization failure (both safe to retry, since
+// the transaction had no effect).
+func (db *DB) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	const attempts = 4
+	var err error
+	for i := range attempts {
+		err = pgx.BeginFunc(ctx, db.pool, fn)
+		if err == nil || !retryable(err) || i == attempts-1 {
+			return err
+		}
+		db.log.WarnContext(ctx, "retrying transaction", "err", err, "attempt", i+1)
+		select {
+		case <-time.After(time.Duration(rand.N(10*(i+1))+1) * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
+}
+
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001")
+}
+
+// wakeLocal wakes this replica's waiters at once after a commit; the NOTIFY
+// sent in the transaction reaches the other replicas (and this one again,
+// harmlessly).
+func (db *DB) wakeLocal(keys []wakeup.Key) {
+	if db.hub != nil && len(keys) > 0 {
+		db.hub.Wake(keys...)
+	}
+}

@@ -1,0 +1,144 @@
+// Package storage opens the backend that --database-url names: PostgreSQL
+// (postgres:// or postgresql://) or embedded SQLite (sqlite:PATH). Domain
+// packages see only their store interfaces; this package is where a URL
+// becomes one of the implementations.
+package storage
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/storage/postgres"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+// Backend is an open database.
+type Backend interface {
+	// Kind is "postgres" or "sqlite".
+	Kind() string
+	Epoch() string
+	Inbox() inbox.Store
+	Devices() devicelists.Store
+	// Start begins delivering wake-ups to the hub (LISTEN on PostgreSQL).
+	Start(ctx context.Context)
+	Ping(ctx context.Context) error
+	// Pending is the number of migrations not yet applied.
+	Pending(ctx context.Context) (int, error)
+	Close()
+}
+
+// Options configure Open.
+type Options struct {
+	URL       string
+	DirectURL string
+	MaxConns  int32
+	Migrate   bool
+	Hub       *wakeup.Hub
+	Logger    *slog.Logger
+	// InboxHooks are for tests.
+	InboxHooks      inbox.Hooks
+	OnListenerState func(up bool)
+}
+
+// Kind returns the backend a database URL names, or an error naming the
+// setting.
+func Kind(url string) (string, error) {
+	switch {
+	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
+		return "postgres", nil
+	case strings.HasPrefix(url, "sqlite:"):
+		return "sqlite", nil
+	}
+	return "", fmt.Errorf("--database-url %q: want postgres://…, postgresql://… or sqlite:PATH", redact(url))
+}
+
+// Open opens the backend opts.URL names.
+func Open(ctx context.Context, opts Options) (Backend, error) {
+	kind, err := Kind(opts.URL)
+	if err != nil {
+		return nil, err
+	}
+	switch kind {
+	case "postgres":
+		db, err := postgres.Open(ctx, postgres.Options{
+			URL: opts.URL, DirectURL: opts.DirectURL, MaxConns: opts.MaxConns, Migrate: opts.Migrate,
+			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, OnListenerState: opts.OnListenerState,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return pgBackend{db}, nil
+	}
+	return nil, fmt.Errorf("--database-url: the %s backend is not available in this build", kind)
+}
+
+// MigrationStatus is one migration and whether it is applied.
+type MigrationStatus struct {
+	Version int64
+	Name    string
+	Applied bool
+}
+
+// Migrate applies pending migrations to the database url names.
+func Migrate(ctx context.Context, url, directURL string, log *slog.Logger) (int, error) {
+	kind, err := Kind(url)
+	if err != nil {
+		return 0, err
+	}
+	if directURL == "" {
+		directURL = url
+	}
+	switch kind {
+	case "postgres":
+		return postgres.Migrate(ctx, directURL, log)
+	}
+	return 0, fmt.Errorf("--database-url: the %s backend is not available in this build", kind)
+}
+
+// Status lists the migrations of the database url names.
+func Status(ctx context.Context, url, directURL string) ([]MigrationStatus, error) {
+	kind, err := Kind(url)
+	if err != nil {
+		return nil, err
+	}
+	if directURL == "" {
+		directURL = url
+	}
+	switch kind {
+	case "postgres":
+		st, err := postgres.Status(ctx, directURL)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]MigrationStatus, len(st))
+		for i, s := range st {
+			out[i] = MigrationStatus(s)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("--database-url: the %s backend is not available in this build", kind)
+}
+
+type pgBackend struct{ *postgres.DB }
+
+func (pgBackend) Kind() string { return "postgres" }
+
+// redact hides a password in a URL for error messages.
+func redact(u string) string {
+	if i := strings.Index(u, "://"); i >= 0 {
+		rest := u[i+3:]
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			if colon := strings.IndexByte(rest[:at], ':'); colon >= 0 {
+				return u[:i+3] + rest[:colon] + ":***" + rest[at:]
+			}
+		}
+	}
+	return u
+}
+
+// Redact hides a password in a database URL, for logs.
+func Redact(u string) string { return redact(u) }

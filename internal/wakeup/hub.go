@@ -1,0 +1,186 @@
+// Package wakeup is the in-process waiter map behind long-polling /sync.
+//
+// A waiter registers the keys it cares about (its device's inbox, its user's
+// device-list feed, a federation destination's outbox), re-checks the store,
+// and only then waits. Wake-ups are hints: whoever is woken must read the store
+// to learn what happened, so a spurious wake-up costs one query and a lost one
+// is covered by WakeAll after the notification source reconnects.
+package wakeup
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Key names one thing a waiter can wait for.
+type Key string
+
+// DeviceKey is woken when a message commits for the device with this numeric id
+// (or when the device is deleted).
+func DeviceKey(nid int64) Key { return Key("d" + strconv.FormatInt(nid, 36)) }
+
+// UserKey is woken when the device list visible to this local user changes.
+func UserKey(userID string) Key { return Key("u" + userID) }
+
+// OutboxKey is woken when EDUs are queued for this federation destination.
+func OutboxKey(destination string) Key { return Key("o" + destination) }
+
+// Hub maps keys to waiters. It is safe for concurrent use.
+type Hub struct {
+	mu      sync.Mutex
+	waiters map[Key]map[*Waiter]struct{}
+	all     map[*Waiter]struct{}
+	closed  chan struct{}
+	once    sync.Once
+
+	// OnWaitersChanged, when set, is called with the number of registered
+	// waiters after every change (used for the active long-poll gauge).
+	OnWaitersChanged func(n int)
+}
+
+// NewHub returns an empty hub.
+func NewHub() *Hub {
+	return &Hub{
+		waiters: make(map[Key]map[*Waiter]struct{}),
+		all:     make(map[*Waiter]struct{}),
+		closed:  make(chan struct{}),
+	}
+}
+
+// Waiter is one registration. Its channel receives (at most one buffered)
+// signal whenever one of its keys is woken.
+type Waiter struct {
+	hub  *Hub
+	keys []Key
+	c    chan struct{}
+}
+
+// C returns the channel that is signalled on a wake-up.
+func (w *Waiter) C() <-chan struct{} { return w.c }
+
+// Register adds a waiter for keys. Call Close when done.
+func (h *Hub) Register(keys ...Key) *Waiter {
+	w := &Waiter{hub: h, keys: keys, c: make(chan struct{}, 1)}
+	h.mu.Lock()
+	for _, k := range keys {
+		m := h.waiters[k]
+		if m == nil {
+			m = make(map[*Waiter]struct{})
+			h.waiters[k] = m
+		}
+		m[w] = struct{}{}
+	}
+	h.all[w] = struct{}{}
+	n := len(h.all)
+	h.mu.Unlock()
+	if h.OnWaitersChanged != nil {
+		h.OnWaitersChanged(n)
+	}
+	return w
+}
+
+// Close removes the waiter from the hub. It is idempotent.
+func (w *Waiter) Close() {
+	h := w.hub
+	h.mu.Lock()
+	if _, ok := h.all[w]; !ok {
+		h.mu.Unlock()
+		return
+	}
+	for _, k := range w.keys {
+		if m := h.waiters[k]; m != nil {
+			delete(m, w)
+			if len(m) == 0 {
+				delete(h.waiters, k)
+			}
+		}
+	}
+	delete(h.all, w)
+	n := len(h.all)
+	h.mu.Unlock()
+	if h.OnWaitersChanged != nil {
+		h.OnWaitersChanged(n)
+	}
+}
+
+func (w *Waiter) signal() {
+	select {
+	case w.c <- struct{}{}:
+	default:
+	}
+}
+
+// Wake signals every waiter registered for any of keys.
+func (h *Hub) Wake(keys ...Key) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range keys {
+		for w := range h.waiters[k] {
+			w.signal()
+		}
+	}
+}
+
+// WakeAll signals every waiter, e.g. after the notification source
+// reconnected and may have missed notifications.
+func (h *Hub) WakeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.all {
+		w.signal()
+	}
+}
+
+// Len returns the number of registered waiters.
+func (h *Hub) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.all)
+}
+
+// Close makes every current and future Poll return at once with no result, as
+// a server shutting down answers its long-polls.
+func (h *Hub) Close() {
+	h.once.Do(func() { close(h.closed) })
+}
+
+// Closing returns a channel closed when the hub is closed.
+func (h *Hub) Closing() <-chan struct{} { return h.closed }
+
+// Poll is the long-poll loop: it registers for keys, calls check, and, until
+// check reports done, waits for a wake-up and checks again. It returns when
+// check is done, when timeout has passed (with done false), when the hub is
+// closing (done false), or when ctx ends (ctx.Err()).
+//
+// check is called at least once, after registration, so a change that commits
+// between the caller's last read and the registration is never missed.
+func (h *Hub) Poll(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error)) (bool, error) {
+	var w *Waiter
+	if timeout > 0 {
+		w = h.Register(keys...)
+		defer w.Close()
+	}
+	done, err := check(ctx)
+	if err != nil || done || timeout <= 0 {
+		return done, err
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-w.C():
+		case <-timer.C:
+			return false, nil
+		case <-h.closed:
+			return false, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		done, err := check(ctx)
+		if err != nil || done {
+			return done, err
+		}
+	}
+}
