@@ -87,7 +87,7 @@ func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, 
 		return res.Response, nil
 	}
 	s.m.Enqueued.WithLabelValues(OriginLocal).Add(float64(res.Delivered))
-	s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(res.Unknown))
+	s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(res.Unknown + a.Unaddressable))
 	for _, e := range a.Remote {
 		s.m.Forwarded.Add(float64(e.Messages))
 	}

@@ -128,6 +128,7 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 		for _, deviceID := range deviceIDs {
 			// "*" next to other device ids is just a device id nobody has.
 			if deviceID == AllDevices && len(deviceIDs) > 1 {
+				a.Unaddressable++
 				continue
 			}
 			a.Local = append(a.Local, LocalMessage{UserID: userID, DeviceID: deviceID, Content: devices[deviceID]})

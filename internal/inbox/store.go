@@ -49,6 +49,9 @@ type Accept struct {
 	Remote []OutboundEDU
 	// Response is the body recorded for the transaction and returned to retries.
 	Response []byte
+	// Unaddressable counts messages dropped before storage: "*" next to
+	// other device ids is just a device id nobody has.
+	Unaddressable int
 }
 
 // AcceptResult says what storing an Accept did.
@@ -98,6 +101,15 @@ type SyncResult struct {
 	Acked int
 }
 
+// QueuedEDU is an EDU waiting in the federation outbox.
+type QueuedEDU struct {
+	Pos         int64
+	Destination string
+	MessageID   string
+	EDU         json.RawMessage
+	EnqueuedAt  time.Time
+}
+
 // Backlog summarises the pending messages of every inbox.
 type Backlog struct {
 	// Pending is the number of pending messages; backends may estimate it
@@ -142,12 +154,17 @@ type Store interface {
 
 	// Backlog reports the pending messages.
 	Backlog(ctx context.Context) (Backlog, error)
+
+	// PeekOutbox returns up to limit EDUs queued for destination, oldest
+	// first, without removing them.
+	PeekOutbox(ctx context.Context, destination string, limit int) ([]QueuedEDU, error)
 }
 
 // Hooks lets tests stop a store at interesting points. Production code leaves
 // every field nil.
 type Hooks struct {
 	// BeforeAcceptCommit runs inside Accept's database transaction, after
-	// every row is written and before the commit.
-	BeforeAcceptCommit func(ctx context.Context, a *Accept)
+	// every row is written and before the commit. An error it returns rolls
+	// the transaction back, as a crash before the commit would.
+	BeforeAcceptCommit func(ctx context.Context, a *Accept) error
 }

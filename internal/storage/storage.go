@@ -127,6 +127,9 @@ type pgBackend struct{ *postgres.DB }
 
 func (pgBackend) Kind() string { return "postgres" }
 
+// Postgres returns the PostgreSQL handle (tests and benchmarks use its pool).
+func (b pgBackend) Postgres() *postgres.DB { return b.DB }
+
 // redact hides a password in a URL for error messages.
 func redact(u string) string {
 	if i := strings.Index(u, "://"); i >= 0 {

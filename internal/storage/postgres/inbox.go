@@ -96,7 +96,7 @@ func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptR
 			}
 		}
 		if s.hooks.BeforeAcceptCommit != nil {
-			s.hooks.BeforeAcceptCommit(ctx, a)
+			return s.hooks.BeforeAcceptCommit(ctx, a)
 		}
 		return nil
 	})
@@ -311,4 +311,23 @@ func (s *inboxStore) Backlog(ctx context.Context) (inbox.Backlog, error) {
 		err = nil
 	}
 	return b, err
+}
+
+func (s *inboxStore) PeekOutbox(ctx context.Context, destination string, limit int) ([]inbox.QueuedEDU, error) {
+	rows, err := s.db.pool.Query(ctx, `
+		SELECT pos, destination, message_id, edu, enqueued_at FROM todevice_outbox
+		WHERE destination = $1 ORDER BY pos LIMIT $2`, destination, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []inbox.QueuedEDU
+	for rows.Next() {
+		var q inbox.QueuedEDU
+		if err := rows.Scan(&q.Pos, &q.Destination, &q.MessageID, &q.EDU, &q.EnqueuedAt); err != nil {
+			return nil, err
+		}
+		out = append(out, q)
+	}
+	return out, rows.Err()
 }
