@@ -58,9 +58,8 @@
 // For the sender's retry logic, classify errors from Do like this:
 //
 //   - errors.As(err, &httpErr), httpErr an *HTTPError: the server answered
-//     non-2xx. Status,
-//     Errcode and RetryAfter (from Retry-After or retry_after_ms) tell 429
-//     apart from other 4xx and from 5xx.
+//     non-2xx. Status, Errcode and RetryAfter (from Retry-After or
+//     retry_after_ms) tell 429 apart from other 4xx and from 5xx.
 //   - errors.Is(err, ErrBadResponse): the server answered 2xx but the body
 //     was not the expected JSON or too large. The request was delivered.
 //   - errors.Is(err, context.Canceled / context.DeadlineExceeded): we gave up.
