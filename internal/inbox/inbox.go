@@ -28,6 +28,10 @@ const (
 	purgeBatch = 1000
 	// pruneBatch bounds each delete of old transaction records or messages.
 	pruneBatch = 5000
+	// DedupeRetention is how long the (origin, message_id) of an EDU from
+	// another server is remembered. Senders retry a transaction for hours
+	// or days; established servers keep these records about a week.
+	DedupeRetention = 7 * 24 * time.Hour
 )
 
 // Config configures a Service.
@@ -92,6 +96,22 @@ func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, 
 		s.m.Forwarded.Add(float64(e.Messages))
 	}
 	return res.Response, nil
+}
+
+// AcceptRemote stores an m.direct_to_device EDU that origin sent, unless
+// (origin, r.MessageID) was seen before (then Duplicate is set and nothing is
+// stored). Build r with BuildRemoteAccept.
+func (s *Service) AcceptRemote(ctx context.Context, r *RemoteAccept) (AcceptResult, error) {
+	res, err := s.cfg.Store.AcceptRemote(ctx, r)
+	if err != nil {
+		return AcceptResult{}, fmt.Errorf("accepting to-device EDU from %s: %w", r.Origin, err)
+	}
+	if res.Duplicate {
+		return res, nil
+	}
+	s.m.Enqueued.WithLabelValues(OriginFederation).Add(float64(res.Delivered))
+	s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(res.Unknown + r.Unaddressable))
+	return res, nil
 }
 
 // Event is a to-device event as /sync hands it out.
@@ -164,14 +184,24 @@ func (s *Service) PurgeDevice(ctx context.Context, dev Recipient) error {
 	return nil
 }
 
-// Housekeep prunes transaction records past their retention, drops messages
-// past the maximum age, and refreshes the backlog gauges. Run it periodically.
+// Housekeep prunes transaction and inbound deduplication records past their
+// retention, drops messages past the maximum age, and refreshes the backlog
+// gauges. Run it periodically.
 func (s *Service) Housekeep(ctx context.Context) error {
 	now := s.cfg.Now()
 	for {
 		n, err := s.cfg.Store.PruneTxns(ctx, now.Add(-s.cfg.TxnRetention), pruneBatch)
 		if err != nil {
 			return fmt.Errorf("pruning transaction records: %w", err)
+		}
+		if n < pruneBatch {
+			break
+		}
+	}
+	for {
+		n, err := s.cfg.Store.PruneInboundDedupe(ctx, now.Add(-DedupeRetention), pruneBatch)
+		if err != nil {
+			return fmt.Errorf("pruning inbound deduplication records: %w", err)
 		}
 		if n < pruneBatch {
 			break

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -264,4 +266,42 @@ func newMessageID() string {
 func quote(s string) []byte {
 	b, _ := json.Marshal(s) // a string always marshals
 	return b
+}
+
+// ErrRecipientNotLocal is returned by BuildRemoteAccept when a message of a
+// remote EDU is addressed to a user of another server (or to a malformed
+// user id): a server may only deliver to its own users.
+var ErrRecipientNotLocal = errors.New("recipient is not a local user")
+
+// BuildRemoteAccept turns the messages of an m.direct_to_device EDU that
+// origin sent into the rows to store. Every user must be local to serverName
+// (else ErrRecipientNotLocal and nothing is built); "*" follows the same rule
+// as for local sends. Contents must already be compact JSON objects.
+func BuildRemoteAccept(serverName, origin, messageID, sender, eventType string, msgs Messages) (*RemoteAccept, error) {
+	r := &RemoteAccept{Origin: origin, MessageID: messageID, Sender: sender, EventType: eventType}
+	userIDs := make([]string, 0, len(msgs))
+	for userID := range msgs {
+		uid, err := mxid.ParseUserID(userID)
+		if err != nil || uid.Server != serverName {
+			return nil, fmt.Errorf("%w: %q", ErrRecipientNotLocal, userID)
+		}
+		userIDs = append(userIDs, userID)
+	}
+	sort.Strings(userIDs)
+	for _, userID := range userIDs {
+		devices := msgs[userID]
+		deviceIDs := make([]string, 0, len(devices))
+		for d := range devices {
+			deviceIDs = append(deviceIDs, d)
+		}
+		sort.Strings(deviceIDs)
+		for _, deviceID := range deviceIDs {
+			if deviceID == AllDevices && len(deviceIDs) > 1 {
+				r.Unaddressable++
+				continue
+			}
+			r.Local = append(r.Local, LocalMessage{UserID: userID, DeviceID: deviceID, Content: devices[deviceID]})
+		}
+	}
+	return r, nil
 }

@@ -101,6 +101,32 @@ type SyncResult struct {
 	Acked int
 }
 
+// RemoteAccept is one m.direct_to_device EDU from another server, validated
+// and ready to store atomically with its deduplication record.
+type RemoteAccept struct {
+	// Origin is the authenticated server the EDU came from; with MessageID
+	// it is the deduplication key.
+	Origin    string
+	MessageID string
+	Sender    string
+	EventType string
+	// Local is sorted by (UserID, DeviceID); every user is local.
+	Local []LocalMessage
+	// Unaddressable counts messages dropped before storage ("*" next to
+	// other device ids).
+	Unaddressable int
+}
+
+// DestinationCount is a number of outbox EDUs of one destination.
+type DestinationCount struct {
+	Destination string
+	Count       int
+}
+
+// OutboxSource names the to-device outbox among the EDU sources a federation
+// transaction draws from (stored with the positions a transaction covers).
+const OutboxSource = "todevice"
+
 // QueuedEDU is an EDU waiting in the federation outbox.
 type QueuedEDU struct {
 	Pos         int64
@@ -158,6 +184,35 @@ type Store interface {
 	// PeekOutbox returns up to limit EDUs queued for destination, oldest
 	// first, without removing them.
 	PeekOutbox(ctx context.Context, destination string, limit int) ([]QueuedEDU, error)
+
+	// AcceptRemote stores an EDU from another server in one database
+	// transaction: it inserts the (origin, message_id) deduplication record
+	// first (a conflict means a duplicate: nothing more is stored and
+	// Duplicate is set), then locks and expands the recipients exactly as
+	// Accept does, inserts the inbox rows and wakes their waiters.
+	AcceptRemote(ctx context.Context, r *RemoteAccept) (AcceptResult, error)
+
+	// PruneInboundDedupe deletes up to limit deduplication records received
+	// before cutoff.
+	PruneInboundDedupe(ctx context.Context, cutoff time.Time, limit int) (int, error)
+
+	// DeleteOutbox deletes exactly the outbox EDUs of destination at the
+	// given positions (never a range) and returns how many it deleted:
+	// positions already gone, or of another destination, are skipped.
+	DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error)
+
+	// ExpireOutbox deletes up to limit outbox EDUs queued before cutoff,
+	// oldest first, except those a stored federation transaction covers
+	// (that transaction expires as a whole). It returns the counts by
+	// destination.
+	ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]DestinationCount, error)
+
+	// OutboxDestinations lists the destinations with EDUs queued.
+	OutboxDestinations(ctx context.Context) ([]string, error)
+
+	// OutboxBacklog reports the queued EDUs of every destination (Pending may
+	// be an estimate for large tables) and when the oldest was queued.
+	OutboxBacklog(ctx context.Context) (Backlog, error)
 }
 
 // Hooks lets tests stop a store at interesting points. Production code leaves
@@ -167,4 +222,6 @@ type Hooks struct {
 	// every row is written and before the commit. An error it returns rolls
 	// the transaction back, as a crash before the commit would.
 	BeforeAcceptCommit func(ctx context.Context, a *Accept) error
+	// BeforeAcceptRemoteCommit is the same for AcceptRemote.
+	BeforeAcceptRemoteCommit func(ctx context.Context, r *RemoteAccept) error
 }

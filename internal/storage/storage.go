@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/storage/postgres"
 	"github.com/todeviced/todeviced/internal/wakeup"
@@ -23,6 +24,7 @@ type Backend interface {
 	Epoch() string
 	Inbox() inbox.Store
 	Devices() devicelists.Store
+	Federation() federation.Store
 	// Start begins delivering wake-ups to the hub (LISTEN on PostgreSQL).
 	Start(ctx context.Context)
 	Ping(ctx context.Context) error

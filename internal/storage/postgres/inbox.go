@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/wakeup"
@@ -330,4 +331,171 @@ func (s *inboxStore) PeekOutbox(ctx context.Context, destination string, limit i
 		out = append(out, q)
 	}
 	return out, rows.Err()
+}
+
+// AcceptRemote stores an EDU from another server in one transaction: the
+// deduplication record first (a concurrent copy of the same EDU blocks on
+// its key until this commits, then finds it), then the recipients locked in
+// nid order exactly as Accept does, the inbox rows and the NOTIFY.
+func (s *inboxStore) AcceptRemote(ctx context.Context, r *inbox.RemoteAccept) (inbox.AcceptResult, error) {
+	var res inbox.AcceptResult
+	var keys []wakeup.Key
+	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
+		res, keys = inbox.AcceptResult{}, nil
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO todevice_inbound_dedupe (origin, message_id) VALUES ($1, $2)
+			ON CONFLICT DO NOTHING`, r.Origin, r.MessageID)
+		if err != nil {
+			return fmt.Errorf("recording message id: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			res.Duplicate = true
+			return nil
+		}
+		batch := &pgx.Batch{}
+		if len(r.Local) > 0 {
+			rows, unknown, err := lockRecipients(ctx, tx, r.Local)
+			if err != nil {
+				return err
+			}
+			res.Unknown = unknown
+			if len(rows.nids) > 0 {
+				batch.Queue(`
+					INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
+					SELECT u, n, $3, $4, c FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS r(u, n, c)`,
+					rows.users, rows.nids, r.Sender, r.EventType, rows.contents)
+				res.Delivered = len(rows.nids)
+				for _, nid := range rows.nids {
+					keys = append(keys, wakeup.DeviceKey(nid))
+				}
+			}
+		}
+		queueNotify(batch, keys)
+		if batch.Len() > 0 {
+			if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+				return fmt.Errorf("writing inbox rows: %w", err)
+			}
+		}
+		if s.hooks.BeforeAcceptRemoteCommit != nil {
+			return s.hooks.BeforeAcceptRemoteCommit(ctx, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return inbox.AcceptResult{}, err
+	}
+	s.db.wakeLocal(keys)
+	return res, nil
+}
+
+func (s *inboxStore) PruneInboundDedupe(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	tag, err := s.db.pool.Exec(ctx, `
+		DELETE FROM todevice_inbound_dedupe WHERE ctid = ANY (ARRAY (
+			SELECT ctid FROM todevice_inbound_dedupe WHERE received_at < $1 LIMIT $2))`, cutoff, limit)
+	if err != nil {
+		return 0, err
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// execer is a pool or a transaction.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// deleteOutboxRows is the one statement that removes sent EDUs from the
+// outbox: exactly the listed positions of one destination, never a range.
+// The federation store runs it inside its fenced transaction.
+func deleteOutboxRows(ctx context.Context, q execer, destination string, positions []int64) (int, error) {
+	if len(positions) == 0 {
+		return 0, nil
+	}
+	tag, err := q.Exec(ctx, `DELETE FROM todevice_outbox WHERE destination = $1 AND pos = ANY($2::bigint[])`,
+		destination, positions)
+	if err != nil {
+		return 0, fmt.Errorf("deleting outbox rows: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+func (s *inboxStore) DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error) {
+	return deleteOutboxRows(ctx, s.db.pool, destination, positions)
+}
+
+// ExpireOutbox walks the enqueued_at index over the expired rows only. Rows
+// of a stored federation transaction are skipped (the transaction expires as
+// a whole); there are at most 100 of them per destination.
+func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
+	rows, err := s.db.pool.Query(ctx, `
+		WITH victims AS (
+			SELECT o.destination, o.pos FROM todevice_outbox o
+			WHERE o.enqueued_at < $1
+			  AND NOT EXISTS (
+				SELECT 1 FROM federation_txn_items i
+				WHERE i.destination = o.destination AND i.source = $3 AND i.pos = o.pos)
+			ORDER BY o.enqueued_at LIMIT $2
+		)
+		DELETE FROM todevice_outbox t USING victims v
+		WHERE t.destination = v.destination AND t.pos = v.pos
+		RETURNING t.destination`, cutoff, limit, inbox.OutboxSource)
+	if err != nil {
+		return nil, fmt.Errorf("expiring outbox rows: %w", err)
+	}
+	dests, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("expiring outbox rows: %w", err)
+	}
+	return countByDestination(dests), nil
+}
+
+func countByDestination(dests []string) []inbox.DestinationCount {
+	var out []inbox.DestinationCount
+	idx := map[string]int{}
+	for _, d := range dests {
+		i, ok := idx[d]
+		if !ok {
+			i = len(out)
+			idx[d] = i
+			out = append(out, inbox.DestinationCount{Destination: d})
+		}
+		out[i].Count++
+	}
+	return out
+}
+
+func (s *inboxStore) OutboxDestinations(ctx context.Context) ([]string, error) {
+	rows, err := s.db.pool.Query(ctx, `
+		SELECT destination FROM todevice_outbox_destinations d
+		WHERE EXISTS (SELECT 1 FROM todevice_outbox o WHERE o.destination = d.destination)
+		ORDER BY destination`)
+	if err != nil {
+		return nil, fmt.Errorf("listing outbox destinations: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+func (s *inboxStore) OutboxBacklog(ctx context.Context) (inbox.Backlog, error) {
+	var b inbox.Backlog
+	var estimate int64
+	err := s.db.pool.QueryRow(ctx, `
+		SELECT coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'todevice_outbox'::regclass), 0)`).Scan(&estimate)
+	if err != nil {
+		return b, err
+	}
+	if estimate < exactCountBelow {
+		err = s.db.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM todevice_outbox LIMIT $1) t`, exactCountBelow).Scan(&b.Pending)
+		if err != nil {
+			return b, err
+		}
+	} else {
+		b.Pending = estimate
+	}
+	var oldest *time.Time
+	if err := s.db.pool.QueryRow(ctx, `SELECT min(enqueued_at) FROM todevice_outbox`).Scan(&oldest); err != nil {
+		return b, err
+	}
+	if oldest != nil {
+		b.Oldest = *oldest
+	}
+	return b, nil
 }

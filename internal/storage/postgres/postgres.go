@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
@@ -131,6 +132,9 @@ func (db *DB) Inbox() inbox.Store { return &inboxStore{db: db, hooks: db.opts.In
 
 // Devices returns the device registry store.
 func (db *DB) Devices() devicelists.Store { return &deviceStore{db: db} }
+
+// Federation returns the federation store.
+func (db *DB) Federation() federation.Store { return &federationStore{db: db} }
 
 // inTx runs fn in a transaction, retrying a few times when PostgreSQL aborts
 // it for a deadlock or a serialization failure (both safe to retry, since

@@ -76,6 +76,16 @@ func Run(t *testing.T, h Harness) {
 		{"Durable", testDurable},
 		{"DeviceRegistry", testDeviceRegistry},
 		{"TokenMovesBetweenDevices", testTokenMoves},
+		{"FederationLease", testLease},
+		{"FederationLeaseConcurrentAcquire", testLeaseConcurrentAcquire},
+		{"FederationFencing", testFencing},
+		{"FederationStoredTxnRoundTrip", testStoredTxnRoundTrip},
+		{"FederationCompleteDeletesExactlyTheRows", testCompleteDeletesExactlyTheRows},
+		{"OutboxOrderUnderConcurrentAccepts", testOutboxOrder},
+		{"ExpireOutbox", testExpireOutbox},
+		{"OutboxBacklog", testOutboxBacklog},
+		{"InboundDedupeAtomicWithInboxRows", testInboundDedupe},
+		{"InboundTxnRecord", testInboundTxnRecord},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
