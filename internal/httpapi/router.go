@@ -1,6 +1,7 @@
 // Package httpapi is todeviced's HTTP surface: the client routes it
-// implements (sendToDevice, /sync), the internal API a homeserver drives, the
-// Matrix error JSON, authentication, and per-request logs and metrics.
+// implements (sendToDevice, /sync), the federation routes of standalone mode
+// (server keys, /send), the internal API a homeserver drives, the Matrix
+// error JSON, authentication, and per-request logs and metrics.
 // Handlers parse and answer; the domain packages decide.
 package httpapi
 
@@ -40,8 +41,11 @@ type Config struct {
 	// PurgeDeleted is called after a device is deleted, to start purging
 	// its inbox in the background.
 	PurgeDeleted func()
-	Logger       *slog.Logger
-	Metrics      *Metrics
+	// Federation enables the federation routes; nil while federation is
+	// off.
+	Federation *FederationConfig
+	Logger     *slog.Logger
+	Metrics    *Metrics
 }
 
 type api struct {
@@ -89,12 +93,19 @@ func NewRouter(cfg Config) http.Handler {
 		})
 	})
 
+	if cfg.Federation != nil {
+		a.federationRoutes(r)
+	}
+
 	if cfg.InternalSecret != "" {
 		r.Route("/_todeviced/internal/v1", func(r chi.Router) {
 			r.Use(a.requireInternal)
 			r.Put("/users/{userId}/devices/{deviceId}", a.putDevice)
 			r.Delete("/users/{userId}/devices/{deviceId}", a.deleteDevice)
 			r.Get("/sync", a.internalSync)
+			if cfg.Federation != nil {
+				a.internalFederationRoutes(r)
+			}
 		})
 	}
 	return r

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/storage"
 )
@@ -24,6 +25,28 @@ const (
 	DefaultInboxMaxAge = 90 * 24 * time.Hour
 	// DefaultShutdownTimeout is how long in-flight requests get to finish.
 	DefaultShutdownTimeout = 15 * time.Second
+	// DefaultFederationOutbox: todeviced sends its EDUs itself.
+	DefaultFederationOutbox = FederationOutboxSend
+	// DefaultFederationMessageTTL drops EDUs a destination has not taken
+	// for a week: a server down that long is gone in practice, and the
+	// keys the messages carry are stale.
+	DefaultFederationMessageTTL = federation.DefaultMessageTTL
+	// DefaultFederationLeaseTTL, DefaultFederationBackoffMin and
+	// DefaultFederationBackoffMax are the sender's, documented there.
+	DefaultFederationLeaseTTL   = federation.DefaultLeaseTTL
+	DefaultFederationBackoffMin = federation.DefaultBackoffMin
+	DefaultFederationBackoffMax = federation.DefaultBackoffMax
+)
+
+// Ways out of the federation outbox (--federation-outbox).
+const (
+	// FederationOutboxSend: todeviced's own sender signs and sends
+	// transactions (standalone, or beside a homeserver whose key file it
+	// shares).
+	FederationOutboxSend = "send"
+	// FederationOutboxFeed: no sender runs; the homeserver pulls the outbox
+	// through the internal API and sends the EDUs in its own transactions.
+	FederationOutboxFeed = "feed"
 )
 
 // Config is the whole configuration of a todeviced process.
@@ -45,6 +68,11 @@ type Config struct {
 	TxnRetention           time.Duration
 	MaxSendBytes           int64
 	ShutdownTimeout        time.Duration
+	FederationOutbox       string
+	FederationMessageTTL   time.Duration
+	FederationLeaseTTL     time.Duration
+	FederationBackoffMin   time.Duration
+	FederationBackoffMax   time.Duration
 }
 
 // Defaults returns the configuration with every default applied.
@@ -61,6 +89,12 @@ func Defaults() Config {
 		InboxMaxAge:     DefaultInboxMaxAge,
 		TxnRetention:    24 * time.Hour,
 		ShutdownTimeout: DefaultShutdownTimeout,
+
+		FederationOutbox:     DefaultFederationOutbox,
+		FederationMessageTTL: DefaultFederationMessageTTL,
+		FederationLeaseTTL:   DefaultFederationLeaseTTL,
+		FederationBackoffMin: DefaultFederationBackoffMin,
+		FederationBackoffMax: DefaultFederationBackoffMax,
 	}
 }
 
@@ -90,6 +124,27 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--log-format %q: want auto, json or text", c.LogFormat))
 	}
+	switch c.FederationOutbox {
+	case FederationOutboxSend:
+	case FederationOutboxFeed:
+		if c.FederationEnabled() && c.InternalSecret == "" {
+			errs = append(errs, errors.New("--federation-outbox=feed needs --internal-secret: the homeserver pulls the outbox through the internal API"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--federation-outbox %q: want %s or %s", c.FederationOutbox, FederationOutboxSend, FederationOutboxFeed))
+	}
+	if c.FederationMessageTTL < time.Minute {
+		errs = append(errs, errors.New("--federation-message-ttl must be at least 1m"))
+	}
+	if c.FederationLeaseTTL < time.Second {
+		errs = append(errs, errors.New("--federation-lease-ttl must be at least 1s"))
+	}
+	if c.FederationBackoffMin <= 0 {
+		errs = append(errs, errors.New("--federation-backoff-min must be positive"))
+	}
+	if c.FederationBackoffMax < c.FederationBackoffMin {
+		errs = append(errs, errors.New("--federation-backoff-max must not be below --federation-backoff-min"))
+	}
 	for name, u := range c.FederationDestinations {
 		if err := mxid.ValidateServerName(name); err != nil {
 			errs = append(errs, fmt.Errorf("--federation-destinations: %w", err))
@@ -115,6 +170,8 @@ func (c Config) LogAttrs() []any {
 		"internal_api", c.InternalSecret != "",
 		"migrate", c.Migrate,
 		"federation", c.FederationEnabled(),
+		"federation_outbox", c.FederationOutbox,
+		"federation_message_ttl", c.FederationMessageTTL.String(),
 		"inbox_max_age", c.InboxMaxAge.String(),
 		"log_level", c.LogLevel.String(),
 	}

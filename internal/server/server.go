@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/storage"
@@ -44,6 +45,11 @@ type Server struct {
 	handler  http.Handler
 	metrics  http.Handler
 
+	fedMetrics  *federation.Metrics
+	housekeeper *federation.Housekeeper
+	sender      *federation.Sender // nil unless federation sends itself
+	client      *federation.Client // nil while federation is off
+
 	purgeKick chan struct{}
 	stop      context.CancelFunc
 	jobs      sync.WaitGroup
@@ -55,6 +61,10 @@ type Options struct {
 	InboxHooks inbox.Hooks
 	// Registry receives the metrics (a fresh one when nil).
 	Registry *prometheus.Registry
+	// FederationSweepInterval overrides the sender's sweep interval.
+	FederationSweepInterval time.Duration
+	// Version is reported to other servers.
+	Version string
 }
 
 // New opens the database (migrating it when configured) and builds the
@@ -98,13 +108,111 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
 	})
 	s.devices = devicelists.NewRegistry(backend.Devices(), cfg.ServerName, log)
+	s.fedMetrics = federation.NewMetrics(reg)
+	s.housekeeper = federation.NewHousekeeper(federation.HousekeeperConfig{
+		Store: backend.Federation(), Outbox: backend.Inbox(), Metrics: s.fedMetrics, Logger: log,
+		MessageTTL: cfg.FederationMessageTTL,
+	})
+	var fed *httpapi.FederationConfig
+	if cfg.FederationEnabled() {
+		if fed, err = s.newFederation(opts); err != nil {
+			backend.Close()
+			return nil, err
+		}
+	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
 		Inbox: s.inbox, Devices: s.devices, Hub: s.hub, Logger: log, Metrics: httpapi.NewMetrics(reg),
-		PurgeDeleted: s.kickPurge,
+		PurgeDeleted: s.kickPurge, Federation: fed,
 	})
 	s.metrics = s.metricsMux()
 	return s, nil
+}
+
+// newFederation builds the federation side: the signing key (created on
+// first start), discovery, the signed client, key fetching, the receiver,
+// and the sender or the outbox feed.
+func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) {
+	cfg, log := s.cfg, s.log
+	key, created, err := federation.LoadOrCreateSigningKey(cfg.SigningKey)
+	if err != nil {
+		return nil, fmt.Errorf("--signing-key: %w", err)
+	}
+	if created {
+		log.Info("created a new signing key", "path", cfg.SigningKey, "key_id", key.ServerKeyID)
+	}
+	res, err := federation.NewResolver(federation.ResolverOptions{Overrides: cfg.FederationDestinations, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("--federation-destinations: %w", err)
+	}
+	client, err := federation.NewClient(federation.ClientOptions{
+		ServerName: cfg.ServerName, Key: key, Resolver: res, InsecureSkipVerify: cfg.FederationTLSInsecure,
+		UserAgent: "todeviced/" + opts.Version,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.client = client
+	fed := &httpapi.FederationConfig{
+		Receiver: federation.NewReceiver(federation.ReceiverConfig{
+			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: s.inbox,
+			Metrics: s.fedMetrics, Logger: log,
+		}),
+		Keys:        federation.NewKeyFetcher(client, federation.KeyFetcherOptions{Logger: log}),
+		KeyResponse: newKeyServer(cfg.ServerName, key).response,
+		Version:     opts.Version,
+	}
+	switch cfg.FederationOutbox {
+	case FederationOutboxFeed:
+		fed.Feed = federation.NewFeed(s.backend.Inbox(), s.fedMetrics)
+	default:
+		s.sender, err = federation.NewSender(federation.SenderConfig{
+			ServerName: cfg.ServerName, Store: s.backend.Federation(),
+			Sources: []federation.SourceQuota{{Source: federation.ToDeviceOutbox{Store: s.backend.Inbox()}, Quota: federation.ToDeviceQuota}},
+			Client:  client, Hub: s.hub, Metrics: s.fedMetrics, Logger: log,
+			LeaseTTL:      cfg.FederationLeaseTTL,
+			Backoff:       federation.Backoff{Min: cfg.FederationBackoffMin, Max: cfg.FederationBackoffMax},
+			MessageTTL:    cfg.FederationMessageTTL,
+			SweepInterval: opts.FederationSweepInterval,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return fed, nil
+}
+
+// keyValidity is how long our published key response is valid; it is
+// re-signed when half of that has passed.
+const keyValidity = 24 * time.Hour
+
+// keyServer caches the self-signed GET /_matrix/key/v2/server body.
+type keyServer struct {
+	name string
+	key  federation.SigningKey
+
+	mu    sync.Mutex
+	body  []byte
+	fresh time.Time
+}
+
+func newKeyServer(name string, key federation.SigningKey) *keyServer {
+	return &keyServer{name: name, key: key}
+}
+
+func (k *keyServer) response() ([]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := time.Now()
+	if k.body != nil && now.Before(k.fresh) {
+		return k.body, nil
+	}
+	body, err := federation.ServerKeyResponse(k.name, k.key, nil, keyValidity, now)
+	if err != nil {
+		return nil, err
+	}
+	k.body, k.fresh = body, now.Add(keyValidity/2)
+	return body, nil
 }
 
 // Handler is the client, federation and internal API.
@@ -125,6 +233,9 @@ func (s *Server) Devices() *devicelists.Registry { return s.devices }
 // Backend is the open database.
 func (s *Server) Backend() storage.Backend { return s.backend }
 
+// Registry holds the server's metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
 // Start runs the background jobs: the wake-up listener, the purge of deleted
 // devices' inboxes and housekeeping.
 func (s *Server) Start(ctx context.Context) {
@@ -134,6 +245,11 @@ func (s *Server) Start(ctx context.Context) {
 	s.goJob(ctx, "purge", purgeSweep, s.purgeDeleted, s.purgeKick)
 	s.goJob(ctx, "housekeeping", housekeepEvery, s.inbox.Housekeep, nil)
 	s.goJob(ctx, "backlog", backlogEvery, s.inbox.RefreshBacklog, nil)
+	s.goJob(ctx, "federation-housekeeping", housekeepEvery, s.housekeeper.Housekeep, nil)
+	s.goJob(ctx, "federation-gauges", backlogEvery, s.housekeeper.RefreshGauges, nil)
+	if s.sender != nil {
+		s.jobs.Go(func() { s.sender.Run(ctx) })
+	}
 }
 
 func (s *Server) goJob(ctx context.Context, name string, every time.Duration, fn func(context.Context) error, kick <-chan struct{}) {
@@ -191,6 +307,9 @@ func (s *Server) Close() {
 	if s.stop != nil {
 		s.stop()
 		s.jobs.Wait()
+	}
+	if s.client != nil {
+		s.client.CloseIdleConnections()
 	}
 	s.backend.Close()
 }

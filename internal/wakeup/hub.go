@@ -27,6 +27,14 @@ func UserKey(userID string) Key { return Key("u" + userID) }
 // OutboxKey is woken when EDUs are queued for this federation destination.
 func OutboxKey(destination string) Key { return Key("o" + destination) }
 
+// OutboxDestination returns the destination of an OutboxKey.
+func OutboxDestination(k Key) (string, bool) {
+	if len(k) > 1 && k[0] == 'o' {
+		return string(k[1:]), true
+	}
+	return "", false
+}
+
 // Hub maps keys to waiters. It is safe for concurrent use.
 type Hub struct {
 	mu      sync.Mutex
@@ -34,6 +42,9 @@ type Hub struct {
 	all     map[*Waiter]struct{}
 	closed  chan struct{}
 	once    sync.Once
+
+	observers map[int]func(keys []Key)
+	nextObs   int
 
 	// OnWaitersChanged, when set, is called with the number of registered
 	// waiters after every change (used for the active long-poll gauge).
@@ -112,7 +123,8 @@ func (w *Waiter) signal() {
 	}
 }
 
-// Wake signals every waiter registered for any of keys.
+// Wake signals every waiter registered for any of keys, and tells the
+// observers.
 func (h *Hub) Wake(keys ...Key) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -121,15 +133,43 @@ func (h *Hub) Wake(keys ...Key) {
 			w.signal()
 		}
 	}
+	for _, fn := range h.observers {
+		fn(keys)
+	}
 }
 
 // WakeAll signals every waiter, e.g. after the notification source
-// reconnected and may have missed notifications.
+// reconnected and may have missed notifications. Observers are called with
+// nil keys.
 func (h *Hub) WakeAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for w := range h.all {
 		w.signal()
+	}
+	for _, fn := range h.observers {
+		fn(nil)
+	}
+}
+
+// Observe calls fn with the keys of every Wake, and with nil on WakeAll
+// (anything may have happened). It is for consumers that do not know their
+// keys in advance, such as the federation sender, which hears of every
+// destination with new EDUs. fn runs with the hub locked: it must be quick
+// and must not call the hub. The returned function stops the calls.
+func (h *Hub) Observe(fn func(keys []Key)) (stop func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.observers == nil {
+		h.observers = make(map[int]func([]Key))
+	}
+	id := h.nextObs
+	h.nextObs++
+	h.observers[id] = fn
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		delete(h.observers, id)
 	}
 }
 

@@ -1,0 +1,70 @@
+package federation
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"time"
+)
+
+// Retry policy defaults.
+const (
+	// DefaultBackoffMin is the backoff ceiling after the first failure. It
+	// doubles with every failure in a row.
+	DefaultBackoffMin = 2 * time.Second
+	// DefaultBackoffMax caps the backoff ceiling: a destination that has
+	// been down for a day is still tried at least about once an hour.
+	DefaultBackoffMax = time.Hour
+	// RejectAfter is how many times in a row a transaction may be refused
+	// with the same 4xx (see countsAsRejection) before it is dropped: the
+	// destination will not take these EDUs, and retrying them forever would
+	// hold up everything queued behind them.
+	RejectAfter = 5
+)
+
+// Backoff computes how long to wait after consecutive failures: exponential
+// with full jitter. The ceiling is Min·2^(failures−1), capped at Max; the wait
+// is uniform in (ceiling/10, ceiling], so many senders retrying one server
+// spread out, and never a tight loop.
+type Backoff struct {
+	Min, Max time.Duration
+	// Rand returns a uniform int64 in [0, n); math/rand/v2's Int64N when nil.
+	Rand func(n int64) int64
+}
+
+// Delay is the wait after the given number of consecutive failures (≥ 1).
+func (b Backoff) Delay(failures int) time.Duration {
+	ceiling := b.Max
+	if failures < 1 {
+		failures = 1
+	}
+	if shift := failures - 1; shift < 62 {
+		if c := b.Min << shift; c > 0 && c < b.Max && c>>shift == b.Min {
+			ceiling = c
+		}
+	}
+	if ceiling <= 0 {
+		return time.Millisecond
+	}
+	floor := ceiling / 10
+	rnd := b.Rand
+	if rnd == nil {
+		rnd = rand.Int64N
+	}
+	return floor + time.Duration(rnd(int64(ceiling-floor))) + 1
+}
+
+// countsAsRejection reports whether a status refuses a transaction in the
+// way that counts towards dropping it: a 4xx other than 429 (rate limited:
+// wait and retry), 401 (the receiver often cannot fetch our key for a
+// moment, and dropping messages for that would lose them) and 408 (a
+// timeout, not a verdict).
+func countsAsRejection(status int) bool {
+	if status < 400 || status > 499 {
+		return false
+	}
+	switch status {
+	case http.StatusTooManyRequests, http.StatusUnauthorized, http.StatusRequestTimeout:
+		return false
+	}
+	return true
+}

@@ -1,0 +1,177 @@
+package federation
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/todeviced/todeviced/internal/inbox"
+)
+
+// Transaction limits.
+const (
+	// MaxEDUsPerTxn is the spec's limit of EDUs in one transaction.
+	MaxEDUsPerTxn = 100
+	// ReservedDeviceListEDUs are slots of every transaction that the
+	// to-device source never takes on its first pass: a flood of to-device
+	// messages must not starve device-list updates (which the device-lists
+	// component adds as a second EDU source). Unused reserved slots are
+	// offered to the other sources on a second pass.
+	ReservedDeviceListEDUs = 10
+	// ToDeviceQuota is the to-device source's guaranteed share.
+	ToDeviceQuota = MaxEDUsPerTxn - ReservedDeviceListEDUs
+)
+
+// SourceEDU is one EDU queued in a source's outbox.
+type SourceEDU struct {
+	Pos int64
+	// Type is the EDU's edu_type.
+	Type string
+	// EDU is the complete EDU object, as it is to be sent.
+	EDU json.RawMessage
+}
+
+// EDUSource is an outbox of EDUs for other servers that the sender drains.
+// The positions of a source increase in the order its EDUs must be sent to
+// one destination (invariant 3), and the sender deletes exactly the positions
+// it sent, through the store, in the transaction that finishes the stored
+// transaction: the backend maps Name to the source's own delete statement.
+type EDUSource interface {
+	// Name identifies the source in stored transactions.
+	Name() string
+	// Peek returns up to limit EDUs queued for destination, lowest
+	// position first, without removing them.
+	Peek(ctx context.Context, destination string, limit int) ([]SourceEDU, error)
+	// Destinations lists the destinations with EDUs queued.
+	Destinations(ctx context.Context) ([]string, error)
+}
+
+// SourceQuota is an EDU source and its guaranteed share of a transaction.
+type SourceQuota struct {
+	Source EDUSource
+	Quota  int
+}
+
+// ToDeviceOutbox is the inbox's outbox of m.direct_to_device EDUs as an
+// EDUSource.
+type ToDeviceOutbox struct{ Store inbox.Store }
+
+// Name implements EDUSource.
+func (ToDeviceOutbox) Name() string { return inbox.OutboxSource }
+
+// Peek implements EDUSource.
+func (o ToDeviceOutbox) Peek(ctx context.Context, destination string, limit int) ([]SourceEDU, error) {
+	q, err := o.Store.PeekOutbox(ctx, destination, limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading the to-device outbox of %s: %w", destination, err)
+	}
+	out := make([]SourceEDU, len(q))
+	for i, e := range q {
+		out[i] = SourceEDU{Pos: e.Pos, Type: EDUDirectToDevice, EDU: e.EDU}
+	}
+	return out, nil
+}
+
+// Destinations implements EDUSource.
+func (o ToDeviceOutbox) Destinations(ctx context.Context) ([]string, error) {
+	return o.Store.OutboxDestinations(ctx)
+}
+
+// batchEDU is a peeked EDU and the source it came from.
+type batchEDU struct {
+	SourceEDU
+	source string
+}
+
+// buildBatch peeks every source and picks at most MaxEDUsPerTxn EDUs: each
+// source first gets up to its quota, then slots left over go to the sources
+// in order. Within a source, EDUs keep their order.
+func buildBatch(ctx context.Context, destination string, sources []SourceQuota) ([]batchEDU, error) {
+	peeked := make([][]SourceEDU, len(sources))
+	taken := make([]int, len(sources))
+	room := MaxEDUsPerTxn
+	for i, s := range sources {
+		q, err := s.Source.Peek(ctx, destination, MaxEDUsPerTxn)
+		if err != nil {
+			return nil, err
+		}
+		peeked[i] = q
+		taken[i] = min(len(q), s.Quota, room)
+		room -= taken[i]
+	}
+	for i := range sources {
+		more := min(len(peeked[i])-taken[i], room)
+		taken[i] += more
+		room -= more
+	}
+	var out []batchEDU
+	for i, s := range sources {
+		for _, e := range peeked[i][:taken[i]] {
+			out = append(out, batchEDU{SourceEDU: e, source: s.Source.Name()})
+		}
+	}
+	return out, nil
+}
+
+// encodeEDUList is the JSON array of the EDUs, as stored and sent.
+func encodeEDUList(edus []json.RawMessage) json.RawMessage {
+	n := 2
+	for _, e := range edus {
+		n += len(e) + 1
+	}
+	var b bytes.Buffer
+	b.Grow(n)
+	b.WriteByte('[')
+	for i, e := range edus {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(e)
+	}
+	b.WriteByte(']')
+	return b.Bytes()
+}
+
+// transactionBody is the body of PUT /send/{txnId}: the stored EDUs and
+// origin_server_ts, so that every attempt sends the same bytes.
+func transactionBody(origin string, t *StoredTxn) []byte {
+	var b bytes.Buffer
+	b.Grow(len(t.EDUs) + len(origin) + 64)
+	b.WriteString(`{"edus":`)
+	b.Write(t.EDUs)
+	b.WriteString(`,"origin":`)
+	o, _ := json.Marshal(origin) // a string always marshals
+	b.Write(o)
+	b.WriteString(`,"origin_server_ts":`)
+	b.WriteString(strconv.FormatInt(t.OriginServerTS, 10))
+	b.WriteString(`,"pdus":[]}`)
+	return b.Bytes()
+}
+
+// txnIDs makes transaction ids in todeviced's own namespace: "tdv", a random
+// epoch made when the process starts, and a counter. A homeserver sending
+// its own transactions under the same server name never uses the prefix, so
+// the receiver's (origin, txnId) deduplication cannot confuse the two; the
+// epoch keeps ids of restarts and replicas apart.
+type txnIDs struct {
+	prefix string
+	n      atomic.Uint64
+}
+
+// TxnIDPrefix starts every transaction id todeviced sends.
+const TxnIDPrefix = "tdv"
+
+func newTxnIDs() *txnIDs {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return &txnIDs{prefix: TxnIDPrefix + hex.EncodeToString(b[:]) + "."}
+}
+
+func (t *txnIDs) next() string { return t.prefix + strconv.FormatUint(t.n.Add(1), 10) }

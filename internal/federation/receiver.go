@@ -1,0 +1,230 @@
+package federation
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"unicode/utf8"
+
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxid"
+)
+
+// Inbound limits.
+const (
+	// MaxPDUsPerTxn is the spec's limit of PDUs in one transaction.
+	MaxPDUsPerTxn = 50
+	// MaxTxnBytes bounds a /send body: 100 EDUs of 64 KiB and 50 PDUs of
+	// 64 KiB fit with room to spare.
+	MaxTxnBytes = 16 << 20
+	// maxIDBytes bounds message ids and event types of inbound EDUs (the
+	// spec says 32 code points for message ids; established servers are
+	// lenient, and so are we, within what the dedupe key can hold).
+	maxIDBytes = 255
+)
+
+// DeviceListHandler takes the m.device_list_update and m.signing_key_update
+// EDUs of other servers. The device-lists component provides it; until then
+// they are counted and ignored. An error means the EDU could not be stored:
+// the transaction is answered with an error so the origin retries it.
+type DeviceListHandler interface {
+	HandleDeviceListEDU(ctx context.Context, origin, eduType string, content json.RawMessage) error
+}
+
+// ReceiverConfig configures a Receiver.
+type ReceiverConfig struct {
+	// ServerName is ours: EDUs may only address its users.
+	ServerName string
+	Store      Store
+	Inbox      *inbox.Service
+	// DeviceLists takes device-list EDUs; nil ignores them.
+	DeviceLists DeviceListHandler
+	Metrics     *Metrics
+	Logger      *slog.Logger
+}
+
+// Receiver processes what other servers send: transactions arriving at
+// PUT /send/{txnId} in standalone mode, and EDUs a homeserver's federation
+// receiver hands over. Authentication is the caller's job; the Receiver gets
+// the authenticated origin.
+type Receiver struct {
+	cfg ReceiverConfig
+	log *slog.Logger
+	m   *Metrics
+}
+
+// NewReceiver returns a Receiver.
+func NewReceiver(cfg ReceiverConfig) *Receiver {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	return &Receiver{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
+}
+
+type transactionJSON struct {
+	Origin *string           `json:"origin"`
+	PDUs   []json.RawMessage `json:"pdus"`
+	EDUs   []json.RawMessage `json:"edus"`
+}
+
+type pduResult struct {
+	Error string `json:"error,omitempty"`
+}
+
+// HandleTransaction processes transaction txnID from the authenticated
+// origin and returns the body of the 200 answer. A replay of a transaction
+// answered before gets the recorded answer and changes nothing. Errors are
+// *mxerr.Error for a request that is wrong (answer it, do not retry), or
+// anything else when storing failed: answer 5xx so the origin retries, and
+// nothing is recorded.
+func (r *Receiver) HandleTransaction(ctx context.Context, origin, txnID string, body []byte) ([]byte, error) {
+	if resp, found, err := r.cfg.Store.InboundTxn(ctx, origin, txnID); err != nil {
+		return nil, err
+	} else if found {
+		return resp, nil
+	}
+	var txn transactionJSON
+	if err := json.Unmarshal(body, &txn); err != nil {
+		return nil, mxerr.New(mxerr.BadJSON, "Malformed transaction: %v.", err)
+	}
+	if txn.Origin != nil && *txn.Origin != origin {
+		return nil, mxerr.New(mxerr.Forbidden, "The transaction's origin %q is not the server that signed the request.", *txn.Origin)
+	}
+	if len(txn.PDUs) > MaxPDUsPerTxn || len(txn.EDUs) > MaxEDUsPerTxn {
+		return nil, mxerr.New(mxerr.BadJSON, "A transaction carries at most %d PDUs and %d EDUs.", MaxPDUsPerTxn, MaxEDUsPerTxn)
+	}
+	if err := r.HandleEDUs(ctx, origin, txn.EDUs); err != nil {
+		return nil, err
+	}
+	// We hold no rooms: every PDU gets an error, never a silent success.
+	results := make(map[string]pduResult, len(txn.PDUs))
+	for _, pdu := range txn.PDUs {
+		id, err := PDUEventID(pdu)
+		if err != nil {
+			continue // nothing to name it by
+		}
+		results[id] = pduResult{Error: pduError}
+	}
+	resp, err := json.Marshal(struct {
+		PDUs map[string]pduResult `json:"pdus"`
+	}{results})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.cfg.Store.RecordInboundTxn(ctx, origin, txnID, resp); err != nil {
+		// The EDUs are stored: a replay finds them by message id.
+		r.log.WarnContext(ctx, "recording inbound transaction failed", "origin", origin, "err", err)
+	}
+	return resp, nil
+}
+
+// HandleEDUs processes EDUs from the authenticated origin, in order. EDUs
+// that are wrong are dropped and counted (the origin must not retry them
+// forever); an error means storing failed and the whole batch should be
+// retried (what was stored is deduplicated then).
+func (r *Receiver) HandleEDUs(ctx context.Context, origin string, edus []json.RawMessage) error {
+	for _, raw := range edus {
+		if err := r.handleEDU(ctx, origin, raw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type eduJSON struct {
+	Type    string          `json:"edu_type"`
+	Content json.RawMessage `json:"content"`
+}
+
+func (r *Receiver) handleEDU(ctx context.Context, origin string, raw json.RawMessage) error {
+	var e eduJSON
+	if err := json.Unmarshal(raw, &e); err != nil {
+		r.m.EDUsReceived.WithLabelValues(eduOther).Inc()
+		r.dropped(ctx, origin, "", DropMalformed)
+		return nil
+	}
+	r.m.EDUsReceived.WithLabelValues(eduTypeLabel(e.Type)).Inc()
+	switch e.Type {
+	case EDUDirectToDevice:
+		return r.directToDevice(ctx, origin, e.Content)
+	case EDUDeviceListUpd, EDUSigningKeyUpd:
+		if r.cfg.DeviceLists == nil {
+			return nil
+		}
+		if err := r.cfg.DeviceLists.HandleDeviceListEDU(ctx, origin, e.Type, e.Content); err != nil {
+			return fmt.Errorf("handling %s from %s: %w", e.Type, origin, err)
+		}
+	}
+	return nil // EDU types that are not ours are the homeserver's business
+}
+
+type directToDeviceJSON struct {
+	Sender    string                                `json:"sender"`
+	Type      string                                `json:"type"`
+	MessageID string                                `json:"message_id"`
+	Messages  map[string]map[string]json.RawMessage `json:"messages"`
+}
+
+func (r *Receiver) directToDevice(ctx context.Context, origin string, content json.RawMessage) error {
+	var c directToDeviceJSON
+	if err := json.Unmarshal(content, &c); err != nil || c.Messages == nil ||
+		c.Type == "" || len(c.Type) > maxIDBytes || c.MessageID == "" || len(c.MessageID) > maxIDBytes ||
+		!utf8.ValidString(c.MessageID) {
+		r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+		return nil
+	}
+	sender, err := mxid.ParseUserID(c.Sender)
+	if err != nil {
+		r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+		return nil
+	}
+	if sender.Server != origin {
+		r.dropped(ctx, origin, EDUDirectToDevice, DropSenderNotOrigin)
+		return nil
+	}
+	msgs := make(inbox.Messages, len(c.Messages))
+	for userID, devices := range c.Messages {
+		if devices == nil {
+			r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+			return nil
+		}
+		for deviceID, content := range devices {
+			var buf bytes.Buffer
+			if deviceID == "" || len(content) == 0 || content[0] != '{' || json.Compact(&buf, content) != nil {
+				r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+				return nil
+			}
+			devices[deviceID] = buf.Bytes()
+		}
+		msgs[userID] = devices
+	}
+	ra, err := inbox.BuildRemoteAccept(r.cfg.ServerName, origin, c.MessageID, c.Sender, c.Type, msgs)
+	if errors.Is(err, inbox.ErrRecipientNotLocal) {
+		r.dropped(ctx, origin, EDUDirectToDevice, DropRecipientNotLocal)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	res, err := r.cfg.Inbox.AcceptRemote(ctx, ra)
+	if err != nil {
+		return err
+	}
+	if res.Duplicate {
+		r.m.EDUsDropped.WithLabelValues(DropDuplicate).Inc()
+	}
+	return nil
+}
+
+// dropped counts and logs an inbound EDU given up (never its content).
+func (r *Receiver) dropped(ctx context.Context, origin, eduType, reason string) {
+	r.m.EDUsDropped.WithLabelValues(reason).Inc()
+	r.log.InfoContext(ctx, "dropped inbound EDU", "origin", origin, "edu_type", eduType, "reason", reason)
+}

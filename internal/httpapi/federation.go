@@ -1,0 +1,204 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/mxerr"
+)
+
+// maxInternalEDUs bounds one internal POST /federation/edus.
+const maxInternalEDUs = 1000
+
+// FederationConfig is what the federation routes need. The routes exist only
+// when federation is enabled (a server name other than localhost).
+type FederationConfig struct {
+	Receiver *federation.Receiver
+	// Keys authenticates inbound requests (a *federation.KeyFetcher).
+	Keys federation.KeyResolver
+	// KeyResponse returns the self-signed body of GET /_matrix/key/v2/server.
+	KeyResponse func() ([]byte, error)
+	// Feed is the outbox feed for a homeserver that sends everything
+	// itself; nil when todeviced sends (its routes are then absent).
+	Feed *federation.Feed
+	// Version is reported by GET /_matrix/federation/v1/version.
+	Version string
+}
+
+func (a *api) federationRoutes(r chi.Router) {
+	r.Get(federation.KeyServerPath, a.serverKeys)
+	r.Get("/_matrix/federation/v1/version", a.federationVersion)
+	r.Put("/_matrix/federation/v1/send/{txnId}", a.federationSend)
+}
+
+func (a *api) internalFederationRoutes(r chi.Router) {
+	r.Post("/federation/edus", a.internalEDUs)
+	if a.cfg.Federation.Feed != nil {
+		r.Get("/federation/outbox/destinations", a.feedDestinations)
+		r.Get("/federation/outbox", a.feedPull)
+		r.Post("/federation/outbox/ack", a.feedAck)
+	}
+}
+
+func (a *api) serverKeys(w http.ResponseWriter, r *http.Request) {
+	body, err := a.cfg.Federation.KeyResponse()
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeRaw(w, http.StatusOK, body)
+}
+
+func (a *api) federationVersion(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"server": map[string]string{"name": "todeviced", "version": a.cfg.Federation.Version}})
+}
+
+// federationSend is PUT /_matrix/federation/v1/send/{txnId}: authenticate
+// (X-Matrix), then let the receiver process the transaction.
+func (a *api) federationSend(w http.ResponseWriter, r *http.Request) {
+	txnID, err := pathParam(r, "txnId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	body, err := readBody(w, r, federation.MaxTxnBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if !utf8.Valid(body) || !json.Valid(body) {
+		writeError(w, r, a.log, mxerr.New(mxerr.NotJSON, "Content not JSON."))
+		return
+	}
+	origin, err := federation.VerifyRequest(r.Context(), r, body, a.cfg.ServerName, a.cfg.Federation.Keys)
+	switch {
+	case errors.Is(err, federation.ErrMalformedAuth):
+		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
+		writeError(w, r, a.log, mxerr.WithStatus(http.StatusBadRequest, mxerr.Unauthorized, "Malformed X-Matrix authorization."))
+		return
+	case errors.Is(err, federation.ErrUnauthorized):
+		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
+		writeError(w, r, a.log, mxerr.New(mxerr.Unauthorized, "Request not authorized."))
+		return
+	case err != nil:
+		writeError(w, r, a.log, err)
+		return
+	}
+	resp, err := a.cfg.Federation.Receiver.HandleTransaction(r.Context(), origin, txnID, body)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeRaw(w, http.StatusOK, resp)
+}
+
+type internalEDUsBody struct {
+	Origin string            `json:"origin"`
+	EDUs   []json.RawMessage `json:"edus"`
+}
+
+// internalEDUs takes EDUs the homeserver's federation receiver already
+// authenticated.
+func (a *api) internalEDUs(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r, federation.MaxTxnBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	var b internalEDUsBody
+	if err := decodeObject(body, &b); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if b.Origin == "" {
+		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'origin'."))
+		return
+	}
+	if err := federation.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
+		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid origin %q.", b.Origin))
+		return
+	}
+	if len(b.EDUs) > maxInternalEDUs {
+		writeError(w, r, a.log, mxerr.New(mxerr.TooLarge, "At most %d EDUs per request.", maxInternalEDUs))
+		return
+	}
+	if err := a.cfg.Federation.Receiver.HandleEDUs(r.Context(), b.Origin, b.EDUs); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeRaw(w, http.StatusOK, []byte("{}"))
+}
+
+func (a *api) feedDestinations(w http.ResponseWriter, r *http.Request) {
+	dests, err := a.cfg.Federation.Feed.Destinations(r.Context())
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if dests == nil {
+		dests = []string{}
+	}
+	writeJSON(w, http.StatusOK, map[string][]string{"destinations": dests})
+}
+
+type feedPullBody struct {
+	EDUs  []json.RawMessage `json:"edus"`
+	Batch string            `json:"batch,omitempty"`
+}
+
+func (a *api) feedPull(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	dest := q.Get("destination")
+	if dest == "" {
+		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing destination."))
+		return
+	}
+	limit := federation.MaxEDUsPerTxn
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "limit must be a positive integer."))
+			return
+		}
+		limit = min(n, federation.MaxEDUsPerTxn)
+	}
+	b, err := a.cfg.Federation.Feed.Pull(r.Context(), dest, limit)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, feedPullBody{EDUs: b.EDUs, Batch: b.Token})
+}
+
+type feedAckBody struct {
+	Batch string `json:"batch"`
+}
+
+func (a *api) feedAck(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r, maxInternalBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	var b feedAckBody
+	if err := decodeObject(body, &b); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if b.Batch == "" {
+		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'batch'."))
+		return
+	}
+	n, err := a.cfg.Federation.Feed.Ack(r.Context(), b.Batch)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+}

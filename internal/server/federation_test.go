@@ -1,0 +1,277 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/server"
+)
+
+const (
+	alice = "@alice:a.test"
+	bob   = "@bob:b.test"
+	carol = "@carol:c.test"
+)
+
+func TestFederationSendToRemoteDevice(t *testing.T) {
+	t.Parallel()
+	a, b := pair(t, nil)
+	aliceTok := a.device(alice, "A1")
+	b1, b2 := b.syncer(b.device(bob, "B1")), b.syncer(b.device(bob, "B2"))
+
+	a.send(aliceTok, "t1", map[string]map[string]any{bob: {"B1": map[string]any{"n": 1}}})
+	a.send(aliceTok, "t2", map[string]map[string]any{bob: {"*": map[string]any{"n": 2}}})
+
+	got := b1.collect(2)
+	require.Equal(t, []int{1, 2}, ns(got))
+	for _, e := range got {
+		require.Equal(t, alice, e.Sender)
+		require.Equal(t, "m.test", e.Type)
+	}
+	require.Equal(t, []int{2}, ns(b2.collect(1)), `"*" reaches every device of the remote user`)
+
+	// And back.
+	bobTok := b.device(bob, "B3")
+	a1 := a.syncer(aliceTok)
+	b.send(bobTok, "r1", map[string]map[string]any{alice: {"A1": map[string]any{"n": 3}}})
+	require.Equal(t, []int{3}, ns(a1.collect(1)))
+
+	a.idle()
+	require.Empty(t, b1.once(0), "nothing arrives twice")
+	require.Equal(t, 2.0, a.metric("todeviced_federation_edus_sent_total", "type=m.direct_to_device"))
+	require.Equal(t, 2.0, b.metric("todeviced_federation_edus_received_total", "type=m.direct_to_device"))
+	require.Equal(t, 3.0, b.metric("todeviced_messages_enqueued_total", "origin=federation"))
+}
+
+func TestFederationDestinationDownAndBack(t *testing.T) {
+	t.Parallel()
+	a, b := pair(t, nil)
+	aliceTok := a.device(alice, "A1")
+	b1 := b.syncer(b.device(bob, "B1"))
+
+	b.stop()
+	for i := range 5 {
+		a.send(aliceTok, fmt.Sprint("t", i), map[string]map[string]any{bob: {"B1": map[string]any{"n": i}}})
+	}
+	waitUntil(t, "A to fail at least twice", func() bool {
+		return a.metric("todeviced_federation_transactions_total", "result=retry") >= 2
+	})
+	b.restart()
+
+	require.Equal(t, seq(0, 5), ns(b1.collect(5)), "every message arrives once, in order")
+	a.idle()
+	require.Empty(t, b1.once(0), "nothing arrives twice")
+}
+
+// signedClient talks to b as origin, with key.
+func signedClient(t *testing.T, origin string, key federation.SigningKey, b *node) *federation.Client {
+	res, err := federation.NewResolver(federation.ResolverOptions{Overrides: map[string]string{b.name: b.url}})
+	require.NoError(t, err)
+	c, err := federation.NewClient(federation.ClientOptions{ServerName: origin, Key: key, Resolver: res})
+	require.NoError(t, err)
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+func loadKey(t *testing.T, n *node) federation.SigningKey {
+	key, created, err := federation.LoadOrCreateSigningKey(n.cfg.SigningKey)
+	require.NoError(t, err)
+	require.False(t, created)
+	return key
+}
+
+// toDeviceEDU is an m.direct_to_device EDU from sender with one message.
+func toDeviceEDU(sender, messageID, user, device string, n int) map[string]any {
+	return map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+		"sender": sender, "type": "m.test", "message_id": messageID,
+		"messages": map[string]any{user: map[string]any{device: map[string]any{"n": n}}},
+	}}
+}
+
+func txnBody(origin string, pdus []any, edus ...map[string]any) map[string]any {
+	if pdus == nil {
+		pdus = []any{}
+	}
+	if edus == nil {
+		edus = []map[string]any{}
+	}
+	return map[string]any{"origin": origin, "origin_server_ts": 1700000000000, "pdus": pdus, "edus": edus}
+}
+
+func TestFederationReplayAndDuplicateMessageID(t *testing.T) {
+	t.Parallel()
+	a, b := pair(t, nil)
+	b1 := b.syncer(b.device(bob, "B1"))
+	c := signedClient(t, a.name, loadKey(t, a), b)
+	put := func(txnID string, body any) json.RawMessage {
+		var resp json.RawMessage
+		require.NoError(t, c.Do(testCtx(t), b.name, http.MethodPut, "/_matrix/federation/v1/send/"+txnID, nil, body, &resp))
+		return resp
+	}
+
+	first := put("tx1", txnBody(a.name, nil, toDeviceEDU(alice, "m1", bob, "B1", 1)))
+	require.JSONEq(t, `{"pdus":{}}`, string(first))
+	again := put("tx1", txnBody(a.name, nil, toDeviceEDU(alice, "m1", bob, "B1", 1)))
+	require.Equal(t, string(first), string(again), "a replay gets the first answer")
+	put("tx2", txnBody(a.name, nil, toDeviceEDU(alice, "m1", bob, "B1", 1), toDeviceEDU(alice, "m2", bob, "B1", 2)))
+
+	require.Equal(t, []int{1, 2}, ns(b1.once(0)), "the same message_id in a new transaction is stored once")
+	require.Empty(t, b1.once(0))
+	require.Equal(t, 1.0, b.metric("todeviced_federation_edus_dropped_total", "reason=duplicate"))
+
+	// PDUs are answered with an error each, never accepted.
+	pdu := map[string]any{"room_id": "!r:a.test", "type": "m.room.message", "sender": alice, "depth": 3,
+		"origin_server_ts": 1700000000000, "content": map[string]any{"body": "hi"}, "prev_events": []any{}, "auth_events": []any{},
+		"hashes": map[string]any{"sha256": "x"}}
+	legacy := map[string]any{"event_id": "$legacy:a.test", "room_id": "!r:a.test", "type": "m.room.message"}
+	resp := put("tx3", txnBody(a.name, []any{pdu, legacy}))
+	var r struct {
+		PDUs map[string]struct {
+			Error string `json:"error"`
+		} `json:"pdus"`
+	}
+	require.NoError(t, json.Unmarshal(resp, &r))
+	require.Len(t, r.PDUs, 2)
+	require.NotEmpty(t, r.PDUs["$legacy:a.test"].Error)
+	for id, res := range r.PDUs {
+		require.True(t, strings.HasPrefix(id, "$"), id)
+		require.NotEmpty(t, res.Error)
+	}
+}
+
+// rawSend sends PUT /send/{txnId} to b with whatever Authorization sign
+// produces and returns the status and errcode.
+func rawSend(t *testing.T, b *node, txnID string, body []byte, sign func(*http.Request, []byte)) (int, string) {
+	req, err := http.NewRequestWithContext(testCtx(t), http.MethodPut, b.url+"/_matrix/federation/v1/send/"+txnID, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	sign(req, body)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var e struct {
+		Errcode string `json:"errcode"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e.Errcode
+}
+
+func TestFederationRefusesWhatIsNotAuthentic(t *testing.T) {
+	t.Parallel()
+	a, b := pair(t, nil)
+	b1 := b.syncer(b.device(bob, "B1"))
+	key := loadKey(t, a)
+	otherKey, err := federation.GenerateSigningKey()
+	require.NoError(t, err)
+	forged, err := federation.NewSigningKey(key.ServerKeyID, otherKey.Private.Seed())
+	require.NoError(t, err)
+
+	mustJSON := func(v any) []byte {
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		return b
+	}
+	good := mustJSON(txnBody(a.name, nil, toDeviceEDU(alice, "m1", bob, "B1", 1)))
+	signAs := func(origin, destination string, k federation.SigningKey) func(*http.Request, []byte) {
+		return func(req *http.Request, body []byte) {
+			require.NoError(t, federation.SignRequest(req, origin, destination, k, body))
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		body    []byte
+		sign    func(*http.Request, []byte)
+		status  int
+		errcode string
+	}{
+		{"malformed header", good, func(r *http.Request, _ []byte) {
+			r.Header.Set("Authorization", `X-Matrix origin="a.test",key=`)
+		}, 400, "M_UNAUTHORIZED"},
+		{"no header", good, func(*http.Request, []byte) {}, 401, "M_UNAUTHORIZED"},
+		{"forged origin", good, signAs(a.name, b.name, forged), 401, "M_UNAUTHORIZED"},
+		{"bad signature", good, func(r *http.Request, body []byte) {
+			signAs(a.name, b.name, key)(r, mustJSON(txnBody(a.name, nil, toDeviceEDU(alice, "m1", bob, "B1", 666))))
+		}, 401, "M_UNAUTHORIZED"},
+		{"wrong destination", good, signAs(a.name, "c.test", key), 401, "M_UNAUTHORIZED"},
+		{"origin in body not the signer", mustJSON(txnBody("c.test", nil, toDeviceEDU("@x:c.test", "m1", bob, "B1", 1))),
+			signAs(a.name, b.name, key), 403, "M_FORBIDDEN"},
+		{"not JSON", []byte("{"), func(r *http.Request, _ []byte) {
+			r.Header.Set("Authorization", `X-Matrix origin="a.test",destination="b.test",key="ed25519:x",sig="abc"`)
+		}, 400, "M_NOT_JSON"},
+	} {
+		status, errcode := rawSend(t, b, "bad-"+strings.ReplaceAll(tc.name, " ", "-"), tc.body, tc.sign)
+		require.Equal(t, tc.status, status, tc.name)
+		require.Equal(t, tc.errcode, errcode, tc.name)
+	}
+
+	var edus []map[string]any
+	for i := range 101 {
+		edus = append(edus, toDeviceEDU(alice, fmt.Sprint("many", i), bob, "B1", i))
+	}
+	status, errcode := rawSend(t, b, "too-many", mustJSON(txnBody(a.name, nil, edus...)), signAs(a.name, b.name, key))
+	require.Equal(t, 400, status, "more than 100 EDUs")
+	require.Equal(t, "M_BAD_JSON", errcode)
+
+	// Authentic transactions with EDUs that are not: dropped, answered 200.
+	status, _ = rawSend(t, b, "bad-edus", mustJSON(txnBody(a.name, nil,
+		toDeviceEDU("@mallory:c.test", "m2", bob, "B1", 2),
+		toDeviceEDU(alice, "m3", carol, "C1", 3),
+		map[string]any{"edu_type": "m.direct_to_device", "content": "nonsense"},
+		map[string]any{"edu_type": "m.typing", "content": map[string]any{}},
+	)), signAs(a.name, b.name, key))
+	require.Equal(t, 200, status)
+	require.Equal(t, 1.0, b.metric("todeviced_federation_edus_dropped_total", "reason=sender_not_origin"))
+	require.Equal(t, 1.0, b.metric("todeviced_federation_edus_dropped_total", "reason=recipient_not_local"))
+	require.Equal(t, 1.0, b.metric("todeviced_federation_edus_dropped_total", "reason=malformed"))
+	require.Equal(t, 1.0, b.metric("todeviced_federation_edus_received_total", "type=other"))
+
+	require.Empty(t, b1.once(0), "nothing was enqueued")
+	require.Zero(t, b.metric("todeviced_messages_enqueued_total", "origin=federation"))
+}
+
+func TestFederationRejectingDestinationDoesNotBlockOthers(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var attempts []string
+	c := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		attempts = append(attempts, r.URL.Path+" "+string(body))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"errcode":"M_BAD_JSON","error":"no"}`))
+	}))
+	t.Cleanup(c.Close)
+	a, b := pair(t, func(cfg *server.Config) { cfg.FederationDestinations["c.test"] = c.URL })
+	aliceTok := a.device(alice, "A1")
+	b1 := b.syncer(b.device(bob, "B1"))
+
+	a.send(aliceTok, "c", map[string]map[string]any{carol: {"C1": map[string]any{"n": 100}, "C2": map[string]any{"n": 101}}})
+	for i := range 10 {
+		a.send(aliceTok, fmt.Sprint("b", i), map[string]map[string]any{bob: {"B1": map[string]any{"n": i}}})
+	}
+	require.Equal(t, seq(0, 10), ns(b1.collect(10)), "the failing destination holds up nobody else")
+
+	waitUntil(t, "the refused transaction to be dropped", func() bool {
+		return a.metric("todeviced_federation_edus_dropped_total", "reason=rejected") == 1
+	})
+	a.idle()
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, attempts, federation.RejectAfter, "dropped after the same 4xx %d times in a row", federation.RejectAfter)
+	for _, at := range attempts {
+		require.Equal(t, attempts[0], at, "every attempt is the same transaction, byte for byte")
+	}
+	require.Equal(t, float64(federation.RejectAfter), a.metric("todeviced_federation_transactions_total", "result=rejected"))
+}
