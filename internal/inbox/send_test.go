@@ -53,7 +53,9 @@ func TestDecodeSendBody(t *testing.T) {
 	require.Empty(t, msgs)
 }
 
-func key(id string) TxnKey { return TxnKey{UserID: "@s:here", DeviceID: "DEV", EventType: "m.test", TxnID: id} }
+func key(id string) TxnKey {
+	return TxnKey{UserID: "@s:here", DeviceID: "DEV", EventType: "m.test", TxnID: id}
+}
 
 func TestBuildAcceptValidation(t *testing.T) {
 	ok := Messages{"@u:here": {"D": json.RawMessage(`{}`)}}
