@@ -179,9 +179,9 @@ func deviceAdd(ctx context.Context, cfg server.Config, userID, deviceID string, 
 		return 1
 	}
 	defer backend.Close()
-	reg := devicelists.NewRegistry(backend.Devices(), cfg.ServerName, log)
+	reg := devicelists.New(backend.Devices(), cfg.ServerName, log, nil)
 	token := devicelists.NewToken()
-	if _, _, err := reg.PutDevice(ctx, userID, deviceID, token, nil); err != nil {
+	if _, _, err := reg.PutDevice(ctx, userID, deviceID, token, nil, nil); err != nil {
 		fmt.Fprintf(stderr, "todeviced: %v\n", err)
 		return 1
 	}

@@ -39,7 +39,7 @@ type Server struct {
 	backend  storage.Backend
 	hub      *wakeup.Hub
 	inbox    *inbox.Service
-	devices  *devicelists.Registry
+	devices  *devicelists.Service
 	registry *prometheus.Registry
 	handler  http.Handler
 	metrics  http.Handler
@@ -97,7 +97,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		ServerName: cfg.ServerName, Store: backend.Inbox(), Metrics: inbox.NewMetrics(reg), Logger: log,
 		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
 	})
-	s.devices = devicelists.NewRegistry(backend.Devices(), cfg.ServerName, log)
+	s.devices = devicelists.New(backend.Devices(), cfg.ServerName, log, devicelists.NewMetrics(reg))
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
 		Inbox: s.inbox, Devices: s.devices, Hub: s.hub, Logger: log, Metrics: httpapi.NewMetrics(reg),
@@ -120,7 +120,7 @@ func (s *Server) Hub() *wakeup.Hub { return s.hub }
 func (s *Server) Inbox() *inbox.Service { return s.inbox }
 
 // Devices is the device registry.
-func (s *Server) Devices() *devicelists.Registry { return s.devices }
+func (s *Server) Devices() *devicelists.Service { return s.devices }
 
 // Backend is the open database.
 func (s *Server) Backend() storage.Backend { return s.backend }
@@ -133,6 +133,9 @@ func (s *Server) Start(ctx context.Context) {
 	s.kickPurge() // finish purges a previous process left undone
 	s.goJob(ctx, "purge", purgeSweep, s.purgeDeleted, s.purgeKick)
 	s.goJob(ctx, "housekeeping", housekeepEvery, s.inbox.Housekeep, nil)
+	s.goJob(ctx, "device-list-pruning", housekeepEvery, func(ctx context.Context) error {
+		return s.devices.PruneStream(ctx, devicelists.DefaultStreamRetention)
+	}, nil)
 	s.goJob(ctx, "backlog", backlogEvery, s.inbox.RefreshBacklog, nil)
 }
 

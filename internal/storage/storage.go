@@ -39,8 +39,9 @@ type Options struct {
 	Migrate   bool
 	Hub       *wakeup.Hub
 	Logger    *slog.Logger
-	// InboxHooks are for tests.
+	// InboxHooks and DeviceListHooks are for tests.
 	InboxHooks      inbox.Hooks
+	DeviceListHooks devicelists.Hooks
 	OnListenerState func(up bool)
 }
 
@@ -66,7 +67,8 @@ func Open(ctx context.Context, opts Options) (Backend, error) {
 	case "postgres":
 		db, err := postgres.Open(ctx, postgres.Options{
 			URL: opts.URL, DirectURL: opts.DirectURL, MaxConns: opts.MaxConns, Migrate: opts.Migrate,
-			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, OnListenerState: opts.OnListenerState,
+			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, DeviceListHooks: opts.DeviceListHooks,
+			OnListenerState: opts.OnListenerState,
 		})
 		if err != nil {
 			return nil, err

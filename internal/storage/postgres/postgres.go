@@ -38,6 +38,8 @@ type Options struct {
 	Logger *slog.Logger
 	// InboxHooks are test hooks for the inbox store.
 	InboxHooks inbox.Hooks
+	// DeviceListHooks are test hooks for the device-list store.
+	DeviceListHooks devicelists.Hooks
 	// OnListenerState is told whether the LISTEN connection is up.
 	OnListenerState func(up bool)
 	// InboxWrite chooses how Accept writes inbox rows (benchmarks compare

@@ -38,8 +38,9 @@ type Harness struct {
 
 // Options configure one instance.
 type Options struct {
-	Hub   *wakeup.Hub
-	Hooks inbox.Hooks
+	Hub         *wakeup.Hub
+	Hooks       inbox.Hooks
+	DeviceHooks devicelists.Hooks
 }
 
 // Env is one test's database.
@@ -76,6 +77,14 @@ func Run(t *testing.T, h Harness) {
 		{"Durable", testDurable},
 		{"DeviceRegistry", testDeviceRegistry},
 		{"TokenMovesBetweenDevices", testTokenMoves},
+		{"DeviceListChangedAndLeft", testDeviceListChangedAndLeft},
+		{"InviteAndKnockShare", testInviteAndKnockShare},
+		{"MembershipOrdering", testMembershipOrdering},
+		{"DeviceListDeleteAndCrossSigning", testDeviceListDeleteAndCrossSigning},
+		{"LocalKeys", testLocalKeys},
+		{"DeviceListLateCommitNeverSkipped", testDeviceListLateCommit},
+		{"DeviceListWakeUps", testDeviceListWakeUps},
+		{"DeviceListPruning", testDeviceListPruning},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -89,7 +98,7 @@ func Run(t *testing.T, h Harness) {
 func (e *Env) Open(opts Options) storage.Backend {
 	e.t.Helper()
 	ctx := context.Background()
-	b, err := storage.Open(ctx, storage.Options{URL: e.URL, Migrate: true, Hub: opts.Hub, InboxHooks: opts.Hooks})
+	b, err := storage.Open(ctx, storage.Options{URL: e.URL, Migrate: true, Hub: opts.Hub, InboxHooks: opts.Hooks, DeviceListHooks: opts.DeviceHooks})
 	require.NoError(e.t, err, "opening backend")
 	b.Start(ctx)
 	e.t.Cleanup(b.Close)
