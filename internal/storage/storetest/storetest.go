@@ -63,6 +63,8 @@ func Run(t *testing.T, h Harness) {
 		{"LateCommitNeverSkipped", testLateCommitNeverSkipped},
 		{"OverlappingFanOutsNeverDeadlock", testOverlappingFanOuts},
 		{"PositionsNeverReused", testPositionsNeverReused},
+		{"RestartKeepsEpochAndPositions", testRestartKeepsEpochAndPositions},
+		{"ConcurrentSendsAndSyncsLoseNothing", testConcurrentSendsAndSyncs},
 		{"EpochChangesWhenDatabaseRecreated", testEpochChangesWhenRecreated},
 		{"AckIsTheNextSince", testAckIsNextSince},
 		{"Recipients", testRecipients},
