@@ -110,8 +110,9 @@ func benchmarkSyncDrain(b *testing.B, pending int) {
 // fill writes n pending messages for dev in one statement: the backlog is
 // the benchmark's premise, not what it measures.
 func fill(b *testing.B, db *DB, dev inbox.Recipient, n int) {
-	err := db.write(context.Background(), func(tx *sql.Tx) error {
-		_, err := tx.Exec(`
+	ctx := context.Background()
+	err := db.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `
 			WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?)
 			INSERT INTO device_inbox (user_id, device_nid, sender, type, content, enqueued_at)
 			SELECT ?, ?, '@s:example.org', 'm.room.encrypted', CAST('{"n":' || i || '}' AS BLOB), ? FROM c`,

