@@ -22,8 +22,10 @@ type Harness struct {
 	// NewURL returns the URL of a fresh database for t, removed at cleanup.
 	// The suite opens it with Migrate set.
 	NewURL func(t *testing.T) string
-	// Recreate destroys the database at url and leaves an empty one, as an
-	// operator rebuilding or restoring it would.
+	// Recreate destroys the database at url, as an operator rebuilding or
+	// restoring it would, and leaves an empty database (PostgreSQL) or none
+	// at all (SQLite: the files are gone). The suite reopens it with Migrate
+	// set, which creates what is missing.
 	Recreate func(t *testing.T, url string)
 	// MultiInstance is true when several instances (replicas) may open one
 	// database at once.
@@ -64,6 +66,8 @@ func Run(t *testing.T, h Harness) {
 		{"LateCommitNeverSkipped", testLateCommitNeverSkipped},
 		{"OverlappingFanOutsNeverDeadlock", testOverlappingFanOuts},
 		{"PositionsNeverReused", testPositionsNeverReused},
+		{"RestartKeepsEpochAndPositions", testRestartKeepsEpochAndPositions},
+		{"ConcurrentSendsAndSyncsLoseNothing", testConcurrentSendsAndSyncs},
 		{"EpochChangesWhenDatabaseRecreated", testEpochChangesWhenRecreated},
 		{"AckIsTheNextSince", testAckIsNextSince},
 		{"Recipients", testRecipients},
