@@ -76,6 +76,7 @@ func Run(t *testing.T, h Harness) {
 		{"Durable", testDurable},
 		{"DeviceRegistry", testDeviceRegistry},
 		{"TokenMovesBetweenDevices", testTokenMoves},
+		{"PoolStats", testPoolStats},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
