@@ -84,6 +84,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		reg = prometheus.NewRegistry()
 	}
 	m := newMetrics(reg, opts.Version, cfg.DatabaseURL)
+	m.inboxMaxAge.Set(cfg.InboxMaxAge.Seconds())
 	s := &Server{cfg: cfg, log: log, registry: reg, m: m, purgeKick: make(chan struct{}, 1)}
 	s.hub = wakeup.NewHub()
 	s.hub.OnWaitersChanged = func(n int) { m.longPolls.Set(float64(n)) }
@@ -282,9 +283,10 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 
 // metrics of the process itself.
 type serverMetrics struct {
-	longPolls  prometheus.Gauge
-	listenerUp prometheus.Gauge
-	dbReady    prometheus.Gauge
+	longPolls   prometheus.Gauge
+	listenerUp  prometheus.Gauge
+	inboxMaxAge prometheus.Gauge
+	dbReady     prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, version, databaseURL string) *serverMetrics {
@@ -307,12 +309,16 @@ func newMetrics(reg prometheus.Registerer, version, databaseURL string) *serverM
 			Name: "todeviced_listener_up",
 			Help: "1 when the wake-up listener (LISTEN/NOTIFY) is connected; while 0, waiters fall back to polling.",
 		}),
+		inboxMaxAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_inbox_max_age_seconds",
+			Help: "--inbox-max-age: messages pending longer are dropped (0: kept forever). Alerts compare the oldest pending message with it.",
+		}),
 		dbReady: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "todeviced_database_ready",
 			Help: "1 when the database answers and its schema is migrated (what /readyz checks), refreshed every 15 s.",
 		}),
 	}
-	reg.MustRegister(buildInfo, m.longPolls, m.listenerUp, m.dbReady,
+	reg.MustRegister(buildInfo, m.longPolls, m.listenerUp, m.inboxMaxAge, m.dbReady,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
