@@ -95,3 +95,45 @@ func TestShutdownFinishesInFlightSend(t *testing.T) {
 		require.Equal(t, true, got.ToDevice.Events[0].Content["held"])
 	})
 }
+
+// A request still running at --shutdown-timeout is cut off rather than
+// holding the process: its connection is closed, its context ends, its
+// transaction rolls back, and the server finishes shutting down.
+func TestShutdownDeadlineCutsOffStuckRequests(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		dbURL := b.NewURL(t)
+		entered := make(chan struct{})
+		var hold sync.Once
+		hooks := inbox.Hooks{BeforeAcceptCommit: func(ctx context.Context, a *inbox.Accept) error {
+			if a.Txn.TxnID == "stuck" {
+				hold.Do(func() { close(entered) })
+				<-ctx.Done() // stuck until the request is cut off
+				return ctx.Err()
+			}
+			return nil
+		}}
+		cfg := servertest.Config(dbURL)
+		cfg.ShutdownTimeout = 50 * time.Millisecond
+		in := servertest.Start(t, cfg, server.Options{InboxHooks: hooks})
+		in.PutDevice(t, "@a:localhost", "A", "tok-a")
+		in.PutDevice(t, "@b:localhost", "B", "tok-b")
+
+		sent := make(chan error, 1)
+		go func() {
+			req, _ := http.NewRequest(http.MethodPut, in.URL+"/_matrix/client/v3/sendToDevice/m.test/stuck",
+				strings.NewReader(`{"messages":{"@b:localhost":{"B":{"stuck":true}}}}`))
+			req.Header.Set("Authorization", "Bearer tok-a")
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			sent <- err
+		}()
+		<-entered
+		in.Stop(t) // returns: the deadline does not wait for the stuck request
+		require.Error(t, <-sent, "the cut-off request gets no answer")
+
+		again := servertest.Start(t, servertest.Config(dbURL), server.Options{})
+		require.Empty(t, again.Sync(t, "tok-b", "", 0).ToDevice.Events, "the cut-off send was rolled back")
+	})
+}
