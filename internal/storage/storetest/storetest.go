@@ -73,10 +73,10 @@ func Run(t *testing.T, h Harness) {
 		{"PruneTxns", testPruneTxns},
 		{"ExpireMessages", testExpireMessages},
 		{"Backlog", testBacklog},
+		{"PoolStats", testPoolStats},
 		{"Durable", testDurable},
 		{"DeviceRegistry", testDeviceRegistry},
 		{"TokenMovesBetweenDevices", testTokenMoves},
-		{"PoolStats", testPoolStats},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
