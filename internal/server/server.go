@@ -328,8 +328,8 @@ func newMetrics(reg prometheus.Registerer, version, databaseURL string) *serverM
 // database decides readiness. The wake-up listener does not: polling covers
 // for it, and a LISTEN flap must not take every replica out of service at
 // once; todeviced_listener_up and its alert watch it instead.
-func (s *Server) checkDatabase(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+func (s *Server) checkDatabase(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, readyTimeout)
 	defer cancel()
 	err := s.backend.Ping(ctx)
 	if err != nil {
@@ -340,7 +340,9 @@ func (s *Server) checkDatabase(ctx context.Context) error {
 		err = fmt.Errorf("%d migration(s) pending: run todeviced migrate", n)
 	}
 	if err != nil {
-		s.m.dbReady.Set(0)
+		if parent.Err() == nil { // a prober that gave up says nothing about the database
+			s.m.dbReady.Set(0)
+		}
 		return err
 	}
 	s.m.dbReady.Set(1)
