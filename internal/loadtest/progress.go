@@ -52,7 +52,7 @@ func (r *Runner) progress(ctx context.Context) {
 			if cfg.CSV != nil && cur.at.Sub(prev.at) > 100*time.Millisecond {
 				_, _ = cfg.CSV.Write(r.csvRow(buf[:0], prev, cur))
 			}
-			if cfg.Progress != nil {
+			if cfg.Progress != nil && (cfg.ProgressTTY || cur.sends != lastLine.sends || cur.delivered != lastLine.delivered) {
 				line := r.progressLine(lastLine, cur)
 				if cfg.ProgressTTY {
 					fmt.Fprintf(cfg.Progress, "\r\033[K%s\n", line)
@@ -92,7 +92,7 @@ func (r *Runner) progressLine(prev, cur sample) string {
 		return float64(b-a) / secs
 	}
 	lat := cur.lat.Sub(prev.lat)
-	return fmt.Sprintf("[%5.0fs %-9s] sends %d (%.0f/s)  delivered %d (%.0f/s)  pending %d  in-flight %d  p99 %sms  errors send %d sync %d",
+	return fmt.Sprintf("[%5.0fs %-13s] sends %d (%.0f/s)  delivered %d (%.0f/s)  pending %d  in-flight %d  p99 %sms  errors send %d sync %d",
 		cur.at.Sub(r.st.start).Seconds(), r.phase(),
 		cur.sends, rate(prev.sends, cur.sends),
 		cur.delivered, rate(prev.delivered, cur.delivered),

@@ -185,6 +185,28 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		r.inboxes[i] = NewInbox()
 	}
 
+	// syncCtx ends the long-polls once everything arrived; finishing syncs
+	// (the last acknowledgements) run after it under their own deadline.
+	syncCtx, stopSync := context.WithCancel(ctx)
+	defer stopSync()
+	var syncers, ready sync.WaitGroup
+	for d := range r.devices {
+		syncers.Add(1)
+		ready.Add(1)
+		go func() {
+			defer syncers.Done()
+			r.syncer(syncCtx, ctx, d, ready.Done)
+		}()
+	}
+	// The clock starts once every syncer holds its connection: with
+	// thousands of devices, the connect storm would otherwise eat the first
+	// seconds of the measurement.
+	ready.Wait()
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("starting syncers: %w", ctx.Err())
+	}
+	r.log.Info("syncers ready", "syncers", len(r.devices))
+
 	r.st.start = time.Now()
 	r.st.phase.Store("sending")
 	progressCtx, stopProgress := context.WithCancel(ctx)
@@ -193,19 +215,6 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		defer close(progressDone)
 		r.progress(progressCtx)
 	}()
-
-	// syncCtx ends the long-polls once everything arrived; finishing syncs
-	// (the last acknowledgements) run after it under their own deadline.
-	syncCtx, stopSync := context.WithCancel(ctx)
-	defer stopSync()
-	var syncers sync.WaitGroup
-	for d := range r.devices {
-		syncers.Add(1)
-		go func() {
-			defer syncers.Done()
-			r.syncer(syncCtx, ctx, d)
-		}()
-	}
 
 	// issueCtx ends the sending phase; hardCtx bounds retries and the
 	// drain, and is cancelled DrainTimeout after sending stopped.
@@ -526,7 +535,10 @@ func (r *Runner) appendBody(b []byte, sender int, seq uint32, recipients []uint3
 // acknowledging what arrives; then it acknowledges the last batch and reads
 // until the inbox is empty, so nothing is left behind and a message handed
 // out again after its acknowledgement would still be caught.
-func (r *Runner) syncer(syncCtx, ctx context.Context, d int) {
+//
+// Its first request does not wait (timeout 0), so it answers at once and
+// the syncer calls ready: from then on its connection is established.
+func (r *Runner) syncer(syncCtx, ctx context.Context, d int, ready func()) {
 	dev := &r.devices[d]
 	in := r.inboxes[d]
 	var buf bytes.Buffer
@@ -534,9 +546,19 @@ func (r *Runner) syncer(syncCtx, ctx context.Context, d int) {
 	since := ""
 	rng := rand.New(rand.NewPCG(r.cfg.Seed^0x5eed, uint64(d)))
 	b := minBackoff
+	first := true
+	defer func() {
+		if first {
+			ready()
+		}
+	}()
 	for syncCtx.Err() == nil {
-		rctx, cancel := context.WithTimeout(syncCtx, r.cfg.SyncTimeout+syncGrace)
-		err := r.c.sync(rctx, dev.authz, since, r.cfg.SyncTimeout, &buf, &resp)
+		timeout := r.cfg.SyncTimeout
+		if first {
+			timeout = 0
+		}
+		rctx, cancel := context.WithTimeout(syncCtx, timeout+syncGrace)
+		err := r.c.sync(rctx, dev.authz, since, timeout, &buf, &resp)
 		cancel()
 		r.st.syncRequests.Add(1)
 		if err != nil {
@@ -552,6 +574,10 @@ func (r *Runner) syncer(syncCtx, ctx context.Context, d int) {
 			continue
 		}
 		b = minBackoff
+		if first {
+			first = false
+			ready()
+		}
 		if r.cfg.SyncDropRate > 0 && len(resp.ToDevice.Events) > 0 && rng.Float64() < r.cfg.SyncDropRate {
 			// Throw the response away as if it had been lost on the way:
 			// since stays, so the server must hand these out again.
