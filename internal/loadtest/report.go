@@ -185,7 +185,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 
 	v := rep.Verdict
-	fmt.Fprintf(&b, "\nverification: expected %d, delivered %d, lost %d, duplicates %d, reordered %d, unexpected %d, corrupt %d, unconfirmed sends %d (their messages delivered: %d), redelivered after unprocessed responses %d (dropped on purpose: %d)\n",
+	fmt.Fprintf(&b, "\nverification: expected %d, delivered %d, lost %d, duplicates %d, reordered %d, unexpected %d, corrupt %d, unconfirmed sends %d (their messages delivered: %d), redelivered after unprocessed responses %d (responses dropped on purpose: %d)\n",
 		v.Expected, v.Delivered, v.Lost, v.Duplicates, v.Reordered, v.Unexpected, v.Corrupt,
 		v.UnconfirmedSends, v.UnconfirmedDelivered, v.Redelivered, rep.DroppedResponses)
 	for _, e := range v.Examples {
