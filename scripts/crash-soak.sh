@@ -87,25 +87,41 @@ start_server
 	>"$work/report.txt" 2>"$work/load.log" &
 load_pid=$!
 
-# Kill points spread over the sending phase: each falls at random within
-# its own slice, so they cover the run without bunching up.
+# Kill points are absolute times from the start of sending: kill i falls at
+# random within [i-1/2, i+1/2] slices of DURATION/(KILLS+1), so they cover the
+# run without bunching up and all land before sending stops, however long
+# each restart takes (a kill whose time has passed waits 1 s of uptime).
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+for _ in $(seq 1200); do
+	if grep -q 'syncers ready' "$work/load.log" 2>/dev/null || ! kill -0 "$load_pid" 2>/dev/null; then break; fi
+	sleep 0.1
+done
+t0=$(now_ms)
 slice_ms=$((DURATION * 1000 / (KILLS + 1)))
+killed=0
 for i in $(seq "$KILLS"); do
-	sleep "$(secs "$(rand_ms $((slice_ms / 2)) $((slice_ms * 3 / 2)))")"
+	at=$((t0 + i * slice_ms + $(rand_ms 0 "$slice_ms") - slice_ms / 2))
+	wait_ms=$((at - $(now_ms)))
+	sleep "$(secs $((wait_ms > 1000 ? wait_ms : 1000)))"
 	if ! kill -0 "$load_pid" 2>/dev/null; then
-		log "the load ended early"
+		log "the load ended before kill $i"
 		break
 	fi
 	kill -KILL "$server_pid"
 	wait "$server_pid" 2>/dev/null || true
+	killed=$i
 	down=$(rand_ms 0 "$DOWN_MAX_MS")
-	log "kill $i/$KILLS: SIGKILLed todeviced, restarting in $(secs "$down")s"
+	log "kill $i/$KILLS at $(secs $(($(now_ms) - t0)))s of sending: SIGKILLed todeviced, restarting in $(secs "$down")s"
 	sleep "$(secs "$down")"
 	start_server
 done
 
 rc=0
 wait "$load_pid" || rc=$?
+if [[ $killed -lt $KILLS ]]; then
+	log "FAIL: only $killed of $KILLS kills happened during the load"
+	rc=1
+fi
 load_pid=
 cat "$work/report.txt"
 grep -v '^\[' "$work/load.log" | grep -iv 'level=INFO' >&2 || true
