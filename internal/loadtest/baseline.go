@@ -135,8 +135,6 @@ func (r *Runner) deviceNIDs(ctx context.Context, pool *pgxpool.Pool) ([]int64, e
 	return nids, nil
 }
 
-var baselineColumns = []string{"user_id", "device_nid", "sender", "type", "content"}
-
 func (r *Runner) baselineWorker(ctx context.Context, pool *pgxpool.Pool, s int, nids []int64, claim func() bool, done *atomic.Int64) error {
 	cfg := r.cfg
 	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(s)))
@@ -147,6 +145,7 @@ func (r *Runner) baselineWorker(ctx context.Context, pool *pgxpool.Pool, s int, 
 	recipients := make([]uint32, cfg.Fanout)
 	sender := r.devices[r.senderDevice(s)].userID
 	rows := make([][]any, cfg.Fanout)
+	columns := []string{"user_id", "device_nid", "sender", "type", "content"}
 	for seq := uint32(0); claim(); seq++ {
 		for k := range cfg.Fanout {
 			j := k + rng.IntN(len(perm)-k)
@@ -159,7 +158,7 @@ func (r *Runner) baselineWorker(ctx context.Context, pool *pgxpool.Pool, s int, 
 			content := appendContent(nil, r.runID, MsgID{Sender: uint32(s), Seq: seq, Device: d}, now, cfg.MessageBytes, r.pad)
 			rows[i] = []any{r.devices[d].userID, -nids[d], sender, EventType, content}
 		}
-		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"device_inbox"}, baselineColumns, pgx.CopyFromRows(rows)); err != nil {
+		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"device_inbox"}, columns, pgx.CopyFromRows(rows)); err != nil {
 			return fmt.Errorf("copying baseline rows: %w", err)
 		}
 		done.Add(1)

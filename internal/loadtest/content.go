@@ -37,10 +37,6 @@ type Content struct {
 	// "pad" fills the content up to --message-bytes; it is not decoded.
 }
 
-// contentOverhead is the bytes of a content object beside its variable
-// fields, used to size the padding.
-var contentOverhead = len(`{"load_run":"","sender":,"seq":,"device":,"sent_ns":,"pad":""}`)
-
 // appendContent appends one message's content, padded so the whole object
 // is size bytes when size is large enough. pad must be at least size long.
 func appendContent(b []byte, run string, id MsgID, sentNS int64, size int, pad string) []byte {
