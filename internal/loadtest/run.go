@@ -172,7 +172,14 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 		return nil, fmt.Errorf("provisioning devices: %w", err)
 	}
 	if !cfg.KeepDevices {
-		defer r.cleanup(context.WithoutCancel(ctx))
+		defer func() {
+			if ctx.Err() != nil {
+				// An abort means "stop now", not "tidy up for minutes".
+				r.log.Warn("aborted: leaving the run's devices in place", "run", r.runID, "devices", len(r.devices))
+				return
+			}
+			r.cleanup(ctx)
+		}()
 	}
 	r.log.Info("provisioned devices", "run", r.runID, "devices", len(r.devices), "users", cfg.Users)
 
