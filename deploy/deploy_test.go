@@ -38,8 +38,6 @@ var notYetProvided = map[string]bool{
 	"todeviced_federation_destinations_backing_off":  true,
 	"todeviced_federation_outbox_edus":               true,
 	"todeviced_federation_outbox_oldest_age_seconds": true,
-	// device lists
-	"todeviced_device_list_changes_total": true,
 }
 
 var metricName = regexp.MustCompile(`\btodeviced_[a-zA-Z0-9_]+`)
