@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg server.Config, log *slog.Logger, stderr io.W
 	if cfg.FederationTLSInsecure {
 		log.Warn("--federation-tls-insecure is set: TLS certificates of other servers are NOT verified; this is for tests only")
 	}
-	srv, err := server.New(ctx, cfg, log, server.Options{})
+	srv, err := server.New(ctx, cfg, log, server.Options{Version: versionString()})
 	if err != nil {
 		log.Error("starting todeviced", "err", err)
 		return 1

@@ -11,7 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +32,12 @@ const (
 	housekeepEvery = 10 * time.Minute
 	backlogEvery   = 15 * time.Second
 	purgeSweep     = time.Minute
+	// readyEvery refreshes todeviced_database_ready between /readyz probes,
+	// so the metric (and its alert) works where nothing probes /readyz.
+	readyEvery = 15 * time.Second
+	// readyTimeout bounds the readiness check: a database slower than this
+	// is as good as unreachable to a client.
+	readyTimeout = 2 * time.Second
 )
 
 // Server is one todeviced process.
@@ -41,12 +49,15 @@ type Server struct {
 	inbox    *inbox.Service
 	devices  *devicelists.Service
 	registry *prometheus.Registry
+	m        *serverMetrics
 	handler  http.Handler
 	metrics  http.Handler
 
 	purgeKick chan struct{}
 	stop      context.CancelFunc
 	jobs      sync.WaitGroup
+	// draining is set when shutdown begins; /readyz then answers 503.
+	draining atomic.Bool
 }
 
 // Options are for tests and embedders.
@@ -55,6 +66,8 @@ type Options struct {
 	InboxHooks inbox.Hooks
 	// Registry receives the metrics (a fresh one when nil).
 	Registry *prometheus.Registry
+	// Version is reported by todeviced_build_info ("dev" when empty).
+	Version string
 }
 
 // New opens the database (migrating it when configured) and builds the
@@ -70,8 +83,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, log: log, registry: reg, purgeKick: make(chan struct{}, 1)}
-	m := newMetrics(reg)
+	m := newMetrics(reg, opts.Version, cfg.DatabaseURL)
+	m.inboxMaxAge.Set(cfg.InboxMaxAge.Seconds())
+	s := &Server{cfg: cfg, log: log, registry: reg, m: m, purgeKick: make(chan struct{}, 1)}
 	s.hub = wakeup.NewHub()
 	s.hub.OnWaitersChanged = func(n int) { m.longPolls.Set(float64(n)) }
 
@@ -92,6 +106,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		return nil, fmt.Errorf("opening database: %w", err)
 	}
 	s.backend = backend
+	if ps, ok := backend.(storage.PoolStatser); ok {
+		reg.MustRegister(storage.NewPoolCollector(ps))
+	}
 	if backend.Kind() == "sqlite" {
 		m.listenerUp.Set(1) // in-process wake-ups cannot disconnect
 	}
@@ -139,6 +156,10 @@ func (s *Server) Start(ctx context.Context) {
 		return s.devices.PruneStream(ctx, devicelists.DefaultStreamRetention)
 	}, nil)
 	s.goJob(ctx, "backlog", backlogEvery, s.inbox.RefreshBacklog, nil)
+	s.goJob(ctx, "readiness", readyEvery, func(ctx context.Context) error {
+		_ = s.checkDatabase(ctx) // the gauge reports it; the failing jobs log it
+		return nil
+	}, nil)
 }
 
 func (s *Server) goJob(ctx context.Context, name string, every time.Duration, fn func(context.Context) error, kick <-chan struct{}) {
@@ -232,7 +253,11 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 		servers = append(servers, ms)
 		go func() { errc <- ms.Serve(metricsLn) }()
 	}
-	s.log.Info("todeviced serving", append(s.cfg.LogAttrs(), "api_addr", apiLn.Addr().String())...)
+	attrs := append(s.cfg.LogAttrs(), "api_addr", apiLn.Addr().String())
+	if metricsLn != nil {
+		attrs = append(attrs, "metrics_addr", metricsLn.Addr().String())
+	}
+	s.log.Info("todeviced serving", attrs...)
 
 	var serveErr error
 	select {
@@ -240,6 +265,10 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 	case serveErr = <-errc:
 	}
 	s.log.Info("shutting down")
+	// /readyz fails from now on so load balancers stop sending new requests,
+	// while the metrics listener itself stays up until the API has drained
+	// (servers[0] shuts down first), so the last moments can be scraped.
+	s.draining.Store(true)
 	// Long-polls answer now, empty, so their clients come back elsewhere.
 	s.hub.Close()
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
@@ -259,11 +288,23 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 
 // metrics of the process itself.
 type serverMetrics struct {
-	longPolls  prometheus.Gauge
-	listenerUp prometheus.Gauge
+	longPolls   prometheus.Gauge
+	listenerUp  prometheus.Gauge
+	inboxMaxAge prometheus.Gauge
+	dbReady     prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *serverMetrics {
+func newMetrics(reg prometheus.Registerer, version, databaseURL string) *serverMetrics {
+	if version == "" {
+		version = "dev"
+	}
+	backend, _ := storage.Kind(databaseURL) // validated already
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "todeviced_build_info",
+		Help:        "Always 1; its labels say which build runs, on which backend (join on it to label other series).",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "backend": backend},
+	})
+	buildInfo.Set(1)
 	m := &serverMetrics{
 		longPolls: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "todeviced_longpolls_active",
@@ -273,10 +314,44 @@ func newMetrics(reg prometheus.Registerer) *serverMetrics {
 			Name: "todeviced_listener_up",
 			Help: "1 when the wake-up listener (LISTEN/NOTIFY) is connected; while 0, waiters fall back to polling.",
 		}),
+		inboxMaxAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_inbox_max_age_seconds",
+			Help: "--inbox-max-age: messages pending longer are dropped (0: kept forever). Alerts compare the oldest pending message with it.",
+		}),
+		dbReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_database_ready",
+			Help: "1 when the database answers and its schema is migrated (what /readyz checks), refreshed every 15 s.",
+		}),
 	}
-	reg.MustRegister(m.longPolls, m.listenerUp,
+	reg.MustRegister(buildInfo, m.longPolls, m.listenerUp, m.inboxMaxAge, m.dbReady,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// checkDatabase is the readiness check: the database answers and every
+// migration this binary knows is applied (two cheap queries). Only the
+// database decides readiness. The wake-up listener does not: polling covers
+// for it, and a LISTEN flap must not take every replica out of service at
+// once; todeviced_listener_up and its alert watch it instead.
+func (s *Server) checkDatabase(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, readyTimeout)
+	defer cancel()
+	err := s.backend.Ping(ctx)
+	if err != nil {
+		err = fmt.Errorf("database unreachable: %w", err)
+	} else if n, perr := s.backend.Pending(ctx); perr != nil {
+		err = fmt.Errorf("reading migration state: %w", perr)
+	} else if n > 0 {
+		err = fmt.Errorf("%d migration(s) pending: run todeviced migrate", n)
+	}
+	if err != nil {
+		if parent.Err() == nil { // a prober that gave up says nothing about the database
+			s.m.dbReady.Set(0)
+		}
+		return err
+	}
+	s.m.dbReady.Set(1)
+	return nil
 }
 
 func (s *Server) metricsMux() http.Handler {
@@ -287,17 +362,15 @@ func (s *Server) metricsMux() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
 		w.Header().Set("Content-Type", "text/plain")
-		if err := s.backend.Ping(ctx); err != nil {
+		if s.draining.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(w, "database unreachable: %v\n", err)
+			_, _ = w.Write([]byte("shutting down\n"))
 			return
 		}
-		if n, err := s.backend.Pending(ctx); err != nil || n > 0 {
+		if err := s.checkDatabase(r.Context()); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(w, "migrations pending: %d %v\n", n, err)
+			_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))

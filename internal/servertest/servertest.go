@@ -60,8 +60,14 @@ func Logger(t testing.TB) *slog.Logger {
 // Start runs an instance until the test ends.
 func Start(t testing.TB, cfg server.Config, opts server.Options) *Instance {
 	t.Helper()
+	return StartLogged(t, cfg, opts, Logger(t))
+}
+
+// StartLogged is Start with the instance logging to log (tests of the logs).
+func StartLogged(t testing.TB, cfg server.Config, opts server.Options, log *slog.Logger) *Instance {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, Logger(t), opts)
+	srv, err := server.New(ctx, cfg, log, opts)
 	if err != nil {
 		cancel()
 		t.Fatalf("servertest: starting todeviced: %v", err)
@@ -258,4 +264,24 @@ func EachBackend(t *testing.T, fn func(t *testing.T, b Backend)) {
 			fn(t, b)
 		})
 	}
+}
+
+// Exercise drives the instance through the paths that create labelled
+// metrics (a send, its retry, a sync that delivers, one that acknowledges,
+// an unknown route and a bad token), so every vector that a request can
+// touch has children when the registry is gathered.
+func (in *Instance) Exercise(t testing.TB) {
+	t.Helper()
+	const sender, recipient = "@exercise-a:localhost", "@exercise-b:localhost"
+	in.PutDevice(t, sender, "EA", "tok-exercise-a")
+	in.PutDevice(t, recipient, "EB", "tok-exercise-b")
+	first := in.Sync(t, "tok-exercise-b", "", 0)
+	msgs := map[string]map[string]any{recipient: {"EB": map[string]any{"n": 1}}, "@nobody:localhost": {"X": map[string]any{}}}
+	in.Send(t, "tok-exercise-a", "m.test", "exercise-1", msgs)
+	in.Send(t, "tok-exercise-a", "m.test", "exercise-1", msgs) // a retry: a duplicate
+	got := in.Sync(t, "tok-exercise-b", first.NextBatch, 0)
+	require.Len(t, got.ToDevice.Events, 1)
+	in.Sync(t, "tok-exercise-b", got.NextBatch, 0) // acknowledges
+	require.Equal(t, http.StatusNotFound, in.Do(t, http.MethodGet, "/no/such/route", "", nil).Status)
+	require.Equal(t, http.StatusUnauthorized, in.Do(t, http.MethodGet, "/_matrix/client/v3/sync", "wrong-token", nil).Status)
 }

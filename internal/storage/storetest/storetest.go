@@ -78,6 +78,7 @@ func Run(t *testing.T, h Harness) {
 		{"PruneTxns", testPruneTxns},
 		{"ExpireMessages", testExpireMessages},
 		{"Backlog", testBacklog},
+		{"PoolStats", testPoolStats},
 		{"Durable", testDurable},
 		{"DeviceRegistry", testDeviceRegistry},
 		{"TokenMovesBetweenDevices", testTokenMoves},
