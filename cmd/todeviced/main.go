@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg server.Config, log *slog.Logger, stderr io.W
 	if cfg.FederationTLSInsecure {
 		log.Warn("--federation-tls-insecure is set: TLS certificates of other servers are NOT verified; this is for tests only")
 	}
-	srv, err := server.New(ctx, cfg, log, server.Options{Version: version})
+	srv, err := server.New(ctx, cfg, log, server.Options{Version: versionString()})
 	if err != nil {
 		log.Error("starting todeviced", "err", err)
 		return 1
@@ -179,9 +179,9 @@ func deviceAdd(ctx context.Context, cfg server.Config, userID, deviceID string, 
 		return 1
 	}
 	defer backend.Close()
-	reg := devicelists.NewRegistry(backend.Devices(), cfg.ServerName, log)
+	reg := devicelists.New(backend.Devices(), cfg.ServerName, log, nil)
 	token := devicelists.NewToken()
-	if _, _, err := reg.PutDevice(ctx, userID, deviceID, token, nil); err != nil {
+	if _, _, err := reg.PutDevice(ctx, userID, deviceID, token, nil, nil); err != nil {
 		fmt.Fprintf(stderr, "todeviced: %v\n", err)
 		return 1
 	}

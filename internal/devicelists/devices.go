@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,19 +27,24 @@ const (
 	tokenPrefix = "tdv_"
 )
 
-// Registry is the device registry.
-type Registry struct {
+// Service is the devices and device-lists component.
+type Service struct {
 	store      Store
 	serverName string
 	log        *slog.Logger
+	m          *Metrics
+	remote     RemoteKeys
 }
 
-// NewRegistry returns a registry for the local devices of serverName.
-func NewRegistry(store Store, serverName string, log *slog.Logger) *Registry {
+// New returns the component for the local devices of serverName.
+func New(store Store, serverName string, log *slog.Logger, m *Metrics) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Registry{store: store, serverName: serverName, log: log}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Service{store: store, serverName: serverName, log: log, m: m}
 }
 
 // HashToken is how tokens are stored: a SHA-256 digest. Tokens are long random
@@ -58,7 +64,7 @@ func NewToken() string {
 }
 
 // CheckLocalDevice validates a local user id and device id.
-func (r *Registry) CheckLocalDevice(userID, deviceID string) error {
+func (r *Service) CheckLocalDevice(userID, deviceID string) error {
 	uid, err := mxid.ParseUserID(userID)
 	if err != nil {
 		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
@@ -73,8 +79,8 @@ func (r *Registry) CheckLocalDevice(userID, deviceID string) error {
 }
 
 // PutDevice creates or updates a device; token, when not empty, becomes its
-// access token.
-func (r *Registry) PutDevice(ctx context.Context, userID, deviceID, token string, displayName *string) (Device, bool, error) {
+// access token; keys, when set, are its DeviceKeys.
+func (r *Service) PutDevice(ctx context.Context, userID, deviceID, token string, displayName *string, keys json.RawMessage) (Device, bool, error) {
 	if err := r.CheckLocalDevice(userID, deviceID); err != nil {
 		return Device{}, false, err
 	}
@@ -82,6 +88,13 @@ func (r *Registry) PutDevice(ctx context.Context, userID, deviceID, token string
 		return Device{}, false, mxerr.New(mxerr.TooLarge, "Display name is longer than %d bytes.", MaxDisplayNameBytes)
 	}
 	p := PutDevice{UserID: userID, DeviceID: deviceID, DisplayName: displayName}
+	if len(keys) > 0 && string(keys) != "null" {
+		k, err := checkKeyObject("keys", keys, userID, deviceID)
+		if err != nil {
+			return Device{}, false, err
+		}
+		p.Keys = k
+	}
 	if token != "" {
 		p.TokenHash = HashToken(token)
 	}
@@ -90,14 +103,17 @@ func (r *Registry) PutDevice(ctx context.Context, userID, deviceID, token string
 		return Device{}, false, fmt.Errorf("storing device: %w", err)
 	}
 	if created {
+		r.m.changes.WithLabelValues(ChangeNewDevice).Inc()
 		r.log.InfoContext(ctx, "device created", "user_id", userID, "device_id", deviceID, "device_nid", d.NID)
+	} else if p.Keys != nil || displayName != nil {
+		r.m.changes.WithLabelValues(ChangeDeviceUpdate).Inc()
 	}
 	return d, created, nil
 }
 
 // DeleteDevice deletes a device. It returns the tombstone whose inbox must
 // now be purged, or ErrNotFound.
-func (r *Registry) DeleteDevice(ctx context.Context, userID, deviceID string) (Device, error) {
+func (r *Service) DeleteDevice(ctx context.Context, userID, deviceID string) (Device, error) {
 	if err := r.CheckLocalDevice(userID, deviceID); err != nil {
 		return Device{}, err
 	}
@@ -108,12 +124,13 @@ func (r *Registry) DeleteDevice(ctx context.Context, userID, deviceID string) (D
 		}
 		return Device{}, fmt.Errorf("deleting device: %w", err)
 	}
+	r.m.changes.WithLabelValues(ChangeDeletedDevice).Inc()
 	r.log.InfoContext(ctx, "device deleted", "user_id", userID, "device_id", deviceID, "device_nid", d.NID)
 	return d, nil
 }
 
 // Authenticate returns the live device holding token, or ErrNotFound.
-func (r *Registry) Authenticate(ctx context.Context, token string) (Device, error) {
+func (r *Service) Authenticate(ctx context.Context, token string) (Device, error) {
 	d, err := r.store.DeviceByToken(ctx, HashToken(token))
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -125,16 +142,16 @@ func (r *Registry) Authenticate(ctx context.Context, token string) (Device, erro
 }
 
 // Device returns a live device or ErrNotFound.
-func (r *Registry) Device(ctx context.Context, userID, deviceID string) (Device, error) {
+func (r *Service) Device(ctx context.Context, userID, deviceID string) (Device, error) {
 	return r.store.Device(ctx, userID, deviceID)
 }
 
 // Tombstones returns deleted devices whose inbox purge is pending.
-func (r *Registry) Tombstones(ctx context.Context, limit int) ([]Device, error) {
+func (r *Service) Tombstones(ctx context.Context, limit int) ([]Device, error) {
 	return r.store.Tombstones(ctx, limit)
 }
 
 // ForgetTombstone removes a purged device's tombstone.
-func (r *Registry) ForgetTombstone(ctx context.Context, nid int64) error {
+func (r *Service) ForgetTombstone(ctx context.Context, nid int64) error {
 	return r.store.ForgetTombstone(ctx, nid)
 }

@@ -68,7 +68,7 @@ func (a *api) putDevice(w http.ResponseWriter, r *http.Request) {
 		}
 		token = *b.AccessToken
 	}
-	if _, _, err := a.devices.PutDevice(r.Context(), userID, deviceID, token, b.DisplayName); err != nil {
+	if _, _, err := a.devices.PutDevice(r.Context(), userID, deviceID, token, b.DisplayName, b.Keys); err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
@@ -109,9 +109,10 @@ type internalSyncBody struct {
 	DeviceLists internalDeviceLists `json:"device_lists"`
 }
 
-// internalSync serves the homeserver's sync service: the to-device part (and,
-// with the device-lists component, the device-list part) of one device's
-// sync, with positions of their own.
+// internalSync serves the homeserver's sync service: the to-device part and
+// the device-list part of one device's sync, each with a position of its own
+// so a homeserver can embed them in its tokens (and sliding sync can use the
+// to-device one alone).
 func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	userID, deviceID := q.Get("user_id"), q.Get("device_id")
@@ -153,7 +154,14 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	b, err := a.longPollInbox(r.Context(), rec, since, limit, timeout)
+	var dl dlSince
+	if s := q.Get("device_lists_since"); s != "" {
+		if dl, err = parseDLToken(a.inbox.Epoch(), s); err != nil {
+			writeError(w, r, a.log, err)
+			return
+		}
+	}
+	res, err := a.longPoll(r.Context(), userID, rec, since, dl, limit, timeout)
 	if err != nil {
 		if errors.Is(err, inbox.ErrDeviceGone) {
 			err = mxerr.New(mxerr.NotFound, "The device was deleted.")
@@ -161,14 +169,146 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, err)
 		return
 	}
-	if b.Events == nil {
-		b.Events = []inbox.Event{}
+	lists := internalDeviceLists{Changed: []string{}, Left: []string{}, NextBatch: formatDLToken(a.inbox.Epoch(), res.dlNext)}
+	if res.lists != nil {
+		lists.Changed, lists.Left = res.lists.Changed, res.lists.Left
 	}
 	writeJSON(w, http.StatusOK, internalSyncBody{
-		ToDevice: internalToDevice{Events: b.Events, NextBatch: inbox.FormatToken(a.inbox.Epoch(), b.Next), Limited: b.Limited},
-		DeviceLists: internalDeviceLists{
-			Changed: []string{}, Left: []string{},
-			NextBatch: q.Get("device_lists_since"),
+		ToDevice: internalToDevice{
+			Events:    nonNilEvents(res.batch.Events),
+			NextBatch: inbox.FormatToken(a.inbox.Epoch(), res.batch.Next),
+			Limited:   res.batch.Limited,
 		},
+		DeviceLists: lists,
 	})
+}
+
+func (a *api) putCrossSigning(w http.ResponseWriter, r *http.Request) {
+	userID, err := pathParam(r, "userId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	body, err := readBody(w, r, maxInternalBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	var k devicelists.CrossSigningKeys
+	if err := decodeObject(body, &k); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if err := a.devices.PutCrossSigning(r.Context(), userID, k); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeRaw(w, http.StatusOK, []byte("{}"))
+}
+
+func (a *api) putRoomEncryption(w http.ResponseWriter, r *http.Request) {
+	roomID, err := pathParam(r, "roomId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if err := a.devices.SetRoomEncrypted(r.Context(), roomID); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeRaw(w, http.StatusOK, []byte("{}"))
+}
+
+func (a *api) putRoomMember(w http.ResponseWriter, r *http.Request) {
+	roomID, err := pathParam(r, "roomId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	userID, err := pathParam(r, "userId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	body, err := readBody(w, r, maxInternalBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	var m devicelists.MemberUpdate
+	if err := decodeObject(body, &m); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if err := a.devices.SetMemberships(r.Context(), roomID, map[string]devicelists.MemberUpdate{userID: m}); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeRaw(w, http.StatusOK, []byte("{}"))
+}
+
+func (a *api) putRoomMembers(w http.ResponseWriter, r *http.Request) {
+	roomID, err := pathParam(r, "roomId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	body, err := readBody(w, r, maxInternalBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	var b struct {
+		Members map[string]devicelists.MemberUpdate `json:"members"`
+	}
+	if err := decodeObject(body, &b); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if b.Members == nil {
+		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'members'."))
+		return
+	}
+	if err := a.devices.SetMemberships(r.Context(), roomID, b.Members); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeRaw(w, http.StatusOK, []byte("{}"))
+}
+
+// internalKeyChanges answers GET /keys/changes with device-list positions.
+func (a *api) internalKeyChanges(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	userID := q.Get("user_id")
+	if userID == "" || q.Get("from") == "" || q.Get("to") == "" {
+		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "user_id, from and to are required."))
+		return
+	}
+	from, err := parseDLToken(a.inbox.Epoch(), q.Get("from"))
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	to, err := parseDLToken(a.inbox.Epoch(), q.Get("to"))
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	a.answerKeyChanges(w, r, userID, from, to)
+}
+
+// answerKeyChanges computes the changes between two device-list positions.
+func (a *api) answerKeyChanges(w http.ResponseWriter, r *http.Request, userID string, from, to dlSince) {
+	var c devicelists.Changes
+	var err error
+	if from.everyone || to.everyone {
+		c, err = a.devices.Everyone(r.Context(), userID)
+	} else {
+		c, err = a.devices.Changes(r.Context(), userID, from.pos, to.pos)
+	}
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, deviceListsBody{Changed: c.Changed, Left: c.Left})
 }

@@ -36,7 +36,7 @@ type Config struct {
 	InternalSecret string
 	MaxSendBytes   int64
 	Inbox          *inbox.Service
-	Devices        *devicelists.Registry
+	Devices        *devicelists.Service
 	Hub            *wakeup.Hub
 	// PurgeDeleted is called after a device is deleted, to start purging
 	// its inbox in the background.
@@ -52,7 +52,7 @@ type api struct {
 	cfg     Config
 	log     *slog.Logger
 	inbox   *inbox.Service
-	devices *devicelists.Registry
+	devices *devicelists.Service
 	hub     *wakeup.Hub
 }
 
@@ -89,6 +89,8 @@ func NewRouter(cfg Config) http.Handler {
 			for _, v := range []string{"/v3", "/r0"} {
 				r.Put(v+"/sendToDevice/{eventType}/{txnId}", a.sendToDevice)
 				r.Get(v+"/sync", a.sync)
+				r.Get(v+"/keys/changes", a.keyChanges)
+				r.Post(v+"/keys/query", a.keysQuery)
 			}
 		})
 	})
@@ -102,7 +104,12 @@ func NewRouter(cfg Config) http.Handler {
 			r.Use(a.requireInternal)
 			r.Put("/users/{userId}/devices/{deviceId}", a.putDevice)
 			r.Delete("/users/{userId}/devices/{deviceId}", a.deleteDevice)
+			r.Put("/users/{userId}/cross_signing", a.putCrossSigning)
+			r.Put("/rooms/{roomId}/encryption", a.putRoomEncryption)
+			r.Put("/rooms/{roomId}/members/{userId}", a.putRoomMember)
+			r.Put("/rooms/{roomId}/members", a.putRoomMembers)
 			r.Get("/sync", a.internalSync)
+			r.Get("/keys/changes", a.internalKeyChanges)
 			if cfg.Federation != nil {
 				a.internalFederationRoutes(r)
 			}

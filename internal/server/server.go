@@ -11,7 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +33,12 @@ const (
 	housekeepEvery = 10 * time.Minute
 	backlogEvery   = 15 * time.Second
 	purgeSweep     = time.Minute
+	// readyEvery refreshes todeviced_database_ready between /readyz probes,
+	// so the metric (and its alert) works where nothing probes /readyz.
+	readyEvery = 15 * time.Second
+	// readyTimeout bounds the readiness check: a database slower than this
+	// is as good as unreachable to a client.
+	readyTimeout = 2 * time.Second
 )
 
 // Server is one todeviced process.
@@ -40,8 +48,9 @@ type Server struct {
 	backend  storage.Backend
 	hub      *wakeup.Hub
 	inbox    *inbox.Service
-	devices  *devicelists.Registry
+	devices  *devicelists.Service
 	registry *prometheus.Registry
+	m        *serverMetrics
 	handler  http.Handler
 	metrics  http.Handler
 
@@ -53,6 +62,8 @@ type Server struct {
 	purgeKick chan struct{}
 	stop      context.CancelFunc
 	jobs      sync.WaitGroup
+	// draining is set when shutdown begins; /readyz then answers 503.
+	draining atomic.Bool
 }
 
 // Options are for tests and embedders.
@@ -63,7 +74,8 @@ type Options struct {
 	Registry *prometheus.Registry
 	// FederationSweepInterval overrides the sender's sweep interval.
 	FederationSweepInterval time.Duration
-	// Version is reported to other servers.
+	// Version is reported by todeviced_build_info ("dev" when empty) and to
+	// other servers.
 	Version string
 }
 
@@ -80,14 +92,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, log: log, registry: reg, purgeKick: make(chan struct{}, 1)}
-	m := newMetrics(reg)
+	m := newMetrics(reg, opts.Version, cfg.DatabaseURL)
+	m.inboxMaxAge.Set(cfg.InboxMaxAge.Seconds())
+	s := &Server{cfg: cfg, log: log, registry: reg, m: m, purgeKick: make(chan struct{}, 1)}
 	s.hub = wakeup.NewHub()
 	s.hub.OnWaitersChanged = func(n int) { m.longPolls.Set(float64(n)) }
 
 	backend, err := storage.Open(ctx, storage.Options{
 		URL: cfg.DatabaseURL, DirectURL: cfg.DatabaseDirectURL, MaxConns: int32(cfg.DatabaseMaxConns),
 		Migrate: cfg.Migrate, Hub: s.hub, Logger: log, InboxHooks: opts.InboxHooks,
+		// This process serves: on SQLite no second server may share the file.
+		Exclusive: true,
 		OnListenerState: func(up bool) {
 			if up {
 				m.listenerUp.Set(1)
@@ -100,6 +115,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		return nil, fmt.Errorf("opening database: %w", err)
 	}
 	s.backend = backend
+	if ps, ok := backend.(storage.PoolStatser); ok {
+		reg.MustRegister(storage.NewPoolCollector(ps))
+	}
 	if backend.Kind() == "sqlite" {
 		m.listenerUp.Set(1) // in-process wake-ups cannot disconnect
 	}
@@ -107,7 +125,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		ServerName: cfg.ServerName, Store: backend.Inbox(), Metrics: inbox.NewMetrics(reg), Logger: log,
 		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
 	})
-	s.devices = devicelists.NewRegistry(backend.Devices(), cfg.ServerName, log)
+	s.devices = devicelists.New(backend.Devices(), cfg.ServerName, log, devicelists.NewMetrics(reg))
 	s.fedMetrics = federation.NewMetrics(reg)
 	s.housekeeper = federation.NewHousekeeper(federation.HousekeeperConfig{
 		Store: backend.Federation(), Outbox: backend.Inbox(), Metrics: s.fedMetrics, Logger: log,
@@ -228,7 +246,7 @@ func (s *Server) Hub() *wakeup.Hub { return s.hub }
 func (s *Server) Inbox() *inbox.Service { return s.inbox }
 
 // Devices is the device registry.
-func (s *Server) Devices() *devicelists.Registry { return s.devices }
+func (s *Server) Devices() *devicelists.Service { return s.devices }
 
 // Backend is the open database.
 func (s *Server) Backend() storage.Backend { return s.backend }
@@ -244,7 +262,14 @@ func (s *Server) Start(ctx context.Context) {
 	s.kickPurge() // finish purges a previous process left undone
 	s.goJob(ctx, "purge", purgeSweep, s.purgeDeleted, s.purgeKick)
 	s.goJob(ctx, "housekeeping", housekeepEvery, s.inbox.Housekeep, nil)
+	s.goJob(ctx, "device-list-pruning", housekeepEvery, func(ctx context.Context) error {
+		return s.devices.PruneStream(ctx, devicelists.DefaultStreamRetention)
+	}, nil)
 	s.goJob(ctx, "backlog", backlogEvery, s.inbox.RefreshBacklog, nil)
+	s.goJob(ctx, "readiness", readyEvery, func(ctx context.Context) error {
+		_ = s.checkDatabase(ctx) // the gauge reports it; the failing jobs log it
+		return nil
+	}, nil)
 	s.goJob(ctx, "federation-housekeeping", housekeepEvery, s.housekeeper.Housekeep, nil)
 	s.goJob(ctx, "federation-gauges", backlogEvery, s.housekeeper.RefreshGauges, nil)
 	if s.sender != nil {
@@ -346,7 +371,11 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 		servers = append(servers, ms)
 		go func() { errc <- ms.Serve(metricsLn) }()
 	}
-	s.log.Info("todeviced serving", append(s.cfg.LogAttrs(), "api_addr", apiLn.Addr().String())...)
+	attrs := append(s.cfg.LogAttrs(), "api_addr", apiLn.Addr().String())
+	if metricsLn != nil {
+		attrs = append(attrs, "metrics_addr", metricsLn.Addr().String())
+	}
+	s.log.Info("todeviced serving", attrs...)
 
 	var serveErr error
 	select {
@@ -354,6 +383,10 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 	case serveErr = <-errc:
 	}
 	s.log.Info("shutting down")
+	// /readyz fails from now on so load balancers stop sending new requests,
+	// while the metrics listener itself stays up until the API has drained
+	// (servers[0] shuts down first), so the last moments can be scraped.
+	s.draining.Store(true)
 	// Long-polls answer now, empty, so their clients come back elsewhere.
 	s.hub.Close()
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
@@ -373,11 +406,23 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 
 // metrics of the process itself.
 type serverMetrics struct {
-	longPolls  prometheus.Gauge
-	listenerUp prometheus.Gauge
+	longPolls   prometheus.Gauge
+	listenerUp  prometheus.Gauge
+	inboxMaxAge prometheus.Gauge
+	dbReady     prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *serverMetrics {
+func newMetrics(reg prometheus.Registerer, version, databaseURL string) *serverMetrics {
+	if version == "" {
+		version = "dev"
+	}
+	backend, _ := storage.Kind(databaseURL) // validated already
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "todeviced_build_info",
+		Help:        "Always 1; its labels say which build runs, on which backend (join on it to label other series).",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "backend": backend},
+	})
+	buildInfo.Set(1)
 	m := &serverMetrics{
 		longPolls: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "todeviced_longpolls_active",
@@ -387,10 +432,44 @@ func newMetrics(reg prometheus.Registerer) *serverMetrics {
 			Name: "todeviced_listener_up",
 			Help: "1 when the wake-up listener (LISTEN/NOTIFY) is connected; while 0, waiters fall back to polling.",
 		}),
+		inboxMaxAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_inbox_max_age_seconds",
+			Help: "--inbox-max-age: messages pending longer are dropped (0: kept forever). Alerts compare the oldest pending message with it.",
+		}),
+		dbReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_database_ready",
+			Help: "1 when the database answers and its schema is migrated (what /readyz checks), refreshed every 15 s.",
+		}),
 	}
-	reg.MustRegister(m.longPolls, m.listenerUp,
+	reg.MustRegister(buildInfo, m.longPolls, m.listenerUp, m.inboxMaxAge, m.dbReady,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// checkDatabase is the readiness check: the database answers and every
+// migration this binary knows is applied (two cheap queries). Only the
+// database decides readiness. The wake-up listener does not: polling covers
+// for it, and a LISTEN flap must not take every replica out of service at
+// once; todeviced_listener_up and its alert watch it instead.
+func (s *Server) checkDatabase(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, readyTimeout)
+	defer cancel()
+	err := s.backend.Ping(ctx)
+	if err != nil {
+		err = fmt.Errorf("database unreachable: %w", err)
+	} else if n, perr := s.backend.Pending(ctx); perr != nil {
+		err = fmt.Errorf("reading migration state: %w", perr)
+	} else if n > 0 {
+		err = fmt.Errorf("%d migration(s) pending: run todeviced migrate", n)
+	}
+	if err != nil {
+		if parent.Err() == nil { // a prober that gave up says nothing about the database
+			s.m.dbReady.Set(0)
+		}
+		return err
+	}
+	s.m.dbReady.Set(1)
+	return nil
 }
 
 func (s *Server) metricsMux() http.Handler {
@@ -401,17 +480,15 @@ func (s *Server) metricsMux() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
 		w.Header().Set("Content-Type", "text/plain")
-		if err := s.backend.Ping(ctx); err != nil {
+		if s.draining.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(w, "database unreachable: %v\n", err)
+			_, _ = w.Write([]byte("shutting down\n"))
 			return
 		}
-		if n, err := s.backend.Pending(ctx); err != nil || n > 0 {
+		if err := s.checkDatabase(r.Context()); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(w, "migrations pending: %d %v\n", n, err)
+			_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))

@@ -14,6 +14,7 @@ import (
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/storage/postgres"
+	"github.com/todeviced/todeviced/internal/storage/sqlite"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -37,12 +38,20 @@ type Backend interface {
 type Options struct {
 	URL       string
 	DirectURL string
-	MaxConns  int32
-	Migrate   bool
+	// MaxConns caps the connection pool (on SQLite: the read pool).
+	MaxConns int32
+	Migrate  bool
+	// Exclusive says this process is the server. On SQLite, where one
+	// process serves a database file, Open then takes the file's server lock
+	// and refuses to open a file another server holds; tools that write
+	// beside a running server (migrate, device add) leave it false.
+	// PostgreSQL serves any number of replicas and ignores it.
+	Exclusive bool
 	Hub       *wakeup.Hub
 	Logger    *slog.Logger
-	// InboxHooks are for tests.
+	// InboxHooks and DeviceListHooks are for tests.
 	InboxHooks      inbox.Hooks
+	DeviceListHooks devicelists.Hooks
 	OnListenerState func(up bool)
 }
 
@@ -53,6 +62,9 @@ func Kind(url string) (string, error) {
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
 		return "postgres", nil
 	case strings.HasPrefix(url, "sqlite:"):
+		if _, err := sqlite.ParseURL(url); err != nil {
+			return "", fmt.Errorf("--database-url: %w", err)
+		}
 		return "sqlite", nil
 	}
 	return "", fmt.Errorf("--database-url %q: want postgres://…, postgresql://… or sqlite:PATH", redact(url))
@@ -68,12 +80,26 @@ func Open(ctx context.Context, opts Options) (Backend, error) {
 	case "postgres":
 		db, err := postgres.Open(ctx, postgres.Options{
 			URL: opts.URL, DirectURL: opts.DirectURL, MaxConns: opts.MaxConns, Migrate: opts.Migrate,
-			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, OnListenerState: opts.OnListenerState,
+			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, DeviceListHooks: opts.DeviceListHooks,
+			OnListenerState: opts.OnListenerState,
 		})
 		if err != nil {
 			return nil, err
 		}
 		return pgBackend{db}, nil
+	case "sqlite":
+		path, err := sqlite.ParseURL(opts.URL)
+		if err != nil {
+			return nil, fmt.Errorf("--database-url: %w", err)
+		}
+		db, err := sqlite.Open(ctx, sqlite.Options{
+			Path: path, Migrate: opts.Migrate, Exclusive: opts.Exclusive, MaxReaders: int(opts.MaxConns),
+			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return sqliteBackend{db}, nil
 	}
 	return nil, fmt.Errorf("--database-url: the %s backend is not available in this build", kind)
 }
@@ -97,6 +123,12 @@ func Migrate(ctx context.Context, url, directURL string, log *slog.Logger) (int,
 	switch kind {
 	case "postgres":
 		return postgres.Migrate(ctx, directURL, log)
+	case "sqlite":
+		path, err := sqlite.ParseURL(url)
+		if err != nil {
+			return 0, fmt.Errorf("--database-url: %w", err)
+		}
+		return sqlite.Migrate(ctx, path, log)
 	}
 	return 0, fmt.Errorf("--database-url: the %s backend is not available in this build", kind)
 }
@@ -121,6 +153,20 @@ func Status(ctx context.Context, url, directURL string) ([]MigrationStatus, erro
 			out[i] = MigrationStatus(s)
 		}
 		return out, nil
+	case "sqlite":
+		path, err := sqlite.ParseURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("--database-url: %w", err)
+		}
+		st, err := sqlite.Status(ctx, path)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]MigrationStatus, len(st))
+		for i, s := range st {
+			out[i] = MigrationStatus(s)
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("--database-url: the %s backend is not available in this build", kind)
 }
@@ -131,6 +177,13 @@ func (pgBackend) Kind() string { return "postgres" }
 
 // Postgres returns the PostgreSQL handle (tests and benchmarks use its pool).
 func (b pgBackend) Postgres() *postgres.DB { return b.DB }
+
+type sqliteBackend struct{ *sqlite.DB }
+
+func (sqliteBackend) Kind() string { return "sqlite" }
+
+// SQLite returns the SQLite handle (tests and benchmarks use it).
+func (b sqliteBackend) SQLite() *sqlite.DB { return b.DB }
 
 // redact hides a password in a URL for error messages.
 func redact(u string) string {

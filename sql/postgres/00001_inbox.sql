@@ -44,8 +44,11 @@ CREATE TABLE device_inbox (
     enqueued_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, device_nid, pos)
 );
--- Oldest-first walks: the oldest-pending gauge and expiry.
-CREATE INDEX device_inbox_pos ON device_inbox (pos);
+-- Oldest-first walks: the oldest-pending gauge and expiry. Deliberately not
+-- an index on pos: the planner would be tempted to serve a device's
+-- "pos > since ORDER BY pos" from it, filtering every other device's rows,
+-- where the primary key answers the same query from one device's range.
+CREATE INDEX device_inbox_enqueued_at ON device_inbox (enqueued_at);
 -- A queue table: rows are inserted and deleted all day. Vacuum it early so
 -- dead index entries do not pile up in front of the live ones.
 ALTER TABLE device_inbox SET (

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,10 +14,14 @@ import (
 
 type deviceStore struct{ db *DB }
 
+// PutDevice creates or updates a device. A new device, or a change of its
+// keys or display name, is a device-list change of its user.
 func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (devicelists.Device, bool, error) {
 	d := devicelists.Device{UserID: p.UserID, DeviceID: p.DeviceID}
 	var created bool
+	var wake []wakeup.Key
 	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
+		created, wake = false, nil
 		if p.TokenHash != nil {
 			if _, err := tx.Exec(ctx, `
 				UPDATE devices SET token_hash = NULL
@@ -25,26 +30,59 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 				return fmt.Errorf("revoking token from another device: %w", err)
 			}
 		}
-		var name *string
+		var oldName *string
+		var oldKeys []byte
 		err := tx.QueryRow(ctx, `
-			INSERT INTO devices (user_id, device_id, token_hash, display_name)
-			VALUES ($1, $2, $3, $4)
+			SELECT display_name, keys FROM devices
+			WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL FOR UPDATE`,
+			p.UserID, p.DeviceID).Scan(&oldName, &oldKeys)
+		existed := err == nil
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		var keys []byte
+		if p.Keys != nil {
+			keys = p.Keys
+		}
+		var name *string
+		err = tx.QueryRow(ctx, `
+			INSERT INTO devices (user_id, device_id, token_hash, display_name, keys)
+			VALUES ($1, $2, $3, $4, $6)
 			ON CONFLICT (user_id, device_id) WHERE deleted_at IS NULL DO UPDATE SET
 				token_hash = coalesce(excluded.token_hash, devices.token_hash),
-				display_name = CASE WHEN $5 THEN excluded.display_name ELSE devices.display_name END
+				display_name = CASE WHEN $5 THEN excluded.display_name ELSE devices.display_name END,
+				keys = CASE WHEN $7 THEN excluded.keys ELSE devices.keys END
 			RETURNING nid, display_name, xmax = 0`,
-			p.UserID, p.DeviceID, p.TokenHash, p.DisplayName, p.DisplayName != nil).Scan(&d.NID, &name, &created)
+			p.UserID, p.DeviceID, p.TokenHash, p.DisplayName, p.DisplayName != nil, keys, p.Keys != nil).Scan(&d.NID, &name, &created)
+		if err != nil {
+			return err
+		}
 		if name != nil {
 			d.DisplayName = *name
 		}
-		return err
+		changed := !existed ||
+			(p.Keys != nil && !bytes.Equal(oldKeys, p.Keys)) ||
+			(p.DisplayName != nil && (oldName == nil || *oldName != *p.DisplayName))
+		if !changed {
+			return nil
+		}
+		if wake, err = s.deviceChanged(ctx, tx, p.UserID); err != nil {
+			return err
+		}
+		return notifyKeys(ctx, tx, wake)
 	})
-	return d, created, err
+	if err != nil {
+		return devicelists.Device{}, false, err
+	}
+	s.db.wakeLocal(wake)
+	return d, created, nil
 }
 
 func (s *deviceStore) DeleteDevice(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
 	d := devicelists.Device{UserID: userID, DeviceID: deviceID}
+	var wake []wakeup.Key
 	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
+		wake = nil
 		var name *string
 		err := tx.QueryRow(ctx, `
 			UPDATE devices SET deleted_at = now(), token_hash = NULL
@@ -59,14 +97,17 @@ func (s *deviceStore) DeleteDevice(ctx context.Context, userID, deviceID string)
 		if name != nil {
 			d.DisplayName = *name
 		}
-		b := &pgx.Batch{}
-		queueNotify(b, []wakeup.Key{wakeup.DeviceKey(d.NID)})
-		return tx.SendBatch(ctx, b).Close()
+		wake, err = s.deviceChanged(ctx, tx, userID)
+		if err != nil {
+			return err
+		}
+		wake = append(wake, wakeup.DeviceKey(d.NID))
+		return notifyKeys(ctx, tx, wake)
 	})
 	if err != nil {
 		return devicelists.Device{}, err
 	}
-	s.db.wakeLocal([]wakeup.Key{wakeup.DeviceKey(d.NID)})
+	s.db.wakeLocal(wake)
 	return d, nil
 }
 

@@ -56,15 +56,19 @@ func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptR
 				return err
 			}
 			res.Unknown = unknown
-			if len(rows.nids) > 0 {
+			res.Delivered = len(rows.nids)
+			for _, nid := range rows.nids {
+				keys = append(keys, wakeup.DeviceKey(nid))
+			}
+			if len(rows.nids) > 0 && s.db.opts.InboxWrite == WriteCopy {
+				if err := copyInbox(ctx, tx, rows, a); err != nil {
+					return err
+				}
+			} else if len(rows.nids) > 0 {
 				batch.Queue(`
 					INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
 					SELECT u, n, $3, $4, c FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS r(u, n, c)`,
 					rows.users, rows.nids, a.Sender, a.EventType, rows.contents)
-				res.Delivered = len(rows.nids)
-				for _, nid := range rows.nids {
-					keys = append(keys, wakeup.DeviceKey(nid))
-				}
 			}
 		}
 		if len(a.Remote) > 0 {
@@ -106,6 +110,25 @@ func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptR
 	}
 	s.db.wakeLocal(keys)
 	return res, nil
+}
+
+// copyInbox writes a fan-out's rows with COPY.
+func copyInbox(ctx context.Context, tx pgx.Tx, rows recipientRows, a *inbox.Accept) error {
+	i := 0
+	_, err := tx.CopyFrom(ctx, pgx.Identifier{"device_inbox"},
+		[]string{"user_id", "device_nid", "sender", "type", "content"},
+		pgx.CopyFromFunc(func() ([]any, error) {
+			if i == len(rows.nids) {
+				return nil, nil
+			}
+			r := []any{rows.users[i], rows.nids[i], a.Sender, a.EventType, rows.contents[i]}
+			i++
+			return r, nil
+		}))
+	if err != nil {
+		return fmt.Errorf("copying inbox rows: %w", err)
+	}
+	return nil
 }
 
 type recipientRows struct {
@@ -272,14 +295,12 @@ func (s *inboxStore) PruneTxns(ctx context.Context, cutoff time.Time, limit int)
 	return int(tag.RowsAffected()), nil
 }
 
-// ExpireMessages looks only at the oldest limit rows by position (positions
-// follow acceptance time), so it costs the same whether or not anything has
-// expired.
+// ExpireMessages walks the acceptance-time index from the oldest row and
+// stops at the cutoff or the limit, so it costs nothing when nothing expired.
 func (s *inboxStore) ExpireMessages(ctx context.Context, cutoff time.Time, limit int) (int, error) {
 	tag, err := s.db.pool.Exec(ctx, `
-		DELETE FROM device_inbox WHERE pos = ANY (ARRAY (
-			SELECT pos FROM (SELECT pos, enqueued_at FROM device_inbox ORDER BY pos LIMIT $2) oldest
-			WHERE enqueued_at < $1))`, cutoff, limit)
+		DELETE FROM device_inbox WHERE ctid = ANY (ARRAY (
+			SELECT ctid FROM device_inbox WHERE enqueued_at < $1 ORDER BY enqueued_at LIMIT $2))`, cutoff, limit)
 	if err != nil {
 		return 0, err
 	}
@@ -307,7 +328,7 @@ func (s *inboxStore) Backlog(ctx context.Context) (inbox.Backlog, error) {
 	} else {
 		b.Pending = estimate
 	}
-	err = s.db.pool.QueryRow(ctx, `SELECT enqueued_at FROM device_inbox ORDER BY pos LIMIT 1`).Scan(&b.Oldest)
+	err = s.db.pool.QueryRow(ctx, `SELECT enqueued_at FROM device_inbox ORDER BY enqueued_at LIMIT 1`).Scan(&b.Oldest)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = nil
 	}

@@ -39,9 +39,26 @@ type Options struct {
 	Logger *slog.Logger
 	// InboxHooks are test hooks for the inbox store.
 	InboxHooks inbox.Hooks
+	// DeviceListHooks are test hooks for the device-list store.
+	DeviceListHooks devicelists.Hooks
 	// OnListenerState is told whether the LISTEN connection is up.
 	OnListenerState func(up bool)
+	// InboxWrite chooses how Accept writes inbox rows (benchmarks compare
+	// them); the zero value is the default, WriteUnnest.
+	InboxWrite WriteStrategy
 }
+
+// WriteStrategy is a way of writing a fan-out's inbox rows.
+type WriteStrategy int
+
+const (
+	// WriteUnnest inserts every row with one INSERT … SELECT FROM unnest(…)
+	// of arrays, pipelined with the transaction's other writes.
+	WriteUnnest WriteStrategy = iota
+	// WriteCopy streams the rows with COPY FROM STDIN: one extra round trip,
+	// no per-row SQL.
+	WriteCopy
+)
 
 // DB is an open PostgreSQL backend.
 type DB struct {

@@ -22,8 +22,10 @@ type Harness struct {
 	// NewURL returns the URL of a fresh database for t, removed at cleanup.
 	// The suite opens it with Migrate set.
 	NewURL func(t *testing.T) string
-	// Recreate destroys the database at url and leaves an empty one, as an
-	// operator rebuilding or restoring it would.
+	// Recreate destroys the database at url, as an operator rebuilding or
+	// restoring it would, and leaves an empty database (PostgreSQL) or none
+	// at all (SQLite: the files are gone). The suite reopens it with Migrate
+	// set, which creates what is missing.
 	Recreate func(t *testing.T, url string)
 	// MultiInstance is true when several instances (replicas) may open one
 	// database at once.
@@ -38,8 +40,9 @@ type Harness struct {
 
 // Options configure one instance.
 type Options struct {
-	Hub   *wakeup.Hub
-	Hooks inbox.Hooks
+	Hub         *wakeup.Hub
+	Hooks       inbox.Hooks
+	DeviceHooks devicelists.Hooks
 }
 
 // Env is one test's database.
@@ -63,6 +66,8 @@ func Run(t *testing.T, h Harness) {
 		{"LateCommitNeverSkipped", testLateCommitNeverSkipped},
 		{"OverlappingFanOutsNeverDeadlock", testOverlappingFanOuts},
 		{"PositionsNeverReused", testPositionsNeverReused},
+		{"RestartKeepsEpochAndPositions", testRestartKeepsEpochAndPositions},
+		{"ConcurrentSendsAndSyncsLoseNothing", testConcurrentSendsAndSyncs},
 		{"EpochChangesWhenDatabaseRecreated", testEpochChangesWhenRecreated},
 		{"AckIsTheNextSince", testAckIsNextSince},
 		{"Recipients", testRecipients},
@@ -73,9 +78,18 @@ func Run(t *testing.T, h Harness) {
 		{"PruneTxns", testPruneTxns},
 		{"ExpireMessages", testExpireMessages},
 		{"Backlog", testBacklog},
+		{"PoolStats", testPoolStats},
 		{"Durable", testDurable},
 		{"DeviceRegistry", testDeviceRegistry},
 		{"TokenMovesBetweenDevices", testTokenMoves},
+		{"DeviceListChangedAndLeft", testDeviceListChangedAndLeft},
+		{"InviteAndKnockShare", testInviteAndKnockShare},
+		{"MembershipOrdering", testMembershipOrdering},
+		{"DeviceListDeleteAndCrossSigning", testDeviceListDeleteAndCrossSigning},
+		{"LocalKeys", testLocalKeys},
+		{"DeviceListLateCommitNeverSkipped", testDeviceListLateCommit},
+		{"DeviceListWakeUps", testDeviceListWakeUps},
+		{"DeviceListPruning", testDeviceListPruning},
 		{"FederationLease", testLease},
 		{"FederationLeaseConcurrentAcquire", testLeaseConcurrentAcquire},
 		{"FederationFencing", testFencing},
@@ -99,7 +113,7 @@ func Run(t *testing.T, h Harness) {
 func (e *Env) Open(opts Options) storage.Backend {
 	e.t.Helper()
 	ctx := context.Background()
-	b, err := storage.Open(ctx, storage.Options{URL: e.URL, Migrate: true, Hub: opts.Hub, InboxHooks: opts.Hooks})
+	b, err := storage.Open(ctx, storage.Options{URL: e.URL, Migrate: true, Hub: opts.Hub, InboxHooks: opts.Hooks, DeviceListHooks: opts.DeviceHooks})
 	require.NoError(e.t, err, "opening backend")
 	b.Start(ctx)
 	e.t.Cleanup(b.Close)

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/todeviced/todeviced/internal/server"
+	"github.com/todeviced/todeviced/internal/testdb"
+)
+
+func TestMain(m *testing.M) { os.Exit(testdb.Main(m)) }
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func parse(t *testing.T, args []string, e map[string]string) (server.Config, []string, error) {
+	t.Helper()
+	cfg := server.Defaults()
+	var out bytes.Buffer
+	fs := newFlagSet("todeviced", &cfg, &out)
+	pos, err := parseArgs(fs, args, env(e))
+	return cfg, pos, err
+}
+
+func TestEnvironmentFillsFlagsAndFlagsWin(t *testing.T) {
+	cfg, pos, err := parse(t, []string{"add", "--listen", "0.0.0.0:1", "@a:x", "D", "--migrate=false"}, map[string]string{
+		"TODEVICED_LISTEN":                  "1.2.3.4:5",
+		"TODEVICED_SERVER_NAME":             "example.org",
+		"TODEVICED_INBOX_MAX_AGE":           "48h",
+		"TODEVICED_FEDERATION_DESTINATIONS": "a.test=http://127.0.0.1:1, b.test=http://127.0.0.1:2",
+		"TODEVICED_LOG_LEVEL":               "debug",
+	})
+	require.NoError(t, err)
+	require.Equal(t, []string{"add", "@a:x", "D"}, pos, "flags may stand anywhere among the arguments")
+	require.Equal(t, "0.0.0.0:1", cfg.Listen, "a flag wins over its variable")
+	require.Equal(t, "example.org", cfg.ServerName)
+	require.Equal(t, 48*time.Hour, cfg.InboxMaxAge)
+	require.False(t, cfg.Migrate)
+	require.Equal(t, map[string]string{"a.test": "http://127.0.0.1:1", "b.test": "http://127.0.0.1:2"}, cfg.FederationDestinations)
+	require.Equal(t, "DEBUG", cfg.LogLevel.String())
+	require.Equal(t, server.DefaultMetricsListen, cfg.MetricsListen, "untouched settings keep their defaults")
+}
+
+func TestInvalidSettingsNameTheSetting(t *testing.T) {
+	_, _, err := parse(t, nil, map[string]string{"TODEVICED_MIGRATE": "perhaps"})
+	require.ErrorContains(t, err, "TODEVICED_MIGRATE")
+	_, _, err = parse(t, nil, map[string]string{"TODEVICED_INBOX_MAX_AGE": "forever"})
+	require.ErrorContains(t, err, "TODEVICED_INBOX_MAX_AGE")
+	_, _, err = parse(t, []string{"--no-such-flag"}, nil)
+	require.ErrorContains(t, err, "no-such-flag")
+
+	var stderr bytes.Buffer
+	code := run(context.Background(), []string{"serve", "--database-url", "mysql://x"}, &bytes.Buffer{}, &stderr, env(nil))
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr.String(), "--database-url")
+	stderr.Reset()
+	code = run(context.Background(), []string{"--server-name", "bad name", "--database-url", "postgres://x"}, &bytes.Buffer{}, &stderr, env(nil))
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr.String(), "--server-name")
+	stderr.Reset()
+	code = run(context.Background(), []string{"--txn-retention", "1h", "--database-url", "postgres://x"}, &bytes.Buffer{}, &stderr, env(nil))
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr.String(), "--txn-retention")
+}
+
+func TestSubcommands(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), []string{"version"}, &stdout, &stderr, env(nil)))
+	require.True(t, strings.HasPrefix(stdout.String(), "todeviced "), stdout.String())
+
+	require.Equal(t, 2, run(context.Background(), []string{"frobnicate"}, &stdout, &stderr, env(nil)))
+	require.Contains(t, stderr.String(), "unknown command")
+	require.Equal(t, 2, run(context.Background(), []string{"device", "remove", "@a:x", "D"}, &stdout, &stderr, env(nil)))
+	require.Equal(t, 0, run(context.Background(), []string{"--help"}, &stdout, &stderr, env(nil)))
+	require.Contains(t, stderr.String(), "TODEVICED_DATABASE_URL", "help names each variable")
+}
+
+func TestMigrateAndDeviceAdd(t *testing.T) {
+	url := testdb.NewEmpty(t)
+	e := env(map[string]string{"TODEVICED_DATABASE_URL": url, "TODEVICED_LOG_LEVEL": "error"})
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), []string{"migrate", "status"}, &stdout, &stderr, e), stderr.String())
+	require.Contains(t, stdout.String(), "pending")
+	stdout.Reset()
+	require.Equal(t, 0, run(context.Background(), []string{"migrate"}, &stdout, &stderr, e), stderr.String())
+	require.Contains(t, stdout.String(), "applied")
+	stdout.Reset()
+	require.Equal(t, 0, run(context.Background(), []string{"migrate", "status"}, &stdout, &stderr, e))
+	require.NotContains(t, stdout.String(), "pending")
+
+	stdout.Reset()
+	require.Equal(t, 0, run(context.Background(), []string{"device", "add", "@alice:localhost", "PHONE"}, &stdout, &stderr, e), stderr.String())
+	token := strings.TrimSpace(stdout.String())
+	require.True(t, strings.HasPrefix(token, "tdv_"), token)
+	require.Greater(t, len(token), 40)
+
+	stderr.Reset()
+	require.Equal(t, 1, run(context.Background(), []string{"device", "add", "@alice:elsewhere", "PHONE"}, &stdout, &stderr, e))
+	require.Contains(t, stderr.String(), "not local")
+}

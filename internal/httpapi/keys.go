@@ -1,0 +1,57 @@
+package httpapi
+
+import (
+	"net/http"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/mxerr"
+)
+
+// keyChanges answers GET /_matrix/client/v3/keys/changes?from=&to= where
+// both are /sync tokens.
+func (a *api) keyChanges(w http.ResponseWriter, r *http.Request) {
+	dev := deviceFrom(r)
+	q := r.URL.Query()
+	if q.Get("from") == "" || q.Get("to") == "" {
+		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "from and to are required."))
+		return
+	}
+	rec := inbox.Recipient{UserID: dev.UserID, NID: dev.NID}
+	_, from, err := a.parseClientToken(rec, q.Get("from"))
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	_, to, err := a.parseClientToken(rec, q.Get("to"))
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	a.answerKeyChanges(w, r, dev.UserID, from, to)
+}
+
+// keysQuery answers POST /_matrix/client/v3/keys/query.
+func (a *api) keysQuery(w http.ResponseWriter, r *http.Request) {
+	dev := deviceFrom(r)
+	body, err := readBody(w, r, maxInternalBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	var q devicelists.KeysQuery
+	if err := decodeObject(body, &q); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if q.DeviceKeys == nil {
+		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'device_keys'."))
+		return
+	}
+	res, err := a.devices.QueryKeys(r.Context(), dev.UserID, q)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
