@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -20,22 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/todeviced/todeviced/internal/server"
 	"github.com/todeviced/todeviced/internal/testdb"
 )
-
-func TestMain(m *testing.M) {
-	code := testdb.Main(m)
-	if code == 0 {
-		if err := goleak.Find(goleak.IgnoreCurrent()); err != nil {
-			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
 
 const secret = "internal-secret"
 
@@ -149,7 +136,7 @@ func pair(t testing.TB, tweak func(*server.Config)) (a, b *node) {
 func (n *node) device(user, device string) string {
 	n.t.Helper()
 	token := fmt.Sprintf("tok-%s-%s", user, device)
-	_, _, err := n.srv.Devices().PutDevice(testCtx(n.t), user, device, token, nil)
+	_, _, err := n.srv.Devices().PutDevice(testCtx(n.t), user, device, token, nil, nil)
 	require.NoError(n.t, err)
 	return token
 }

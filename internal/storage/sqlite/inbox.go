@@ -439,3 +439,185 @@ func (s *inboxStore) PeekOutbox(ctx context.Context, destination string, limit i
 	}
 	return out, nil
 }
+
+// AcceptRemote stores an EDU from another server in one write transaction:
+// the deduplication record first (a duplicate stores nothing more), then the
+// recipients resolved exactly as Accept does and the inbox rows.
+func (s *inboxStore) AcceptRemote(ctx context.Context, r *inbox.RemoteAccept) (inbox.AcceptResult, error) {
+	var res inbox.AcceptResult
+	var keys []wakeup.Key
+	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		res, keys = inbox.AcceptResult{}, nil
+		now := micros(time.Now())
+		ins, err := tx.ExecContext(ctx, `
+			INSERT INTO todevice_inbound_dedupe (origin, message_id, received_at) VALUES (?, ?, ?)
+			ON CONFLICT DO NOTHING`, r.Origin, r.MessageID, now)
+		if err != nil {
+			return fmt.Errorf("recording message id: %w", err)
+		}
+		if n, err := ins.RowsAffected(); err != nil {
+			return fmt.Errorf("recording message id: %w", err)
+		} else if n == 0 {
+			res.Duplicate = true
+			return nil
+		}
+		if len(r.Local) > 0 {
+			rows, unknown, err := resolveRecipients(ctx, tx, r.Local)
+			if err != nil {
+				return err
+			}
+			res.Unknown = unknown
+			if err := insertInboxRows(ctx, tx, rows, r.Sender, r.EventType, now); err != nil {
+				return err
+			}
+			res.Delivered = len(rows)
+			for _, row := range rows {
+				keys = append(keys, wakeup.DeviceKey(row.nid))
+			}
+		}
+		if s.hooks.BeforeAcceptRemoteCommit != nil {
+			return s.hooks.BeforeAcceptRemoteCommit(ctx, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return inbox.AcceptResult{}, err
+	}
+	s.db.wake(keys)
+	return res, nil
+}
+
+func (s *inboxStore) PruneInboundDedupe(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	var n int64
+	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, `
+			DELETE FROM todevice_inbound_dedupe WHERE rowid IN (
+				SELECT rowid FROM todevice_inbound_dedupe WHERE received_at < ? LIMIT ?)`, micros(cutoff), limit)
+		if err != nil {
+			return err
+		}
+		n, err = r.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("pruning inbound deduplication records: %w", err)
+	}
+	return int(n), nil
+}
+
+// deleteOutboxRows is the one statement that removes sent EDUs from the
+// outbox: exactly the listed positions of one destination, never a range.
+// The federation store runs it inside its fenced transaction.
+func deleteOutboxRows(ctx context.Context, tx *sql.Tx, destination string, positions []int64) (int, error) {
+	total := 0
+	for chunk := range slices.Chunk(positions, maxRowsPerStatement) {
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, destination)
+		for _, p := range chunk {
+			args = append(args, p)
+		}
+		r, err := tx.ExecContext(ctx, `DELETE FROM todevice_outbox WHERE destination = ? AND pos IN `+placeholders(1, len(chunk)), args...)
+		if err != nil {
+			return 0, fmt.Errorf("deleting outbox rows: %w", err)
+		}
+		n, err := r.RowsAffected()
+		if err != nil {
+			return 0, fmt.Errorf("deleting outbox rows: %w", err)
+		}
+		total += int(n)
+	}
+	return total, nil
+}
+
+func (s *inboxStore) DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error) {
+	if len(positions) == 0 {
+		return 0, nil
+	}
+	var n int
+	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		n, err = deleteOutboxRows(ctx, tx, destination, positions)
+		return err
+	})
+	return n, err
+}
+
+// ExpireOutbox walks the enqueued_at index over the expired rows only,
+// skipping the rows of stored federation transactions.
+func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
+	var out []inbox.DestinationCount
+	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		out = nil
+		rows, err := tx.QueryContext(ctx, `
+			DELETE FROM todevice_outbox WHERE pos IN (
+				SELECT o.pos FROM todevice_outbox o
+				WHERE o.enqueued_at < ?
+				  AND NOT EXISTS (
+					SELECT 1 FROM federation_txn_items i
+					WHERE i.destination = o.destination AND i.source = ? AND i.pos = o.pos)
+				ORDER BY o.enqueued_at LIMIT ?)
+			RETURNING destination`, micros(cutoff), inbox.OutboxSource, limit)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		idx := map[string]int{}
+		for rows.Next() {
+			var d string
+			if err := rows.Scan(&d); err != nil {
+				return err
+			}
+			i, ok := idx[d]
+			if !ok {
+				i = len(out)
+				idx[d] = i
+				out = append(out, inbox.DestinationCount{Destination: d})
+			}
+			out[i].Count++
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("expiring outbox rows: %w", err)
+	}
+	return out, nil
+}
+
+func (s *inboxStore) OutboxDestinations(ctx context.Context) ([]string, error) {
+	rows, err := s.db.readers.QueryContext(ctx, `
+		SELECT destination FROM todevice_outbox_destinations d
+		WHERE EXISTS (SELECT 1 FROM todevice_outbox o WHERE o.destination = d.destination)
+		ORDER BY destination`)
+	if err != nil {
+		return nil, fmt.Errorf("listing outbox destinations: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, fmt.Errorf("listing outbox destinations: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// OutboxBacklog counts exactly, like Backlog (SQLite has no estimate).
+func (s *inboxStore) OutboxBacklog(ctx context.Context) (inbox.Backlog, error) {
+	var b inbox.Backlog
+	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		var oldest sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT count(*), min(enqueued_at) FROM todevice_outbox`).Scan(&b.Pending, &oldest); err != nil {
+			return err
+		}
+		if oldest.Valid {
+			b.Oldest = fromMicros(oldest.Int64)
+		}
+		return nil
+	})
+	if err != nil {
+		return inbox.Backlog{}, fmt.Errorf("reading outbox backlog: %w", err)
+	}
+	return b, nil
+}
