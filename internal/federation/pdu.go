@@ -5,30 +5,91 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"slices"
 )
 
 // pduError is what todeviced answers for every PDU: it holds no rooms.
 const pduError = "This server only handles to-device messages and device lists; it does not accept PDUs."
 
-// PDUEventID names a PDU in a /send answer. Room versions 1 and 2 carry the
-// id in the event; later versions derive it from the reference hash, whose
-// exact input depends on the room version's redaction rules, which we cannot
-// know without the room. This computes it as room versions 11 and later do
-// (URL-safe unpadded base64 of the SHA-256 of the redacted event without
-// signatures, unsigned and age_ts, in canonical JSON): exact for current
-// rooms, best effort for older ones.
-func PDUEventID(pdu json.RawMessage) (string, error) {
+// PDUEventIDs names a PDU for a /send answer. Room versions 1 and 2 carry
+// the id in the event; later versions derive it from the reference hash
+// (URL-safe unpadded base64, from version 4, of the SHA-256 of the redacted
+// event without signatures, unsigned and age_ts, in canonical JSON). The
+// redaction rules depend on the room version, which only the room knows, so
+// this returns the id under the rules of versions 9–10 (also right for most
+// events of versions 4–8; version 10 is what most servers create) and, when
+// it differs, under those of versions 11 and later. The origin finds its
+// event's id among them; the other is ignored.
+func PDUEventIDs(pdu json.RawMessage) ([]string, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(pdu, &obj); err != nil || obj == nil {
-		return "", errors.New("PDU is not a JSON object")
+		return nil, errors.New("PDU is not a JSON object")
 	}
 	if raw, ok := obj["event_id"]; ok {
 		var id string
 		if err := json.Unmarshal(raw, &id); err == nil && id != "" {
-			return id, nil
+			return []string{id}, nil
 		}
 	}
-	redacted, err := redactV11(obj)
+	var ids []string
+	for _, rules := range []redactionRules{rulesV9, rulesV11} {
+		id, err := referenceHashID(obj, rules)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+// redactionRules are what the redaction algorithm of a room version keeps.
+type redactionRules struct {
+	// top are the top-level keys kept, besides signatures (which the
+	// reference hash drops anyway).
+	top map[string]bool
+	// content are the content keys kept per event type; a nil list keeps
+	// all of them, a missing type none.
+	content map[string][]string
+	// signedInvite keeps third_party_invite.signed of m.room.member.
+	signedInvite bool
+}
+
+var rulesV9 = redactionRules{
+	top: map[string]bool{
+		"event_id": true, "type": true, "room_id": true, "sender": true, "state_key": true,
+		"content": true, "hashes": true, "depth": true, "prev_events": true, "prev_state": true,
+		"auth_events": true, "origin": true, "origin_server_ts": true, "membership": true,
+	},
+	content: map[string][]string{
+		"m.room.member":             {"membership", "join_authorised_via_users_server"},
+		"m.room.create":             {"creator"},
+		"m.room.join_rules":         {"join_rule", "allow"},
+		"m.room.power_levels":       {"ban", "events", "events_default", "kick", "redact", "state_default", "users", "users_default"},
+		"m.room.history_visibility": {"history_visibility"},
+	},
+}
+
+var rulesV11 = redactionRules{
+	top: map[string]bool{
+		"event_id": true, "type": true, "room_id": true, "sender": true, "state_key": true,
+		"content": true, "hashes": true, "depth": true, "prev_events": true,
+		"auth_events": true, "origin_server_ts": true,
+	},
+	content: map[string][]string{
+		"m.room.member":             {"membership", "join_authorised_via_users_server", "third_party_invite"},
+		"m.room.create":             nil,
+		"m.room.join_rules":         {"join_rule", "allow"},
+		"m.room.power_levels":       {"ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users", "users_default"},
+		"m.room.history_visibility": {"history_visibility"},
+		"m.room.redaction":          {"redacts"},
+	},
+	signedInvite: true,
+}
+
+func referenceHashID(obj map[string]json.RawMessage, rules redactionRules) (string, error) {
+	redacted, err := redact(obj, rules)
 	if err != nil {
 		return "", err
 	}
@@ -44,64 +105,52 @@ func PDUEventID(pdu json.RawMessage) (string, error) {
 	return "$" + base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
-// v11 redaction: the top-level keys an event keeps (signatures is kept by
-// redaction but dropped from the reference hash, like unsigned and age_ts).
-var redactionKeepsV11 = map[string]bool{
-	"event_id": true, "type": true, "room_id": true, "sender": true, "state_key": true,
-	"content": true, "hashes": true, "depth": true, "prev_events": true,
-	"auth_events": true, "origin_server_ts": true,
-}
-
-// The content keys each event type keeps under v11 redaction; nil keeps all.
-var contentKeepsV11 = map[string][]string{
-	"m.room.member":             {"membership", "join_authorised_via_users_server", "third_party_invite"},
-	"m.room.create":             nil,
-	"m.room.join_rules":         {"join_rule", "allow"},
-	"m.room.power_levels":       {"ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users", "users_default"},
-	"m.room.history_visibility": {"history_visibility"},
-	"m.room.redaction":          {"redacts"},
-}
-
-func redactV11(obj map[string]json.RawMessage) (map[string]json.RawMessage, error) {
-	out := make(map[string]json.RawMessage, len(redactionKeepsV11))
+func redact(obj map[string]json.RawMessage, rules redactionRules) (map[string]json.RawMessage, error) {
+	out := make(map[string]json.RawMessage, len(rules.top))
 	for k, v := range obj {
-		if redactionKeepsV11[k] {
+		if rules.top[k] {
 			out[k] = v
 		}
 	}
+	raw, ok := obj["content"]
+	if !ok {
+		return out, nil
+	}
 	var eventType string
-	if raw, ok := obj["type"]; ok {
-		_ = json.Unmarshal(raw, &eventType)
+	if t, ok := obj["type"]; ok {
+		_ = json.Unmarshal(t, &eventType)
 	}
-	keep, known := contentKeepsV11[eventType]
-	if raw, ok := obj["content"]; ok && !(known && keep == nil) {
-		var content map[string]json.RawMessage
-		if err := json.Unmarshal(raw, &content); err != nil {
-			return nil, errors.New("PDU content is not a JSON object")
-		}
-		kept := map[string]json.RawMessage{}
-		for _, k := range keep {
-			if v, ok := content[k]; ok {
-				kept[k] = v
-			}
-		}
-		if eventType == "m.room.member" {
-			// Of third_party_invite, only "signed" survives.
-			if tpi, ok := kept["third_party_invite"]; ok {
-				var inv map[string]json.RawMessage
-				if json.Unmarshal(tpi, &inv) == nil && inv["signed"] != nil {
-					b, _ := json.Marshal(map[string]json.RawMessage{"signed": inv["signed"]})
-					kept["third_party_invite"] = b
-				} else {
-					delete(kept, "third_party_invite")
-				}
-			}
-		}
-		b, err := json.Marshal(kept)
-		if err != nil {
-			return nil, err
-		}
-		out["content"] = b
+	keep, known := rules.content[eventType]
+	if known && keep == nil {
+		return out, nil
 	}
+	var content map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &content); err != nil {
+		return nil, errors.New("PDU content is not a JSON object")
+	}
+	kept := map[string]json.RawMessage{}
+	for _, k := range keep {
+		if v, ok := content[k]; ok {
+			kept[k] = v
+		}
+	}
+	if tpi, ok := kept["third_party_invite"]; ok && rules.signedInvite {
+		// Of third_party_invite, only "signed" survives.
+		var inv map[string]json.RawMessage
+		if json.Unmarshal(tpi, &inv) == nil && inv["signed"] != nil {
+			b, err := json.Marshal(map[string]json.RawMessage{"signed": inv["signed"]})
+			if err != nil {
+				return nil, err
+			}
+			kept["third_party_invite"] = b
+		} else {
+			delete(kept, "third_party_invite")
+		}
+	}
+	b, err := json.Marshal(kept)
+	if err != nil {
+		return nil, err
+	}
+	out["content"] = b
 	return out, nil
 }

@@ -106,11 +106,13 @@ func (r *Receiver) HandleTransaction(ctx context.Context, origin, txnID string, 
 	// We hold no rooms: every PDU gets an error, never a silent success.
 	results := make(map[string]pduResult, len(txn.PDUs))
 	for _, pdu := range txn.PDUs {
-		id, err := PDUEventID(pdu)
+		ids, err := PDUEventIDs(pdu)
 		if err != nil {
 			continue // nothing to name it by
 		}
-		results[id] = pduResult{Error: pduError}
+		for _, id := range ids {
+			results[id] = pduResult{Error: pduError}
+		}
 	}
 	resp, err := json.Marshal(struct {
 		PDUs map[string]pduResult `json:"pdus"`

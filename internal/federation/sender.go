@@ -283,7 +283,9 @@ func (s *Sender) startLocked(ctx context.Context, d string, poke bool) {
 		return
 	}
 	if time.Now().Before(st.notBefore) {
-		return // backing off, or another replica sends: not early
+		// Backing off, or another replica sends: not early. The store
+		// would refuse the lease anyway; this saves it the question.
+		return
 	}
 	st.running = true
 	s.wg.Add(1)
