@@ -260,7 +260,7 @@ func (m *memStore) InboundTxn(context.Context, string, string) ([]byte, bool, er
 	return nil, false, nil
 }
 func (m *memStore) RecordInboundTxn(context.Context, string, string, []byte) error { return nil }
-func (m *memStore) PruneInboundTxns(context.Context, time.Time, int) (int, error) { return 0, nil }
+func (m *memStore) PruneInboundTxns(context.Context, time.Time, int) (int, error)  { return 0, nil }
 
 // attempt is one request the fake client got.
 type attempt struct {
