@@ -7,10 +7,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/federation"
@@ -274,4 +277,133 @@ func TestFederationRejectingDestinationDoesNotBlockOthers(t *testing.T) {
 		require.Equal(t, attempts[0], at, "every attempt is the same transaction, byte for byte")
 	}
 	require.Equal(t, float64(federation.RejectAfter), a.metric("todeviced_federation_transactions_total", "result=rejected"))
+}
+
+type feedPull struct {
+	EDUs  []json.RawMessage `json:"edus"`
+	Batch string            `json:"batch"`
+}
+
+// TestFederationOutboxFeed drives the feed a homeserver that sends all
+// federation traffic itself uses: A runs no sender; "A's homeserver" pulls
+// the outbox, hands the EDUs to "B's homeserver", which passes them to B
+// through the internal API, and acknowledges.
+func TestFederationOutboxFeed(t *testing.T) {
+	t.Parallel()
+	a, b := pair(t, func(cfg *server.Config) { cfg.FederationOutbox = server.FederationOutboxFeed })
+	aliceTok := a.device(alice, "A1")
+	b1 := b.syncer(b.device(bob, "B1"))
+	for i := range 2 {
+		a.send(aliceTok, fmt.Sprint("t", i), map[string]map[string]any{bob: {"B1": map[string]any{"n": i}}})
+	}
+	const feed = "/_todeviced/internal/v1/federation/outbox"
+	status, body := a.do(http.MethodGet, feed+"/destinations", secret, nil)
+	require.Equal(t, http.StatusOK, status)
+	require.JSONEq(t, `{"destinations":["b.test"]}`, string(body))
+
+	pull := func() feedPull {
+		status, body := a.do(http.MethodGet, feed+"?destination=b.test&limit=1", secret, nil)
+		require.Equal(t, http.StatusOK, status, "%s", body)
+		var p feedPull
+		require.NoError(t, json.Unmarshal(body, &p))
+		return p
+	}
+	ack := func(batch string) int {
+		status, body := a.do(http.MethodPost, feed+"/ack", secret, map[string]string{"batch": batch})
+		require.Equal(t, http.StatusOK, status, "%s", body)
+		var r struct{ Deleted int }
+		require.NoError(t, json.Unmarshal(body, &r))
+		return r.Deleted
+	}
+	for i := range 2 {
+		p := pull()
+		require.Len(t, p.EDUs, 1)
+		require.NotEmpty(t, p.Batch)
+		require.Equal(t, p, pull(), "unacknowledged EDUs are handed out again")
+		status, body := b.do(http.MethodPost, "/_todeviced/internal/v1/federation/edus", secret,
+			map[string]any{"origin": a.name, "edus": p.EDUs})
+		require.Equal(t, http.StatusOK, status, "%s", body)
+		require.Equal(t, 1, ack(p.Batch), "EDU %d", i)
+		require.Zero(t, ack(p.Batch), "a batch is acknowledged once")
+	}
+	p := pull()
+	require.Empty(t, p.EDUs)
+	require.Empty(t, p.Batch)
+	require.Equal(t, []int{0, 1}, ns(b1.collect(2)))
+	require.Zero(t, a.metric("todeviced_federation_transactions_total", "result=ok")+
+		a.metric("todeviced_federation_transactions_total", "result=retry"), "no sender runs in feed mode")
+	require.Equal(t, 2.0, a.metric("todeviced_federation_edus_sent_total", "type=m.direct_to_device"))
+
+	status, body = a.do(http.MethodPost, feed+"/ack", secret, map[string]string{"batch": "nonsense"})
+	require.Equal(t, http.StatusBadRequest, status, "%s", body)
+	require.Contains(t, string(body), "M_INVALID_PARAM")
+	status, _ = a.do(http.MethodGet, feed, secret, nil)
+	require.Equal(t, http.StatusBadRequest, status, "destination is required")
+
+	for _, bad := range []map[string]any{{"edus": []any{}}, {"origin": "b.test", "edus": []any{}}, {"origin": "not a name", "edus": []any{}}} {
+		status, _ := b.do(http.MethodPost, "/_todeviced/internal/v1/federation/edus", secret, bad)
+		require.Equal(t, http.StatusBadRequest, status, "%v", bad)
+	}
+}
+
+func TestFederationKeyServerAndLocalhost(t *testing.T) {
+	t.Parallel()
+	a, _ := pair(t, nil)
+	status, body := a.do(http.MethodGet, "/_matrix/key/v2/server", "", nil)
+	require.Equal(t, http.StatusOK, status)
+	var keys struct {
+		ServerName string `json:"server_name"`
+		VerifyKeys map[string]struct {
+			Key string `json:"key"`
+		} `json:"verify_keys"`
+		ValidUntil int64 `json:"valid_until_ts"`
+	}
+	require.NoError(t, json.Unmarshal(body, &keys))
+	require.Equal(t, "a.test", keys.ServerName)
+	key := loadKey(t, a) // created on first start
+	require.Contains(t, keys.VerifyKeys, key.ServerKeyID)
+	require.NoError(t, federation.VerifyJSON("a.test", key.ServerKeyID, key.Public(), body), "self-signed")
+	require.Greater(t, keys.ValidUntil, time.Now().Add(time.Hour).UnixMilli())
+	status, _ = a.do(http.MethodGet, "/_todeviced/internal/v1/federation/outbox/destinations", secret, nil)
+	require.Equal(t, http.StatusNotFound, status, "a sending instance has no feed")
+
+	// While the server is called localhost, federation stays off.
+	cfg := nodeConfig(t, "localhost")
+	local := start(t, cfg, listen(t, "127.0.0.1:0"))
+	status, _ = local.do(http.MethodGet, "/_matrix/key/v2/server", "", nil)
+	require.Equal(t, http.StatusNotFound, status)
+	status, _ = local.do(http.MethodPut, "/_matrix/federation/v1/send/x", "", map[string]any{})
+	require.Equal(t, http.StatusNotFound, status)
+	status, _ = local.do(http.MethodPost, "/_todeviced/internal/v1/federation/edus", secret, map[string]any{"origin": "a.test"})
+	require.Equal(t, http.StatusNotFound, status)
+	_, err := os.Stat(cfg.SigningKey)
+	require.ErrorIs(t, err, os.ErrNotExist, "no key is made for a server that does not federate")
+}
+
+func TestFederationHousekeepingExpiresAndMeasures(t *testing.T) {
+	t.Parallel()
+	cfg := nodeConfig(t, "a.test")
+	cfg.FederationOutbox = server.FederationOutboxFeed // nothing sends: the EDUs wait
+	a := start(t, cfg, listen(t, "127.0.0.1:0"))
+	aliceTok := a.device(alice, "A1")
+	for i := range 3 {
+		a.send(aliceTok, fmt.Sprint("t", i), map[string]map[string]any{"@x:d.test": {"X": map[string]any{"n": i}}})
+	}
+	m := federation.NewMetrics(nil)
+	later := time.Now().Add(federation.DefaultMessageTTL + 24*time.Hour)
+	h := federation.NewHousekeeper(federation.HousekeeperConfig{
+		Store: a.srv.Backend().Federation(), Outbox: a.srv.Backend().Inbox(), Metrics: m,
+	})
+	require.NoError(t, h.RefreshGauges(testCtx(t)))
+	require.Equal(t, 3.0, testutil.ToFloat64(m.OutboxEDUs))
+	require.Greater(t, testutil.ToFloat64(m.OutboxOldestAge), 0.0)
+
+	h = federation.NewHousekeeper(federation.HousekeeperConfig{
+		Store: a.srv.Backend().Federation(), Outbox: a.srv.Backend().Inbox(), Metrics: m,
+		Now: func() time.Time { return later },
+	})
+	require.NoError(t, h.Housekeep(testCtx(t)))
+	require.Equal(t, 3.0, testutil.ToFloat64(m.EDUsDropped.WithLabelValues(federation.DropExpired)))
+	require.Zero(t, testutil.ToFloat64(m.OutboxEDUs))
+	require.Zero(t, testutil.ToFloat64(m.OutboxOldestAge))
 }
