@@ -127,14 +127,29 @@ func (r *Receiver) HandleTransaction(ctx context.Context, origin, txnID string, 
 	return resp, nil
 }
 
-// HandleEDUs processes EDUs from the authenticated origin, in order. EDUs
-// that are wrong are dropped and counted (the origin must not retry them
-// forever); an error means storing failed and the whole batch should be
-// retried (what was stored is deduplicated then).
+// HandleEDUs processes EDUs from the authenticated origin. EDUs that are
+// wrong are dropped and counted (the origin must not retry them forever);
+// the to-device messages of the others are stored together, in order, in one
+// database transaction. An error means storing failed and the whole batch
+// should be retried (what was stored is deduplicated then).
 func (r *Receiver) HandleEDUs(ctx context.Context, origin string, edus []json.RawMessage) error {
+	var accepts []*inbox.RemoteAccept
 	for _, raw := range edus {
-		if err := r.handleEDU(ctx, origin, raw); err != nil {
+		ra, err := r.handleEDU(ctx, origin, raw)
+		if err != nil {
 			return err
+		}
+		if ra != nil {
+			accepts = append(accepts, ra)
+		}
+	}
+	results, err := r.cfg.Inbox.AcceptRemote(ctx, accepts)
+	if err != nil {
+		return err
+	}
+	for _, res := range results {
+		if res.Duplicate {
+			r.m.EDUsDropped.WithLabelValues(DropDuplicate).Inc()
 		}
 	}
 	return nil
@@ -145,12 +160,13 @@ type eduJSON struct {
 	Content json.RawMessage `json:"content"`
 }
 
-func (r *Receiver) handleEDU(ctx context.Context, origin string, raw json.RawMessage) error {
+// handleEDU checks one EDU; a to-device EDU to store comes back.
+func (r *Receiver) handleEDU(ctx context.Context, origin string, raw json.RawMessage) (*inbox.RemoteAccept, error) {
 	var e eduJSON
 	if err := json.Unmarshal(raw, &e); err != nil {
 		r.m.EDUsReceived.WithLabelValues(eduOther).Inc()
 		r.dropped(ctx, origin, "", DropMalformed)
-		return nil
+		return nil, nil
 	}
 	r.m.EDUsReceived.WithLabelValues(eduTypeLabel(e.Type)).Inc()
 	switch e.Type {
@@ -158,13 +174,13 @@ func (r *Receiver) handleEDU(ctx context.Context, origin string, raw json.RawMes
 		return r.directToDevice(ctx, origin, e.Content)
 	case EDUDeviceListUpd, EDUSigningKeyUpd:
 		if r.cfg.DeviceLists == nil {
-			return nil
+			return nil, nil
 		}
 		if err := r.cfg.DeviceLists.HandleDeviceListEDU(ctx, origin, e.Type, e.Content); err != nil {
-			return fmt.Errorf("handling %s from %s: %w", e.Type, origin, err)
+			return nil, fmt.Errorf("handling %s from %s: %w", e.Type, origin, err)
 		}
 	}
-	return nil // EDU types that are not ours are the homeserver's business
+	return nil, nil // EDU types that are not ours are the homeserver's business
 }
 
 type directToDeviceJSON struct {
@@ -174,34 +190,34 @@ type directToDeviceJSON struct {
 	Messages  map[string]map[string]json.RawMessage `json:"messages"`
 }
 
-func (r *Receiver) directToDevice(ctx context.Context, origin string, content json.RawMessage) error {
+func (r *Receiver) directToDevice(ctx context.Context, origin string, content json.RawMessage) (*inbox.RemoteAccept, error) {
 	var c directToDeviceJSON
 	if err := json.Unmarshal(content, &c); err != nil || c.Messages == nil ||
 		c.Type == "" || len(c.Type) > maxIDBytes || c.MessageID == "" || len(c.MessageID) > maxIDBytes ||
 		!utf8.ValidString(c.MessageID) {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
-		return nil
+		return nil, nil
 	}
 	sender, err := mxid.ParseUserID(c.Sender)
 	if err != nil {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
-		return nil
+		return nil, nil
 	}
 	if sender.Server != origin {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropSenderNotOrigin)
-		return nil
+		return nil, nil
 	}
 	msgs := make(inbox.Messages, len(c.Messages))
 	for userID, devices := range c.Messages {
 		if devices == nil {
 			r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
-			return nil
+			return nil, nil
 		}
 		for deviceID, content := range devices {
 			var buf bytes.Buffer
 			if deviceID == "" || len(content) == 0 || content[0] != '{' || json.Compact(&buf, content) != nil {
 				r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
-				return nil
+				return nil, nil
 			}
 			devices[deviceID] = buf.Bytes()
 		}
@@ -210,19 +226,9 @@ func (r *Receiver) directToDevice(ctx context.Context, origin string, content js
 	ra, err := inbox.BuildRemoteAccept(r.cfg.ServerName, origin, c.MessageID, c.Sender, c.Type, msgs)
 	if errors.Is(err, inbox.ErrRecipientNotLocal) {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropRecipientNotLocal)
-		return nil
+		return nil, nil
 	}
-	if err != nil {
-		return err
-	}
-	res, err := r.cfg.Inbox.AcceptRemote(ctx, ra)
-	if err != nil {
-		return err
-	}
-	if res.Duplicate {
-		r.m.EDUsDropped.WithLabelValues(DropDuplicate).Inc()
-	}
-	return nil
+	return ra, err
 }
 
 // dropped counts and logs an inbound EDU given up (never its content).

@@ -98,19 +98,25 @@ func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, 
 	return res.Response, nil
 }
 
-// AcceptRemote stores an m.direct_to_device EDU that origin sent, unless
-// (origin, r.MessageID) was seen before (then Duplicate is set and nothing is
-// stored). Build r with BuildRemoteAccept.
-func (s *Service) AcceptRemote(ctx context.Context, r *RemoteAccept) (AcceptResult, error) {
-	res, err := s.cfg.Store.AcceptRemote(ctx, r)
+// AcceptRemote stores m.direct_to_device EDUs from other servers in one
+// database transaction, each unless its (origin, message_id) was seen before
+// (then its result says Duplicate and nothing is stored for it). Build them
+// with BuildRemoteAccept.
+func (s *Service) AcceptRemote(ctx context.Context, batch []*RemoteAccept) ([]AcceptResult, error) {
+	if len(batch) == 0 {
+		return nil, nil
+	}
+	res, err := s.cfg.Store.AcceptRemote(ctx, batch)
 	if err != nil {
-		return AcceptResult{}, fmt.Errorf("accepting to-device EDU from %s: %w", r.Origin, err)
+		return nil, fmt.Errorf("accepting to-device EDUs from %s: %w", batch[0].Origin, err)
 	}
-	if res.Duplicate {
-		return res, nil
+	for i, r := range res {
+		if r.Duplicate {
+			continue
+		}
+		s.m.Enqueued.WithLabelValues(OriginFederation).Add(float64(r.Delivered))
+		s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(r.Unknown + batch[i].Unaddressable))
 	}
-	s.m.Enqueued.WithLabelValues(OriginFederation).Add(float64(res.Delivered))
-	s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(res.Unknown + r.Unaddressable))
 	return res, nil
 }
 

@@ -185,12 +185,15 @@ type Store interface {
 	// first, without removing them.
 	PeekOutbox(ctx context.Context, destination string, limit int) ([]QueuedEDU, error)
 
-	// AcceptRemote stores an EDU from another server in one database
-	// transaction: it inserts the (origin, message_id) deduplication record
-	// first (a conflict means a duplicate: nothing more is stored and
-	// Duplicate is set), then locks and expands the recipients exactly as
-	// Accept does, inserts the inbox rows and wakes their waiters.
-	AcceptRemote(ctx context.Context, r *RemoteAccept) (AcceptResult, error)
+	// AcceptRemote stores EDUs from other servers (the to-device EDUs of
+	// one transaction) in one database transaction, in order. For each it
+	// inserts the (origin, message_id) deduplication record first (a
+	// conflict, with a stored record or an earlier EDU of the batch, means a
+	// duplicate: nothing more is stored for it and its result says
+	// Duplicate), then the recipients are locked and expanded exactly as
+	// Accept does, the inbox rows inserted and their waiters woken.
+	// results[i] is batch[i]'s.
+	AcceptRemote(ctx context.Context, batch []*RemoteAccept) (results []AcceptResult, err error)
 
 	// PruneInboundDedupe deletes up to limit deduplication records received
 	// before cutoff.
@@ -223,5 +226,5 @@ type Hooks struct {
 	// the transaction back, as a crash before the commit would.
 	BeforeAcceptCommit func(ctx context.Context, a *Accept) error
 	// BeforeAcceptRemoteCommit is the same for AcceptRemote.
-	BeforeAcceptRemoteCommit func(ctx context.Context, r *RemoteAccept) error
+	BeforeAcceptRemoteCommit func(ctx context.Context, batch []*RemoteAccept) error
 }

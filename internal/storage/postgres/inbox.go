@@ -1,9 +1,11 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -141,6 +143,26 @@ type recipientRows struct {
 // locks those device rows in nid order. It returns the inbox rows to write
 // and how many messages found no device.
 func lockRecipients(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (recipientRows, int, error) {
+	devs, err := lockDevices(ctx, tx, msgs)
+	if err != nil {
+		return recipientRows{}, 0, err
+	}
+	var out recipientRows
+	unknown := devs.expand(msgs, &out)
+	return out, unknown, nil
+}
+
+type recipientKey struct{ user, device string }
+
+// lockedDevices are the live devices lockDevices found and locked.
+type lockedDevices struct {
+	found  map[recipientKey]int64
+	byUser map[string][]int64 // in nid order
+}
+
+// lockDevices locks the live devices that msgs address, in nid order (so
+// overlapping fan-outs cannot deadlock), and returns them.
+func lockDevices(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (lockedDevices, error) {
 	var exUsers, exDevices, starUsers []string
 	for _, m := range msgs {
 		if m.DeviceID == inbox.AllDevices {
@@ -158,26 +180,28 @@ func lockRecipients(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (
 		ORDER BY nid
 		FOR NO KEY UPDATE`, exUsers, exDevices, starUsers)
 	if err != nil {
-		return recipientRows{}, 0, fmt.Errorf("locking recipient devices: %w", err)
+		return lockedDevices{}, fmt.Errorf("locking recipient devices: %w", err)
 	}
-	type key struct{ user, device string }
-	found := map[key]int64{}
-	byUser := map[string][]int64{}
+	d := lockedDevices{found: map[recipientKey]int64{}, byUser: map[string][]int64{}}
 	for rows.Next() {
 		var nid int64
-		var k key
+		var k recipientKey
 		if err := rows.Scan(&nid, &k.user, &k.device); err != nil {
 			rows.Close()
-			return recipientRows{}, 0, err
+			return lockedDevices{}, err
 		}
-		found[k] = nid
-		byUser[k.user] = append(byUser[k.user], nid)
+		d.found[k] = nid
+		d.byUser[k.user] = append(d.byUser[k.user], nid)
 	}
 	if err := rows.Err(); err != nil {
-		return recipientRows{}, 0, fmt.Errorf("locking recipient devices: %w", err)
+		return lockedDevices{}, fmt.Errorf("locking recipient devices: %w", err)
 	}
-	var out recipientRows
-	unknown := 0
+	return d, nil
+}
+
+// expand appends the inbox rows of msgs to out, in message order, a "*" in
+// nid order, and returns how many messages found no device.
+func (d lockedDevices) expand(msgs []inbox.LocalMessage, out *recipientRows) (unknown int) {
 	add := func(user string, nid int64, content []byte) {
 		out.users = append(out.users, user)
 		out.nids = append(out.nids, nid)
@@ -185,7 +209,7 @@ func lockRecipients(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (
 	}
 	for _, m := range msgs {
 		if m.DeviceID == inbox.AllDevices {
-			nids := byUser[m.UserID]
+			nids := d.byUser[m.UserID]
 			if len(nids) == 0 {
 				unknown++
 			}
@@ -194,13 +218,13 @@ func lockRecipients(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (
 			}
 			continue
 		}
-		if nid, ok := found[key{m.UserID, m.DeviceID}]; ok {
+		if nid, ok := d.found[recipientKey{m.UserID, m.DeviceID}]; ok {
 			add(m.UserID, nid, m.Content)
 		} else {
 			unknown++
 		}
 	}
-	return out, unknown, nil
+	return unknown
 }
 
 // Sync acknowledges and fetches in one pipelined round trip (an implicit
@@ -354,59 +378,118 @@ func (s *inboxStore) PeekOutbox(ctx context.Context, destination string, limit i
 	return out, rows.Err()
 }
 
-// AcceptRemote stores an EDU from another server in one transaction: the
-// deduplication record first (a concurrent copy of the same EDU blocks on
-// its key until this commits, then finds it), then the recipients locked in
-// nid order exactly as Accept does, the inbox rows and the NOTIFY.
-func (s *inboxStore) AcceptRemote(ctx context.Context, r *inbox.RemoteAccept) (inbox.AcceptResult, error) {
-	var res inbox.AcceptResult
+// AcceptRemote stores the to-device EDUs of an inbound transaction in one
+// database transaction:
+//
+//  1. insert their deduplication records, sorted by key (so two batches
+//     with the same ids in another order cannot deadlock on the unique
+//     index); a concurrent copy of an EDU blocks on its key until this
+//     commits, then finds it. What was not inserted is a duplicate.
+//  2. lock the recipients of every new EDU at once, in nid order, exactly as
+//     Accept does, and expand "*";
+//  3. insert the inbox rows, EDU after EDU, and queue one NOTIFY.
+func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAccept) ([]inbox.AcceptResult, error) {
+	results := make([]inbox.AcceptResult, len(batch))
 	var keys []wakeup.Key
 	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		res, keys = inbox.AcceptResult{}, nil
-		tag, err := tx.Exec(ctx, `
-			INSERT INTO todevice_inbound_dedupe (origin, message_id) VALUES ($1, $2)
-			ON CONFLICT DO NOTHING`, r.Origin, r.MessageID)
+		clear(results)
+		keys = nil
+		type dedupeKey struct{ origin, id string }
+		first := map[dedupeKey]int{}
+		var order []dedupeKey
+		for i, r := range batch {
+			k := dedupeKey{r.Origin, r.MessageID}
+			if _, seen := first[k]; seen {
+				results[i].Duplicate = true
+				continue
+			}
+			first[k] = i
+			order = append(order, k)
+		}
+		slices.SortFunc(order, func(a, b dedupeKey) int {
+			return cmp.Or(cmp.Compare(a.origin, b.origin), cmp.Compare(a.id, b.id))
+		})
+		origins, ids := make([]string, len(order)), make([]string, len(order))
+		for i, k := range order {
+			origins[i], ids[i] = k.origin, k.id
+		}
+		rows, err := tx.Query(ctx, `
+			INSERT INTO todevice_inbound_dedupe (origin, message_id)
+			SELECT o, m FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(o, m, n) ORDER BY n
+			ON CONFLICT DO NOTHING
+			RETURNING origin, message_id`, origins, ids)
 		if err != nil {
-			return fmt.Errorf("recording message id: %w", err)
+			return fmt.Errorf("recording message ids: %w", err)
 		}
-		if tag.RowsAffected() == 0 {
-			res.Duplicate = true
+		inserted := map[dedupeKey]bool{}
+		var k dedupeKey
+		if _, err := pgx.ForEachRow(rows, []any{&k.origin, &k.id}, func() error {
+			inserted[k] = true
 			return nil
+		}); err != nil {
+			return fmt.Errorf("recording message ids: %w", err)
 		}
-		batch := &pgx.Batch{}
-		if len(r.Local) > 0 {
-			rows, unknown, err := lockRecipients(ctx, tx, r.Local)
+		var all []inbox.LocalMessage
+		for k, i := range first {
+			if !inserted[k] {
+				results[i].Duplicate = true
+			}
+		}
+		for i, r := range batch {
+			if !results[i].Duplicate {
+				all = append(all, r.Local...)
+			}
+		}
+		b := &pgx.Batch{}
+		if len(all) > 0 {
+			devs, err := lockDevices(ctx, tx, all)
 			if err != nil {
 				return err
 			}
-			res.Unknown = unknown
-			if len(rows.nids) > 0 {
-				batch.Queue(`
+			var out recipientRows
+			var senders, types []string
+			for i, r := range batch {
+				if results[i].Duplicate {
+					continue
+				}
+				before := len(out.nids)
+				results[i].Unknown = devs.expand(r.Local, &out)
+				results[i].Delivered = len(out.nids) - before
+				for range results[i].Delivered {
+					senders = append(senders, r.Sender)
+					types = append(types, r.EventType)
+				}
+			}
+			if len(out.nids) > 0 {
+				b.Queue(`
 					INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
-					SELECT u, n, $3, $4, c FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS r(u, n, c)`,
-					rows.users, rows.nids, r.Sender, r.EventType, rows.contents)
-				res.Delivered = len(rows.nids)
-				for _, nid := range rows.nids {
-					keys = append(keys, wakeup.DeviceKey(nid))
+					SELECT u, n, s, t, c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[]) AS r(u, n, s, t, c)`,
+					out.users, out.nids, senders, types, out.contents)
+				seen := map[int64]bool{}
+				for _, nid := range out.nids {
+					if !seen[nid] {
+						seen[nid] = true
+						keys = append(keys, wakeup.DeviceKey(nid))
+					}
 				}
 			}
 		}
-		queueNotify(batch, keys)
-		if batch.Len() > 0 {
-			if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		queueNotify(b, keys)
+		if b.Len() > 0 {
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
 				return fmt.Errorf("writing inbox rows: %w", err)
 			}
 		}
 		if s.hooks.BeforeAcceptRemoteCommit != nil {
-			return s.hooks.BeforeAcceptRemoteCommit(ctx, r)
+			return s.hooks.BeforeAcceptRemoteCommit(ctx, batch)
 		}
 		return nil
 	})
 	if err != nil {
-		return inbox.AcceptResult{}, err
+		return nil, err
 	}
 	s.db.wakeLocal(keys)
-	return res, nil
+	return results, nil
 }
 
 func (s *inboxStore) PruneInboundDedupe(ctx context.Context, cutoff time.Time, limit int) (int, error) {

@@ -440,51 +440,56 @@ func (s *inboxStore) PeekOutbox(ctx context.Context, destination string, limit i
 	return out, nil
 }
 
-// AcceptRemote stores an EDU from another server in one write transaction:
-// the deduplication record first (a duplicate stores nothing more), then the
-// recipients resolved exactly as Accept does and the inbox rows.
-func (s *inboxStore) AcceptRemote(ctx context.Context, r *inbox.RemoteAccept) (inbox.AcceptResult, error) {
-	var res inbox.AcceptResult
+// AcceptRemote stores the to-device EDUs of an inbound transaction in one
+// write transaction, EDU after EDU: the deduplication record first (a
+// duplicate, stored before or earlier in the batch, stores nothing more),
+// then the recipients resolved exactly as Accept does and the inbox rows.
+func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAccept) ([]inbox.AcceptResult, error) {
+	results := make([]inbox.AcceptResult, len(batch))
 	var keys []wakeup.Key
 	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		res, keys = inbox.AcceptResult{}, nil
+		clear(results)
+		keys = nil
 		now := micros(time.Now())
-		ins, err := tx.ExecContext(ctx, `
-			INSERT INTO todevice_inbound_dedupe (origin, message_id, received_at) VALUES (?, ?, ?)
-			ON CONFLICT DO NOTHING`, r.Origin, r.MessageID, now)
-		if err != nil {
-			return fmt.Errorf("recording message id: %w", err)
-		}
-		if n, err := ins.RowsAffected(); err != nil {
-			return fmt.Errorf("recording message id: %w", err)
-		} else if n == 0 {
-			res.Duplicate = true
-			return nil
-		}
-		if len(r.Local) > 0 {
+		for i, r := range batch {
+			ins, err := tx.ExecContext(ctx, `
+				INSERT INTO todevice_inbound_dedupe (origin, message_id, received_at) VALUES (?, ?, ?)
+				ON CONFLICT DO NOTHING`, r.Origin, r.MessageID, now)
+			if err != nil {
+				return fmt.Errorf("recording message id: %w", err)
+			}
+			if n, err := ins.RowsAffected(); err != nil {
+				return fmt.Errorf("recording message id: %w", err)
+			} else if n == 0 {
+				results[i].Duplicate = true
+				continue
+			}
+			if len(r.Local) == 0 {
+				continue
+			}
 			rows, unknown, err := resolveRecipients(ctx, tx, r.Local)
 			if err != nil {
 				return err
 			}
-			res.Unknown = unknown
+			results[i].Unknown = unknown
 			if err := insertInboxRows(ctx, tx, rows, r.Sender, r.EventType, now); err != nil {
 				return err
 			}
-			res.Delivered = len(rows)
+			results[i].Delivered = len(rows)
 			for _, row := range rows {
 				keys = append(keys, wakeup.DeviceKey(row.nid))
 			}
 		}
 		if s.hooks.BeforeAcceptRemoteCommit != nil {
-			return s.hooks.BeforeAcceptRemoteCommit(ctx, r)
+			return s.hooks.BeforeAcceptRemoteCommit(ctx, batch)
 		}
 		return nil
 	})
 	if err != nil {
-		return inbox.AcceptResult{}, err
+		return nil, err
 	}
 	s.db.wake(keys)
-	return res, nil
+	return results, nil
 }
 
 func (s *inboxStore) PruneInboundDedupe(ctx context.Context, cutoff time.Time, limit int) (int, error) {

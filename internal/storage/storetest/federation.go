@@ -436,9 +436,19 @@ func remoteAccept(t *testing.T, origin, messageID string, msgs inbox.Messages) *
 	return r
 }
 
+// acceptRemote stores one EDU from another server.
+func acceptRemote(t *testing.T, b storage.Backend, r *inbox.RemoteAccept) (inbox.AcceptResult, error) {
+	res, err := b.Inbox().AcceptRemote(ctx(t), []*inbox.RemoteAccept{r})
+	if err != nil {
+		return inbox.AcceptResult{}, err
+	}
+	require.Len(t, res, 1)
+	return res[0], nil
+}
+
 func testInboundDedupe(t *testing.T, e *Env) {
 	var failing atomic.Bool
-	b := e.Open(Options{Hooks: inbox.Hooks{BeforeAcceptRemoteCommit: func(context.Context, *inbox.RemoteAccept) error {
+	b := e.Open(Options{Hooks: inbox.Hooks{BeforeAcceptRemoteCommit: func(context.Context, []*inbox.RemoteAccept) error {
 		if failing.Load() {
 			return errors.New("simulated crash before commit")
 		}
@@ -450,29 +460,29 @@ func testInboundDedupe(t *testing.T, e *Env) {
 		mkDevice(t, b, alice, id)
 	}
 
-	res, err := b.Inbox().AcceptRemote(ctx(t), remoteAccept(t, remote, "m1", to(bob, "B1", content(1))))
+	res, err := acceptRemote(t, b, remoteAccept(t, remote, "m1", to(bob, "B1", content(1))))
 	require.NoError(t, err)
 	require.False(t, res.Duplicate)
 	require.Equal(t, 1, res.Delivered)
-	res, err = b.Inbox().AcceptRemote(ctx(t), remoteAccept(t, remote, "m1", to(bob, "B1", content(99))))
+	res, err = acceptRemote(t, b, remoteAccept(t, remote, "m1", to(bob, "B1", content(99))))
 	require.NoError(t, err)
 	require.True(t, res.Duplicate, "the same (origin, message_id) is stored once")
 	require.Zero(t, res.Delivered)
-	res, err = b.Inbox().AcceptRemote(ctx(t), remoteAccept(t, other, "m1", to(bob, "B1", content(2))))
+	res, err = acceptRemote(t, b, remoteAccept(t, other, "m1", to(bob, "B1", content(2))))
 	require.NoError(t, err)
 	require.False(t, res.Duplicate, "message ids are scoped by origin")
 
 	// The record and the inbox rows commit together or not at all.
 	failing.Store(true)
-	_, err = b.Inbox().AcceptRemote(ctx(t), remoteAccept(t, remote, "m2", to(bob, "B1", content(3))))
+	_, err = acceptRemote(t, b, remoteAccept(t, remote, "m2", to(bob, "B1", content(3))))
 	require.Error(t, err)
 	failing.Store(false)
-	res, err = b.Inbox().AcceptRemote(ctx(t), remoteAccept(t, remote, "m2", to(bob, "B1", content(3))))
+	res, err = acceptRemote(t, b, remoteAccept(t, remote, "m2", to(bob, "B1", content(3))))
 	require.NoError(t, err)
 	require.False(t, res.Duplicate, "a failed store recorded no message id")
 
 	// "*" expands to the user's devices; unknown devices are dropped.
-	res, err = b.Inbox().AcceptRemote(ctx(t), remoteAccept(t, remote, "m3", inbox.Messages{
+	res, err = acceptRemote(t, b, remoteAccept(t, remote, "m3", inbox.Messages{
 		alice: {"*": content(4)}, bob: {"NOPE": content(4)},
 	}))
 	require.NoError(t, err)
@@ -490,7 +500,7 @@ func testInboundDedupe(t *testing.T, e *Env) {
 	for i := range 10 {
 		wg.Go(func() {
 			<-start
-			res, err := instances[i%len(instances)].Inbox().AcceptRemote(ctx(t), remoteAccept(t, remote, "m4", to(bob, "B1", content(5))))
+			res, err := acceptRemote(t, instances[i%len(instances)], remoteAccept(t, remote, "m4", to(bob, "B1", content(5))))
 			require.NoError(t, err)
 			if !res.Duplicate {
 				firsts.Add(1)
@@ -519,7 +529,7 @@ func testInboundDedupe(t *testing.T, e *Env) {
 			break
 		}
 	}
-	res, err = b.Inbox().AcceptRemote(ctx(t), remoteAccept(t, remote, "m1", to(bob, "B1", content(6))))
+	res, err = acceptRemote(t, b, remoteAccept(t, remote, "m1", to(bob, "B1", content(6))))
 	require.NoError(t, err)
 	require.False(t, res.Duplicate)
 }
@@ -552,4 +562,64 @@ func testInboundTxnRecord(t *testing.T, e *Env) {
 	_, found, err = s.InboundTxn(ctx(t), remote, "t1")
 	require.NoError(t, err)
 	require.False(t, found)
+}
+
+// testInboundBatch stores the to-device EDUs of one inbound transaction
+// together: duplicates within the batch and of earlier batches store nothing,
+// the others land in order, and batches naming the same ids in opposite
+// orders, at once, neither deadlock nor store anything twice.
+func testInboundBatch(t *testing.T, e *Env) {
+	b := e.Open(Options{})
+	svc := Service(b, server)
+	dev := mkDevice(t, b, bob, "B1")
+	alices := []inbox.Recipient{mkDevice(t, b, alice, "A1"), mkDevice(t, b, alice, "A2")}
+	_, err := acceptRemote(t, b, remoteAccept(t, remote, "old", to(bob, "B1", content(0))))
+	require.NoError(t, err)
+
+	res, err := b.Inbox().AcceptRemote(ctx(t), []*inbox.RemoteAccept{
+		remoteAccept(t, remote, "m1", to(bob, "B1", content(1))),
+		remoteAccept(t, remote, "old", to(bob, "B1", content(99))),
+		remoteAccept(t, remote, "m2", inbox.Messages{bob: {"B1": content(2)}, alice: {"*": content(2)}}),
+		remoteAccept(t, remote, "m1", to(bob, "B1", content(98))),
+		remoteAccept(t, remote, "m3", inbox.Messages{bob: {"NOPE": content(3), "B1": content(3)}}),
+	})
+	require.NoError(t, err)
+	require.Len(t, res, 5)
+	require.Equal(t, []bool{false, true, false, true, false}, []bool{res[0].Duplicate, res[1].Duplicate, res[2].Duplicate, res[3].Duplicate, res[4].Duplicate})
+	require.Equal(t, []int{1, 0, 3, 0, 1}, []int{res[0].Delivered, res[1].Delivered, res[2].Delivered, res[3].Delivered, res[4].Delivered})
+	require.Equal(t, 1, res[4].Unknown)
+	evs, _ := drain(t, svc, dev, inbox.Position{NID: dev.NID})
+	require.Equal(t, []int{0, 1, 2, 3}, eventNs(t, evs), "in order, once each")
+	for _, a := range alices {
+		evs, _ := drain(t, svc, a, inbox.Position{NID: a.NID})
+		require.Equal(t, []int{2}, eventNs(t, evs))
+	}
+
+	var wg sync.WaitGroup
+	var stored atomic.Int32
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 10 {
+				ids := []string{fmt.Sprint("x", i), fmt.Sprint("y", i)}
+				if w%2 == 1 {
+					ids[0], ids[1] = ids[1], ids[0]
+				}
+				var batch []*inbox.RemoteAccept
+				for _, id := range ids {
+					batch = append(batch, remoteAccept(t, remote, id, to(bob, "B1", content(100+i))))
+				}
+				res, err := b.Inbox().AcceptRemote(ctx(t), batch)
+				require.NoError(t, err, "concurrent batches must not fail (deadlock)")
+				for _, r := range res {
+					if !r.Duplicate {
+						stored.Add(1)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	require.EqualValues(t, 20, stored.Load(), "every message id stored once")
+	evs, _ = drain(t, svc, dev, inbox.Position{NID: dev.NID})
+	require.Len(t, evs, 20)
 }

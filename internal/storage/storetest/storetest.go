@@ -99,6 +99,7 @@ func Run(t *testing.T, h Harness) {
 		{"ExpireOutbox", testExpireOutbox},
 		{"OutboxBacklog", testOutboxBacklog},
 		{"InboundDedupeAtomicWithInboxRows", testInboundDedupe},
+		{"InboundBatch", testInboundBatch},
 		{"InboundTxnRecord", testInboundTxnRecord},
 	}
 	for _, tc := range tests {
