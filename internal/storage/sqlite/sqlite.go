@@ -79,6 +79,8 @@ type Options struct {
 	Logger *slog.Logger
 	// InboxHooks are test hooks for the inbox store.
 	InboxHooks inbox.Hooks
+	// DeviceListHooks are test hooks for the device-list store.
+	DeviceListHooks devicelists.Hooks
 }
 
 // DB is an open SQLite backend.
