@@ -20,8 +20,7 @@ CREATE TABLE cross_signing_keys (
 -- Rooms the homeserver told us are encrypted. Only encrypted rooms count for
 -- device lists: nobody encrypts for the members of a plaintext room.
 CREATE TABLE encrypted_rooms (
-    room_id TEXT    PRIMARY KEY,
-    pos     INTEGER NOT NULL
+    room_id TEXT PRIMARY KEY
 ) STRICT, WITHOUT ROWID;
 
 -- Membership of local and remote users, as the homeserver last reported it.

@@ -188,7 +188,7 @@ func (s *deviceStore) SetRoomEncrypted(ctx context.Context, roomID string) (bool
 		changed, wake = false, nil
 		// pos is written as 0, as the PostgreSQL backend writes it.
 		r, err := tx.ExecContext(ctx, `
-			INSERT INTO encrypted_rooms (room_id, pos) VALUES (?, 0) ON CONFLICT DO NOTHING`, roomID)
+			INSERT INTO encrypted_rooms (room_id) VALUES (?) ON CONFLICT DO NOTHING`, roomID)
 		if err != nil {
 			return fmt.Errorf("recording encryption: %w", err)
 		}
