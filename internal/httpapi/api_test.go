@@ -347,12 +347,13 @@ func TestInternalAPI(t *testing.T) {
 		// Without a secret the internal API does not exist.
 		cfg2 := servertest.Config(url)
 		cfg2.InternalSecret = ""
-		if b.MultiInstance {
-			off := servertest.Start(t, cfg2, server.Options{})
-			r = off.Do(t, "PUT", dev, "", `{}`)
-			require.Equal(t, 404, r.Status)
-			require.Equal(t, "M_UNRECOGNIZED", r.Errcode(t))
+		if !b.MultiInstance {
+			in.Stop(t) // one server per database
 		}
+		off := servertest.Start(t, cfg2, server.Options{})
+		r = off.Do(t, "PUT", dev, "", `{}`)
+		require.Equal(t, 404, r.Status)
+		require.Equal(t, "M_UNRECOGNIZED", r.Errcode(t))
 	})
 }
 

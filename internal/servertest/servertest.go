@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -253,6 +254,12 @@ type Backend struct {
 func Backends() []Backend {
 	return []Backend{
 		{Name: "postgres", NewURL: func(t *testing.T) string { return testdb.New(t) }, MultiInstance: true},
+		// A fresh file per test, migrated when the instance starts. One
+		// process serves a file (wake-ups are in-process), so tests that
+		// need two instances on one database skip it.
+		{Name: "sqlite", NewURL: func(t *testing.T) string {
+			return "sqlite:" + filepath.Join(t.TempDir(), "todeviced.db")
+		}, MultiInstance: false},
 	}
 }
 

@@ -56,6 +56,9 @@ func (b pgBackend) PoolStats() PoolStats {
 	}
 }
 
+// PoolStats reads the SQLite read pool's statistics.
+func (b sqliteBackend) PoolStats() PoolStats { return PoolStatsFromDB(b.ReaderStats()) }
+
 // PoolStatsFromDB maps database/sql's statistics onto PoolStats, for
 // backends built on database/sql (SQLite). database/sql has no
 // "constructing" state and counts only the acquisitions that waited.

@@ -94,7 +94,7 @@ func Open(ctx context.Context, opts Options) (Backend, error) {
 		}
 		db, err := sqlite.Open(ctx, sqlite.Options{
 			Path: path, Migrate: opts.Migrate, Exclusive: opts.Exclusive, MaxReaders: int(opts.MaxConns),
-			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks,
+			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, DeviceListHooks: opts.DeviceListHooks,
 		})
 		if err != nil {
 			return nil, err

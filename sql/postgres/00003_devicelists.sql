@@ -15,8 +15,7 @@ CREATE TABLE cross_signing_keys (
 -- Rooms the homeserver told us are encrypted. Only encrypted rooms count for
 -- device lists: nobody encrypts for the members of a plaintext room.
 CREATE TABLE encrypted_rooms (
-    room_id text PRIMARY KEY,
-    pos     bigint NOT NULL
+    room_id text PRIMARY KEY
 );
 
 -- Membership of local and remote users, as the homeserver last reported it.

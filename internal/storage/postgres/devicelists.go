@@ -152,7 +152,7 @@ func (s *deviceStore) SetRoomEncrypted(ctx context.Context, roomID string) (bool
 			return err
 		}
 		tag, err := tx.Exec(ctx, `
-			INSERT INTO encrypted_rooms (room_id, pos) VALUES ($1, 0) ON CONFLICT DO NOTHING`, roomID)
+			INSERT INTO encrypted_rooms (room_id) VALUES ($1) ON CONFLICT DO NOTHING`, roomID)
 		if err != nil {
 			return fmt.Errorf("recording encryption: %w", err)
 		}

@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -15,10 +16,12 @@ type deviceStore struct{ db *DB }
 
 // PutDevice looks the live device up and then inserts or updates it. With
 // writers taking turns nothing can come between the two, so "created" needs
-// no trick like PostgreSQL's xmax.
+// no trick like PostgreSQL's xmax. A new device, or a change of its keys or
+// display name, is a device-list change of its user.
 func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (devicelists.Device, bool, error) {
 	var d devicelists.Device
 	var created bool
+	var wake []wakeup.Key
 	var token, name any // NULL unless given
 	if p.TokenHash != nil {
 		token = p.TokenHash
@@ -26,8 +29,12 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 	if p.DisplayName != nil {
 		name = *p.DisplayName
 	}
+	// Nil binds NULL. Keys are stored byte for byte, so a re-upload of the
+	// same object is recognised as no change.
+	keys := []byte(p.Keys)
 	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		d, created = devicelists.Device{UserID: p.UserID, DeviceID: p.DeviceID}, false
+		d, created, wake = devicelists.Device{UserID: p.UserID, DeviceID: p.DeviceID}, false, nil
+		now := micros(time.Now())
 		if token != nil {
 			if _, err := tx.ExecContext(ctx, `
 				UPDATE devices SET token_hash = NULL
@@ -36,18 +43,20 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 				return fmt.Errorf("revoking token from another device: %w", err)
 			}
 		}
-		var dn sql.NullString
+		var dn, oldName sql.NullString
+		var oldKeys []byte
 		err := tx.QueryRowContext(ctx, `
-			SELECT nid FROM devices WHERE user_id = ? AND device_id = ? AND deleted_at IS NULL`,
-			p.UserID, p.DeviceID).Scan(&d.NID)
+			SELECT nid, display_name, keys FROM devices
+			WHERE user_id = ? AND device_id = ? AND deleted_at IS NULL`,
+			p.UserID, p.DeviceID).Scan(&d.NID, &oldName, &oldKeys)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			created = true
 			err = tx.QueryRowContext(ctx, `
-				INSERT INTO devices (user_id, device_id, token_hash, display_name, created_at)
-				VALUES (?, ?, ?, ?, ?)
+				INSERT INTO devices (user_id, device_id, token_hash, display_name, keys, created_at)
+				VALUES (?, ?, ?, ?, ?, ?)
 				RETURNING nid, display_name`,
-				p.UserID, p.DeviceID, token, name, micros(time.Now())).Scan(&d.NID, &dn)
+				p.UserID, p.DeviceID, token, name, keys, now).Scan(&d.NID, &dn)
 			if err != nil {
 				return fmt.Errorf("inserting device: %w", err)
 			}
@@ -57,31 +66,45 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 			err = tx.QueryRowContext(ctx, `
 				UPDATE devices SET
 					token_hash = coalesce(?, token_hash),
-					display_name = CASE WHEN ? THEN ? ELSE display_name END
+					display_name = CASE WHEN ? THEN ? ELSE display_name END,
+					keys = CASE WHEN ? THEN ? ELSE keys END
 				WHERE nid = ?
 				RETURNING display_name`,
-				token, p.DisplayName != nil, name, d.NID).Scan(&dn)
+				token, p.DisplayName != nil, name, p.Keys != nil, keys, d.NID).Scan(&dn)
 			if err != nil {
 				return fmt.Errorf("updating device: %w", err)
 			}
 		}
 		d.DisplayName = dn.String
-		return nil
+		changed := created ||
+			(p.Keys != nil && !bytes.Equal(oldKeys, p.Keys)) ||
+			(p.DisplayName != nil && (!oldName.Valid || oldName.String != *p.DisplayName))
+		if !changed {
+			return nil
+		}
+		wake, err = s.deviceChanged(ctx, tx, now, p.UserID)
+		return err
 	})
 	if err != nil {
 		return devicelists.Device{}, false, err
 	}
+	s.db.wake(wake)
 	return d, created, nil
 }
 
+// DeleteDevice tombstones the device; a deleted device is a device-list
+// change of its user.
 func (s *deviceStore) DeleteDevice(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
 	d := devicelists.Device{UserID: userID, DeviceID: deviceID}
+	var wake []wakeup.Key
 	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		wake = nil
+		now := micros(time.Now())
 		var name sql.NullString
 		err := tx.QueryRowContext(ctx, `
 			UPDATE devices SET deleted_at = ?, token_hash = NULL
 			WHERE user_id = ? AND device_id = ? AND deleted_at IS NULL
-			RETURNING nid, display_name`, micros(time.Now()), userID, deviceID).Scan(&d.NID, &name)
+			RETURNING nid, display_name`, now, userID, deviceID).Scan(&d.NID, &name)
 		if errors.Is(err, sql.ErrNoRows) {
 			return devicelists.ErrNotFound
 		}
@@ -89,13 +112,17 @@ func (s *deviceStore) DeleteDevice(ctx context.Context, userID, deviceID string)
 			return fmt.Errorf("deleting device: %w", err)
 		}
 		d.DisplayName = name.String
+		if wake, err = s.deviceChanged(ctx, tx, now, userID); err != nil {
+			return err
+		}
+		// Its waiters find the device gone; sends after the commit skip it.
+		wake = append(wake, wakeup.DeviceKey(d.NID))
 		return nil
 	})
 	if err != nil {
 		return devicelists.Device{}, err
 	}
-	// Its waiters find the device gone; sends after the commit skip it.
-	s.db.wake([]wakeup.Key{wakeup.DeviceKey(d.NID)})
+	s.db.wake(wake)
 	return d, nil
 }
 

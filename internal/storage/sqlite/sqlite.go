@@ -79,6 +79,8 @@ type Options struct {
 	Logger *slog.Logger
 	// InboxHooks are test hooks for the inbox store.
 	InboxHooks inbox.Hooks
+	// DeviceListHooks are test hooks for the device-list store.
+	DeviceListHooks devicelists.Hooks
 }
 
 // DB is an open SQLite backend.
@@ -395,3 +397,7 @@ func (db *DB) wake(keys []wakeup.Key) {
 func micros(t time.Time) int64 { return t.UnixMicro() }
 
 func fromMicros(us int64) time.Time { return time.UnixMicro(us) }
+
+// ReaderStats are the read pool's statistics (writers queue for the one
+// writer connection instead; WaitingWriters counts them).
+func (db *DB) ReaderStats() sql.DBStats { return db.readers.Stats() }

@@ -316,3 +316,72 @@ func testDeviceListPruning(t *testing.T, e *Env) {
 	_, err = dl.Changes(ctx(t), alice, head(t, dl)+5, head(t, dl)+5)
 	require.Error(t, err, "a position never issued is refused")
 }
+
+// testDeviceListRoomWakeUps: a room becoming encrypted, and a change of who
+// shares an encrypted room, wake every local member of the room (a leaver
+// too: it must learn whom to forget); a membership change that keeps the
+// user sharing is no position.
+func testDeviceListRoomWakeUps(t *testing.T, e *Env) {
+	hub := wakeup.NewHub()
+	b := e.Open(Options{Hub: hub})
+	dl := lists(b)
+	member(t, dl, roomE, alice, "join")
+	member(t, dl, roomE, bob, "join")
+	wa := hub.Register(wakeup.UserKey(alice))
+	wb := hub.Register(wakeup.UserKey(bob))
+	defer wa.Close()
+	defer wb.Close()
+	drainSignal(wa)
+	drainSignal(wb)
+
+	require.NoError(t, dl.SetRoomEncrypted(ctx(t), roomE))
+	awaitSignal(t, wa, "Alice is a member of the room that became encrypted")
+	awaitSignal(t, wb, "Bob is a member of the room that became encrypted")
+
+	member(t, dl, roomE, remoteU, "join")
+	awaitSignal(t, wa, "a remote user joined Alice's encrypted room")
+	awaitSignal(t, wb, "a remote user joined Bob's encrypted room")
+
+	h := head(t, dl)
+	member(t, dl, roomE, carol, "invite")
+	h1 := head(t, dl)
+	require.Greater(t, h1, h, "an invite starts sharing")
+	member(t, dl, roomE, carol, "join")
+	require.Equal(t, h1, head(t, dl), "invite to join keeps sharing: no position")
+	drainSignal(wa)
+	drainSignal(wb)
+
+	member(t, dl, roomE, bob, "leave")
+	awaitSignal(t, wb, "the leaver learns whom to forget")
+	awaitSignal(t, wa, "Alice learns that Bob left")
+	c := changes(t, dl, bob, h1, head(t, dl))
+	require.Equal(t, []string{alice, carol, remoteU}, c.Left)
+}
+
+// testDeviceUpdatesArePositions: a change of a device's display name is a
+// position, the same name again or a new access token is not.
+func testDeviceUpdatesArePositions(t *testing.T, e *Env) {
+	b := e.Open(Options{})
+	dl := lists(b)
+	putDevice(t, dl, bob, "B1", nil)
+	h0 := head(t, dl)
+	require.Positive(t, h0, "a new device is a position even without keys")
+
+	name := "Bob's laptop"
+	_, created, err := dl.PutDevice(ctx(t), bob, "B1", "", &name, nil)
+	require.NoError(t, err)
+	require.False(t, created)
+	h1 := head(t, dl)
+	require.Greater(t, h1, h0, "a new display name is a change")
+	_, _, err = dl.PutDevice(ctx(t), bob, "B1", "", &name, nil)
+	require.NoError(t, err)
+	_, _, err = dl.PutDevice(ctx(t), bob, "B1", "tok-new", nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, h1, head(t, dl), "the same name again, or a new token, is no change")
+
+	got, err := b.Devices().LocalKeys(ctx(t), map[string][]string{bob: {"B1"}})
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	require.Equal(t, name, got[0].DisplayName, "the name survives updates that do not give one")
+	require.Nil(t, got[0].Keys)
+}

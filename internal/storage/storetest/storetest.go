@@ -89,6 +89,8 @@ func Run(t *testing.T, h Harness) {
 		{"LocalKeys", testLocalKeys},
 		{"DeviceListLateCommitNeverSkipped", testDeviceListLateCommit},
 		{"DeviceListWakeUps", testDeviceListWakeUps},
+		{"DeviceListRoomWakeUps", testDeviceListRoomWakeUps},
+		{"DeviceUpdatesArePositions", testDeviceUpdatesArePositions},
 		{"DeviceListPruning", testDeviceListPruning},
 		{"FederationLease", testLease},
 		{"FederationLeaseConcurrentAcquire", testLeaseConcurrentAcquire},

@@ -1,0 +1,607 @@
+package sqlite
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+// The device-list stream needs no lock of its own, where PostgreSQL takes an
+// advisory lock: every writer of the stream runs inside db.write, which holds
+// the one writer connection for the whole transaction. Positions are
+// therefore taken and committed in the same order (invariant 3 for this
+// stream): a reader that saw position P never sees a lower position commit
+// later.
+
+// sharingSQL is devicelists.Sharing in SQL: the memberships clients encrypt
+// for.
+const sharingSQL = `('join', 'invite', 'knock')`
+
+// sharedUsersSQL selects the first parameter's user and every user sharing
+// an encrypted room with them; it takes the user id twice.
+const sharedUsersSQL = `
+	SELECT ?
+	UNION
+	SELECT m2.user_id FROM room_members m1
+	JOIN encrypted_rooms e ON e.room_id = m1.room_id
+	JOIN room_members m2 ON m2.room_id = m1.room_id
+	WHERE m1.user_id = ? AND m1.membership IN ` + sharingSQL + ` AND m2.membership IN ` + sharingSQL
+
+// queryer is what both a transaction and the reader pool offer.
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// queryStrings runs a query of one text column and returns its values.
+func queryStrings(ctx context.Context, q queryer, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// eachChunk calls fn with the "(?,?,…)" list and arguments of each chunk of
+// values, so an IN list of any length stays far below SQLite's limit on
+// bound parameters.
+func eachChunk(values []string, fn func(in string, args []any) error) error {
+	for chunk := range slices.Chunk(values, maxRowsPerStatement) {
+		args := make([]any, len(chunk))
+		for i, v := range chunk {
+			args[i] = v
+		}
+		if err := fn(placeholders(1, len(chunk)), args); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendStream takes the next device-list position. The caller holds the
+// writer's turn, which is all the ordering the stream needs (see above).
+// now is the transaction's clock reading, so created_at follows positions
+// and pruning by position prunes by age.
+func (s *deviceStore) appendStream(ctx context.Context, tx *sql.Tx, now int64, kind, userID, roomID string) error {
+	var u, r any // NULL unless given
+	if userID != "" {
+		u = userID
+	}
+	if roomID != "" {
+		r = roomID
+	}
+	if _, err := tx.ExecContext(ctx, `
+		INSERT INTO device_list_stream (kind, user_id, room_id, created_at) VALUES (?, ?, ?, ?)`,
+		kind, u, r, now); err != nil {
+		return fmt.Errorf("appending to the device-list stream: %w", err)
+	}
+	if h := s.db.opts.DeviceListHooks.AfterStreamAppend; h != nil {
+		return h(ctx, kind, userID, roomID)
+	}
+	return nil
+}
+
+// sharersOf returns the wake-up keys of the local users who share an
+// encrypted room with userID, and of userID itself.
+func sharersOf(ctx context.Context, tx *sql.Tx, userID string) ([]wakeup.Key, error) {
+	users, err := queryStrings(ctx, tx, `
+		SELECT DISTINCT m2.user_id FROM room_members m1
+		JOIN encrypted_rooms e ON e.room_id = m1.room_id
+		JOIN room_members m2 ON m2.room_id = m1.room_id
+		WHERE m1.user_id = ? AND m1.membership IN `+sharingSQL+`
+		  AND m2.membership IN `+sharingSQL+` AND m2.is_local = 1`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("finding users sharing a room: %w", err)
+	}
+	keys := []wakeup.Key{wakeup.UserKey(userID)}
+	for _, u := range users {
+		if u != userID {
+			keys = append(keys, wakeup.UserKey(u))
+		}
+	}
+	return keys, nil
+}
+
+// roomLocals returns the wake-up keys of the local members of a room
+// (whatever their membership: a leaver must learn whom to forget).
+func roomLocals(ctx context.Context, tx *sql.Tx, roomID string) ([]wakeup.Key, error) {
+	users, err := queryStrings(ctx, tx, `SELECT user_id FROM room_members WHERE room_id = ? AND is_local = 1`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("finding local members: %w", err)
+	}
+	keys := make([]wakeup.Key, len(users))
+	for i, u := range users {
+		keys[i] = wakeup.UserKey(u)
+	}
+	return keys, nil
+}
+
+// deviceChanged records a change of userID's devices and returns whom to
+// wake once the transaction commits.
+func (s *deviceStore) deviceChanged(ctx context.Context, tx *sql.Tx, now int64, userID string) ([]wakeup.Key, error) {
+	if err := s.appendStream(ctx, tx, now, "device", userID, ""); err != nil {
+		return nil, err
+	}
+	return sharersOf(ctx, tx, userID)
+}
+
+func (s *deviceStore) PutCrossSigning(ctx context.Context, userID string, keys map[string]json.RawMessage) (bool, error) {
+	var changed bool
+	var wake []wakeup.Key
+	types := make([]string, 0, len(keys))
+	for t := range keys {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		changed, wake = false, nil
+		for _, t := range types {
+			// The update's WHERE makes storing the same key again touch no
+			// row, so the row count says whether anything changed.
+			r, err := tx.ExecContext(ctx, `
+				INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES (?, ?, ?)
+				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json
+				WHERE cross_signing_keys.key_json <> excluded.key_json`, userID, t, []byte(keys[t]))
+			if err != nil {
+				return fmt.Errorf("storing %s key: %w", t, err)
+			}
+			n, err := r.RowsAffected()
+			if err != nil {
+				return fmt.Errorf("storing %s key: %w", t, err)
+			}
+			changed = changed || n > 0
+		}
+		if !changed {
+			return nil
+		}
+		var err error
+		wake, err = s.deviceChanged(ctx, tx, micros(time.Now()), userID)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	s.db.wake(wake)
+	return changed, nil
+}
+
+func (s *deviceStore) SetRoomEncrypted(ctx context.Context, roomID string) (bool, error) {
+	var changed bool
+	var wake []wakeup.Key
+	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		changed, wake = false, nil
+		// pos is written as 0, as the PostgreSQL backend writes it.
+		r, err := tx.ExecContext(ctx, `
+			INSERT INTO encrypted_rooms (room_id) VALUES (?) ON CONFLICT DO NOTHING`, roomID)
+		if err != nil {
+			return fmt.Errorf("recording encryption: %w", err)
+		}
+		if n, err := r.RowsAffected(); err != nil {
+			return fmt.Errorf("recording encryption: %w", err)
+		} else if n == 0 {
+			return nil // already encrypted: no change
+		}
+		changed = true
+		if err := s.appendStream(ctx, tx, micros(time.Now()), "encryption", "", roomID); err != nil {
+			return err
+		}
+		wake, err = roomLocals(ctx, tx, roomID)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	s.db.wake(wake)
+	return changed, nil
+}
+
+// SetMemberships reads the stored memberships of the updated users, then
+// upserts the updates; the upsert's WHERE ignores an update whose stream
+// ordering is not newer than the stored one, and RETURNING names the rows
+// it did change. Writers take turns, so nothing changes the rows between
+// the read and the upsert.
+func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []devicelists.Membership) (int, error) {
+	if len(ms) == 0 {
+		return 0, nil
+	}
+	var applied int
+	var wake []wakeup.Key
+	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		applied, wake = 0, nil
+		now := micros(time.Now())
+		var encrypted bool
+		if err := tx.QueryRowContext(ctx,
+			`SELECT EXISTS (SELECT 1 FROM encrypted_rooms WHERE room_id = ?)`, roomID).Scan(&encrypted); err != nil {
+			return fmt.Errorf("checking room encryption: %w", err)
+		}
+		var changes []string // users whose sharing of an encrypted room changed
+		for chunk := range slices.Chunk(ms, maxRowsPerStatement) {
+			before, err := memberships(ctx, tx, roomID, chunk)
+			if err != nil {
+				return fmt.Errorf("reading memberships: %w", err)
+			}
+			after, err := upsertMemberships(ctx, tx, roomID, chunk)
+			if err != nil {
+				return fmt.Errorf("storing memberships: %w", err)
+			}
+			// In the caller's order (by user), as the positions are taken.
+			for _, m := range chunk {
+				cur, ok := after[m.UserID]
+				if !ok {
+					continue // not newer than the stored membership
+				}
+				applied++
+				was, existed := before[m.UserID]
+				if encrypted && (existed && devicelists.Sharing(was)) != devicelists.Sharing(cur) {
+					changes = append(changes, m.UserID)
+				}
+			}
+		}
+		if len(changes) == 0 {
+			return nil
+		}
+		for _, u := range changes {
+			if err := s.appendStream(ctx, tx, now, "membership", u, roomID); err != nil {
+				return err
+			}
+			wake = append(wake, wakeup.UserKey(u))
+		}
+		locals, err := roomLocals(ctx, tx, roomID)
+		if err != nil {
+			return err
+		}
+		wake = append(wake, locals...)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	s.db.wake(wake)
+	return applied, nil
+}
+
+// memberships returns the stored memberships of room of the users in ms.
+func memberships(ctx context.Context, tx *sql.Tx, roomID string, ms []devicelists.Membership) (map[string]string, error) {
+	args := make([]any, 0, 1+len(ms))
+	args = append(args, roomID)
+	for _, m := range ms {
+		args = append(args, m.UserID)
+	}
+	rows, err := tx.QueryContext(ctx, `
+		SELECT user_id, membership FROM room_members
+		WHERE room_id = ? AND user_id IN `+placeholders(1, len(ms)), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[string]string, len(ms))
+	for rows.Next() {
+		var u, m string
+		if err := rows.Scan(&u, &m); err != nil {
+			return nil, err
+		}
+		out[u] = m
+	}
+	return out, rows.Err()
+}
+
+// upsertMemberships writes the memberships, each only if it is newer than
+// the stored one, and returns the users whose row it inserted or updated,
+// with their membership now.
+func upsertMemberships(ctx context.Context, tx *sql.Tx, roomID string, ms []devicelists.Membership) (map[string]string, error) {
+	args := make([]any, 0, 5*len(ms))
+	for _, m := range ms {
+		args = append(args, roomID, m.UserID, m.Membership, m.StreamOrdering, m.Local)
+	}
+	rows, err := tx.QueryContext(ctx, `
+		INSERT INTO room_members (room_id, user_id, membership, stream_ordering, is_local)
+		VALUES `+placeholders(len(ms), 5)+`
+		ON CONFLICT (room_id, user_id) DO UPDATE SET
+			membership = excluded.membership, stream_ordering = excluded.stream_ordering, is_local = excluded.is_local
+		WHERE room_members.stream_ordering < excluded.stream_ordering
+		RETURNING user_id, membership`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[string]string, len(ms))
+	for rows.Next() {
+		var u, m string
+		if err := rows.Scan(&u, &m); err != nil {
+			return nil, err
+		}
+		out[u] = m
+	}
+	return out, rows.Err()
+}
+
+// StreamState reads the head as the newest position or, once pruning has
+// emptied the stream, the pruning point: the head never goes back.
+func (s *deviceStore) StreamState(ctx context.Context) (devicelists.StreamState, error) {
+	var st devicelists.StreamState
+	err := s.db.readers.QueryRowContext(ctx, `
+		SELECT max(coalesce((SELECT max(pos) FROM device_list_stream), 0), device_list_pruned_below),
+		       device_list_pruned_below
+		FROM meta`).Scan(&st.Head, &st.PrunedBelow)
+	if err != nil {
+		return devicelists.StreamState{}, fmt.Errorf("reading the device-list stream state: %w", err)
+	}
+	return st, nil
+}
+
+// Changes computes changed/left for userID over (from, to], as the
+// PostgreSQL backend does, in one read snapshot:
+//   - users sharing an encrypted room with userID now whose devices changed,
+//     and userID itself if its own devices changed;
+//   - for membership and encryption changes in rooms userID is or was in:
+//     the users concerned (every member, when userID's own membership or the
+//     room's encryption changed) go to changed if they share an encrypted
+//     room with userID now, else to left.
+func (s *deviceStore) Changes(ctx context.Context, userID string, from, to int64) (devicelists.Changes, error) {
+	var out devicelists.Changes
+	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		sharedUsers, err := queryStrings(ctx, tx, sharedUsersSQL, userID, userID)
+		if err != nil {
+			return fmt.Errorf("listing users sharing a room: %w", err)
+		}
+		shared := make(map[string]bool, len(sharedUsers))
+		for _, u := range sharedUsers {
+			shared[u] = true
+		}
+		changed := map[string]bool{}
+		left := map[string]bool{}
+
+		// The shared users again, as a subquery: no list of parameters to
+		// build, and the (user_id, pos) index is probed per user.
+		devChanged, err := queryStrings(ctx, tx, `
+			WITH shared(user_id) AS (`+sharedUsersSQL+`)
+			SELECT DISTINCT user_id FROM device_list_stream
+			WHERE pos > ? AND pos <= ? AND kind = 'device' AND user_id IN (SELECT user_id FROM shared)`,
+			userID, userID, from, to)
+		if err != nil {
+			return fmt.Errorf("reading device changes: %w", err)
+		}
+		for _, u := range devChanged {
+			changed[u] = true
+		}
+
+		rows, err := tx.QueryContext(ctx, `
+			SELECT s.kind, coalesce(s.user_id, ''), s.room_id FROM device_list_stream s
+			WHERE s.pos > ? AND s.pos <= ? AND s.kind IN ('membership', 'encryption')
+			  AND s.room_id IN (SELECT room_id FROM room_members WHERE user_id = ?)`, from, to, userID)
+		if err != nil {
+			return fmt.Errorf("reading membership changes: %w", err)
+		}
+		var candidates, wholeRooms []string
+		seenRoom := map[string]bool{}
+		for rows.Next() {
+			var kind, user, room string
+			if err := rows.Scan(&kind, &user, &room); err != nil {
+				rows.Close()
+				return fmt.Errorf("reading membership changes: %w", err)
+			}
+			if kind == "encryption" || user == userID {
+				if !seenRoom[room] {
+					seenRoom[room] = true
+					wholeRooms = append(wholeRooms, room)
+				}
+			} else {
+				candidates = append(candidates, user)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("reading membership changes: %w", err)
+		}
+		err = eachChunk(wholeRooms, func(in string, args []any) error {
+			members, err := queryStrings(ctx, tx, `SELECT DISTINCT user_id FROM room_members WHERE room_id IN `+in, args...)
+			candidates = append(candidates, members...)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("reading room members: %w", err)
+		}
+		for _, u := range candidates {
+			if u == userID {
+				continue
+			}
+			if shared[u] {
+				changed[u] = true
+			} else {
+				left[u] = true
+			}
+		}
+		for u := range left {
+			delete(changed, u)
+		}
+		out = devicelists.Changes{Changed: sortedKeys(changed), Left: sortedKeys(left)}
+		return nil
+	})
+	if err != nil {
+		return devicelists.Changes{}, err
+	}
+	return out, nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s *deviceStore) SharedUsers(ctx context.Context, userID string) ([]string, error) {
+	users, err := queryStrings(ctx, s.db.readers, sharedUsersSQL+` ORDER BY 1`, userID, userID)
+	if err != nil {
+		return nil, fmt.Errorf("listing users sharing a room: %w", err)
+	}
+	return users, nil
+}
+
+// LocalKeys reads, in one snapshot, every live device of the users asked
+// for whole and the named devices of the others, then orders them by user
+// and device (byte order, SQLite's BINARY collation).
+func (s *deviceStore) LocalKeys(ctx context.Context, query map[string][]string) ([]devicelists.DeviceKeys, error) {
+	type pair struct{ user, device string }
+	var allOf []string
+	var exact []pair
+	seen := map[pair]bool{}
+	for u, devs := range query {
+		if len(devs) == 0 {
+			allOf = append(allOf, u)
+		}
+		for _, d := range devs {
+			if p := (pair{u, d}); !seen[p] {
+				seen[p] = true
+				exact = append(exact, p)
+			}
+		}
+	}
+	var out []devicelists.DeviceKeys
+	scan := func(tx *sql.Tx, query string, args []any) error {
+		rows, err := tx.QueryContext(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var d devicelists.DeviceKeys
+			var name sql.NullString
+			var keys []byte
+			if err := rows.Scan(&d.UserID, &d.DeviceID, &name, &keys); err != nil {
+				return err
+			}
+			d.DisplayName = name.String
+			if keys != nil {
+				d.Keys = keys
+			}
+			out = append(out, d)
+		}
+		return rows.Err()
+	}
+	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		err := eachChunk(allOf, func(in string, args []any) error {
+			return scan(tx, `
+				SELECT user_id, device_id, display_name, keys FROM devices
+				WHERE deleted_at IS NULL AND user_id IN `+in, args)
+		})
+		if err != nil {
+			return err
+		}
+		for chunk := range slices.Chunk(exact, maxRowsPerStatement) {
+			args := make([]any, 0, 2*len(chunk))
+			for _, p := range chunk {
+				args = append(args, p.user, p.device)
+			}
+			// The VALUES list drives the join: one index probe per device.
+			if err := scan(tx, `
+				SELECT d.user_id, d.device_id, d.display_name, d.keys
+				FROM (VALUES `+placeholders(len(chunk), 2)+`) AS r
+				JOIN devices d ON d.user_id = r.column1 AND d.device_id = r.column2
+				WHERE d.deleted_at IS NULL`, args); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading device keys: %w", err)
+	}
+	// A user is asked for either whole or by device, and the named devices
+	// are deduplicated, so no device was read twice.
+	slices.SortFunc(out, func(a, b devicelists.DeviceKeys) int {
+		return cmp.Or(cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.DeviceID, b.DeviceID))
+	})
+	return out, nil
+}
+
+func (s *deviceStore) CrossSigning(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error) {
+	out := map[string]map[string]json.RawMessage{}
+	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		return eachChunk(userIDs, func(in string, args []any) error {
+			rows, err := tx.QueryContext(ctx, `
+				SELECT user_id, key_type, key_json FROM cross_signing_keys WHERE user_id IN `+in, args...)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var u, t string
+				var k []byte
+				if err := rows.Scan(&u, &t, &k); err != nil {
+					return err
+				}
+				if out[u] == nil {
+					out[u] = map[string]json.RawMessage{}
+				}
+				out[u][t] = k
+			}
+			return rows.Err()
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading cross-signing keys: %w", err)
+	}
+	return out, nil
+}
+
+// PruneStream deletes the oldest positions created before cutoff and raises
+// the pruning point to the newest one deleted. It holds the writer's turn,
+// so no position can commit below the new pruning point meanwhile; and
+// AUTOINCREMENT never hands a pruned position out again, so the head (which
+// StreamState takes from the pruning point once the stream is empty) never
+// goes back.
+func (s *deviceStore) PruneStream(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	var n int
+	err := s.db.write(ctx, func(tx *sql.Tx) error {
+		n = 0
+		var top int64
+		err := func() error {
+			rows, err := tx.QueryContext(ctx, `
+				DELETE FROM device_list_stream WHERE pos IN (
+					SELECT pos FROM (SELECT pos, created_at FROM device_list_stream ORDER BY pos LIMIT ?)
+					WHERE created_at < ?)
+				RETURNING pos`, limit, micros(cutoff))
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var pos int64
+				if err := rows.Scan(&pos); err != nil {
+					return err
+				}
+				n++
+				top = max(top, pos)
+			}
+			return rows.Err()
+		}()
+		if err != nil || n == 0 {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `
+			UPDATE meta SET device_list_pruned_below = max(device_list_pruned_below, ?)`, top)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("pruning the device-list stream: %w", err)
+	}
+	return n, nil
+}
