@@ -21,7 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/server"
-	"github.com/todeviced/todeviced/internal/testdb"
+	"github.com/todeviced/todeviced/internal/servertest"
 )
 
 const secret = "internal-secret"
@@ -66,11 +66,19 @@ type node struct {
 	done   chan error
 }
 
+// eachBackend runs fn as a parallel subtest per database backend; db makes
+// a fresh database of that backend.
+func eachBackend(t *testing.T, fn func(t *testing.T, db func() string)) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		fn(t, func() string { return b.NewURL(t) })
+	})
+}
+
 // nodeConfig is the configuration of a test node named name (a.test, …)
-// with its own database and key file.
-func nodeConfig(t testing.TB, name string) server.Config {
+// with the database at dbURL and a key file of its own.
+func nodeConfig(t testing.TB, name, dbURL string) server.Config {
 	cfg := server.Defaults()
-	cfg.DatabaseURL = testdb.New(t)
+	cfg.DatabaseURL = dbURL
 	cfg.ServerName = name
 	cfg.SigningKey = filepath.Join(t.TempDir(), name+".key")
 	cfg.InternalSecret = secret
@@ -119,10 +127,11 @@ func (n *node) restart() {
 	n.run(listen(n.t, n.addr))
 }
 
-// pair starts two nodes that federate with each other.
-func pair(t testing.TB, tweak func(*server.Config)) (a, b *node) {
+// pair starts two nodes that federate with each other, each on a database
+// db makes.
+func pair(t testing.TB, db func() string, tweak func(*server.Config)) (a, b *node) {
 	lnA, lnB := listen(t, "127.0.0.1:0"), listen(t, "127.0.0.1:0")
-	cfgA, cfgB := nodeConfig(t, "a.test"), nodeConfig(t, "b.test")
+	cfgA, cfgB := nodeConfig(t, "a.test", db()), nodeConfig(t, "b.test", db())
 	cfgA.FederationDestinations["b.test"] = "http://" + lnB.Addr().String()
 	cfgB.FederationDestinations["a.test"] = "http://" + lnA.Addr().String()
 	if tweak != nil {

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -16,10 +15,9 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/todeviced/todeviced/internal/testdb"
+	"github.com/todeviced/todeviced/internal/storage"
 )
 
 // buildTodeviced compiles the real binary, as cmd/todeviced's signal test
@@ -151,11 +149,15 @@ func (s *sendRecorder) snapshot() []string {
 func TestFederationSenderSurvivesKill(t *testing.T) {
 	t.Parallel()
 	bin := buildTodeviced(t)
+	eachBackend(t, func(t *testing.T, db func() string) { testSenderSurvivesKill(t, bin, db) })
+}
+
+func testSenderSurvivesKill(t *testing.T, bin string, db func() string) {
 	addrA := freeAddr(t)
-	dbA := testdb.New(t)
+	dbA := db()
 
 	lnB := listen(t, "127.0.0.1:0")
-	cfgB := nodeConfig(t, "b.test")
+	cfgB := nodeConfig(t, "b.test", db())
 	cfgB.FederationDestinations["a.test"] = "http://" + addrA
 	b := start(t, cfgB, lnB)
 	b1 := b.syncer(b.device(bob, "B1"))
@@ -201,14 +203,16 @@ func TestFederationSenderSurvivesKill(t *testing.T) {
 	require.True(t, strings.HasPrefix(first, "/_matrix/federation/v1/send/tdv"), "ids are in todeviced's namespace: %.60s", first)
 
 	// A finishes: nothing left queued or stored, and nothing more arrives.
-	conn, err := pgx.Connect(testCtx(t), dbA)
+	// (A second handle on A's database, as `todeviced migrate` would open.)
+	st, err := storage.Open(testCtx(t), storage.Options{URL: dbA})
 	require.NoError(t, err)
-	defer conn.Close(context.Background())
+	defer st.Close()
 	waitUntil(t, "A to finish sending", func() bool {
-		var n int
-		require.NoError(t, conn.QueryRow(testCtx(t),
-			`SELECT (SELECT count(*) FROM todevice_outbox) + (SELECT count(*) FROM federation_txns)`).Scan(&n))
-		return n == 0
+		bl, err := st.Inbox().OutboxBacklog(testCtx(t))
+		require.NoError(t, err)
+		txns, err := st.Federation().TxnDestinations(testCtx(t))
+		require.NoError(t, err)
+		return bl.Pending == 0 && len(txns) == 0
 	})
 	require.Empty(t, b1.once(0), "nothing arrives twice")
 }
