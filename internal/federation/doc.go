@@ -3,10 +3,46 @@
 // authentication, remote key fetching, server discovery, the per-destination
 // sender of EDUs and the inbound /send transaction handler.
 //
-// The sections below describe the primitives the sender and the /send
-// handler are built on. They hold no storage and no global state: everything is a value
-// or an object the caller constructs, every blocking call takes a
-// context.Context, and clocks and network lookups are injectable for tests.
+// docs/FEDERATION.md describes the whole for operators and homeservers.
+//
+// # Sender
+//
+// Sender drains EDU sources (EDUSource; ToDeviceOutbox is the inbox's
+// outbox) to their destinations: a goroutine per destination with work,
+// started by wake-ups (wakeup.Hub.Observe hears every OutboxKey) and a
+// periodic sweep. Store holds what it needs to be correct across replicas
+// and restarts: a lease per destination judged by the database clock, with
+// every write of the holder fenced by (holder, generation) in the same
+// database transaction; the transaction stored before its first attempt
+// (at most MaxEDUsPerTxn EDUs, sources filled by quota) and resent
+// unchanged until 2xx, then deleted with exactly the outbox rows it covers;
+// the destination's backoff (Backoff: exponential, full jitter, persisted).
+// RejectAfter identical refusals (countsAsRejection) or an age past the
+// message TTL drop a transaction; drops are logged and counted (Metrics).
+// Transaction ids start with TxnIDPrefix.
+//
+// # Receiver
+//
+// Receiver processes inbound transactions (HandleTransaction, after the
+// HTTP layer authenticated the request with VerifyRequest) and EDUs a
+// homeserver hands over (HandleEDUs): replays are answered from a record,
+// PDUs each get an error (PDUEventIDs names them), m.direct_to_device EDUs
+// of wrong senders or for other servers' users are dropped and counted, the
+// rest are stored through inbox.Service.AcceptRemote, deduplicated by
+// (origin, message_id) in the database transaction that stores them.
+// Device-list EDUs go to a DeviceListHandler.
+//
+// # Feed and housekeeping
+//
+// Feed hands the to-device outbox to a homeserver that sends federation
+// traffic itself (pull, then acknowledge exactly the rows pulled).
+// Housekeeper expires outbox EDUs past the TTL, prunes the inbound
+// transaction record and refreshes the outbox gauges.
+//
+// The sections below describe the primitives all this is built on. They
+// hold no storage and no global state: everything is a value or an object
+// the caller constructs, every blocking call takes a context.Context, and
+// clocks and network lookups are injectable for tests.
 //
 // # Keys
 //

@@ -136,3 +136,22 @@ func TestPollCheckError(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 	require.Zero(t, h.Len())
 }
+
+func TestObserveHearsEveryWake(t *testing.T) {
+	h := NewHub()
+	var got [][]Key
+	stop := h.Observe(func(keys []Key) { got = append(got, keys) })
+	h.Wake(OutboxKey("b.test"), DeviceKey(7))
+	h.WakeAll()
+	stop()
+	h.Wake(OutboxKey("c.test"))
+	require.Equal(t, [][]Key{{OutboxKey("b.test"), DeviceKey(7)}, nil}, got, "keys of each Wake, nil for WakeAll, nothing after stop")
+
+	d, ok := OutboxDestination(OutboxKey("b.test:8448"))
+	require.True(t, ok)
+	require.Equal(t, "b.test:8448", d)
+	_, ok = OutboxDestination(DeviceKey(7))
+	require.False(t, ok)
+	_, ok = OutboxDestination(Key("o"))
+	require.False(t, ok)
+}
