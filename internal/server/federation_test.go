@@ -2,7 +2,9 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/server"
 )
 
@@ -421,5 +425,44 @@ func TestFederationHousekeepingExpiresAndMeasures(t *testing.T) {
 		require.Equal(t, 3.0, testutil.ToFloat64(m.EDUsDropped.WithLabelValues(federation.DropExpired)))
 		require.Zero(t, testutil.ToFloat64(m.OutboxEDUs))
 		require.Zero(t, testutil.ToFloat64(m.OutboxOldestAge))
+	})
+}
+
+// TestFederationStorageFailureIsRetried: when B cannot store a
+// transaction's EDUs it answers 5xx and records nothing, so the origin's
+// retry of the same transaction stores them — once.
+func TestFederationStorageFailureIsRetried(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, db func() string) {
+		lnA, lnB := listen(t, "127.0.0.1:0"), listen(t, "127.0.0.1:0")
+		cfgA, cfgB := nodeConfig(t, "a.test", db()), nodeConfig(t, "b.test", db())
+		cfgB.FederationDestinations["a.test"] = "http://" + lnA.Addr().String()
+		a := start(t, cfgA, lnA)
+		var failing atomic.Bool
+		failing.Store(true)
+		b := startWith(t, cfgB, server.Options{InboxHooks: inbox.Hooks{
+			BeforeAcceptRemoteCommit: func(context.Context, []*inbox.RemoteAccept) error {
+				if failing.Load() {
+					return errors.New("simulated storage failure")
+				}
+				return nil
+			},
+		}}, lnB)
+		b1 := b.syncer(b.device(bob, "B1"))
+		c := signedClient(t, a.name, loadKey(t, a), b)
+		put := func() error {
+			return c.Do(testCtx(t), b.name, http.MethodPut, "/_matrix/federation/v1/send/tx1", nil,
+				txnBody(a.name, nil, toDeviceEDU(alice, "m1", bob, "B1", 1)), nil)
+		}
+
+		var he *federation.HTTPError
+		require.ErrorAs(t, put(), &he)
+		require.Equal(t, http.StatusInternalServerError, he.Status, "lost work is never answered 200")
+		require.Empty(t, b1.once(0))
+
+		failing.Store(false)
+		require.NoError(t, put(), "the retry is processed, not answered from a record")
+		require.NoError(t, put())
+		require.Equal(t, []int{1}, ns(b1.once(0)), "stored once")
 	})
 }

@@ -61,6 +61,7 @@ type node struct {
 	addr   string
 	url    string
 	cfg    server.Config
+	opts   server.Options
 	srv    *server.Server
 	cancel context.CancelFunc
 	done   chan error
@@ -94,8 +95,13 @@ func nodeConfig(t testing.TB, name, dbURL string) server.Config {
 // start serves cfg on ln until the node is stopped (at cleanup at the
 // latest).
 func start(t testing.TB, cfg server.Config, ln net.Listener) *node {
+	return startWith(t, cfg, server.Options{}, ln)
+}
+
+// startWith is start with server options (test hooks).
+func startWith(t testing.TB, cfg server.Config, opts server.Options, ln net.Listener) *node {
 	t.Helper()
-	n := &node{t: t, name: cfg.ServerName, addr: ln.Addr().String(), url: "http://" + ln.Addr().String(), cfg: cfg}
+	n := &node{t: t, name: cfg.ServerName, addr: ln.Addr().String(), url: "http://" + ln.Addr().String(), cfg: cfg, opts: opts}
 	n.run(ln)
 	t.Cleanup(n.stop)
 	return n
@@ -103,7 +109,7 @@ func start(t testing.TB, cfg server.Config, ln net.Listener) *node {
 
 func (n *node) run(ln net.Listener) {
 	n.t.Helper()
-	srv, err := server.New(context.Background(), n.cfg, nil, server.Options{})
+	srv, err := server.New(context.Background(), n.cfg, nil, n.opts)
 	require.NoError(n.t, err)
 	n.srv = srv
 	ctx, cancel := context.WithCancel(context.Background())
