@@ -69,6 +69,7 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.DatabaseMaxConns, "database-max-conns", cfg.DatabaseMaxConns, "connection pool size: PostgreSQL's pool, SQLite's readers (SQLite writes on one connection) (0: max(4, CPUs))")
 	fs.StringVar(&cfg.ServerName, "server-name", cfg.ServerName, "this homeserver's name; federation stays off while it is localhost")
 	fs.StringVar(&cfg.InternalSecret, "internal-secret", cfg.InternalSecret, "bearer secret of /_todeviced/internal/* (empty: internal API off)")
+	fs.StringVar(&cfg.UpstreamAuthURL, "upstream-auth-url", cfg.UpstreamAuthURL, "homeserver base URL whose /account/whoami verifies tokens todeviced does not hold (cached 5 s)")
 	fs.StringVar(&cfg.SigningKey, "signing-key", cfg.SigningKey, "ed25519 signing key file (the homeserver's, behind one); created if missing")
 	fs.BoolVar(&cfg.Migrate, "migrate", cfg.Migrate, "apply database migrations at start-up")
 	fs.Var((*destinationsFlag)(&cfg.FederationDestinations), "federation-destinations", "name=url,... overriding server discovery (tests, private federations)")

@@ -58,6 +58,7 @@ type Config struct {
 	DatabaseMaxConns       int
 	ServerName             string
 	InternalSecret         string
+	UpstreamAuthURL        string
 	SigningKey             string
 	Migrate                bool
 	FederationDestinations map[string]string
@@ -145,6 +146,9 @@ func (c Config) Validate() error {
 	if c.FederationBackoffMax < c.FederationBackoffMin {
 		errs = append(errs, errors.New("--federation-backoff-max must not be below --federation-backoff-min"))
 	}
+	if c.UpstreamAuthURL != "" && !strings.HasPrefix(c.UpstreamAuthURL, "http://") && !strings.HasPrefix(c.UpstreamAuthURL, "https://") {
+		errs = append(errs, fmt.Errorf("--upstream-auth-url %q: want the homeserver's http:// or https:// base URL", c.UpstreamAuthURL))
+	}
 	for name, u := range c.FederationDestinations {
 		if err := mxid.ValidateServerName(name); err != nil {
 			errs = append(errs, fmt.Errorf("--federation-destinations: %w", err))
@@ -168,6 +172,7 @@ func (c Config) LogAttrs() []any {
 		"database_url", storage.Redact(c.DatabaseURL),
 		"server_name", c.ServerName,
 		"internal_api", c.InternalSecret != "",
+		"upstream_auth", c.UpstreamAuthURL,
 		"migrate", c.Migrate,
 		"federation", c.FederationEnabled(),
 		"federation_outbox", c.FederationOutbox,

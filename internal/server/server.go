@@ -126,6 +126,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
 	})
 	s.devices = devicelists.New(backend.Devices(), cfg.ServerName, log, devicelists.NewMetrics(reg))
+	if cfg.UpstreamAuthURL != "" {
+		s.devices.SetUpstream(devicelists.NewUpstream(cfg.UpstreamAuthURL, nil, nil))
+	}
 	s.fedMetrics = federation.NewMetrics(reg)
 	s.housekeeper = federation.NewHousekeeper(federation.HousekeeperConfig{
 		Store: backend.Federation(), Outbox: backend.Inbox(), Metrics: s.fedMetrics, Logger: log,
