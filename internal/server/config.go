@@ -23,6 +23,10 @@ const (
 	// device silent that long is abandoned in practice, and without a bound
 	// its inbox grows forever (the fate of every established server's table).
 	DefaultInboxMaxAge = 90 * 24 * time.Hour
+	// DefaultSendBurst is how many sendToDevice requests a device may make at
+	// once before --send-rate-limit applies: room key shares come in bursts
+	// when a user opens a busy room.
+	DefaultSendBurst = 100
 	// DefaultShutdownTimeout is how long in-flight requests get to finish.
 	DefaultShutdownTimeout = 15 * time.Second
 	// DefaultFederationOutbox: todeviced sends its EDUs itself.
@@ -68,6 +72,8 @@ type Config struct {
 	InboxMaxAge            time.Duration
 	TxnRetention           time.Duration
 	MaxSendBytes           int64
+	SendRateLimit          float64
+	SendBurst              int
 	ShutdownTimeout        time.Duration
 	FederationOutbox       string
 	FederationMessageTTL   time.Duration
@@ -116,6 +122,9 @@ func (c Config) Validate() error {
 	}
 	if c.InboxMaxAge < 0 {
 		errs = append(errs, errors.New("--inbox-max-age must not be negative (0 keeps messages forever)"))
+	}
+	if c.SendRateLimit < 0 || c.SendBurst < 0 {
+		errs = append(errs, errors.New("--send-rate-limit and --send-burst must not be negative"))
 	}
 	if c.DatabaseMaxConns < 0 {
 		errs = append(errs, errors.New("--database-max-conns must not be negative"))
