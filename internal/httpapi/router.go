@@ -39,9 +39,9 @@ type Config struct {
 	// second, with SendBurst saved up); 0 turns the limit off.
 	SendRate  float64
 	SendBurst int
-	Inbox          *inbox.Service
-	Devices        *devicelists.Service
-	Hub            *wakeup.Hub
+	Inbox     *inbox.Service
+	Devices   *devicelists.Service
+	Hub       *wakeup.Hub
 	// PurgeDeleted is called after a device is deleted, to start purging
 	// its inbox in the background.
 	PurgeDeleted func()
