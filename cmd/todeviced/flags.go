@@ -86,6 +86,7 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.Int64Var(&cfg.MaxSendBytes, "max-send-bytes", cfg.MaxSendBytes, "largest sendToDevice body accepted (0: 16 MiB)")
 	fs.Float64Var(&cfg.SendRateLimit, "send-rate-limit", cfg.SendRateLimit, "sendToDevice requests a second per sending device, on each replica (0: no limit); over it: 429 M_LIMIT_EXCEEDED")
 	fs.IntVar(&cfg.SendBurst, "send-burst", cfg.SendBurst, "sendToDevice requests a device may make at once before --send-rate-limit applies")
+	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go profiling (net/http/pprof) at /debug/pprof/ on the metrics listener")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish at shutdown")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: todeviced [serve|migrate [up|status]|device add USER_ID DEVICE_ID|version] [flags]\n\nFlags (each also read from its environment variable; a flag wins):\n")

@@ -39,7 +39,7 @@ func (a *api) requireDevice(next http.Handler) http.Handler {
 			writeError(w, r, a.log, mxerr.New(mxerr.MissingToken, "Missing access token."))
 			return
 		}
-		dev, err := a.devices.Authenticate(r.Context(), tok)
+		dev, err := authenticateShallow(r.Context(), a.devices, tok)
 		if err != nil {
 			if errors.Is(err, devicelists.ErrNotFound) {
 				writeError(w, r, a.log, mxerr.New(mxerr.UnknownToken, "Unknown access token."))
@@ -71,4 +71,22 @@ func (a *api) requireInternal(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// authenticateShallow looks the token up on a goroutine of its own: the
+// request's goroutine may go on to park in a long-poll for minutes, and it
+// keeps a smaller stack if it never ran the database query's call chain (see
+// wakeup.runShallow).
+func authenticateShallow(ctx context.Context, devices *devicelists.Service, tok string) (devicelists.Device, error) {
+	type result struct {
+		dev devicelists.Device
+		err error
+	}
+	c := make(chan result, 1)
+	go func() {
+		dev, err := devices.Authenticate(ctx, tok)
+		c <- result{dev, err}
+	}()
+	r := <-c
+	return r.dev, r.err
 }

@@ -20,8 +20,8 @@ import (
 // Each syncer holds a connection for its long-poll and each sender one for
 // its send, so the idle pool must keep that many per host or connections
 // would be torn down and re-dialled all the time.
-func NewTransport(conns int) *http.Transport {
-	return &http.Transport{
+func NewTransport(conns int, h2c bool) *http.Transport {
+	t := &http.Transport{
 		// A load generator talks to the server it was given, never a proxy.
 		Proxy: nil,
 		DialContext: (&net.Dialer{
@@ -35,6 +35,13 @@ func NewTransport(conns int) *http.Transport {
 		DisableCompression: true,
 		ForceAttemptHTTP2:  false,
 	}
+	if h2c {
+		// HTTP/2 without TLS, as a reverse proxy speaking h2c upstream
+		// would: requests share connections.
+		t.Protocols = new(http.Protocols)
+		t.Protocols.SetUnencryptedHTTP2(true)
+	}
+	return t
 }
 
 // client talks to one todeviced.

@@ -61,6 +61,9 @@ type Config struct {
 
 	// KeepDevices leaves the provisioned devices in place at the end.
 	KeepDevices bool
+	// H2C speaks HTTP/2 without TLS (prior knowledge), as a reverse proxy
+	// with an h2c upstream would.
+	H2C bool
 
 	// Progress receives the live progress line (nil: none). ProgressTTY
 	// rewrites it in place; otherwise a line is written every

@@ -123,7 +123,7 @@ func New(cfg Config) (*Runner, error) {
 	}
 	rt := cfg.Transport
 	if rt == nil {
-		rt = NewTransport(cfg.Devices() + cfg.Senders + provisionConns)
+		rt = NewTransport(cfg.Devices()+cfg.Senders+provisionConns, cfg.H2C)
 	}
 	var b [4]byte
 	if _, err := crand.Read(b[:]); err != nil {

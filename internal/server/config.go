@@ -75,11 +75,13 @@ type Config struct {
 	SendRateLimit          float64
 	SendBurst              int
 	ShutdownTimeout        time.Duration
-	FederationOutbox       string
-	FederationMessageTTL   time.Duration
-	FederationLeaseTTL     time.Duration
-	FederationBackoffMin   time.Duration
-	FederationBackoffMax   time.Duration
+	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics listener.
+	Pprof                bool
+	FederationOutbox     string
+	FederationMessageTTL time.Duration
+	FederationLeaseTTL   time.Duration
+	FederationBackoffMin time.Duration
+	FederationBackoffMax time.Duration
 }
 
 // Defaults returns the configuration with every default applied.

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,10 @@ import (
 	"github.com/todeviced/todeviced/internal/storage"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
+
+// http2MaxStreams lets one HTTP/2 connection carry this many requests, most
+// of them long-polls waiting.
+const http2MaxStreams = 1000
 
 // Background job intervals.
 const (
@@ -367,6 +372,14 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 	s.Start(ctx)
 	api := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	// HTTP/1.1 and, for a reverse proxy that speaks it upstream (Envoy,
+	// Caddy, HAProxy), HTTP/2 without TLS (prior knowledge): many long-polls
+	// then share a few connections instead of holding one each, with its
+	// buffers and two goroutines.
+	api.Protocols = new(http.Protocols)
+	api.Protocols.SetHTTP1(true)
+	api.Protocols.SetUnencryptedHTTP2(true)
+	api.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: http2MaxStreams}
 	servers := []*http.Server{api}
 	errc := make(chan error, 2)
 	go func() { errc <- api.Serve(apiLn) }()
@@ -479,6 +492,15 @@ func (s *Server) checkDatabase(parent context.Context) error {
 func (s *Server) metricsMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	if s.cfg.Pprof {
+		// Profiling on the metrics listener only, never on the API: it is
+		// for operators chasing CPU or memory, and exposes internals.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))

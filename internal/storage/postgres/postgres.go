@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,7 +31,7 @@ type Options struct {
 	// DirectURL reaches PostgreSQL without a transaction-pooling proxy; LISTEN
 	// and session advisory locks need it. Defaults to URL.
 	DirectURL string
-	// MaxConns caps the pool (0: pgxpool's default).
+	// MaxConns caps the pool (0: DefaultMaxConns).
 	MaxConns int32
 	// Migrate applies pending migrations before anything else.
 	Migrate bool
@@ -59,6 +60,16 @@ const (
 	// no per-row SQL.
 	WriteCopy
 )
+
+// DefaultMaxConns sizes the pool when --database-max-conns is 0: four
+// connections per CPU, at least 16. A connection is busy mostly waiting (for
+// the network, for a commit to reach the disk), not computing, and pgxpool's
+// own default (one per CPU, at least 4) queues requests behind a handful of
+// commits; after a restart every client's long-poll arrives at once, and
+// thousands of them queued on four connections take seconds to drain.
+func DefaultMaxConns() int32 {
+	return int32(max(16, 4*runtime.GOMAXPROCS(0)))
+}
 
 // DB is an open PostgreSQL backend.
 type DB struct {
@@ -90,6 +101,7 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing database URL: %w", err)
 	}
+	cfg.MaxConns = DefaultMaxConns()
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
