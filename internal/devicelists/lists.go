@@ -78,10 +78,17 @@ type CrossSigningKeys struct {
 	UserSigning json.RawMessage `json:"user_signing_key"`
 }
 
-// PutCrossSigning stores a local user's cross-signing keys.
+// PutCrossSigning stores a local user's cross-signing keys. A change of the
+// master or self-signing key is sent to the servers sharing an encrypted
+// room with the user (m.signing_key_update); remote users' keys come from
+// their servers, never through here.
 func (r *Service) PutCrossSigning(ctx context.Context, userID string, k CrossSigningKeys) error {
-	if _, err := mxid.ParseUserID(userID); err != nil {
+	uid, err := mxid.ParseUserID(userID)
+	if err != nil {
 		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+	}
+	if uid.Server != r.serverName {
+		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
 	}
 	keys := map[string]json.RawMessage{}
 	for typ, raw := range map[string]json.RawMessage{MasterKey: k.Master, SelfSigningKey: k.SelfSigning, UserSigningKey: k.UserSigning} {
