@@ -194,9 +194,11 @@ type RemoteStore interface {
 	ClaimResyncs(ctx context.Context, limit int, lease time.Duration) ([]ResyncJob, error)
 	// CompleteResync replaces a tracked user's whole cached list with a
 	// snapshot (devices, master and self-signing keys, stream_id) and
-	// clears stale unless an update newer than the snapshot was seen
-	// meanwhile (stillStale). A changed list takes one stream position. A
-	// user no longer tracked is left alone (tracked false).
+	// clears stale unless an update newer than the snapshot was seen since
+	// the last resync (StillStale: one more resync is due; the seen
+	// stream_id is forgotten, so a bogus one costs one resync, not a loop).
+	// A changed list takes one stream position. A user no longer tracked is
+	// left alone (Tracked false).
 	CompleteResync(ctx context.Context, l RemoteDeviceList) (res ResyncResult, err error)
 	// FailResync records a failed resync of a stale user: failures and the
 	// time of the next attempt.

@@ -522,7 +522,7 @@ func (s *deviceStore) CompleteResync(ctx context.Context, l devicelists.RemoteDe
 			}
 		}
 		if _, err := tx.Exec(ctx, `
-			UPDATE remote_device_lists SET stream_id = $2, applied_ids = '{}', stale = $3,
+			UPDATE remote_device_lists SET stream_id = $2, applied_ids = '{}', stale = $3, seen_stream_id = 0,
 				failures = CASE WHEN $3 THEN failures ELSE 0 END,
 				retry_at = CASE WHEN $3 THEN retry_at END, updated_at = now()
 			WHERE user_id = $1`, l.UserID, l.StreamID, res.StillStale); err != nil {

@@ -560,6 +560,21 @@ func testRemoteResyncBackoff(t *testing.T, e *Env) {
 	require.False(t, res.StillStale)
 	require.NoError(t, s.FailResync(ctx(t), ritaR, 5, -time.Second))
 	require.Empty(t, claim(t, b), "a fresh cache is not resynced")
+
+	// An update with a stream_id the server never reaches (a bogus one)
+	// costs one extra resync, not a loop.
+	out, err = s.ApplyRemoteUpdate(ctx(t), upd(1_000_000, "R2", 999_999))
+	require.NoError(t, err)
+	require.Equal(t, devicelists.RemoteResync, out)
+	res, err = s.CompleteResync(ctx(t), rdl(8, "R1"))
+	require.NoError(t, err)
+	require.True(t, res.StillStale)
+	res, err = s.CompleteResync(ctx(t), rdl(8, "R1"))
+	require.NoError(t, err)
+	require.False(t, res.StillStale)
+	ids, ok := cachedDevices(t, b, ritaR)
+	require.True(t, ok)
+	require.Equal(t, []string{"R1"}, ids)
 }
 
 // testUserDeviceList: the snapshot GET /user/devices serves: devices with
