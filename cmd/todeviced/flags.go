@@ -69,6 +69,7 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.DatabaseMaxConns, "database-max-conns", cfg.DatabaseMaxConns, "connection pool size: PostgreSQL's pool, SQLite's readers (SQLite writes on one connection) (0: max(4, CPUs))")
 	fs.StringVar(&cfg.ServerName, "server-name", cfg.ServerName, "this homeserver's name; federation stays off while it is localhost")
 	fs.StringVar(&cfg.InternalSecret, "internal-secret", cfg.InternalSecret, "bearer secret of /_todeviced/internal/* (empty: internal API off)")
+	fs.StringVar(&cfg.UpstreamAuthURL, "upstream-auth-url", cfg.UpstreamAuthURL, "homeserver base URL whose /account/whoami verifies tokens todeviced does not hold (cached 5 s)")
 	fs.StringVar(&cfg.SigningKey, "signing-key", cfg.SigningKey, "ed25519 signing key file (the homeserver's, behind one); created if missing")
 	fs.BoolVar(&cfg.Migrate, "migrate", cfg.Migrate, "apply database migrations at start-up")
 	fs.Var((*destinationsFlag)(&cfg.FederationDestinations), "federation-destinations", "name=url,... overriding server discovery (tests, private federations)")
@@ -83,6 +84,8 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.InboxMaxAge, "inbox-max-age", cfg.InboxMaxAge, "drop messages pending longer than this (0: keep forever)")
 	fs.DurationVar(&cfg.TxnRetention, "txn-retention", cfg.TxnRetention, "how long sendToDevice transaction ids are remembered (at least 24h)")
 	fs.Int64Var(&cfg.MaxSendBytes, "max-send-bytes", cfg.MaxSendBytes, "largest sendToDevice body accepted (0: 16 MiB)")
+	fs.Float64Var(&cfg.SendRateLimit, "send-rate-limit", cfg.SendRateLimit, "sendToDevice requests a second per sending device, on each replica (0: no limit); over it: 429 M_LIMIT_EXCEEDED")
+	fs.IntVar(&cfg.SendBurst, "send-burst", cfg.SendBurst, "sendToDevice requests a device may make at once before --send-rate-limit applies")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish at shutdown")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: todeviced [serve|migrate [up|status]|device add USER_ID DEVICE_ID|version] [flags]\n\nFlags (each also read from its environment variable; a flag wins):\n")

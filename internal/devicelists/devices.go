@@ -39,6 +39,7 @@ type Service struct {
 	m          *Metrics
 	remote     RemoteKeys
 	fed        *Federation // nil while federation is off
+	upstream   *Upstream
 }
 
 // New returns the component for the local devices of serverName.
@@ -134,11 +135,16 @@ func (r *Service) DeleteDevice(ctx context.Context, userID, deviceID string) (De
 	return d, nil
 }
 
-// Authenticate returns the live device holding token, or ErrNotFound.
+// Authenticate returns the live device holding token, or ErrNotFound. Tokens
+// todeviced holds itself are checked first; with an upstream configured, any
+// other token is checked with the homeserver.
 func (r *Service) Authenticate(ctx context.Context, token string) (Device, error) {
 	d, err := r.store.DeviceByToken(ctx, HashToken(token))
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
+			if r.upstream != nil {
+				return r.authenticateUpstream(ctx, token)
+			}
 			return Device{}, err
 		}
 		return Device{}, fmt.Errorf("looking up access token: %w", err)

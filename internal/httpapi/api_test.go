@@ -392,3 +392,24 @@ func seq(from, to int) []int {
 	}
 	return out
 }
+
+func TestSendRateLimit(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		cfg := servertest.Config(b.NewURL(t))
+		cfg.SendRateLimit, cfg.SendBurst = 0.001, 2
+		in := servertest.Start(t, cfg, server.Options{})
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		body := func(n int) string { return fmt.Sprintf(`{"messages":{"@bob:localhost":{"B1":{"n":%d}}}}`, n) }
+		require.Equal(t, 200, in.Do(t, "PUT", "/_matrix/client/v3/sendToDevice/m.test/1", "tok-alice", body(1)).Status)
+		require.Equal(t, 200, in.Do(t, "PUT", "/_matrix/client/v3/sendToDevice/m.test/2", "tok-alice", body(2)).Status)
+		r := in.Do(t, "PUT", "/_matrix/client/v3/sendToDevice/m.test/3", "tok-alice", body(3))
+		require.Equal(t, http.StatusTooManyRequests, r.Status)
+		require.Equal(t, "M_LIMIT_EXCEEDED", r.Errcode(t))
+		require.NotEmpty(t, r.Header.Get("Retry-After"))
+		require.Greater(t, r.JSON(t)["retry_after_ms"], float64(0))
+		require.Equal(t, 200, in.Do(t, "PUT", "/_matrix/client/v3/sendToDevice/m.test/4", "tok-bob", `{"messages":{"@alice:localhost":{"A1":{"n":4}}}}`).Status, "other devices are not limited")
+		s := in.Sync(t, "tok-bob", "", 0)
+		require.Equal(t, []int{1, 2}, ns(s.ToDevice.Events), "the refused request enqueued nothing")
+	})
+}

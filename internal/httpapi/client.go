@@ -47,6 +47,16 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 
 func (a *api) sendToDevice(w http.ResponseWriter, r *http.Request) {
 	dev := deviceFrom(r)
+	if a.limit != nil {
+		// Before anything is read or recorded: a refused request is not a
+		// transaction, so the client's retry with the same txnId is served.
+		if ok, wait := a.limit.allow(dev.NID); !ok {
+			e := mxerr.New(mxerr.LimitExceeded, "Too many requests.")
+			e.RetryAfter = wait
+			writeError(w, r, a.log, e)
+			return
+		}
+	}
 	eventType, err := pathParam(r, "eventType")
 	if err != nil {
 		writeError(w, r, a.log, err)

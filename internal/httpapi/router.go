@@ -35,9 +35,13 @@ type Config struct {
 	// InternalSecret enables the internal API; empty turns it off (404).
 	InternalSecret string
 	MaxSendBytes   int64
-	Inbox          *inbox.Service
-	Devices        *devicelists.Service
-	Hub            *wakeup.Hub
+	// SendRate limits sendToDevice requests per sending device (requests a
+	// second, with SendBurst saved up); 0 turns the limit off.
+	SendRate  float64
+	SendBurst int
+	Inbox     *inbox.Service
+	Devices   *devicelists.Service
+	Hub       *wakeup.Hub
 	// PurgeDeleted is called after a device is deleted, to start purging
 	// its inbox in the background.
 	PurgeDeleted func()
@@ -50,6 +54,7 @@ type Config struct {
 
 type api struct {
 	cfg     Config
+	limit   *limiter
 	log     *slog.Logger
 	inbox   *inbox.Service
 	devices *devicelists.Service
@@ -71,6 +76,9 @@ func NewRouter(cfg Config) http.Handler {
 		cfg.PurgeDeleted = func() {}
 	}
 	a := &api{cfg: cfg, log: cfg.Logger, inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub}
+	if cfg.SendRate > 0 {
+		a.limit = newLimiter(cfg.SendRate, cfg.SendBurst, nil)
+	}
 
 	r := chi.NewRouter()
 	r.Use(escapedRouting, observe(a.log, cfg.Metrics))

@@ -23,6 +23,10 @@ const (
 	// device silent that long is abandoned in practice, and without a bound
 	// its inbox grows forever (the fate of every established server's table).
 	DefaultInboxMaxAge = 90 * 24 * time.Hour
+	// DefaultSendBurst is how many sendToDevice requests a device may make at
+	// once before --send-rate-limit applies: room key shares come in bursts
+	// when a user opens a busy room.
+	DefaultSendBurst = 100
 	// DefaultShutdownTimeout is how long in-flight requests get to finish.
 	DefaultShutdownTimeout = 15 * time.Second
 	// DefaultFederationOutbox: todeviced sends its EDUs itself.
@@ -58,6 +62,7 @@ type Config struct {
 	DatabaseMaxConns       int
 	ServerName             string
 	InternalSecret         string
+	UpstreamAuthURL        string
 	SigningKey             string
 	Migrate                bool
 	FederationDestinations map[string]string
@@ -67,6 +72,8 @@ type Config struct {
 	InboxMaxAge            time.Duration
 	TxnRetention           time.Duration
 	MaxSendBytes           int64
+	SendRateLimit          float64
+	SendBurst              int
 	ShutdownTimeout        time.Duration
 	FederationOutbox       string
 	FederationMessageTTL   time.Duration
@@ -116,6 +123,9 @@ func (c Config) Validate() error {
 	if c.InboxMaxAge < 0 {
 		errs = append(errs, errors.New("--inbox-max-age must not be negative (0 keeps messages forever)"))
 	}
+	if c.SendRateLimit < 0 || c.SendBurst < 0 {
+		errs = append(errs, errors.New("--send-rate-limit and --send-burst must not be negative"))
+	}
 	if c.DatabaseMaxConns < 0 {
 		errs = append(errs, errors.New("--database-max-conns must not be negative"))
 	}
@@ -145,6 +155,9 @@ func (c Config) Validate() error {
 	if c.FederationBackoffMax < c.FederationBackoffMin {
 		errs = append(errs, errors.New("--federation-backoff-max must not be below --federation-backoff-min"))
 	}
+	if c.UpstreamAuthURL != "" && !strings.HasPrefix(c.UpstreamAuthURL, "http://") && !strings.HasPrefix(c.UpstreamAuthURL, "https://") {
+		errs = append(errs, fmt.Errorf("--upstream-auth-url %q: want the homeserver's http:// or https:// base URL", c.UpstreamAuthURL))
+	}
 	for name, u := range c.FederationDestinations {
 		if err := mxid.ValidateServerName(name); err != nil {
 			errs = append(errs, fmt.Errorf("--federation-destinations: %w", err))
@@ -168,6 +181,7 @@ func (c Config) LogAttrs() []any {
 		"database_url", storage.Redact(c.DatabaseURL),
 		"server_name", c.ServerName,
 		"internal_api", c.InternalSecret != "",
+		"upstream_auth", c.UpstreamAuthURL,
 		"migrate", c.Migrate,
 		"federation", c.FederationEnabled(),
 		"federation_outbox", c.FederationOutbox,

@@ -127,6 +127,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
 	})
 	s.devices = devicelists.New(backend.Devices(), cfg.ServerName, log, devicelists.NewMetrics(reg))
+	if cfg.UpstreamAuthURL != "" {
+		s.devices.SetUpstream(devicelists.NewUpstream(cfg.UpstreamAuthURL, nil, nil))
+	}
 	s.fedMetrics = federation.NewMetrics(reg)
 	s.housekeeper = federation.NewHousekeeper(federation.HousekeeperConfig{
 		Store: backend.Federation(), Outbox: backend.Inbox(), More: []federation.Outbox{devicelists.Outbox{Store: backend.Devices()}},
@@ -141,6 +144,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
+		SendRate: cfg.SendRateLimit, SendBurst: cfg.SendBurst,
 		Inbox: s.inbox, Devices: s.devices, Hub: s.hub, Logger: log, Metrics: httpapi.NewMetrics(reg),
 		PurgeDeleted: s.kickPurge, Federation: fed,
 	})

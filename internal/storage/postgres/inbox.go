@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -22,102 +23,167 @@ type inboxStore struct {
 
 func (s *inboxStore) Epoch() string { return s.db.epoch }
 
-// Accept stores a sendToDevice in one transaction:
+// Accept stores a sendToDevice in one transaction of two round trips:
 //
-//  1. insert the transaction record first: a concurrent retry blocks on the
-//     unique key until this commits, then reads the recorded response;
-//  2. lock the live recipient devices in nid order (so overlapping fan-outs
-//     cannot deadlock) and expand "*";
-//  3. insert the inbox rows and outbox EDUs and queue the NOTIFY, pipelined.
+//  1. BEGIN; insert the transaction record (a concurrent retry blocks on the
+//     unique key until this commits, then reads the recorded response); lock
+//     the live recipient devices in nid order (so overlapping fan-outs cannot
+//     deadlock) — pipelined;
+//  2. the inbox rows, the outbox EDUs, the NOTIFY and the COMMIT — pipelined.
+//
+// A deadlock or serialization failure is retried: the transaction had no
+// effect.
 func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptResult, error) {
-	var res inbox.AcceptResult
-	var keys []wakeup.Key
-	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		res, keys = inbox.AcceptResult{}, nil
-		tag, err := tx.Exec(ctx, `
-			INSERT INTO send_txns (user_id, device_id, event_type, txn_id, response)
-			VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT DO NOTHING`,
-			a.Txn.UserID, a.Txn.DeviceID, a.Txn.EventType, a.Txn.TxnID, a.Response)
-		if err != nil {
-			return fmt.Errorf("recording transaction: %w", err)
+	const attempts = 4
+	for i := 0; ; i++ {
+		res, keys, err := s.accept(ctx, a)
+		if err == nil {
+			s.db.wakeLocal(keys)
+			return res, nil
 		}
-		if tag.RowsAffected() == 0 {
-			res.Duplicate = true
-			return tx.QueryRow(ctx, `
-				SELECT response FROM send_txns
-				WHERE user_id = $1 AND device_id = $2 AND event_type = $3 AND txn_id = $4`,
-				a.Txn.UserID, a.Txn.DeviceID, a.Txn.EventType, a.Txn.TxnID).Scan(&res.Response)
+		if !retryable(err) || i == attempts-1 {
+			return inbox.AcceptResult{}, err
 		}
-		res.Response = a.Response
-
-		batch := &pgx.Batch{}
-		if len(a.Local) > 0 {
-			rows, unknown, err := lockRecipients(ctx, tx, a.Local)
-			if err != nil {
-				return err
-			}
-			res.Unknown = unknown
-			res.Delivered = len(rows.nids)
-			for _, nid := range rows.nids {
-				keys = append(keys, wakeup.DeviceKey(nid))
-			}
-			if len(rows.nids) > 0 && s.db.opts.InboxWrite == WriteCopy {
-				if err := copyInbox(ctx, tx, rows, a); err != nil {
-					return err
-				}
-			} else if len(rows.nids) > 0 {
-				batch.Queue(`
-					INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
-					SELECT u, n, $3, $4, c FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS r(u, n, c)`,
-					rows.users, rows.nids, a.Sender, a.EventType, rows.contents)
-			}
+		s.db.log.WarnContext(ctx, "retrying sendToDevice transaction", "err", err, "attempt", i+1)
+		select {
+		case <-time.After(time.Duration(rand.N(10*(i+1))+1) * time.Millisecond):
+		case <-ctx.Done():
+			return inbox.AcceptResult{}, ctx.Err()
 		}
-		if len(a.Remote) > 0 {
-			dests := make([]string, len(a.Remote))
-			ids := make([]string, len(a.Remote))
-			edus := make([][]byte, len(a.Remote))
-			for i, e := range a.Remote {
-				dests[i], ids[i], edus[i] = e.Destination, e.MessageID, e.EDU
-				if i == 0 || a.Remote[i-1].Destination != e.Destination {
-					// Locks the destination (Remote is sorted, so in a fixed
-					// order): its EDUs commit in position order.
-					batch.Queue(`
-						INSERT INTO todevice_outbox_destinations (destination, last_enqueued_at)
-						VALUES ($1, now())
-						ON CONFLICT (destination) DO UPDATE SET last_enqueued_at = excluded.last_enqueued_at`,
-						e.Destination)
-					keys = append(keys, wakeup.OutboxKey(e.Destination))
-				}
-			}
-			batch.Queue(`
-				INSERT INTO todevice_outbox (destination, message_id, edu)
-				SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`,
-				dests, ids, edus)
-			res.Queued = len(a.Remote)
-		}
-		queueNotify(batch, keys)
-		if batch.Len() > 0 {
-			if err := tx.SendBatch(ctx, batch).Close(); err != nil {
-				return fmt.Errorf("writing inbox and outbox rows: %w", err)
-			}
-		}
-		if s.hooks.BeforeAcceptCommit != nil {
-			return s.hooks.BeforeAcceptCommit(ctx, a)
-		}
-		return nil
-	})
-	if err != nil {
-		return inbox.AcceptResult{}, err
 	}
-	s.db.wakeLocal(keys)
-	return res, nil
+}
+
+func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.AcceptResult, keys []wakeup.Key, err error) {
+	conn, err := s.db.pool.Acquire(ctx)
+	if err != nil {
+		return res, nil, fmt.Errorf("acquiring a connection: %w", err)
+	}
+	defer conn.Release()
+	open := false // a transaction block is open on conn
+	defer func() {
+		if open {
+			// A connection released inside a transaction would be closed by
+			// the pool; end the transaction so it can be reused.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		}
+	}()
+
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(`
+		INSERT INTO send_txns (user_id, device_id, event_type, txn_id, response)
+		VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT DO NOTHING`,
+		a.Txn.UserID, a.Txn.DeviceID, a.Txn.EventType, a.Txn.TxnID, a.Response)
+	if len(a.Local) > 0 {
+		queueLockDevices(b, a.Local)
+	}
+	br := conn.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return res, nil, fmt.Errorf("beginning transaction: %w", err)
+	}
+	open = true
+	tag, err := br.Exec()
+	if err != nil {
+		br.Close()
+		return res, nil, fmt.Errorf("recording transaction: %w", err)
+	}
+	var devs lockedDevices
+	if len(a.Local) > 0 {
+		if devs, err = scanLockedDevices(br); err != nil {
+			br.Close()
+			return res, nil, err
+		}
+	}
+	if err := br.Close(); err != nil {
+		return res, nil, fmt.Errorf("locking recipient devices: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		// A retry: answer what the first request answered. Nothing was
+		// written; the deferred ROLLBACK releases the device locks.
+		res.Duplicate = true
+		err := conn.QueryRow(ctx, `
+			SELECT response FROM send_txns
+			WHERE user_id = $1 AND device_id = $2 AND event_type = $3 AND txn_id = $4`,
+			a.Txn.UserID, a.Txn.DeviceID, a.Txn.EventType, a.Txn.TxnID).Scan(&res.Response)
+		if err != nil {
+			return res, nil, fmt.Errorf("reading the recorded response: %w", err)
+		}
+		return res, nil, nil
+	}
+	res.Response = a.Response
+
+	b = &pgx.Batch{}
+	if len(a.Local) > 0 {
+		var rows recipientRows
+		res.Unknown = devs.expand(a.Local, &rows)
+		res.Delivered = len(rows.nids)
+		for _, nid := range rows.nids {
+			keys = append(keys, wakeup.DeviceKey(nid))
+		}
+		if len(rows.nids) > 0 && s.db.opts.InboxWrite == WriteCopy {
+			if err := copyInbox(ctx, conn, rows, a); err != nil {
+				return res, nil, err
+			}
+		} else if len(rows.nids) > 0 {
+			b.Queue(`
+				INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
+				SELECT u, n, $3, $4, c FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS r(u, n, c)`,
+				rows.users, rows.nids, a.Sender, a.EventType, rows.contents)
+		}
+	}
+	if len(a.Remote) > 0 {
+		dests := make([]string, len(a.Remote))
+		ids := make([]string, len(a.Remote))
+		edus := make([][]byte, len(a.Remote))
+		for i, e := range a.Remote {
+			dests[i], ids[i], edus[i] = e.Destination, e.MessageID, e.EDU
+			if i == 0 || a.Remote[i-1].Destination != e.Destination {
+				// Locks the destination (Remote is sorted, so in a fixed
+				// order): its EDUs commit in position order.
+				b.Queue(`
+					INSERT INTO todevice_outbox_destinations (destination, last_enqueued_at)
+					VALUES ($1, now())
+					ON CONFLICT (destination) DO UPDATE SET last_enqueued_at = excluded.last_enqueued_at`,
+					e.Destination)
+				keys = append(keys, wakeup.OutboxKey(e.Destination))
+			}
+		}
+		b.Queue(`
+			INSERT INTO todevice_outbox (destination, message_id, edu)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`,
+			dests, ids, edus)
+		res.Queued = len(a.Remote)
+	}
+	queueNotify(b, keys)
+	hook := s.hooks.BeforeAcceptCommit
+	if hook == nil {
+		b.Queue("COMMIT")
+	}
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return res, nil, fmt.Errorf("writing inbox and outbox rows: %w", err)
+	}
+	if hook != nil {
+		if err := hook(ctx, a); err != nil {
+			return res, nil, err
+		}
+		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+			return res, nil, fmt.Errorf("committing: %w", err)
+		}
+	}
+	open = false
+	return res, keys, nil
 }
 
 // copyInbox writes a fan-out's rows with COPY.
-func copyInbox(ctx context.Context, tx pgx.Tx, rows recipientRows, a *inbox.Accept) error {
+func copyInbox(ctx context.Context, conn interface {
+	CopyFrom(context.Context, pgx.Identifier, []string, pgx.CopyFromSource) (int64, error)
+}, rows recipientRows, a *inbox.Accept) error {
 	i := 0
-	_, err := tx.CopyFrom(ctx, pgx.Identifier{"device_inbox"},
+	_, err := conn.CopyFrom(ctx, pgx.Identifier{"device_inbox"},
 		[]string{"user_id", "device_nid", "sender", "type", "content"},
 		pgx.CopyFromFunc(func() ([]any, error) {
 			if i == len(rows.nids) {
@@ -139,19 +205,6 @@ type recipientRows struct {
 	contents [][]byte
 }
 
-// lockRecipients resolves local messages to live devices, expanding "*", and
-// locks those device rows in nid order. It returns the inbox rows to write
-// and how many messages found no device.
-func lockRecipients(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (recipientRows, int, error) {
-	devs, err := lockDevices(ctx, tx, msgs)
-	if err != nil {
-		return recipientRows{}, 0, err
-	}
-	var out recipientRows
-	unknown := devs.expand(msgs, &out)
-	return out, unknown, nil
-}
-
 type recipientKey struct{ user, device string }
 
 // lockedDevices are the live devices lockDevices found and locked.
@@ -160,9 +213,17 @@ type lockedDevices struct {
 	byUser map[string][]int64 // in nid order
 }
 
-// lockDevices locks the live devices that msgs address, in nid order (so
-// overlapping fan-outs cannot deadlock), and returns them.
-func lockDevices(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (lockedDevices, error) {
+// lockDevicesSQL selects the live devices a list of messages addresses and
+// locks them in nid order, so overlapping fan-outs cannot deadlock.
+const lockDevicesSQL = `
+	SELECT nid, user_id, device_id FROM devices
+	WHERE deleted_at IS NULL
+	  AND ((user_id, device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+	       OR user_id = ANY($3::text[]))
+	ORDER BY nid
+	FOR NO KEY UPDATE`
+
+func lockDevicesArgs(msgs []inbox.LocalMessage) []any {
 	var exUsers, exDevices, starUsers []string
 	for _, m := range msgs {
 		if m.DeviceID == inbox.AllDevices {
@@ -172,22 +233,40 @@ func lockDevices(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (loc
 			exDevices = append(exDevices, m.DeviceID)
 		}
 	}
-	rows, err := tx.Query(ctx, `
-		SELECT nid, user_id, device_id FROM devices
-		WHERE deleted_at IS NULL
-		  AND ((user_id, device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-		       OR user_id = ANY($3::text[]))
-		ORDER BY nid
-		FOR NO KEY UPDATE`, exUsers, exDevices, starUsers)
+	return []any{exUsers, exDevices, starUsers}
+}
+
+// queueLockDevices adds the device lock to a pipeline.
+func queueLockDevices(b *pgx.Batch, msgs []inbox.LocalMessage) {
+	b.Queue(lockDevicesSQL, lockDevicesArgs(msgs)...)
+}
+
+// scanLockedDevices reads the result of queueLockDevices.
+func scanLockedDevices(br pgx.BatchResults) (lockedDevices, error) {
+	rows, err := br.Query()
 	if err != nil {
 		return lockedDevices{}, fmt.Errorf("locking recipient devices: %w", err)
 	}
+	return collectLocked(rows)
+}
+
+// lockDevices locks the live devices that msgs address, in nid order, and
+// returns them.
+func lockDevices(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (lockedDevices, error) {
+	rows, err := tx.Query(ctx, lockDevicesSQL, lockDevicesArgs(msgs)...)
+	if err != nil {
+		return lockedDevices{}, fmt.Errorf("locking recipient devices: %w", err)
+	}
+	return collectLocked(rows)
+}
+
+func collectLocked(rows pgx.Rows) (lockedDevices, error) {
+	defer rows.Close()
 	d := lockedDevices{found: map[recipientKey]int64{}, byUser: map[string][]int64{}}
 	for rows.Next() {
 		var nid int64
 		var k recipientKey
 		if err := rows.Scan(&nid, &k.user, &k.device); err != nil {
-			rows.Close()
 			return lockedDevices{}, err
 		}
 		d.found[k] = nid

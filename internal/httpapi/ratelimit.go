@@ -1,0 +1,71 @@
+package httpapi
+
+import (
+	"math"
+	"sync"
+	"time"
+)
+
+// limiter is a token bucket per key (a sending device): rate tokens a second,
+// at most burst saved up. It is per replica: a client spreading its requests
+// over n replicas gets n times the rate, which is fine for the job (stopping
+// one broken or abusive client from flooding inboxes) and needs no shared
+// state.
+type limiter struct {
+	rate  float64
+	burst float64
+	now   func() time.Time
+
+	mu      sync.Mutex
+	buckets map[int64]*bucket
+	swept   time.Time
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newLimiter(rate float64, burst int, now func() time.Time) *limiter {
+	if now == nil {
+		now = time.Now
+	}
+	return &limiter{rate: rate, burst: math.Max(float64(burst), 1), now: now, buckets: map[int64]*bucket{}}
+}
+
+// allow takes a token for key, or says how long until one is available.
+func (l *limiter) allow(key int64) (bool, time.Duration) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sweep(now)
+	b, ok := l.buckets[key]
+	if !ok {
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[key] = b
+	}
+	b.tokens = math.Min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	wait := time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+	return false, wait
+}
+
+// sweep forgets buckets that have refilled completely (they are equal to a
+// fresh one), at most once a minute, so the map stays as small as the set of
+// recently active devices.
+func (l *limiter) sweep(now time.Time) {
+	if now.Sub(l.swept) < time.Minute {
+		return
+	}
+	l.swept = now
+	full := time.Duration(l.burst / l.rate * float64(time.Second))
+	for k, b := range l.buckets {
+		if now.Sub(b.last) >= full {
+			delete(l.buckets, k)
+		}
+	}
+}
