@@ -185,8 +185,9 @@ type RemoteStore interface {
 	ApplyRemoteUpdate(ctx context.Context, u RemoteUpdate) (RemoteOutcome, error)
 	// ApplyRemoteSigningKeys replaces the given cross-signing keys (master,
 	// self-signing) of a tracked remote user; a change takes a stream
-	// position. Untracked users are handled as in ApplyRemoteUpdate (the
-	// keys are then stored too).
+	// position (applied), the same keys again change nothing (ignored).
+	// Untracked users are handled as in ApplyRemoteUpdate: the keys are
+	// not stored then, the resync fetches them.
 	ApplyRemoteSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) (RemoteOutcome, error)
 	// ClaimResyncs returns up to limit stale users whose retry time has
 	// come, oldest first, and pushes their retry time lease into the
