@@ -1,7 +1,11 @@
-// Package devicelists owns local devices and (with the device-lists issue)
-// their keys, encrypted-room membership and the device-list stream. Today it
-// holds the device registry: devices, their access tokens (stored only as
-// hashes) and their deletion.
+// Package devicelists owns local devices (their access tokens, stored only
+// as hashes, their keys and their deletion), cross-signing keys,
+// encrypted-room membership of local and remote users and the device-list
+// stream that /sync's device_lists are computed from. Its federation half
+// (Federation) tells other servers about local users' devices through an
+// outbox of m.device_list_update and m.signing_key_update EDUs, keeps a
+// cache of remote users' device lists fresh from their updates and resyncs,
+// and answers other servers' device and key queries.
 package devicelists
 
 import (
@@ -34,6 +38,7 @@ type Service struct {
 	log        *slog.Logger
 	m          *Metrics
 	remote     RemoteKeys
+	fed        *Federation // nil while federation is off
 	upstream   *Upstream
 }
 

@@ -78,10 +78,17 @@ type CrossSigningKeys struct {
 	UserSigning json.RawMessage `json:"user_signing_key"`
 }
 
-// PutCrossSigning stores a local user's cross-signing keys.
+// PutCrossSigning stores a local user's cross-signing keys. A change of the
+// master or self-signing key is sent to the servers sharing an encrypted
+// room with the user (m.signing_key_update); remote users' keys come from
+// their servers, never through here.
 func (r *Service) PutCrossSigning(ctx context.Context, userID string, k CrossSigningKeys) error {
-	if _, err := mxid.ParseUserID(userID); err != nil {
+	uid, err := mxid.ParseUserID(userID)
+	if err != nil {
 		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+	}
+	if uid.Server != r.serverName {
+		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
 	}
 	keys := map[string]json.RawMessage{}
 	for typ, raw := range map[string]json.RawMessage{MasterKey: k.Master, SelfSigningKey: k.SelfSigning, UserSigningKey: k.UserSigning} {
@@ -118,6 +125,9 @@ func (r *Service) SetRoomEncrypted(ctx context.Context, roomID string) error {
 	}
 	if changed {
 		r.m.changes.WithLabelValues(ChangeEncryption).Inc()
+		if r.fed != nil {
+			r.fed.Kick()
+		}
 	}
 	return nil
 }
@@ -159,6 +169,9 @@ func (r *Service) SetMemberships(ctx context.Context, roomID string, members map
 		return fmt.Errorf("storing memberships: %w", err)
 	}
 	r.m.memberships.Add(float64(n))
+	if n > 0 && r.fed != nil {
+		r.fed.Kick() // remote users who started sharing are due for a resync
+	}
 	return nil
 }
 
@@ -252,11 +265,12 @@ type RemoteKeys interface {
 	QueryKeys(ctx context.Context, server string, query map[string][]string) (RemoteKeysResult, error)
 }
 
-// RemoteKeysResult is what a remote server told us.
+// RemoteKeysResult is what a remote server told us, in the shape of the
+// answer to POST /_matrix/federation/v1/user/keys/query.
 type RemoteKeysResult struct {
-	DeviceKeys      map[string]map[string]json.RawMessage
-	MasterKeys      map[string]json.RawMessage
-	SelfSigningKeys map[string]json.RawMessage
+	DeviceKeys      map[string]map[string]json.RawMessage `json:"device_keys"`
+	MasterKeys      map[string]json.RawMessage            `json:"master_keys"`
+	SelfSigningKeys map[string]json.RawMessage            `json:"self_signing_keys"`
 }
 
 // SetRemote plugs in the component answering for remote users.
@@ -368,11 +382,12 @@ func (r *Service) remoteKeys(ctx context.Context, remote map[string]map[string][
 		}()
 	}
 	for range remote {
+		// A failed server is listed in failures; what it did answer (from
+		// the cache) is still shown.
 		a := <-answers
 		if a.err != nil {
 			r.log.InfoContext(ctx, "remote key query failed", "server", a.server, "err", a.err)
 			res.Failures[a.server] = json.RawMessage(`{}`)
-			continue
 		}
 		for u, devs := range a.res.DeviceKeys {
 			if !strings.HasSuffix(u, ":"+a.server) {

@@ -12,10 +12,20 @@ const (
 	ChangeRemote        = "remote_update"
 )
 
+// Results of resyncs: the fixed values of the result label of
+// todeviced_device_list_resyncs_total.
+const (
+	ResyncOK     = "ok"
+	ResyncFailed = "failed"
+)
+
 // Metrics are the device-list component's Prometheus metrics.
 type Metrics struct {
 	changes     *prometheus.CounterVec
 	memberships prometheus.Counter
+	received    *prometheus.CounterVec
+	resyncs     *prometheus.CounterVec
+	remoteUsers prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -29,12 +39,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "todeviced_room_membership_updates_total",
 			Help: "Room membership updates that took effect (older or repeated ones are ignored).",
 		}),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "todeviced_device_list_updates_received_total",
+			Help: "Device-list EDUs (m.device_list_update, m.signing_key_update) from other servers, by what became of them.",
+		}, []string{"result"}),
+		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "todeviced_device_list_resyncs_total",
+			Help: "Fetches of a remote user's whole device list (GET /user/devices), by result.",
+		}, []string{"result"}),
+		remoteUsers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "todeviced_device_list_remote_users",
+			Help: "Remote users whose device list is cached (they share an encrypted room with a local user).",
+		}),
 	}
 	for _, k := range []string{ChangeNewDevice, ChangeDeviceUpdate, ChangeDeletedDevice, ChangeCrossSigning, ChangeEncryption, ChangeRemote} {
 		m.changes.WithLabelValues(k)
 	}
+	for _, r := range []RemoteOutcome{RemoteApplied, RemoteResync, RemoteIgnored, RemoteRejected} {
+		m.received.WithLabelValues(string(r))
+	}
+	for _, r := range []string{ResyncOK, ResyncFailed} {
+		m.resyncs.WithLabelValues(r)
+	}
 	if reg != nil {
-		reg.MustRegister(m.changes, m.memberships)
+		reg.MustRegister(m.changes, m.memberships, m.received, m.resyncs, m.remoteUsers)
 	}
 	return m
 }

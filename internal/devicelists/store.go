@@ -140,6 +140,144 @@ type Store interface {
 	// PruneStream deletes up to limit stream positions created before
 	// cutoff, oldest first, and raises PrunedBelow accordingly.
 	PruneStream(ctx context.Context, cutoff time.Time, limit int) (int, error)
+
+	OutboundStore
+	RemoteStore
+}
+
+// OutboundStore is what other servers learn of local users' devices: the
+// outbox of device-list EDUs that PutDevice, DeleteDevice and
+// PutCrossSigning fill (for every server sharing an encrypted room with the
+// user, in the transaction of the change), and the snapshot GET
+// /user/devices serves.
+type OutboundStore interface {
+	// PeekOutbox returns up to limit EDUs queued for destination, lowest
+	// position first. Positions of a destination commit in order.
+	PeekOutbox(ctx context.Context, destination string, limit int) ([]QueuedEDU, error)
+	// OutboxDestinations lists the destinations with EDUs queued.
+	OutboxDestinations(ctx context.Context) ([]string, error)
+	// DeleteOutbox deletes exactly the EDUs of destination at the
+	// positions (never a range) and counts them by EDU type.
+	DeleteOutbox(ctx context.Context, destination string, positions []int64) (map[string]int, error)
+	// ExpireOutbox deletes up to limit EDUs queued before cutoff, oldest
+	// first, except those of a stored federation transaction, and counts
+	// them by destination.
+	ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]DestinationCount, error)
+	// OutboxBacklog counts the queued EDUs and finds the oldest.
+	OutboxBacklog(ctx context.Context) (Backlog, error)
+	// UserDeviceList reads a local user's devices with keys, cross-signing
+	// keys (master and self-signing) and head stream_id in one snapshot.
+	UserDeviceList(ctx context.Context, userID string) (UserDeviceList, error)
+}
+
+// RemoteStore is the cache of remote users' device lists. Every method
+// that changes what local users see takes a device-list stream position and
+// wakes the local users sharing a room with the remote user.
+type RemoteStore interface {
+	// ApplyRemoteUpdate applies an m.device_list_update as
+	// DecideRemoteUpdate rules, in one transaction with the state it
+	// decides on: an applied update changes the cached device and takes a
+	// stream position; an update that cannot be applied marks the user
+	// stale (due for a resync now, unless already stale) and remembers its
+	// stream_id. A user not tracked yet who shares an encrypted room with a
+	// local user becomes tracked (stale); one nobody local shares a room
+	// with is ignored.
+	ApplyRemoteUpdate(ctx context.Context, u RemoteUpdate) (RemoteOutcome, error)
+	// ApplyRemoteSigningKeys replaces the given cross-signing keys (master,
+	// self-signing) of a tracked remote user; a change takes a stream
+	// position (applied), the same keys again change nothing (ignored).
+	// Untracked users are handled as in ApplyRemoteUpdate: the keys are
+	// not stored then, the resync fetches them.
+	ApplyRemoteSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) (RemoteOutcome, error)
+	// ClaimResyncs returns up to limit stale users whose retry time has
+	// come, oldest first, and pushes their retry time lease into the
+	// future, so that another replica does not fetch them meanwhile.
+	ClaimResyncs(ctx context.Context, limit int, lease time.Duration) ([]ResyncJob, error)
+	// CompleteResync replaces a tracked user's whole cached list with a
+	// snapshot (devices, master and self-signing keys, stream_id) and
+	// clears stale unless an update newer than the snapshot was seen since
+	// the last resync (StillStale: one more resync is due; the seen
+	// stream_id is forgotten, so a bogus one costs one resync, not a loop).
+	// A changed list takes one stream position. A user no longer tracked is
+	// left alone (Tracked false).
+	CompleteResync(ctx context.Context, l RemoteDeviceList) (res ResyncResult, err error)
+	// FailResync records a failed resync of a stale user: failures and the
+	// time of the next attempt.
+	FailResync(ctx context.Context, userID string, failures int, retryIn time.Duration) error
+	// RemoteDeviceLists returns the cached lists of those of the users
+	// whose cache is fresh and who still share an encrypted room with a
+	// local user.
+	RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]RemoteDeviceList, error)
+	// SweepRemoteUsers checks up to limit tracked users after the given
+	// user id (in id order) and drops the cache of those no local user
+	// shares an encrypted room with any more. next is where to continue,
+	// "" at the end.
+	SweepRemoteUsers(ctx context.Context, after string, limit int) (next string, dropped int, err error)
+	// RemoteUserCount counts the tracked remote users.
+	RemoteUserCount(ctx context.Context) (int, error)
+}
+
+// OutboxSource names the device-list outbox among the federation sender's
+// EDU sources (in stored transactions and feed tokens).
+const OutboxSource = "devicelist"
+
+// QueuedEDU is one EDU in the device-list outbox.
+type QueuedEDU struct {
+	Pos         int64
+	Destination string
+	Type        string
+	EDU         json.RawMessage
+	EnqueuedAt  time.Time
+}
+
+// DestinationCount is a number of EDUs of one destination.
+type DestinationCount struct {
+	Destination string
+	Count       int
+}
+
+// Backlog is what the outbox holds.
+type Backlog struct {
+	Pending int64
+	Oldest  time.Time // zero when empty
+}
+
+// UserDeviceList is a local user's device list as other servers see it.
+type UserDeviceList struct {
+	UserID   string
+	StreamID int64
+	// Devices are the live devices that have keys, by device id.
+	Devices        []DeviceKeys
+	MasterKey      json.RawMessage
+	SelfSigningKey json.RawMessage
+}
+
+// RemoteDeviceList is a remote user's whole device list: a resync snapshot,
+// or what the cache holds.
+type RemoteDeviceList struct {
+	UserID   string
+	StreamID int64
+	// Devices, by device id; Keys is nil for a device without keys.
+	Devices        []DeviceKeys
+	MasterKey      json.RawMessage
+	SelfSigningKey json.RawMessage
+}
+
+// ResyncJob is a remote user due for a resync.
+type ResyncJob struct {
+	UserID   string
+	Failures int
+}
+
+// ResyncResult is what CompleteResync did.
+type ResyncResult struct {
+	// Tracked is false when the user was dropped meanwhile (nothing was
+	// written).
+	Tracked bool
+	// Changed: the list differed from the cache (a stream position).
+	Changed bool
+	// StillStale: an update newer than the snapshot arrived meanwhile.
+	StillStale bool
 }
 
 // Hooks lets tests stop a store at interesting points. Production code leaves
@@ -148,4 +286,8 @@ type Hooks struct {
 	// AfterStreamAppend runs inside a transaction that has just taken a
 	// device-list stream position, before it commits.
 	AfterStreamAppend func(ctx context.Context, kind, userID, roomID string) error
+	// AfterOutboxQueue runs inside a transaction that has just queued a
+	// local user's device-list EDU for other servers (its outbox positions
+	// are taken), before it commits.
+	AfterOutboxQueue func(ctx context.Context, userID, eduType string) error
 }

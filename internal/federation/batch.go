@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/todeviced/todeviced/internal/inbox"
 )
@@ -19,9 +20,9 @@ const (
 	MaxEDUsPerTxn = 100
 	// ReservedDeviceListEDUs are slots of every transaction that the
 	// to-device source never takes on its first pass: a flood of to-device
-	// messages must not starve device-list updates (which the device-lists
-	// component adds as a second EDU source). Unused reserved slots are
-	// offered to the other sources on a second pass.
+	// messages must not starve device-list updates (the device-list
+	// outbox, a second EDU source). Unused reserved slots are offered to
+	// the other sources on a second pass.
 	ReservedDeviceListEDUs = 10
 	// ToDeviceQuota is the to-device source's guaranteed share.
 	ToDeviceQuota = MaxEDUsPerTxn - ReservedDeviceListEDUs
@@ -57,6 +58,22 @@ type SourceQuota struct {
 	Quota  int
 }
 
+// Outbox is an EDU source that can also be handed out by the feed (and
+// acknowledged) and that the housekeeper expires and measures: the inbox's
+// to-device outbox (ToDeviceOutbox) and the device-list outbox.
+type Outbox interface {
+	EDUSource
+	// Delete deletes exactly the EDUs of destination at the positions and
+	// counts them by EDU type.
+	Delete(ctx context.Context, destination string, positions []int64) (map[string]int, error)
+	// Expire deletes up to limit EDUs queued before cutoff, oldest first,
+	// sparing those of stored transactions, and counts them by
+	// destination.
+	Expire(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error)
+	// Backlog counts the queued EDUs and finds the oldest.
+	Backlog(ctx context.Context) (inbox.Backlog, error)
+}
+
 // ToDeviceOutbox is the inbox's outbox of m.direct_to_device EDUs as an
 // EDUSource.
 type ToDeviceOutbox struct{ Store inbox.Store }
@@ -82,21 +99,39 @@ func (o ToDeviceOutbox) Destinations(ctx context.Context) ([]string, error) {
 	return o.Store.OutboxDestinations(ctx)
 }
 
+// Delete implements Outbox.
+func (o ToDeviceOutbox) Delete(ctx context.Context, destination string, positions []int64) (map[string]int, error) {
+	n, err := o.Store.DeleteOutbox(ctx, destination, positions)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]int{EDUDirectToDevice: n}, nil
+}
+
+// Expire implements Outbox.
+func (o ToDeviceOutbox) Expire(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
+	return o.Store.ExpireOutbox(ctx, cutoff, limit)
+}
+
+// Backlog implements Outbox.
+func (o ToDeviceOutbox) Backlog(ctx context.Context) (inbox.Backlog, error) {
+	return o.Store.OutboxBacklog(ctx)
+}
+
 // batchEDU is a peeked EDU and the source it came from.
 type batchEDU struct {
 	SourceEDU
 	source string
 }
 
-// buildBatch peeks every source and picks at most MaxEDUsPerTxn EDUs: each
-// source first gets up to its quota, then slots left over go to the sources
-// in order. Within a source, EDUs keep their order.
-func buildBatch(ctx context.Context, destination string, sources []SourceQuota) ([]batchEDU, error) {
+// buildBatch peeks every source and picks at most room EDUs: each source
+// first gets up to its quota, then slots left over go to the sources in
+// order. Within a source, EDUs keep their order.
+func buildBatch(ctx context.Context, destination string, sources []SourceQuota, room int) ([]batchEDU, error) {
 	peeked := make([][]SourceEDU, len(sources))
 	taken := make([]int, len(sources))
-	room := MaxEDUsPerTxn
 	for i, s := range sources {
-		q, err := s.Source.Peek(ctx, destination, MaxEDUsPerTxn)
+		q, err := s.Source.Peek(ctx, destination, room)
 		if err != nil {
 			return nil, err
 		}

@@ -8,7 +8,7 @@
 // # Sender
 //
 // Sender drains EDU sources (EDUSource; ToDeviceOutbox is the inbox's
-// outbox) to their destinations: a goroutine per destination with work,
+// outbox, devicelists.Outbox the device lists') to their destinations: a goroutine per destination with work,
 // started by wake-ups (wakeup.Hub.Observe hears every OutboxKey) and a
 // periodic sweep. Store holds what it needs to be correct across replicas
 // and restarts: a lease per destination judged by the database clock, with
@@ -30,14 +30,16 @@
 // of wrong senders or for other servers' users are dropped and counted, the
 // rest are stored through inbox.Service.AcceptRemote, deduplicated by
 // (origin, message_id) in the database transaction that stores them.
-// Device-list EDUs go to a DeviceListHandler.
+// Device-list EDUs go to a DeviceListHandler (devicelists.Federation).
 //
 // # Feed and housekeeping
 //
-// Feed hands the to-device outbox to a homeserver that sends federation
-// traffic itself (pull, then acknowledge exactly the rows pulled).
-// Housekeeper expires outbox EDUs past the TTL, prunes the inbound
-// transaction record and refreshes the outbox gauges.
+// Feed hands the outboxes (Outbox: the to-device one, ToDeviceOutbox, and
+// the device lists', devicelists.Outbox) to a homeserver that sends
+// federation traffic itself, mixed by the sender's quotas (pull, then
+// acknowledge exactly the rows pulled). Housekeeper expires EDUs of every
+// outbox past the TTL, prunes the inbound transaction record and refreshes
+// the outbox gauges.
 //
 // The sections below describe the primitives all this is built on. They
 // hold no storage and no global state: everything is a value or an object

@@ -85,7 +85,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		OutboxEDUs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "todeviced_federation_outbox_edus",
-			Help: "To-device EDUs queued for other servers (an estimate for large tables on PostgreSQL).",
+			Help: "EDUs (to-device and device-list) queued for other servers (an estimate for large tables on PostgreSQL).",
 		}),
 		OutboxOldestAge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "todeviced_federation_outbox_oldest_age_seconds",

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,8 +28,12 @@ const (
 
 // HousekeeperConfig configures a Housekeeper.
 type HousekeeperConfig struct {
-	Store   Store
-	Outbox  inbox.Store
+	Store Store
+	// Outbox is the to-device outbox.
+	Outbox inbox.Store
+	// More are further outboxes (the device lists'), expired and measured
+	// like Outbox.
+	More    []Outbox
 	Metrics *Metrics
 	Logger  *slog.Logger
 	// MessageTTL drops outbox EDUs queued longer (DefaultMessageTTL).
@@ -68,24 +73,31 @@ func NewHousekeeper(cfg HousekeeperConfig) *Housekeeper {
 	return &Housekeeper{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
 }
 
+// outboxes are the to-device outbox and the others.
+func (h *Housekeeper) outboxes() []Outbox {
+	return append([]Outbox{ToDeviceOutbox{Store: h.cfg.Outbox}}, h.cfg.More...)
+}
+
 // Housekeep expires old outbox EDUs and prunes old inbound transaction
 // records, in bounded batches. Run it periodically.
 func (h *Housekeeper) Housekeep(ctx context.Context) error {
 	now := h.cfg.Now()
-	for {
-		counts, err := h.cfg.Outbox.ExpireOutbox(ctx, now.Add(-h.cfg.MessageTTL), housekeepBatch)
-		if err != nil {
-			return fmt.Errorf("expiring outbox EDUs: %w", err)
-		}
-		total := 0
-		for _, c := range counts {
-			total += c.Count
-			h.log.WarnContext(ctx, "dropped outbound EDUs", "destination", c.Destination, "edus", c.Count,
-				"reason", DropExpired, "ttl", h.cfg.MessageTTL.String())
-		}
-		h.m.EDUsDropped.WithLabelValues(DropExpired).Add(float64(total))
-		if total < housekeepBatch {
-			break
+	for _, o := range h.outboxes() {
+		for {
+			counts, err := o.Expire(ctx, now.Add(-h.cfg.MessageTTL), housekeepBatch)
+			if err != nil {
+				return fmt.Errorf("expiring %s outbox EDUs: %w", o.Name(), err)
+			}
+			total := 0
+			for _, c := range counts {
+				total += c.Count
+				h.log.WarnContext(ctx, "dropped outbound EDUs", "destination", c.Destination, "edus", c.Count,
+					"reason", DropExpired, "ttl", h.cfg.MessageTTL.String(), "source", o.Name())
+			}
+			h.m.EDUsDropped.WithLabelValues(DropExpired).Add(float64(total))
+			if total < housekeepBatch {
+				break
+			}
 		}
 	}
 	for {
@@ -103,15 +115,23 @@ func (h *Housekeeper) Housekeep(ctx context.Context) error {
 // RefreshGauges updates the outbox depth, oldest age and backing-off gauges
 // (a few cheap queries).
 func (h *Housekeeper) RefreshGauges(ctx context.Context) error {
-	b, err := h.cfg.Outbox.OutboxBacklog(ctx)
-	if err != nil {
-		return fmt.Errorf("reading outbox backlog: %w", err)
+	var pending int64
+	var oldest time.Time
+	for _, o := range h.outboxes() {
+		b, err := o.Backlog(ctx)
+		if err != nil {
+			return fmt.Errorf("reading %s outbox backlog: %w", o.Name(), err)
+		}
+		pending += b.Pending
+		if !b.Oldest.IsZero() && (oldest.IsZero() || b.Oldest.Before(oldest)) {
+			oldest = b.Oldest
+		}
 	}
-	h.m.OutboxEDUs.Set(float64(b.Pending))
-	if b.Oldest.IsZero() {
+	h.m.OutboxEDUs.Set(float64(pending))
+	if oldest.IsZero() {
 		h.m.OutboxOldestAge.Set(0)
 	} else {
-		h.m.OutboxOldestAge.Set(max(h.cfg.Now().Sub(b.Oldest).Seconds(), 0))
+		h.m.OutboxOldestAge.Set(max(h.cfg.Now().Sub(oldest).Seconds(), 0))
 	}
 	n, err := h.cfg.Store.BackingOff(ctx)
 	if err != nil {
@@ -127,18 +147,33 @@ func (h *Housekeeper) RefreshGauges(ctx context.Context) error {
 // into its own transactions and, once the destination took them,
 // acknowledges the batch, which deletes exactly those rows. A batch pulled
 // again before its acknowledgement returns the same EDUs (at-least-once; the
-// receiver deduplicates by message_id).
+// receiver deduplicates by message_id, and device-list updates are
+// idempotent). A batch mixes the outboxes (to-device, device lists) by the
+// same quotas as the sender's transactions, so a to-device backlog cannot
+// starve device-list updates here either.
 type Feed struct {
-	outbox inbox.Store
-	m      *Metrics
+	epoch   string
+	sources []SourceQuota
+	byName  map[string]Outbox
+	m       *Metrics
 }
 
-// NewFeed returns the feed of the to-device outbox.
-func NewFeed(outbox inbox.Store, m *Metrics) *Feed {
+// NewFeed returns the feed of the outboxes; every source must be an
+// Outbox. epoch is the database epoch (positions of a recreated database
+// name other rows).
+func NewFeed(epoch string, sources []SourceQuota, m *Metrics) (*Feed, error) {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Feed{outbox: outbox, m: m}
+	f := &Feed{epoch: epoch, sources: sources, byName: map[string]Outbox{}, m: m}
+	for _, s := range sources {
+		o, ok := s.Source.(Outbox)
+		if !ok {
+			return nil, fmt.Errorf("the feed cannot acknowledge EDUs of source %q", s.Source.Name())
+		}
+		f.byName[o.Name()] = o
+	}
+	return f, nil
 }
 
 // FeedBatch is one pull.
@@ -148,9 +183,24 @@ type FeedBatch struct {
 	Token string
 }
 
-// Destinations lists the destinations with EDUs queued.
+// Destinations lists the destinations with EDUs queued in any outbox.
 func (f *Feed) Destinations(ctx context.Context) ([]string, error) {
-	return f.outbox.OutboxDestinations(ctx)
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range f.sources {
+		dests, err := s.Source.Destinations(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range dests {
+			if !seen[d] {
+				seen[d] = true
+				out = append(out, d)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // Pull returns up to limit of the oldest EDUs queued for destination.
@@ -161,17 +211,22 @@ func (f *Feed) Pull(ctx context.Context, destination string, limit int) (FeedBat
 	if limit < 1 || limit > MaxEDUsPerTxn {
 		limit = MaxEDUsPerTxn
 	}
-	q, err := f.outbox.PeekOutbox(ctx, destination, limit)
+	batch, err := buildBatch(ctx, destination, f.sources, limit)
 	if err != nil {
 		return FeedBatch{}, fmt.Errorf("reading the outbox of %s: %w", destination, err)
 	}
-	out := FeedBatch{EDUs: make([]json.RawMessage, len(q))}
-	pos := make([]int64, len(q))
-	for i, e := range q {
-		out.EDUs[i], pos[i] = e.EDU, e.Pos
+	out := FeedBatch{EDUs: make([]json.RawMessage, len(batch))}
+	tok := feedToken{epoch: f.epoch, destination: destination}
+	for i, e := range batch {
+		out.EDUs[i] = e.EDU
+		if n := len(tok.sources); n == 0 || tok.sources[n-1].source != e.source {
+			tok.sources = append(tok.sources, feedSource{source: e.source})
+		}
+		last := &tok.sources[len(tok.sources)-1]
+		last.positions = append(last.positions, e.Pos)
 	}
-	if len(q) > 0 {
-		out.Token = feedToken{epoch: f.outbox.Epoch(), destination: destination, source: inbox.OutboxSource, positions: pos}.String()
+	if len(batch) > 0 {
+		out.Token = tok.String()
 	}
 	return out, nil
 }
@@ -184,26 +239,46 @@ func (f *Feed) Ack(ctx context.Context, token string) (int, error) {
 	if err != nil {
 		return 0, mxerr.New(mxerr.InvalidParam, "Malformed batch token.")
 	}
-	if t.epoch != f.outbox.Epoch() || t.source != inbox.OutboxSource {
+	if t.epoch != f.epoch {
 		return 0, nil
 	}
-	n, err := f.outbox.DeleteOutbox(ctx, t.destination, t.positions)
-	if err != nil {
-		return 0, fmt.Errorf("acknowledging outbox EDUs of %s: %w", t.destination, err)
+	total := 0
+	for _, s := range t.sources {
+		o := f.byName[s.source]
+		if o == nil {
+			continue // not an outbox of this feed: nothing of ours
+		}
+		byType, err := o.Delete(ctx, t.destination, s.positions)
+		if err != nil {
+			return total, fmt.Errorf("acknowledging %s outbox EDUs of %s: %w", s.source, t.destination, err)
+		}
+		for typ, n := range byType {
+			f.m.EDUsSent.WithLabelValues(eduTypeLabel(typ)).Add(float64(n))
+			total += n
+		}
 	}
-	f.m.EDUsSent.WithLabelValues(EDUDirectToDevice).Add(float64(n))
-	return n, nil
+	return total, nil
 }
 
 // feedToken names the rows of one pull: the database epoch (positions of a
-// recreated database mean other rows), the destination, the source and the
-// positions. It is opaque to the homeserver.
+// recreated database mean other rows), the destination and the positions
+// by source. It is opaque to the homeserver.
 type feedToken struct {
-	epoch, destination, source string
-	positions                  []int64
+	epoch, destination string
+	sources            []feedSource
 }
 
-const feedTokenVersion = "f1"
+type feedSource struct {
+	source    string
+	positions []int64
+}
+
+// Token versions: f1 named one source, f2 any number (f1 tokens handed out
+// before an upgrade are still acknowledged).
+const (
+	feedTokenV1 = "f1"
+	feedTokenV2 = "f2"
+)
 
 func (t feedToken) String() string {
 	var b strings.Builder
@@ -211,20 +286,25 @@ func (t feedToken) String() string {
 	b.WriteByte('\n')
 	b.WriteString(t.destination)
 	b.WriteByte('\n')
-	b.WriteString(t.source)
-	b.WriteByte('\n')
-	for i, p := range t.positions {
+	for i, s := range t.sources {
 		if i > 0 {
-			b.WriteByte(',')
+			b.WriteByte(';')
 		}
-		b.WriteString(strconv.FormatInt(p, 36))
+		b.WriteString(s.source)
+		b.WriteByte('=')
+		for j, p := range s.positions {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(strconv.FormatInt(p, 36))
+		}
 	}
-	return feedTokenVersion + "." + base64.RawURLEncoding.EncodeToString([]byte(b.String()))
+	return feedTokenV2 + "." + base64.RawURLEncoding.EncodeToString([]byte(b.String()))
 }
 
 func parseFeedToken(s string) (feedToken, error) {
-	rest, ok := strings.CutPrefix(s, feedTokenVersion+".")
-	if !ok {
+	version, rest, ok := strings.Cut(s, ".")
+	if !ok || (version != feedTokenV1 && version != feedTokenV2) {
 		return feedToken{}, errors.New("unknown token version")
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(rest)
@@ -232,18 +312,36 @@ func parseFeedToken(s string) (feedToken, error) {
 		return feedToken{}, err
 	}
 	parts := strings.Split(string(raw), "\n")
-	if len(parts) != 4 || parts[3] == "" {
+	var t feedToken
+	var groups []string
+	switch {
+	case version == feedTokenV1 && len(parts) == 4 && parts[3] != "":
+		t = feedToken{epoch: parts[0], destination: parts[1]}
+		groups = []string{parts[2] + "=" + parts[3]}
+	case version == feedTokenV2 && len(parts) == 3 && parts[2] != "":
+		t = feedToken{epoch: parts[0], destination: parts[1]}
+		groups = strings.Split(parts[2], ";")
+	default:
 		return feedToken{}, errors.New("malformed token")
 	}
-	t := feedToken{epoch: parts[0], destination: parts[1], source: parts[2]}
-	for _, p := range strings.Split(parts[3], ",") {
-		n, err := strconv.ParseInt(p, 36, 64)
-		if err != nil {
-			return feedToken{}, err
+	total := 0
+	for _, g := range groups {
+		name, list, ok := strings.Cut(g, "=")
+		if !ok || name == "" || list == "" {
+			return feedToken{}, errors.New("malformed token")
 		}
-		t.positions = append(t.positions, n)
+		fs := feedSource{source: name}
+		for _, p := range strings.Split(list, ",") {
+			n, err := strconv.ParseInt(p, 36, 64)
+			if err != nil {
+				return feedToken{}, err
+			}
+			fs.positions = append(fs.positions, n)
+		}
+		total += len(fs.positions)
+		t.sources = append(t.sources, fs)
 	}
-	if len(t.positions) > MaxEDUsPerTxn {
+	if total > MaxEDUsPerTxn {
 		return feedToken{}, errors.New("too many positions")
 	}
 	return t, nil

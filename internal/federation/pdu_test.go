@@ -1,6 +1,7 @@
 package federation
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"testing"
 
@@ -47,12 +48,21 @@ func TestPDUEventIDs(t *testing.T) {
 }
 
 func TestFeedTokenRoundTrip(t *testing.T) {
-	tok := feedToken{epoch: "e1", destination: "b.test:8448", source: "todevice", positions: []int64{1, 99, 1 << 40}}
+	tok := feedToken{epoch: "e1", destination: "b.test:8448", sources: []feedSource{
+		{source: "devicelist", positions: []int64{7}}, {source: "todevice", positions: []int64{1, 99, 1 << 40}},
+	}}
 	got, err := parseFeedToken(tok.String())
 	require.NoError(t, err)
 	require.Equal(t, tok, got)
-	for _, bad := range []string{"", "f1.", "f2." + tok.String()[3:], "f1.!!!", tok.String() + "x"} {
+	for _, bad := range []string{"", "f1.", "f2.", "f9." + tok.String()[3:], "f1." + tok.String()[3:], "f2.!!!", tok.String() + "!"} {
 		_, err := parseFeedToken(bad)
 		require.Error(t, err, bad)
 	}
+
+	// A token of the first version (one source), handed out before an
+	// upgrade, is still understood.
+	v1 := "f1." + base64.RawURLEncoding.EncodeToString([]byte("e1\nb.test\ntodevice\n1,2r"))
+	got, err = parseFeedToken(v1)
+	require.NoError(t, err)
+	require.Equal(t, feedToken{epoch: "e1", destination: "b.test", sources: []feedSource{{source: "todevice", positions: []int64{1, 99}}}}, got)
 }

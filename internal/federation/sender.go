@@ -418,7 +418,7 @@ func (s *Sender) nextTxn(ctx context.Context, l Lease) (*StoredTxn, map[string]i
 		if t != nil {
 			return t, eduTypes(t.EDUs), nil
 		}
-		batch, err := buildBatch(ctx, l.Destination, s.cfg.Sources)
+		batch, err := buildBatch(ctx, l.Destination, s.cfg.Sources, MaxEDUsPerTxn)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -554,14 +554,14 @@ func TestBuildBatchReservesSlots(t *testing.T) {
 	}
 	sources := []SourceQuota{{Source: todevice, Quota: ToDeviceQuota}, {Source: lists, Quota: ReservedDeviceListEDUs}}
 
-	batch, err := buildBatch(ctx, "b.test", sources)
+	batch, err := buildBatch(ctx, "b.test", sources, MaxEDUsPerTxn)
 	require.NoError(t, err)
 	require.Len(t, batch, MaxEDUsPerTxn, "spare reserved slots go to whoever has more")
 
 	for i := range 30 {
 		lists.add("b.test", 1000+i)
 	}
-	batch, err = buildBatch(ctx, "b.test", sources)
+	batch, err = buildBatch(ctx, "b.test", sources, MaxEDUsPerTxn)
 	require.NoError(t, err)
 	require.Len(t, batch, MaxEDUsPerTxn)
 	bySource := map[string]int{}
@@ -574,7 +574,7 @@ func TestBuildBatchReservesSlots(t *testing.T) {
 	require.Equal(t, map[string]int{"mem": ToDeviceQuota, "lists": ReservedDeviceListEDUs}, bySource,
 		"to-device messages never crowd out the reserved slots")
 
-	batch, err = buildBatch(ctx, "c.test", sources)
+	batch, err = buildBatch(ctx, "c.test", sources, MaxEDUsPerTxn)
 	require.NoError(t, err)
 	require.Empty(t, batch)
 }

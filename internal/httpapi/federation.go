@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/mxerr"
 )
@@ -35,10 +36,16 @@ func (a *api) federationRoutes(r chi.Router) {
 	r.Get(federation.KeyServerPath, a.serverKeys)
 	r.Get("/_matrix/federation/v1/version", a.federationVersion)
 	r.Put("/_matrix/federation/v1/send/{txnId}", a.federationSend)
+	r.Get(devicelists.UserDevicesPath+"{userId}", a.federationUserDevices)
+	r.Post(devicelists.UserKeysPath, a.federationUserKeys)
 }
 
 func (a *api) internalFederationRoutes(r chi.Router) {
 	r.Post("/federation/edus", a.internalEDUs)
+	// The two device-list queries, for a homeserver whose federation API
+	// answers them: the same answers, without X-Matrix.
+	r.Get("/federation/user/devices/{userId}", a.answerUserDevices)
+	r.Post("/federation/user/keys/query", a.internalUserKeys)
 	if a.cfg.Federation.Feed != nil {
 		r.Get("/federation/outbox/destinations", a.feedDestinations)
 		r.Get("/federation/outbox", a.feedPull)
@@ -59,6 +66,31 @@ func (a *api) federationVersion(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"server": map[string]string{"name": "todeviced", "version": a.cfg.Federation.Version}})
 }
 
+// authenticate checks the X-Matrix authorization of a federation request
+// whose body (nil for none) was read, answering the error itself; ok is
+// false then.
+func (a *api) authenticate(w http.ResponseWriter, r *http.Request, body []byte) (origin string, ok bool) {
+	if body != nil && (!utf8.Valid(body) || !json.Valid(body)) {
+		writeError(w, r, a.log, mxerr.New(mxerr.NotJSON, "Content not JSON."))
+		return "", false
+	}
+	origin, err := federation.VerifyRequest(r.Context(), r, body, a.cfg.ServerName, a.cfg.Federation.Keys)
+	switch {
+	case errors.Is(err, federation.ErrMalformedAuth):
+		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
+		writeError(w, r, a.log, mxerr.WithStatus(http.StatusBadRequest, mxerr.Unauthorized, "Malformed X-Matrix authorization."))
+		return "", false
+	case errors.Is(err, federation.ErrUnauthorized):
+		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
+		writeError(w, r, a.log, mxerr.New(mxerr.Unauthorized, "Request not authorized."))
+		return "", false
+	case err != nil:
+		writeError(w, r, a.log, err)
+		return "", false
+	}
+	return origin, true
+}
+
 // federationSend is PUT /_matrix/federation/v1/send/{txnId}: authenticate
 // (X-Matrix), then let the receiver process the transaction.
 func (a *api) federationSend(w http.ResponseWriter, r *http.Request) {
@@ -72,22 +104,11 @@ func (a *api) federationSend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, err)
 		return
 	}
-	if !utf8.Valid(body) || !json.Valid(body) {
-		writeError(w, r, a.log, mxerr.New(mxerr.NotJSON, "Content not JSON."))
-		return
+	if body == nil {
+		body = []byte{}
 	}
-	origin, err := federation.VerifyRequest(r.Context(), r, body, a.cfg.ServerName, a.cfg.Federation.Keys)
-	switch {
-	case errors.Is(err, federation.ErrMalformedAuth):
-		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
-		writeError(w, r, a.log, mxerr.WithStatus(http.StatusBadRequest, mxerr.Unauthorized, "Malformed X-Matrix authorization."))
-		return
-	case errors.Is(err, federation.ErrUnauthorized):
-		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
-		writeError(w, r, a.log, mxerr.New(mxerr.Unauthorized, "Request not authorized."))
-		return
-	case err != nil:
-		writeError(w, r, a.log, err)
+	origin, ok := a.authenticate(w, r, body)
+	if !ok {
 		return
 	}
 	resp, err := a.cfg.Federation.Receiver.HandleTransaction(r.Context(), origin, txnID, body)
@@ -201,4 +222,73 @@ func (a *api) feedAck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"deleted": n})
+}
+
+// federationUserDevices is GET /_matrix/federation/v1/user/devices/{userId}:
+// a local user's whole device list, for a server that resyncs it.
+func (a *api) federationUserDevices(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.authenticate(w, r, nil); !ok {
+		return
+	}
+	a.answerUserDevices(w, r)
+}
+
+func (a *api) answerUserDevices(w http.ResponseWriter, r *http.Request) {
+	userID, err := pathParam(r, "userId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	res, err := a.devices.UserDevices(r.Context(), userID)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// federationUserKeys is POST /_matrix/federation/v1/user/keys/query: the
+// keys of local users, in the shape of the client /keys/query.
+func (a *api) federationUserKeys(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r, maxInternalBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if body == nil {
+		body = []byte{}
+	}
+	if _, ok := a.authenticate(w, r, body); !ok {
+		return
+	}
+	a.answerUserKeys(w, r, body)
+}
+
+func (a *api) internalUserKeys(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r, maxInternalBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	a.answerUserKeys(w, r, body)
+}
+
+func (a *api) answerUserKeys(w http.ResponseWriter, r *http.Request, body []byte) {
+	var q struct {
+		DeviceKeys map[string][]string `json:"device_keys"`
+	}
+	if err := decodeObject(body, &q); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if q.DeviceKeys == nil {
+		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'device_keys'."))
+		return
+	}
+	res, err := a.devices.QueryLocalKeys(r.Context(), q.DeviceKeys)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }

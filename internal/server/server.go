@@ -61,8 +61,9 @@ type Server struct {
 
 	fedMetrics  *federation.Metrics
 	housekeeper *federation.Housekeeper
-	sender      *federation.Sender // nil unless federation sends itself
-	client      *federation.Client // nil while federation is off
+	sender      *federation.Sender      // nil unless federation sends itself
+	client      *federation.Client      // nil while federation is off
+	deviceFed   *devicelists.Federation // nil while federation is off
 
 	purgeKick chan struct{}
 	stop      context.CancelFunc
@@ -136,8 +137,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	s.fedMetrics = federation.NewMetrics(reg)
 	s.housekeeper = federation.NewHousekeeper(federation.HousekeeperConfig{
-		Store: backend.Federation(), Outbox: backend.Inbox(), Metrics: s.fedMetrics, Logger: log,
-		MessageTTL: cfg.FederationMessageTTL,
+		Store: backend.Federation(), Outbox: backend.Inbox(), More: []federation.Outbox{devicelists.Outbox{Store: backend.Devices()}},
+		Metrics: s.fedMetrics, Logger: log, MessageTTL: cfg.FederationMessageTTL,
 	})
 	var fed *httpapi.FederationConfig
 	if cfg.FederationEnabled() {
@@ -180,25 +181,36 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 		return nil, err
 	}
 	s.client = client
+	backoff := federation.Backoff{Min: cfg.FederationBackoffMin, Max: cfg.FederationBackoffMax}
+	// Device lists: remote users' keys are queried, their updates taken and
+	// their lists resynced through the signed client.
+	s.deviceFed = s.devices.EnableFederation(devicelists.FederationConfig{Client: client, Backoff: backoff})
 	fed := &httpapi.FederationConfig{
 		Receiver: federation.NewReceiver(federation.ReceiverConfig{
 			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: s.inbox,
-			Metrics: s.fedMetrics, Logger: log,
+			DeviceLists: s.deviceFed, Metrics: s.fedMetrics, Logger: log,
 		}),
 		Keys:        federation.NewKeyFetcher(client, federation.KeyFetcherOptions{Logger: log}),
 		KeyResponse: newKeyServer(cfg.ServerName, key).response,
 		Version:     opts.Version,
 	}
+	// The device-list outbox comes first: its reserved slots are taken
+	// before to-device messages fill the rest (also in a small feed pull).
+	sources := []federation.SourceQuota{
+		{Source: devicelists.Outbox{Store: s.backend.Devices()}, Quota: federation.ReservedDeviceListEDUs},
+		{Source: federation.ToDeviceOutbox{Store: s.backend.Inbox()}, Quota: federation.ToDeviceQuota},
+	}
 	switch cfg.FederationOutbox {
 	case FederationOutboxFeed:
-		fed.Feed = federation.NewFeed(s.backend.Inbox(), s.fedMetrics)
+		if fed.Feed, err = federation.NewFeed(s.backend.Epoch(), sources, s.fedMetrics); err != nil {
+			return nil, err
+		}
 	default:
 		s.sender, err = federation.NewSender(federation.SenderConfig{
-			ServerName: cfg.ServerName, Store: s.backend.Federation(),
-			Sources: []federation.SourceQuota{{Source: federation.ToDeviceOutbox{Store: s.backend.Inbox()}, Quota: federation.ToDeviceQuota}},
-			Client:  client, Hub: s.hub, Metrics: s.fedMetrics, Logger: log,
+			ServerName: cfg.ServerName, Store: s.backend.Federation(), Sources: sources,
+			Client: client, Hub: s.hub, Metrics: s.fedMetrics, Logger: log,
 			LeaseTTL:      cfg.FederationLeaseTTL,
-			Backoff:       federation.Backoff{Min: cfg.FederationBackoffMin, Max: cfg.FederationBackoffMax},
+			Backoff:       backoff,
 			MessageTTL:    cfg.FederationMessageTTL,
 			SweepInterval: opts.FederationSweepInterval,
 		})
@@ -283,6 +295,11 @@ func (s *Server) Start(ctx context.Context) {
 	s.goJob(ctx, "federation-gauges", backlogEvery, s.housekeeper.RefreshGauges, nil)
 	if s.sender != nil {
 		s.jobs.Go(func() { s.sender.Run(ctx) })
+	}
+	if s.deviceFed != nil {
+		s.jobs.Go(func() { s.deviceFed.RunResync(ctx) })
+		s.goJob(ctx, "device-list-sweep", housekeepEvery, s.deviceFed.SweepRemote, nil)
+		s.goJob(ctx, "device-list-gauges", backlogEvery, s.deviceFed.RefreshGauges, nil)
 	}
 }
 

@@ -23,10 +23,10 @@ const deviceListLockID int64 = 0x746f6465766c6973 // "todevlis"
 
 const sharingSQL = `('join', 'invite', 'knock')`
 
-// appendStream takes the stream lock and a position.
-func (s *deviceStore) appendStream(ctx context.Context, tx pgx.Tx, kind, userID, roomID string) error {
+// appendStream takes the stream lock and a position, and returns it.
+func (s *deviceStore) appendStream(ctx context.Context, tx pgx.Tx, kind, userID, roomID string) (int64, error) {
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, deviceListLockID); err != nil {
-		return fmt.Errorf("locking the device-list stream: %w", err)
+		return 0, fmt.Errorf("locking the device-list stream: %w", err)
 	}
 	var u, r *string
 	if userID != "" {
@@ -35,13 +35,15 @@ func (s *deviceStore) appendStream(ctx context.Context, tx pgx.Tx, kind, userID,
 	if roomID != "" {
 		r = &roomID
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO device_list_stream (kind, user_id, room_id) VALUES ($1, $2, $3)`, kind, u, r); err != nil {
-		return fmt.Errorf("appending to the device-list stream: %w", err)
+	var pos int64
+	if err := tx.QueryRow(ctx, `INSERT INTO device_list_stream (kind, user_id, room_id) VALUES ($1, $2, $3) RETURNING pos`,
+		kind, u, r).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("appending to the device-list stream: %w", err)
 	}
 	if h := s.db.opts.DeviceListHooks.AfterStreamAppend; h != nil {
-		return h(ctx, kind, userID, roomID)
+		return pos, h(ctx, kind, userID, roomID)
 	}
-	return nil
+	return pos, nil
 }
 
 // sharersOf returns the wake-up keys of the local users who share an
@@ -87,12 +89,15 @@ func roomLocals(ctx context.Context, tx pgx.Tx, roomID string) ([]wakeup.Key, er
 	return keys, nil
 }
 
-// deviceChanged records a change of userID's devices and returns whom to wake.
-func (s *deviceStore) deviceChanged(ctx context.Context, tx pgx.Tx, userID string) ([]wakeup.Key, error) {
-	if err := s.appendStream(ctx, tx, "device", userID, ""); err != nil {
-		return nil, err
+// deviceChanged records a change of userID's devices (local or remote) and
+// returns the position and whom to wake.
+func (s *deviceStore) deviceChanged(ctx context.Context, tx pgx.Tx, userID string) (int64, []wakeup.Key, error) {
+	pos, err := s.appendStream(ctx, tx, "device", userID, "")
+	if err != nil {
+		return 0, nil, err
 	}
-	return sharersOf(ctx, tx, userID)
+	keys, err := sharersOf(ctx, tx, userID)
+	return pos, keys, err
 }
 
 func notifyKeys(ctx context.Context, tx pgx.Tx, keys []wakeup.Key) error {
@@ -117,6 +122,7 @@ func (s *deviceStore) PutCrossSigning(ctx context.Context, userID string, keys m
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, deviceListLockID); err != nil {
 			return err
 		}
+		public := false // the master or self-signing key changed: other servers are told
 		for _, t := range types {
 			tag, err := tx.Exec(ctx, `
 				INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
@@ -125,14 +131,24 @@ func (s *deviceStore) PutCrossSigning(ctx context.Context, userID string, keys m
 			if err != nil {
 				return fmt.Errorf("storing %s key: %w", t, err)
 			}
-			changed = changed || tag.RowsAffected() > 0
+			if tag.RowsAffected() > 0 {
+				changed = true
+				public = public || t != devicelists.UserSigningKey
+			}
 		}
 		if !changed {
 			return nil
 		}
 		var err error
-		if wake, err = s.deviceChanged(ctx, tx, userID); err != nil {
+		if _, wake, err = s.deviceChanged(ctx, tx, userID); err != nil {
 			return err
+		}
+		if public {
+			out, err := s.queueSigningKeys(ctx, tx, userID)
+			if err != nil {
+				return err
+			}
+			wake = append(wake, out...)
 		}
 		return notifyKeys(ctx, tx, wake)
 	})
@@ -160,7 +176,10 @@ func (s *deviceStore) SetRoomEncrypted(ctx context.Context, roomID string) (bool
 			return nil
 		}
 		changed = true
-		if err := s.appendStream(ctx, tx, "encryption", "", roomID); err != nil {
+		if _, err := s.appendStream(ctx, tx, "encryption", "", roomID); err != nil {
+			return err
+		}
+		if err := trackRemote(ctx, tx, roomID, true, nil); err != nil {
 			return err
 		}
 		if wake, err = roomLocals(ctx, tx, roomID); err != nil {
@@ -183,8 +202,10 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 	memberships := make([]string, len(ms))
 	orderings := make([]int64, len(ms))
 	locals := make([]bool, len(ms))
+	local := make(map[string]bool, len(ms))
 	for i, m := range ms {
 		users[i], memberships[i], orderings[i], locals[i] = m.UserID, m.Membership, m.StreamOrdering, m.Local
+		local[m.UserID] = m.Local
 	}
 	var applied int
 	var wake []wakeup.Key
@@ -217,7 +238,10 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 		if err != nil {
 			return fmt.Errorf("storing memberships: %w", err)
 		}
-		type change struct{ user string }
+		type change struct {
+			user    string
+			sharing bool
+		}
 		var changes []change
 		for rows.Next() {
 			var user, now string
@@ -229,7 +253,7 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 			applied++
 			was := before != nil && devicelists.Sharing(*before)
 			if encrypted && was != devicelists.Sharing(now) {
-				changes = append(changes, change{user})
+				changes = append(changes, change{user, devicelists.Sharing(now)})
 			}
 		}
 		if err := rows.Err(); err != nil {
@@ -238,11 +262,36 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 		if len(changes) == 0 {
 			return nil
 		}
+		var startRemote, stopRemote []string
+		var localStart, localStop bool
 		for _, c := range changes {
-			if err := s.appendStream(ctx, tx, "membership", c.user, roomID); err != nil {
+			if _, err := s.appendStream(ctx, tx, "membership", c.user, roomID); err != nil {
 				return err
 			}
 			wake = append(wake, wakeup.UserKey(c.user))
+			switch {
+			case local[c.user] && c.sharing:
+				localStart = true
+			case local[c.user]:
+				localStop = true
+			case c.sharing:
+				startRemote = append(startRemote, c.user)
+			default:
+				stopRemote = append(stopRemote, c.user)
+			}
+		}
+		// The remote users whose cache this decides on: tracked from the
+		// moment they share an encrypted room with a local user, dropped
+		// the moment no local user shares one with them.
+		if localStart || len(startRemote) > 0 {
+			if err := trackRemote(ctx, tx, roomID, localStart, startRemote); err != nil {
+				return err
+			}
+		}
+		if localStop || len(stopRemote) > 0 {
+			if err := untrackRemote(ctx, tx, roomID, localStop, stopRemote); err != nil {
+				return err
+			}
 		}
 		locals, err := roomLocals(ctx, tx, roomID)
 		if err != nil {

@@ -45,6 +45,7 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 			keys = p.Keys
 		}
 		var name *string
+		var nowKeys []byte
 		err = tx.QueryRow(ctx, `
 			INSERT INTO devices (user_id, device_id, token_hash, display_name, keys)
 			VALUES ($1, $2, $3, $4, $6)
@@ -52,8 +53,8 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 				token_hash = coalesce(excluded.token_hash, devices.token_hash),
 				display_name = CASE WHEN $5 THEN excluded.display_name ELSE devices.display_name END,
 				keys = CASE WHEN $7 THEN excluded.keys ELSE devices.keys END
-			RETURNING nid, display_name, xmax = 0`,
-			p.UserID, p.DeviceID, p.TokenHash, p.DisplayName, p.DisplayName != nil, keys, p.Keys != nil).Scan(&d.NID, &name, &created)
+			RETURNING nid, display_name, keys, xmax = 0`,
+			p.UserID, p.DeviceID, p.TokenHash, p.DisplayName, p.DisplayName != nil, keys, p.Keys != nil).Scan(&d.NID, &name, &nowKeys, &created)
 		if err != nil {
 			return err
 		}
@@ -66,7 +67,9 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 		if !changed {
 			return nil
 		}
-		if wake, err = s.deviceChanged(ctx, tx, p.UserID); err != nil {
+		if wake, err = s.localDeviceChanged(ctx, tx, p.UserID, devicelists.DeviceUpdate{
+			DeviceID: p.DeviceID, DisplayName: d.DisplayName, Keys: nowKeys,
+		}); err != nil {
 			return err
 		}
 		return notifyKeys(ctx, tx, wake)
@@ -97,7 +100,7 @@ func (s *deviceStore) DeleteDevice(ctx context.Context, userID, deviceID string)
 		if name != nil {
 			d.DisplayName = *name
 		}
-		wake, err = s.deviceChanged(ctx, tx, userID)
+		wake, err = s.localDeviceChanged(ctx, tx, userID, devicelists.DeviceUpdate{DeviceID: deviceID, Deleted: true})
 		if err != nil {
 			return err
 		}

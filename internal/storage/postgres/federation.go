@@ -8,13 +8,15 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 )
 
 // federationStore implements federation.Store. Its tables are federation's;
-// the outbox rows a transaction covers are deleted with the inbox's own
-// statement (deleteOutboxRows) inside the fenced transaction.
+// the outbox rows a transaction covers are deleted with their owner's own
+// statement (the inbox's deleteOutboxRows, devicelists'
+// deleteDeviceListOutboxRows) inside the fenced transaction.
 type federationStore struct{ db *DB }
 
 // micros passes a duration to SQL as a whole number of microseconds, the
@@ -219,14 +221,24 @@ func (s *federationStore) finishTxn(ctx context.Context, l federation.Lease, txn
 			return federation.ErrNoTxn
 		}
 		for source, positions := range bySource {
-			if source != inbox.OutboxSource {
+			switch source {
+			case inbox.OutboxSource:
+				n, err := deleteOutboxRows(ctx, tx, l.Destination, positions)
+				if err != nil {
+					return err
+				}
+				deleted += n
+			case devicelists.OutboxSource:
+				n, err := deleteDeviceListOutboxRows(ctx, tx, l.Destination, positions)
+				if err != nil {
+					return err
+				}
+				for _, c := range n {
+					deleted += c
+				}
+			default:
 				return fmt.Errorf("stored transaction for %s covers rows of unknown EDU source %q", l.Destination, source)
 			}
-			n, err := deleteOutboxRows(ctx, tx, l.Destination, positions)
-			if err != nil {
-				return err
-			}
-			deleted += n
 		}
 		return nil
 	})

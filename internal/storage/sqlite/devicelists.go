@@ -78,7 +78,7 @@ func eachChunk(values []string, fn func(in string, args []any) error) error {
 // writer's turn, which is all the ordering the stream needs (see above).
 // now is the transaction's clock reading, so created_at follows positions
 // and pruning by position prunes by age.
-func (s *deviceStore) appendStream(ctx context.Context, tx *sql.Tx, now int64, kind, userID, roomID string) error {
+func (s *deviceStore) appendStream(ctx context.Context, tx *sql.Tx, now int64, kind, userID, roomID string) (int64, error) {
 	var u, r any // NULL unless given
 	if userID != "" {
 		u = userID
@@ -86,15 +86,16 @@ func (s *deviceStore) appendStream(ctx context.Context, tx *sql.Tx, now int64, k
 	if roomID != "" {
 		r = roomID
 	}
-	if _, err := tx.ExecContext(ctx, `
-		INSERT INTO device_list_stream (kind, user_id, room_id, created_at) VALUES (?, ?, ?, ?)`,
-		kind, u, r, now); err != nil {
-		return fmt.Errorf("appending to the device-list stream: %w", err)
+	var pos int64
+	if err := tx.QueryRowContext(ctx, `
+		INSERT INTO device_list_stream (kind, user_id, room_id, created_at) VALUES (?, ?, ?, ?) RETURNING pos`,
+		kind, u, r, now).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("appending to the device-list stream: %w", err)
 	}
 	if h := s.db.opts.DeviceListHooks.AfterStreamAppend; h != nil {
-		return h(ctx, kind, userID, roomID)
+		return pos, h(ctx, kind, userID, roomID)
 	}
-	return nil
+	return pos, nil
 }
 
 // sharersOf returns the wake-up keys of the local users who share an
@@ -132,13 +133,15 @@ func roomLocals(ctx context.Context, tx *sql.Tx, roomID string) ([]wakeup.Key, e
 	return keys, nil
 }
 
-// deviceChanged records a change of userID's devices and returns whom to
-// wake once the transaction commits.
-func (s *deviceStore) deviceChanged(ctx context.Context, tx *sql.Tx, now int64, userID string) ([]wakeup.Key, error) {
-	if err := s.appendStream(ctx, tx, now, "device", userID, ""); err != nil {
-		return nil, err
+// deviceChanged records a change of userID's devices (local or remote) and
+// returns the position and whom to wake once the transaction commits.
+func (s *deviceStore) deviceChanged(ctx context.Context, tx *sql.Tx, now int64, userID string) (int64, []wakeup.Key, error) {
+	pos, err := s.appendStream(ctx, tx, now, "device", userID, "")
+	if err != nil {
+		return 0, nil, err
 	}
-	return sharersOf(ctx, tx, userID)
+	keys, err := sharersOf(ctx, tx, userID)
+	return pos, keys, err
 }
 
 func (s *deviceStore) PutCrossSigning(ctx context.Context, userID string, keys map[string]json.RawMessage) (bool, error) {
@@ -151,28 +154,33 @@ func (s *deviceStore) PutCrossSigning(ctx context.Context, userID string, keys m
 	sort.Strings(types)
 	err := s.db.write(ctx, func(tx *sql.Tx) error {
 		changed, wake = false, nil
+		now := micros(time.Now())
+		public := false // the master or self-signing key changed: other servers are told
 		for _, t := range types {
-			// The update's WHERE makes storing the same key again touch no
-			// row, so the row count says whether anything changed.
-			r, err := tx.ExecContext(ctx, `
-				INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES (?, ?, ?)
-				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json
-				WHERE cross_signing_keys.key_json <> excluded.key_json`, userID, t, []byte(keys[t]))
+			n, err := putCrossSigningKey(ctx, tx, userID, t, keys[t])
 			if err != nil {
-				return fmt.Errorf("storing %s key: %w", t, err)
+				return err
 			}
-			n, err := r.RowsAffected()
-			if err != nil {
-				return fmt.Errorf("storing %s key: %w", t, err)
+			if n > 0 {
+				changed = true
+				public = public || t != devicelists.UserSigningKey
 			}
-			changed = changed || n > 0
 		}
 		if !changed {
 			return nil
 		}
 		var err error
-		wake, err = s.deviceChanged(ctx, tx, micros(time.Now()), userID)
-		return err
+		if _, wake, err = s.deviceChanged(ctx, tx, now, userID); err != nil {
+			return err
+		}
+		if public {
+			out, err := s.queueSigningKeys(ctx, tx, now, userID)
+			if err != nil {
+				return err
+			}
+			wake = append(wake, out...)
+		}
+		return nil
 	})
 	if err != nil {
 		return false, err
@@ -198,7 +206,11 @@ func (s *deviceStore) SetRoomEncrypted(ctx context.Context, roomID string) (bool
 			return nil // already encrypted: no change
 		}
 		changed = true
-		if err := s.appendStream(ctx, tx, micros(time.Now()), "encryption", "", roomID); err != nil {
+		now := micros(time.Now())
+		if _, err := s.appendStream(ctx, tx, now, "encryption", "", roomID); err != nil {
+			return err
+		}
+		if err := trackRemote(ctx, tx, now, roomID, true, nil); err != nil {
 			return err
 		}
 		wake, err = roomLocals(ctx, tx, roomID)
@@ -230,7 +242,12 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 			`SELECT EXISTS (SELECT 1 FROM encrypted_rooms WHERE room_id = ?)`, roomID).Scan(&encrypted); err != nil {
 			return fmt.Errorf("checking room encryption: %w", err)
 		}
-		var changes []string // users whose sharing of an encrypted room changed
+		type change struct {
+			user    string
+			local   bool
+			sharing bool
+		}
+		var changes []change // users whose sharing of an encrypted room changed
 		for chunk := range slices.Chunk(ms, maxRowsPerStatement) {
 			before, err := memberships(ctx, tx, roomID, chunk)
 			if err != nil {
@@ -249,18 +266,43 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 				applied++
 				was, existed := before[m.UserID]
 				if encrypted && (existed && devicelists.Sharing(was)) != devicelists.Sharing(cur) {
-					changes = append(changes, m.UserID)
+					changes = append(changes, change{m.UserID, m.Local, devicelists.Sharing(cur)})
 				}
 			}
 		}
 		if len(changes) == 0 {
 			return nil
 		}
-		for _, u := range changes {
-			if err := s.appendStream(ctx, tx, now, "membership", u, roomID); err != nil {
+		var startRemote, stopRemote []string
+		var localStart, localStop bool
+		for _, c := range changes {
+			if _, err := s.appendStream(ctx, tx, now, "membership", c.user, roomID); err != nil {
 				return err
 			}
-			wake = append(wake, wakeup.UserKey(u))
+			wake = append(wake, wakeup.UserKey(c.user))
+			switch {
+			case c.local && c.sharing:
+				localStart = true
+			case c.local:
+				localStop = true
+			case c.sharing:
+				startRemote = append(startRemote, c.user)
+			default:
+				stopRemote = append(stopRemote, c.user)
+			}
+		}
+		// The remote users whose cache this decides on: tracked from the
+		// moment they share an encrypted room with a local user, dropped
+		// the moment no local user shares one with them.
+		if localStart || len(startRemote) > 0 {
+			if err := trackRemote(ctx, tx, now, roomID, localStart, startRemote); err != nil {
+				return err
+			}
+		}
+		if localStop || len(stopRemote) > 0 {
+			if err := untrackRemote(ctx, tx, roomID, localStop, stopRemote); err != nil {
+				return err
+			}
 		}
 		locals, err := roomLocals(ctx, tx, roomID)
 		if err != nil {

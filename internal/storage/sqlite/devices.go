@@ -44,7 +44,7 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 			}
 		}
 		var dn, oldName sql.NullString
-		var oldKeys []byte
+		var oldKeys, nowKeys []byte
 		err := tx.QueryRowContext(ctx, `
 			SELECT nid, display_name, keys FROM devices
 			WHERE user_id = ? AND device_id = ? AND deleted_at IS NULL`,
@@ -55,8 +55,8 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 			err = tx.QueryRowContext(ctx, `
 				INSERT INTO devices (user_id, device_id, token_hash, display_name, keys, created_at)
 				VALUES (?, ?, ?, ?, ?, ?)
-				RETURNING nid, display_name`,
-				p.UserID, p.DeviceID, token, name, keys, now).Scan(&d.NID, &dn)
+				RETURNING nid, display_name, keys`,
+				p.UserID, p.DeviceID, token, name, keys, now).Scan(&d.NID, &dn, &nowKeys)
 			if err != nil {
 				return fmt.Errorf("inserting device: %w", err)
 			}
@@ -69,8 +69,8 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 					display_name = CASE WHEN ? THEN ? ELSE display_name END,
 					keys = CASE WHEN ? THEN ? ELSE keys END
 				WHERE nid = ?
-				RETURNING display_name`,
-				token, p.DisplayName != nil, name, p.Keys != nil, keys, d.NID).Scan(&dn)
+				RETURNING display_name, keys`,
+				token, p.DisplayName != nil, name, p.Keys != nil, keys, d.NID).Scan(&dn, &nowKeys)
 			if err != nil {
 				return fmt.Errorf("updating device: %w", err)
 			}
@@ -82,7 +82,9 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 		if !changed {
 			return nil
 		}
-		wake, err = s.deviceChanged(ctx, tx, now, p.UserID)
+		wake, err = s.localDeviceChanged(ctx, tx, now, p.UserID, devicelists.DeviceUpdate{
+			DeviceID: p.DeviceID, DisplayName: d.DisplayName, Keys: nowKeys,
+		})
 		return err
 	})
 	if err != nil {
@@ -112,7 +114,7 @@ func (s *deviceStore) DeleteDevice(ctx context.Context, userID, deviceID string)
 			return fmt.Errorf("deleting device: %w", err)
 		}
 		d.DisplayName = name.String
-		if wake, err = s.deviceChanged(ctx, tx, now, userID); err != nil {
+		if wake, err = s.localDeviceChanged(ctx, tx, now, userID, devicelists.DeviceUpdate{DeviceID: deviceID, Deleted: true}); err != nil {
 			return err
 		}
 		// Its waiters find the device gone; sends after the commit skip it.

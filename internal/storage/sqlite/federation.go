@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 )
@@ -260,14 +261,24 @@ func (s *federationStore) finishTxn(ctx context.Context, l federation.Lease, txn
 			return federation.ErrNoTxn
 		}
 		for source, positions := range bySource {
-			if source != inbox.OutboxSource {
+			switch source {
+			case inbox.OutboxSource:
+				n, err := deleteOutboxRows(ctx, tx, l.Destination, positions)
+				if err != nil {
+					return err
+				}
+				deleted += n
+			case devicelists.OutboxSource:
+				n, err := deleteDeviceListOutboxRows(ctx, tx, l.Destination, positions)
+				if err != nil {
+					return err
+				}
+				for _, c := range n {
+					deleted += c
+				}
+			default:
 				return fmt.Errorf("stored transaction for %s covers rows of unknown EDU source %q", l.Destination, source)
 			}
-			n, err := deleteOutboxRows(ctx, tx, l.Destination, positions)
-			if err != nil {
-				return err
-			}
-			deleted += n
 		}
 		return nil
 	})
