@@ -58,7 +58,7 @@ CREATE TABLE device_inbox (
     content     BLOB    NOT NULL,
     enqueued_at INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
 ) STRICT;
-CREATE INDEX device_inbox_device ON device_inbox (user_id, device_nid, pos);
+CREATE INDEX device_inbox_device ON device_inbox (device_nid);
 
 -- sendToDevice transaction ids (owned by inbox): the spec's retransmission
 -- key is the path (event type + txn id) from the same device. The row is

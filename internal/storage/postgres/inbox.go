@@ -124,7 +124,9 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 		for _, nid := range rows.nids {
 			keys = append(keys, wakeup.DeviceKey(nid))
 		}
-		if len(rows.nids) > 0 && s.db.opts.InboxWrite == WriteCopy {
+		useCopy := s.db.opts.InboxWrite == WriteCopy ||
+			(s.db.opts.InboxWrite == WriteAuto && len(rows.nids) >= CopyThreshold)
+		if len(rows.nids) > 0 && useCopy {
 			if err := copyInbox(ctx, conn, rows, a); err != nil {
 				return res, nil, err
 			}

@@ -1,0 +1,97 @@
+package storetest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/inbox"
+)
+
+// Stores is what the benchmarks use of a backend.
+type Stores interface {
+	Inbox() inbox.Store
+	Devices() devicelists.Store
+}
+
+// BenchTarget describes a backend to the shared benchmarks.
+type BenchTarget struct {
+	// Open returns a fresh, migrated database, closed at cleanup.
+	Open func(b *testing.B) Stores
+	// Fill writes n pending messages for dev in bulk: a backlog is the
+	// premise of a benchmark, not what it measures.
+	Fill func(b *testing.B, s Stores, dev inbox.Recipient, n int)
+}
+
+// BenchContent is a to-device payload of a realistic size: an Olm-encrypted
+// room key share is 0.5–2 KiB.
+var BenchContent = json.RawMessage(`{"algorithm":"m.olm.v1.curve25519-aes-sha2","ciphertext":"` + strings.Repeat("A", 480) + `"}`)
+
+// FanOuts are the fan-outs the accept benchmarks measure.
+var FanOuts = []int{1, 100, 1000}
+
+// BenchAccept measures whole accepted sendToDevice requests (validation, EDU
+// split, transaction record, device locks, rows, wake-ups, commit) to 1, 100
+// and 1 000 devices, and reports messages per second.
+func BenchAccept(b *testing.B, t BenchTarget) {
+	for _, n := range FanOuts {
+		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
+			s := t.Open(b)
+			ctx := context.Background()
+			for i := range n {
+				if _, _, err := s.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: "@bob:example.org", DeviceID: fmt.Sprintf("D%05d", i)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
+			msgs := inbox.Messages{"@bob:example.org": {"*": BenchContent}}
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				k := inbox.TxnKey{UserID: "@alice:example.org", DeviceID: "A", EventType: "m.room.encrypted", TxnID: fmt.Sprint(i)}
+				if _, err := svc.Send(ctx, k, msgs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchSyncDrain is one steady-state sync: acknowledge the previous 100,
+// fetch the next 100, from a device whose backlog is kept constant (refilled
+// outside the timer) at 100 or 100 000 messages. The cost must not grow with
+// the backlog.
+func BenchSyncDrain(b *testing.B, t BenchTarget) {
+	for _, pending := range []int{100, 100_000} {
+		b.Run(fmt.Sprintf("pending=%d", pending), func(b *testing.B) {
+			s := t.Open(b)
+			ctx := context.Background()
+			d, _, err := s.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: "@bob:example.org", DeviceID: "B"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			dev := inbox.Recipient{UserID: d.UserID, NID: d.NID}
+			t.Fill(b, s, dev, pending)
+			svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
+			pos := inbox.Position{NID: dev.NID}
+			b.ResetTimer()
+			for b.Loop() {
+				batch, err := svc.Sync(ctx, dev, pos, inbox.DefaultSyncLimit)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(batch.Events) != inbox.DefaultSyncLimit {
+					b.Fatalf("got %d events, want %d", len(batch.Events), inbox.DefaultSyncLimit)
+				}
+				pos = batch.Next
+				b.StopTimer()
+				t.Fill(b, s, dev, inbox.DefaultSyncLimit)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(inbox.DefaultSyncLimit*b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
