@@ -2,7 +2,6 @@ package federation
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,141 +45,381 @@ func CanonicalJSON(raw []byte) ([]byte, error) {
 	if !utf8.Valid(raw) {
 		return nil, fmt.Errorf("%w: input is not valid UTF-8", ErrNotCanonicalizable)
 	}
-	// encoding/json silently replaces an unpaired surrogate escape such as
-	// "\ud800" with U+FFFD, which would hide the problem, so look for them
-	// before decoding.
-	if err := checkSurrogateEscapes(raw); err != nil {
+	p := canonicalizer{in: raw, out: make([]byte, 0, len(raw))}
+	p.skipSpace()
+	if err := p.value(0); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotCanonicalizable, err)
 	}
-
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var out bytes.Buffer
-	out.Grow(len(raw))
-	if err := canonicalValue(dec, &out, 0); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, fmt.Errorf("%w: %w", ErrNotCanonicalizable, err)
+	p.skipSpace()
+	if p.i != len(p.in) {
+		return nil, fmt.Errorf("%w: invalid character %q after the JSON value at offset %d", ErrNotCanonicalizable, p.in[p.i], p.i)
 	}
-	if tok, err := dec.Token(); err != io.EOF {
-		if err == nil {
-			err = fmt.Errorf("unexpected data after the JSON value: %v", tok)
-		}
-		return nil, fmt.Errorf("%w: %w", ErrNotCanonicalizable, err)
-	}
-	return out.Bytes(), nil
+	return p.out, nil
 }
 
-// canonicalValue reads the next value from dec and appends its canonical
-// encoding to out.
-func canonicalValue(dec *json.Decoder, out *bytes.Buffer, depth int) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	return canonicalToken(dec, tok, out, depth)
+// canonicalizer parses JSON and writes its canonical form in one pass over
+// the bytes, without building a tree: signing and verifying federation
+// transactions canonicalizes every message twice, so this is on the
+// federation hot path (encoding/json's token API was a third of a
+// federated send's CPU time).
+type canonicalizer struct {
+	in  []byte
+	i   int
+	out []byte
+	// scratch holds object members while they are sorted.
+	scratch []byte
 }
 
-func canonicalToken(dec *json.Decoder, tok json.Token, out *bytes.Buffer, depth int) error {
-	switch v := tok.(type) {
-	case nil:
-		out.WriteString("null")
-	case bool:
-		if v {
-			out.WriteString("true")
-		} else {
-			out.WriteString("false")
+var errUnexpectedEnd = io.ErrUnexpectedEOF
+
+func (p *canonicalizer) skipSpace() {
+	for p.i < len(p.in) {
+		switch p.in[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
 		}
-	case json.Number:
-		n, err := canonicalNumber(string(v))
-		if err != nil {
-			return err
-		}
-		out.WriteString(n)
-	case string:
-		writeCanonicalString(out, v)
-	case json.Delim:
+	}
+}
+
+func (p *canonicalizer) value(depth int) error {
+	if p.i >= len(p.in) {
+		return errUnexpectedEnd
+	}
+	switch c := p.in[p.i]; {
+	case c == '{':
 		if depth >= maxJSONDepth {
 			return fmt.Errorf("nesting deeper than %d levels", maxJSONDepth)
 		}
-		switch v {
-		case '{':
-			return canonicalObject(dec, out, depth+1)
-		case '[':
-			return canonicalArray(dec, out, depth+1)
-		default:
-			// The decoder only hands out closing delimiters where they are
-			// syntactically valid, which the loops below consume.
-			return fmt.Errorf("unexpected %q", rune(v))
+		return p.object(depth + 1)
+	case c == '[':
+		if depth >= maxJSONDepth {
+			return fmt.Errorf("nesting deeper than %d levels", maxJSONDepth)
 		}
+		return p.array(depth + 1)
+	case c == '"':
+		_, err := p.string(true)
+		return err
+	case c == 't':
+		return p.literal("true")
+	case c == 'f':
+		return p.literal("false")
+	case c == 'n':
+		return p.literal("null")
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.number()
 	default:
-		return fmt.Errorf("unexpected JSON token %T", tok)
+		return p.unexpected("a value")
 	}
+}
+
+func (p *canonicalizer) unexpected(want string) error {
+	return fmt.Errorf("invalid character %q at offset %d, want %s", p.in[p.i], p.i, want)
+}
+
+func (p *canonicalizer) literal(lit string) error {
+	if !bytes.HasPrefix(p.in[p.i:], []byte(lit)) {
+		return fmt.Errorf("invalid literal at offset %d", p.i)
+	}
+	p.i += len(lit)
+	p.out = append(p.out, lit...)
 	return nil
 }
 
-func canonicalObject(dec *json.Decoder, out *bytes.Buffer, depth int) error {
-	type member struct {
-		key   string
-		value []byte
+// number validates a JSON number by the grammar and appends its canonical
+// integer form.
+func (p *canonicalizer) number() error {
+	start := p.i
+	if p.in[p.i] == '-' {
+		p.i++
 	}
-	var members []member
-	seen := make(map[string]struct{})
-	for dec.More() {
-		tok, err := dec.Token()
+	digits := func() int {
+		n := 0
+		for p.i < len(p.in) && p.in[p.i] >= '0' && p.in[p.i] <= '9' {
+			p.i++
+			n++
+		}
+		return n
+	}
+	intStart := p.i
+	if n := digits(); n == 0 || (n > 1 && p.in[intStart] == '0') {
+		return fmt.Errorf("invalid number at offset %d", start)
+	}
+	plain := true
+	if p.i < len(p.in) && p.in[p.i] == '.' {
+		p.i++
+		plain = false
+		if digits() == 0 {
+			return fmt.Errorf("invalid number at offset %d", start)
+		}
+	}
+	if p.i < len(p.in) && (p.in[p.i] == 'e' || p.in[p.i] == 'E') {
+		p.i++
+		plain = false
+		if p.i < len(p.in) && (p.in[p.i] == '+' || p.in[p.i] == '-') {
+			p.i++
+		}
+		if digits() == 0 {
+			return fmt.Errorf("invalid number at offset %d", start)
+		}
+	}
+	lit := p.in[start:p.i]
+	if plain && len(lit) <= 16 {
+		// A plain integer of at most 16 characters: canonical unless it is
+		// out of range or a negative zero.
+		n, err := strconv.ParseInt(string(lit), 10, 64)
+		if err == nil && n <= maxSafeInteger && n >= -maxSafeInteger {
+			if n == 0 {
+				p.out = append(p.out, '0')
+			} else {
+				p.out = append(p.out, lit...)
+			}
+			return nil
+		}
+	}
+	n, err := canonicalNumber(string(lit))
+	if err != nil {
+		return err
+	}
+	p.out = append(p.out, n...)
+	return nil
+}
+
+// string parses a JSON string at p.i. With emit it appends the canonical
+// encoding to p.out. It returns the decoded string only when the string held
+// escapes (for object keys, which must be compared decoded); otherwise the
+// caller can read the raw bytes, which are then the decoded text.
+func (p *canonicalizer) string(emit bool) (decoded []byte, err error) {
+	p.i++ // the opening quote
+	start := p.i
+	for p.i < len(p.in) {
+		c := p.in[p.i]
+		switch {
+		case c == '"':
+			if emit {
+				// No escapes: a valid JSON string without backslashes holds
+				// no quote, backslash or control character, so its raw form
+				// is already canonical.
+				p.out = append(p.out, '"')
+				p.out = append(p.out, p.in[start:p.i]...)
+				p.out = append(p.out, '"')
+			}
+			p.i++
+			return nil, nil
+		case c == '\\':
+			return p.escapedString(start, emit)
+		case c < 0x20:
+			return nil, fmt.Errorf("control character in string at offset %d", p.i)
+		}
+		p.i++
+	}
+	return nil, errUnexpectedEnd
+}
+
+// escapedString finishes a string that holds escapes: it decodes it and
+// re-encodes it canonically.
+func (p *canonicalizer) escapedString(start int, emit bool) ([]byte, error) {
+	buf := append([]byte(nil), p.in[start:p.i]...)
+	for p.i < len(p.in) {
+		c := p.in[p.i]
+		switch {
+		case c == '"':
+			p.i++
+			if emit {
+				p.out = appendCanonicalString(p.out, buf)
+			}
+			return buf, nil
+		case c < 0x20:
+			return nil, fmt.Errorf("control character in string at offset %d", p.i)
+		case c != '\\':
+			buf = append(buf, c)
+			p.i++
+			continue
+		}
+		if p.i+1 >= len(p.in) {
+			return nil, errUnexpectedEnd
+		}
+		e := p.in[p.i+1]
+		p.i += 2
+		switch e {
+		case '"', '\\', '/':
+			buf = append(buf, e)
+		case 'b':
+			buf = append(buf, '\b')
+		case 'f':
+			buf = append(buf, '\f')
+		case 'n':
+			buf = append(buf, '\n')
+		case 'r':
+			buf = append(buf, '\r')
+		case 't':
+			buf = append(buf, '\t')
+		case 'u':
+			r, ok := hex4(p.in, p.i)
+			if !ok {
+				return nil, fmt.Errorf("invalid \\u escape at offset %d", p.i-2)
+			}
+			p.i += 4
+			switch {
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return nil, fmt.Errorf("unpaired UTF-16 surrogate escape \\u%04x", r)
+			case r >= 0xD800 && r <= 0xDBFF:
+				lo, ok := rune(0), false
+				if p.i+6 <= len(p.in) && p.in[p.i] == '\\' && p.in[p.i+1] == 'u' {
+					lo, ok = hex4(p.in, p.i+2)
+				}
+				if !ok || lo < 0xDC00 || lo > 0xDFFF {
+					return nil, fmt.Errorf("unpaired UTF-16 surrogate escape \\u%04x", r)
+				}
+				p.i += 6
+				r = 0x10000 + (r-0xD800)<<10 + (lo - 0xDC00)
+			}
+			buf = utf8.AppendRune(buf, r)
+		default:
+			return nil, fmt.Errorf("invalid escape \\%c at offset %d", e, p.i-2)
+		}
+	}
+	return nil, errUnexpectedEnd
+}
+
+type objectMember struct {
+	key        []byte // decoded
+	start, end int    // the member's canonical bytes in p.out
+}
+
+func (p *canonicalizer) object(depth int) error {
+	p.i++ // '{'
+	p.out = append(p.out, '{')
+	base := len(p.out)
+	var members []objectMember
+	sorted := true
+	p.skipSpace()
+	if p.i < len(p.in) && p.in[p.i] == '}' {
+		p.i++
+		p.out = append(p.out, '}')
+		return nil
+	}
+	for {
+		p.skipSpace()
+		if p.i >= len(p.in) {
+			return errUnexpectedEnd
+		}
+		if p.in[p.i] != '"' {
+			return p.unexpected("an object key")
+		}
+		if len(members) > 0 {
+			p.out = append(p.out, ',')
+		}
+		mstart := len(p.out)
+		keyStart := p.i + 1
+		decoded, err := p.string(true)
 		if err != nil {
 			return err
 		}
-		key, ok := tok.(string)
-		if !ok {
-			return fmt.Errorf("object key is %T, not a string", tok)
+		key := decoded
+		if key == nil {
+			key = p.in[keyStart : p.i-1]
 		}
-		if _, dup := seen[key]; dup {
-			return fmt.Errorf("duplicate object key %q", key)
+		p.skipSpace()
+		if p.i >= len(p.in) {
+			return errUnexpectedEnd
 		}
-		seen[key] = struct{}{}
-		var value bytes.Buffer
-		if err := canonicalValue(dec, &value, depth); err != nil {
+		if p.in[p.i] != ':' {
+			return p.unexpected("':'")
+		}
+		p.i++
+		p.out = append(p.out, ':')
+		p.skipSpace()
+		if err := p.value(depth); err != nil {
 			return err
 		}
-		members = append(members, member{key: key, value: value.Bytes()})
-	}
-	if _, err := dec.Token(); err != nil { // the closing '}'
-		return err
-	}
-	// Go compares strings bytewise, and for valid UTF-8 the byte order is
-	// exactly the code point order the spec asks for (unlike UTF-16 order,
-	// which differs above U+FFFF).
-	slices.SortFunc(members, func(a, b member) int { return strings.Compare(a.key, b.key) })
-	out.WriteByte('{')
-	for i, m := range members {
-		if i > 0 {
-			out.WriteByte(',')
+		if n := len(members); n > 0 {
+			switch c := bytes.Compare(members[n-1].key, key); {
+			case c == 0:
+				return fmt.Errorf("duplicate object key %q", key)
+			case c > 0:
+				sorted = false
+			}
 		}
-		writeCanonicalString(out, m.key)
-		out.WriteByte(':')
-		out.Write(m.value)
+		members = append(members, objectMember{key: key, start: mstart, end: len(p.out)})
+		p.skipSpace()
+		if p.i >= len(p.in) {
+			return errUnexpectedEnd
+		}
+		if p.in[p.i] == ',' {
+			p.i++
+			continue
+		}
+		if p.in[p.i] != '}' {
+			return p.unexpected("',' or '}'")
+		}
+		p.i++
+		break
 	}
-	out.WriteByte('}')
+	if !sorted {
+		if err := p.sortMembers(base, members); err != nil {
+			return err
+		}
+	}
+	p.out = append(p.out, '}')
 	return nil
 }
 
-func canonicalArray(dec *json.Decoder, out *bytes.Buffer, depth int) error {
-	out.WriteByte('[')
-	for i := 0; dec.More(); i++ {
-		if i > 0 {
-			out.WriteByte(',')
+// sortMembers rewrites the members written since base in key order. Go
+// compares bytes, and for valid UTF-8 byte order is exactly the code point
+// order the spec asks for (unlike UTF-16 order, which differs above U+FFFF).
+func (p *canonicalizer) sortMembers(base int, members []objectMember) error {
+	// Each segment is "key":value; the commas between them are rewritten.
+	slices.SortFunc(members, func(a, b objectMember) int { return bytes.Compare(a.key, b.key) })
+	for i := 1; i < len(members); i++ {
+		if bytes.Equal(members[i-1].key, members[i].key) {
+			return fmt.Errorf("duplicate object key %q", members[i].key)
 		}
-		if err := canonicalValue(dec, out, depth); err != nil {
+	}
+	p.scratch = p.scratch[:0]
+	for i, m := range members {
+		if i > 0 {
+			p.scratch = append(p.scratch, ',')
+		}
+		p.scratch = append(p.scratch, p.out[m.start:m.end]...)
+	}
+	p.out = append(p.out[:base], p.scratch...)
+	return nil
+}
+
+func (p *canonicalizer) array(depth int) error {
+	p.i++ // '['
+	p.out = append(p.out, '[')
+	p.skipSpace()
+	if p.i < len(p.in) && p.in[p.i] == ']' {
+		p.i++
+		p.out = append(p.out, ']')
+		return nil
+	}
+	for n := 0; ; n++ {
+		if n > 0 {
+			p.out = append(p.out, ',')
+		}
+		p.skipSpace()
+		if err := p.value(depth); err != nil {
 			return err
 		}
+		p.skipSpace()
+		if p.i >= len(p.in) {
+			return errUnexpectedEnd
+		}
+		if p.in[p.i] == ',' {
+			p.i++
+			continue
+		}
+		if p.in[p.i] != ']' {
+			return p.unexpected("',' or ']'")
+		}
+		p.i++
+		p.out = append(p.out, ']')
+		return nil
 	}
-	if _, err := dec.Token(); err != nil { // the closing ']'
-		return err
-	}
-	out.WriteByte(']')
-	return nil
 }
 
 // canonicalNumber turns a JSON number literal (already validated by the
@@ -231,92 +470,44 @@ func canonicalNumber(lit string) (string, error) {
 	return strconv.FormatInt(n, 10), nil
 }
 
-// writeCanonicalString writes s as a JSON string with only the escapes the
+// appendCanonicalString appends s as a JSON string with only the escapes the
 // canonical grammar allows: quote, backslash and the C0 control characters.
 // Everything else, including '<', '>', '&', U+2028, U+2029 and all non-ASCII
 // text, is written as raw UTF-8 (encoding/json would escape those, which is
 // why it cannot be used here).
-func writeCanonicalString(out *bytes.Buffer, s string) {
+func appendCanonicalString(out []byte, s []byte) []byte {
 	const hex = "0123456789abcdef"
-	out.WriteByte('"')
+	out = append(out, '"')
 	start := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c >= 0x20 && c != '"' && c != '\\' {
 			continue
 		}
-		out.WriteString(s[start:i])
+		out = append(out, s[start:i]...)
 		switch c {
 		case '"':
-			out.WriteString(`\"`)
+			out = append(out, `\"`...)
 		case '\\':
-			out.WriteString(`\\`)
+			out = append(out, `\\`...)
 		case '\b':
-			out.WriteString(`\b`)
+			out = append(out, `\b`...)
 		case '\f':
-			out.WriteString(`\f`)
+			out = append(out, `\f`...)
 		case '\n':
-			out.WriteString(`\n`)
+			out = append(out, `\n`...)
 		case '\r':
-			out.WriteString(`\r`)
+			out = append(out, `\r`...)
 		case '\t':
-			out.WriteString(`\t`)
+			out = append(out, `\t`...)
 		default:
-			out.WriteString(`\u00`)
-			out.WriteByte(hex[c>>4])
-			out.WriteByte(hex[c&0xf])
+			out = append(out, `\u00`...)
+			out = append(out, hex[c>>4], hex[c&0xf])
 		}
 		start = i + 1
 	}
-	out.WriteString(s[start:])
-	out.WriteByte('"')
-}
-
-// checkSurrogateEscapes reports an error if a JSON string in raw contains a
-// \u escape for a UTF-16 surrogate that is not part of a high+low pair. Such
-// a string has no UTF-8 representation. raw need not be valid JSON: syntax
-// errors are left for the decoder to report.
-func checkSurrogateEscapes(raw []byte) error {
-	inString := false
-	for i := 0; i < len(raw); i++ {
-		c := raw[i]
-		if !inString {
-			if c == '"' {
-				inString = true
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = false
-		case '\\':
-			if i+1 >= len(raw) {
-				return nil
-			}
-			if raw[i+1] != 'u' {
-				i++ // skip the escaped character, which may be a quote
-				continue
-			}
-			r, ok := hex4(raw, i+2)
-			if !ok {
-				return nil // malformed escape: the decoder reports it
-			}
-			i += 5
-			switch {
-			case r >= 0xDC00 && r <= 0xDFFF:
-				return fmt.Errorf("unpaired UTF-16 surrogate escape \\u%04x", r)
-			case r >= 0xD800 && r <= 0xDBFF:
-				if i+6 < len(raw) && raw[i+1] == '\\' && raw[i+2] == 'u' {
-					if lo, ok := hex4(raw, i+3); ok && lo >= 0xDC00 && lo <= 0xDFFF {
-						i += 6
-						continue
-					}
-				}
-				return fmt.Errorf("unpaired UTF-16 surrogate escape \\u%04x", r)
-			}
-		}
-	}
-	return nil
+	out = append(out, s[start:]...)
+	return append(out, '"')
 }
 
 // hex4 decodes four hex digits at raw[at:].
@@ -324,9 +515,18 @@ func hex4(raw []byte, at int) (rune, bool) {
 	if at+4 > len(raw) {
 		return 0, false
 	}
-	v, err := strconv.ParseUint(string(raw[at:at+4]), 16, 16)
-	if err != nil {
-		return 0, false
+	var v rune
+	for _, c := range raw[at : at+4] {
+		switch {
+		case c >= '0' && c <= '9':
+			v = v<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			v = v<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			v = v<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
 	}
-	return rune(v), true
+	return v, true
 }

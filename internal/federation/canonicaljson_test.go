@@ -1,7 +1,11 @@
 package federation
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"math/big"
 	"strings"
 	"testing"
 
@@ -111,7 +115,7 @@ func TestCanonicalJSONRejects(t *testing.T) {
 		{"lone low surrogate", `"\udc00x"`, "unpaired UTF-16 surrogate"},
 		{"high surrogate followed by non-surrogate", `"\ud800\u0041"`, "unpaired UTF-16 surrogate"},
 		{"trailing data", `{} {}`, "after the JSON value"},
-		{"trailing garbage", `{}x`, "invalid character"},
+		{"trailing garbage", `{}x`, "invalid character 'x' after the JSON value"},
 		{"truncated", `{"a":`, "unexpected EOF"},
 		{"empty input", ``, "unexpected EOF"},
 		{"NaN", `NaN`, "invalid character"},
@@ -136,13 +140,114 @@ func TestCanonicalJSONMaxDepthAccepted(t *testing.T) {
 	require.Equal(t, in, string(got))
 }
 
-func TestCheckSurrogateEscapesIgnoresEscapedQuotes(t *testing.T) {
-	// The \" must not end the string for the scanner, or the following
+func TestSurrogateEscapesAfterEscapedQuotes(t *testing.T) {
+	// The \" must not end the string for the parser, or the following
 	// \ud800 would be missed.
-	require.Error(t, checkSurrogateEscapes([]byte(`["a\"\ud800"]`)))
+	_, err := CanonicalJSON([]byte(`["a\"\ud800"]`))
+	require.ErrorIs(t, err, ErrNotCanonicalizable)
 	// A backslash-escaped backslash followed by "ud800" is plain text.
-	require.NoError(t, checkSurrogateEscapes([]byte(`["\\ud800"]`)))
 	got, err := CanonicalJSON([]byte(`["\\ud800"]`))
 	require.NoError(t, err)
 	require.Equal(t, `["\\ud800"]`, string(got))
+}
+
+// FuzzCanonicalJSON checks the canonicalizer against encoding/json: whatever
+// it accepts is valid JSON, means the same as its input, is its own
+// canonical form, and whatever encoding/json rejects it rejects too.
+func FuzzCanonicalJSON(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `[]`, `{"b":1,"a":[true,false,null,"x\"y\u00e9\ud83d\ude00"]}`, `{"a":{"c":1,"b":2}}`,
+		`-0`, `1e10`, `1.0`, `"\u0000\u001f\/"`, `{"\u0061":1}`, ` [ 1 , 2 ] `, `{"a":1,"a":2}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out, err := CanonicalJSON(in)
+		if !json.Valid(in) {
+			if err == nil {
+				t.Fatalf("accepted invalid JSON %q as %q", in, out)
+			}
+			return
+		}
+		if err != nil {
+			return // numbers outside the canonical range, duplicate keys, surrogates
+		}
+		if !json.Valid(out) {
+			t.Fatalf("produced invalid JSON %q from %q", out, in)
+		}
+		again, err := CanonicalJSON(out)
+		if err != nil || !bytes.Equal(again, out) {
+			t.Fatalf("not idempotent: %q -> %q -> %q (%v)", in, out, again, err)
+		}
+		var a, b any
+		da := json.NewDecoder(bytes.NewReader(in))
+		da.UseNumber()
+		db := json.NewDecoder(bytes.NewReader(out))
+		db.UseNumber()
+		if da.Decode(&a) != nil || db.Decode(&b) != nil {
+			t.Fatalf("decoding %q or %q failed", in, out)
+		}
+		if !sameJSON(a, b) {
+			t.Fatalf("meaning changed: %q -> %q", in, out)
+		}
+	})
+}
+
+// sameJSON compares decoded values, numbers by integer value.
+func sameJSON(a, b any) bool {
+	switch x := a.(type) {
+	case json.Number:
+		y, ok := b.(json.Number)
+		if !ok {
+			return false
+		}
+		bx, _ := new(big.Float).SetString(string(x))
+		by, _ := new(big.Float).SetString(string(y))
+		return bx != nil && by != nil && bx.Cmp(by) == 0
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for k, v := range x {
+			if w, ok := y[k]; !ok || !sameJSON(v, w) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !sameJSON(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	default:
+		return a == b
+	}
+}
+
+// BenchmarkCanonicalJSON canonicalizes a federation transaction of 100
+// to-device EDUs of about 600 bytes each, with keys out of order.
+func BenchmarkCanonicalJSON(b *testing.B) {
+	var buf bytes.Buffer
+	buf.WriteString(`{"origin":"a.example","pdus":[],"edus":[`)
+	for i := range 100 {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		fmt.Fprintf(&buf, `{"edu_type":"m.direct_to_device","content":{"type":"m.room.encrypted","sender":"@alice:a.example","message_id":"%032d","messages":{"@bob:b.example":{"DEV%d":{"algorithm":"m.olm.v1.curve25519-aes-sha2","sender_key":"abc","ciphertext":{"k":{"type":0,"body":"%s"}}}}}}}`, i, i, strings.Repeat("Qm9keQ", 80))
+	}
+	buf.WriteString(`],"origin_server_ts":1700000000000}`)
+	in := buf.Bytes()
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		if _, err := CanonicalJSON(in); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
