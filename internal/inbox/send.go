@@ -10,7 +10,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
@@ -29,57 +28,6 @@ const (
 
 // Messages is a decoded sendToDevice body: user id -> device id -> content.
 type Messages map[string]map[string]json.RawMessage
-
-// DecodeSendBody checks the shape of a sendToDevice body and returns its
-// messages. Every error is a Matrix error: M_NOT_JSON for what is not JSON,
-// M_BAD_JSON for the wrong shape, M_MISSING_PARAM when "messages" is absent.
-func DecodeSendBody(body []byte) (Messages, error) {
-	if !utf8.Valid(body) || !json.Valid(body) {
-		return nil, mxerr.New(mxerr.NotJSON, "Content not JSON.")
-	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil || top == nil {
-		return nil, mxerr.New(mxerr.BadJSON, "The body must be a JSON object.")
-	}
-	raw, ok := top["messages"]
-	if !ok {
-		return nil, mxerr.New(mxerr.MissingParam, "Missing 'messages'.")
-	}
-	var users map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &users); err != nil || users == nil {
-		return nil, mxerr.New(mxerr.BadJSON, "'messages' must be an object of user ids.")
-	}
-	out := make(Messages, len(users))
-	for userID, rawDevices := range users {
-		var devices map[string]json.RawMessage
-		if err := json.Unmarshal(rawDevices, &devices); err != nil || devices == nil {
-			return nil, mxerr.New(mxerr.BadJSON, "'messages' for %q must be an object of device ids.", userID)
-		}
-		for deviceID, content := range devices {
-			if !isObject(content) {
-				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q must be a JSON object.", userID, deviceID)
-			}
-			var buf bytes.Buffer
-			if err := json.Compact(&buf, content); err != nil {
-				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q is not valid JSON.", userID, deviceID)
-			}
-			devices[deviceID] = buf.Bytes()
-		}
-		out[userID] = devices
-	}
-	return out, nil
-}
-
-func isObject(raw json.RawMessage) bool {
-	for _, c := range raw {
-		switch c {
-		case ' ', '\t', '\r', '\n':
-			continue
-		}
-		return c == '{'
-	}
-	return false
-}
 
 // BuildAccept validates a decoded request from sender for this server and
 // turns it into the rows to store: local messages and, for users of other

@@ -1,0 +1,104 @@
+package inbox
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/todeviced/todeviced/internal/mxerr"
+)
+
+// decodeSendBodyReference is the straightforward encoding/json version of
+// DecodeSendBody, kept as the oracle of its differential fuzz test. It checks the shape of a sendToDevice body and returns its
+// messages. Every error is a Matrix error: M_NOT_JSON for what is not JSON,
+// M_BAD_JSON for the wrong shape, M_MISSING_PARAM when "messages" is absent.
+func decodeSendBodyReference(body []byte) (Messages, error) {
+	if !utf8.Valid(body) || !json.Valid(body) {
+		return nil, mxerr.New(mxerr.NotJSON, "Content not JSON.")
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+		return nil, mxerr.New(mxerr.BadJSON, "The body must be a JSON object.")
+	}
+	raw, ok := top["messages"]
+	if !ok {
+		return nil, mxerr.New(mxerr.MissingParam, "Missing 'messages'.")
+	}
+	var users map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &users); err != nil || users == nil {
+		return nil, mxerr.New(mxerr.BadJSON, "'messages' must be an object of user ids.")
+	}
+	out := make(Messages, len(users))
+	for userID, rawDevices := range users {
+		var devices map[string]json.RawMessage
+		if err := json.Unmarshal(rawDevices, &devices); err != nil || devices == nil {
+			return nil, mxerr.New(mxerr.BadJSON, "'messages' for %q must be an object of device ids.", userID)
+		}
+		for deviceID, content := range devices {
+			if !isObject(content) {
+				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q must be a JSON object.", userID, deviceID)
+			}
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, content); err != nil {
+				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q is not valid JSON.", userID, deviceID)
+			}
+			devices[deviceID] = buf.Bytes()
+		}
+		out[userID] = devices
+	}
+	return out, nil
+}
+
+func isObject(raw json.RawMessage) bool {
+	for _, c := range raw {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		}
+		return c == '{'
+	}
+	return false
+}
+
+// FuzzDecodeSendBody checks the one-pass decoder against the reference: the
+// same messages, or the same Matrix error code.
+func FuzzDecodeSendBody(f *testing.F) {
+	for _, s := range []string{
+		`{"messages":{"@a:b":{"D":{"k":[1,2,{"x":null}]},"*":{}}}}`,
+		`{"messages":{}}`, `{}`, `[]`, `null`, `{"messages":null}`, `{"messages":[1]}`,
+		`{"messages":{"@a:b":"x"}}`, `{"messages":{"@a:b":{"D":"x"}}}`, `{"messages":{"@a:b":{"D":{}}}, "x": [`,
+		`{"messages":{"@a:b":{"D":{"s":"\u00e9\n\"q\""}}}, "messages":{"@c:d":{"E":{ }}}}`,
+		`{"me\u0073sages":{"@a\u003ab":{"D":{"n":-1.5e3}}}}`, ` { "messages" : { } } `, `{"messages":{}}x`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, gotErr := DecodeSendBody(body)
+		want, wantErr := decodeSendBodyReference(body)
+		if (gotErr == nil) != (wantErr == nil) {
+			t.Fatalf("%q: got error %v, reference %v", body, gotErr, wantErr)
+		}
+		if gotErr != nil {
+			g, _ := mxerr.As(gotErr)
+			w, _ := mxerr.As(wantErr)
+			if g.Code != w.Code {
+				t.Fatalf("%q: got %s, reference %s", body, g.Code, w.Code)
+			}
+			return
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%q: got %d users, reference %d", body, len(got), len(want))
+		}
+		for u, devs := range want {
+			if len(got[u]) != len(devs) {
+				t.Fatalf("%q: user %q: got %v, reference %v", body, u, got[u], devs)
+			}
+			for d, c := range devs {
+				if !bytes.Equal(got[u][d], c) {
+					t.Fatalf("%q: %q/%q: got %s, reference %s", body, u, d, got[u][d], c)
+				}
+			}
+		}
+	})
+}
