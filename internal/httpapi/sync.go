@@ -106,13 +106,9 @@ func (a *api) longPoll(ctx context.Context, userID string, rec inbox.Recipient, 
 	var res syncResult
 	keys := []wakeup.Key{wakeup.DeviceKey(rec.NID), wakeup.UserKey(userID)}
 	_, err := a.hub.Poll(ctx, timeout, keys, func(ctx context.Context) (bool, error) {
-		// Read the device-list head before the inbox, so the answer never
-		// claims a position whose changes it did not include.
-		head, err := a.devices.Head(ctx)
-		if err != nil {
-			return false, err
-		}
-		b, err := a.inbox.Sync(ctx, rec, pos, limit)
+		// The device-list head is read with the inbox, before it, so the
+		// answer never claims a position whose changes it did not include.
+		b, head, err := a.inbox.SyncAndHead(ctx, rec, pos, limit)
 		if err != nil {
 			return false, err
 		}

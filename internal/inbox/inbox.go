@@ -141,18 +141,29 @@ type Batch struct {
 // pending messages, at most limit (DefaultSyncLimit when limit <= 0 or larger).
 // It returns ErrDeviceGone if the device was deleted.
 func (s *Service) Sync(ctx context.Context, dev Recipient, since Position, limit int) (Batch, error) {
+	b, _, err := s.sync(ctx, dev, since, limit, false)
+	return b, err
+}
+
+// SyncAndHead is Sync that also returns the head of the device-list stream,
+// read before the messages in the same round trip.
+func (s *Service) SyncAndHead(ctx context.Context, dev Recipient, since Position, limit int) (Batch, int64, error) {
+	return s.sync(ctx, dev, since, limit, true)
+}
+
+func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit int, head bool) (Batch, int64, error) {
 	if limit <= 0 || limit > DefaultSyncLimit {
 		limit = DefaultSyncLimit
 	}
 	if since.NID != dev.NID {
 		since = Position{NID: dev.NID}
 	}
-	res, err := s.cfg.Store.Sync(ctx, SyncQuery{Device: dev, AckLo: since.Lo, AckHi: since.Hi, Limit: limit})
+	res, err := s.cfg.Store.Sync(ctx, SyncQuery{Device: dev, AckLo: since.Lo, AckHi: since.Hi, Limit: limit, DeviceListHead: head})
 	if err != nil {
 		if errors.Is(err, ErrDeviceGone) {
-			return Batch{}, err
+			return Batch{}, 0, err
 		}
-		return Batch{}, fmt.Errorf("syncing inbox: %w", err)
+		return Batch{}, 0, fmt.Errorf("syncing inbox: %w", err)
 	}
 	s.m.Acknowledged.Add(float64(res.Acked))
 	b := Batch{Next: since.Acked(), Limited: res.More, Events: make([]Event, len(res.Messages))}
@@ -165,7 +176,7 @@ func (s *Service) Sync(ctx context.Context, dev Recipient, since Position, limit
 		b.Next.Hi = res.Messages[n-1].Pos
 		s.m.Delivered.Add(float64(n))
 	}
-	return b, nil
+	return b, res.DeviceListHead, nil
 }
 
 // PurgeDevice deletes every inbox row of a deleted device, in bounded batches.

@@ -90,6 +90,9 @@ type SyncQuery struct {
 	AckLo  int64
 	AckHi  int64
 	Limit  int
+	// DeviceListHead also reads the head of the device-list stream (before
+	// the messages), saving /sync a round trip of its own.
+	DeviceListHead bool
 }
 
 // SyncResult is the answer to a SyncQuery.
@@ -99,6 +102,8 @@ type SyncResult struct {
 	More bool
 	// Acked is how many messages the acknowledgement deleted.
 	Acked int
+	// DeviceListHead is the device-list stream's head, when asked for.
+	DeviceListHead int64
 }
 
 // RemoteAccept is one m.direct_to_device EDU from another server, validated

@@ -307,12 +307,17 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 	return applied, nil
 }
 
+// streamStateSQL reads the device-list stream's head (never below the
+// pruning point, so positions are never reused) and pruning point. The inbox
+// store runs it too, inside /sync's round trip.
+const streamStateSQL = `
+	SELECT greatest(coalesce((SELECT max(pos) FROM device_list_stream), 0), device_list_pruned_below),
+	       device_list_pruned_below
+	FROM meta`
+
 func (s *deviceStore) StreamState(ctx context.Context) (devicelists.StreamState, error) {
 	var st devicelists.StreamState
-	err := s.db.pool.QueryRow(ctx, `
-		SELECT greatest(coalesce((SELECT max(pos) FROM device_list_stream), 0), device_list_pruned_below),
-		       device_list_pruned_below
-		FROM meta`).Scan(&st.Head, &st.PrunedBelow)
+	err := s.db.pool.QueryRow(ctx, streamStateSQL).Scan(&st.Head, &st.PrunedBelow)
 	return st, err
 }
 

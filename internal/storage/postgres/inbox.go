@@ -315,6 +315,9 @@ func (d lockedDevices) expand(msgs []inbox.LocalMessage, out *recipientRows) (un
 // fetch starts right above AckHi for the same reason.
 func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncResult, error) {
 	b := &pgx.Batch{}
+	if q.DeviceListHead {
+		b.Queue(streamStateSQL)
+	}
 	ack := q.AckHi > q.AckLo
 	if ack {
 		b.Queue(`DELETE FROM device_inbox WHERE user_id = $1 AND device_nid = $2 AND pos > $3 AND pos <= $4`,
@@ -329,6 +332,12 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 	br := s.db.pool.SendBatch(ctx, b)
 	defer br.Close()
 	var res inbox.SyncResult
+	if q.DeviceListHead {
+		var pruned int64
+		if err := br.QueryRow().Scan(&res.DeviceListHead, &pruned); err != nil {
+			return res, fmt.Errorf("reading the device-list head: %w", err)
+		}
+	}
 	if ack {
 		tag, err := br.Exec()
 		if err != nil {

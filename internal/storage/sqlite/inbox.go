@@ -280,6 +280,12 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 		}
 	}
 	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		if q.DeviceListHead {
+			var pruned int64
+			if err := tx.QueryRowContext(ctx, streamStateSQL).Scan(&res.DeviceListHead, &pruned); err != nil {
+				return fmt.Errorf("reading the device-list head: %w", err)
+			}
+		}
 		var live bool
 		if err := tx.QueryRowContext(ctx,
 			`SELECT EXISTS (SELECT 1 FROM devices WHERE nid = ? AND deleted_at IS NULL)`, q.Device.NID).Scan(&live); err != nil {

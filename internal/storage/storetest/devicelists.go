@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/storage"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
@@ -384,4 +385,20 @@ func testDeviceUpdatesArePositions(t *testing.T, e *Env) {
 	require.Len(t, got, 1)
 	require.Equal(t, name, got[0].DisplayName, "the name survives updates that do not give one")
 	require.Nil(t, got[0].Keys)
+}
+
+// testSyncReadsDeviceListHead: /sync reads the device-list head with the
+// inbox in one round trip; it must be the head the device-list store reports.
+func testSyncReadsDeviceListHead(t *testing.T, e *Env) {
+	b := e.Open(Options{})
+	dl := lists(b)
+	dev := mkDevice(t, b, bob, "B1")
+	putDevice(t, dl, bob, "B2", keysFor(bob, "B2", "k"))
+	res, err := b.Inbox().Sync(ctx(t), inbox.SyncQuery{Device: dev, Limit: 10, DeviceListHead: true})
+	require.NoError(t, err)
+	require.Equal(t, head(t, dl), res.DeviceListHead)
+	require.Positive(t, res.DeviceListHead)
+	res, err = b.Inbox().Sync(ctx(t), inbox.SyncQuery{Device: dev, Limit: 10})
+	require.NoError(t, err)
+	require.Zero(t, res.DeviceListHead, "not read unless asked for")
 }

@@ -92,6 +92,7 @@ func Run(t *testing.T, h Harness) {
 		{"DeviceListRoomWakeUps", testDeviceListRoomWakeUps},
 		{"DeviceUpdatesArePositions", testDeviceUpdatesArePositions},
 		{"DeviceListPruning", testDeviceListPruning},
+		{"SyncReadsDeviceListHead", testSyncReadsDeviceListHead},
 		{"DeviceListOutbox", testDeviceListOutbox},
 		{"DeviceListOutboxExactDelete", testDeviceListOutboxExactDelete},
 		{"DeviceListOutboxOrderUnderConcurrentChanges", testDeviceListOutboxOrder},
