@@ -57,6 +57,7 @@ func newFlagSet(cfg *loadtest.Config, opts *options, out io.Writer) *flag.FlagSe
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "after sending stops, how long to wait for retries to be confirmed and everything to arrive")
 	fs.DurationVar(&cfg.SyncTimeout, "sync-timeout", cfg.SyncTimeout, "long-poll timeout of the syncers")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the recipient choice (the run id stays random)")
+	fs.BoolVar(&cfg.DeliverAfterSend, "deliver-after-send", cfg.DeliverAfterSend, "start the syncers only after the sending phase, so it measures accepting alone (like --baseline's COPY); latencies then include the wait")
 	fs.BoolVar(&cfg.H2C, "h2c", cfg.H2C, "speak HTTP/2 without TLS (as a reverse proxy with an h2c upstream would); default HTTP/1.1, one connection per request in flight")
 	fs.Float64Var(&cfg.SyncDropRate, "sync-drop-rate", cfg.SyncDropRate, "fraction of sync responses to throw away unprocessed, to check redelivery")
 	fs.BoolVar(&cfg.Baseline, "baseline", cfg.Baseline, "also COPY the same rows straight into device_inbox and report todeviced's share of that rate (needs --database-url)")

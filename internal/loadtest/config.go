@@ -61,6 +61,10 @@ type Config struct {
 
 	// KeepDevices leaves the provisioned devices in place at the end.
 	KeepDevices bool
+	// DeliverAfterSend starts the syncers only when the sending phase is
+	// over, so the sending phase measures accepting alone (as the COPY
+	// baseline measures writing alone); latencies then include the wait.
+	DeliverAfterSend bool
 	// H2C speaks HTTP/2 without TLS (prior knowledge), as a reverse proxy
 	// with an h2c upstream would.
 	H2C bool

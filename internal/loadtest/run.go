@@ -196,23 +196,32 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	// (the last acknowledgements) run after it under their own deadline.
 	syncCtx, stopSync := context.WithCancel(ctx)
 	defer stopSync()
-	var syncers, ready sync.WaitGroup
-	for d := range r.devices {
-		syncers.Add(1)
-		ready.Add(1)
-		go func() {
-			defer syncers.Done()
-			r.syncer(syncCtx, ctx, d, ready.Done)
-		}()
+	var syncers sync.WaitGroup
+	startSyncers := func() error {
+		var ready sync.WaitGroup
+		for d := range r.devices {
+			syncers.Add(1)
+			ready.Add(1)
+			go func() {
+				defer syncers.Done()
+				r.syncer(syncCtx, ctx, d, ready.Done)
+			}()
+		}
+		// The clock starts once every syncer holds its connection: with
+		// thousands of devices, the connect storm would otherwise eat the
+		// first seconds of the measurement.
+		ready.Wait()
+		if ctx.Err() != nil {
+			return fmt.Errorf("starting syncers: %w", ctx.Err())
+		}
+		r.log.Info("syncers ready", "syncers", len(r.devices))
+		return nil
 	}
-	// The clock starts once every syncer holds its connection: with
-	// thousands of devices, the connect storm would otherwise eat the first
-	// seconds of the measurement.
-	ready.Wait()
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("starting syncers: %w", ctx.Err())
+	if !cfg.DeliverAfterSend {
+		if err := startSyncers(); err != nil {
+			return nil, err
+		}
 	}
-	r.log.Info("syncers ready", "syncers", len(r.devices))
 
 	r.st.start = time.Now()
 	r.st.phase.Store("sending")
@@ -264,6 +273,13 @@ func (r *Runner) Run(ctx context.Context) (*Report, error) {
 	}
 	issueEnd := time.Now()
 	stopIssue()
+	if cfg.DeliverAfterSend {
+		if err := startSyncers(); err != nil {
+			stopProgress()
+			<-progressDone
+			return nil, err
+		}
+	}
 	r.st.phase.Store("draining")
 	drainTimer := time.AfterFunc(cfg.DrainTimeout, stopHard)
 	defer drainTimer.Stop()
