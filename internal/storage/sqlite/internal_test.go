@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -63,7 +64,12 @@ func TestWriterQueueCountsWaiters(t *testing.T) {
 	require.NoError(t, err)
 	defer db.Close()
 
-	require.NoError(t, db.acquireWriter(ctx))
+	busy, release := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- db.write(ctx, func(*sql.Tx) error { close(busy); <-release; return nil })
+	}()
+	<-busy
 	wctx, wcancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- db.write(wctx, func(*sql.Tx) error { return nil }) }()
@@ -73,6 +79,67 @@ func TestWriterQueueCountsWaiters(t *testing.T) {
 	wcancel()
 	require.ErrorIs(t, <-errc, context.Canceled)
 	require.Zero(t, db.WaitingWriters())
-	<-db.writeSlot
-	require.NoError(t, db.write(ctx, func(*sql.Tx) error { return nil }), "the slot is free again")
+	close(release)
+	require.NoError(t, <-first)
+	require.NoError(t, db.write(ctx, func(*sql.Tx) error { return nil }), "the writer is free again")
+}
+
+// TestGroupCommit checks that writers queued behind a transaction share the
+// next commit, each in a savepoint: a failing one rolls back only its own
+// writes.
+func TestGroupCommit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db, err := Open(ctx, Options{Path: filepath.Join(t.TempDir(), "t.db"), Migrate: true})
+	require.NoError(t, err)
+	defer db.Close()
+
+	busy, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = db.write(ctx, func(*sql.Tx) error { close(busy); <-release; return nil })
+	}()
+	<-busy
+	insert := func(id string, fail bool) func(*sql.Tx) error {
+		return func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO send_txns (user_id, device_id, event_type, txn_id, response) VALUES ('u', 'd', 't', ?, x'')`, id); err != nil {
+				return err
+			}
+			if fail {
+				return errors.New("this request fails after writing")
+			}
+			return nil
+		}
+	}
+	results := make(chan string, 3)
+	for _, w := range []struct {
+		id   string
+		fail bool
+	}{{"a", false}, {"b", true}, {"c", false}} {
+		go func() {
+			if err := db.write(ctx, insert(w.id, w.fail)); err != nil {
+				results <- w.id + ":err"
+			} else {
+				results <- w.id + ":ok"
+			}
+		}()
+	}
+	for db.WaitingWriters() != 3 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	got := map[string]bool{}
+	for range 3 {
+		got[<-results] = true
+	}
+	require.Equal(t, map[string]bool{"a:ok": true, "b:err": true, "c:ok": true}, got)
+	var ids []string
+	rows, err := db.readers.QueryContext(ctx, `SELECT txn_id FROM send_txns ORDER BY txn_id`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id string
+		require.NoError(t, rows.Scan(&id))
+		ids = append(ids, id)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{"a", "c"}, ids, "the failed request's write was rolled back, the others committed")
 }
