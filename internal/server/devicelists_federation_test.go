@@ -161,8 +161,14 @@ func TestFederationDeviceListUpdate(t *testing.T) {
 		require.Equal(t, []string{"A1"}, got.devices(alice))
 		require.Equal(t, "k1", got.DeviceKeys[alice]["A1"]["keys"].(map[string]any)["curve25519:A1"])
 		require.Empty(t, got.Failures)
+		// The metric is counted once the update is stored, just after the
+		// commit that woke the syncer.
+		waitUntil(t, "the update to be counted", func() bool {
+			return b.metric("todeviced_device_list_updates_received_total", "result=applied") >= 1
+		})
 		require.Equal(t, 1.0, b.metric("todeviced_device_list_updates_received_total", "result=applied"),
 			"the update named the stream_id B fetched: applied, no resync")
+		require.Zero(t, b.metric("todeviced_device_list_updates_received_total", "result=resync"))
 
 		// Cross-signing keys travel as m.signing_key_update.
 		master := map[string]any{"user_id": alice, "usage": []string{"master"}, "keys": map[string]string{"ed25519:M": "M"}}
@@ -238,6 +244,9 @@ func TestFederationDeviceListGapResyncs(t *testing.T) {
 		lists.waitChanged(alice)
 		waitUntil(t, "B to resync after the gap", func() bool {
 			return b.metric("todeviced_device_list_resyncs_total", "result=ok") >= 2
+		})
+		waitUntil(t, "the gap to be counted", func() bool {
+			return b.metric("todeviced_device_list_updates_received_total", "result=resync") >= 1
 		})
 		require.Equal(t, 1.0, b.metric("todeviced_device_list_updates_received_total", "result=resync"))
 		waitUntil(t, "B's answer to show both devices", func() bool {
