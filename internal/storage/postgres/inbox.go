@@ -29,7 +29,16 @@ func (s *inboxStore) Epoch() string { return s.db.epoch }
 //     unique key until this commits, then reads the recorded response); lock
 //     the live recipient devices in nid order (so overlapping fan-outs cannot
 //     deadlock) — pipelined;
-//  2. the inbox rows, the outbox EDUs, the NOTIFY and the COMMIT — pipelined.
+//  2. the inbox rows, the outbox EDUs, the COMMIT and then the NOTIFY —
+//     pipelined.
+//
+// The NOTIFY runs after the COMMIT, in a transaction of its own: PostgreSQL
+// serializes the commits of notifying transactions on one lock, so a NOTIFY
+// inside the send's transaction would hold that lock through the send's WAL
+// flush and stop concurrent sends from sharing a flush (group commit). A
+// notification-only transaction writes no WAL and commits without a flush.
+// Should it fail, the message is stored all the same: waiters on other
+// replicas find it at their next look (see notifyFailed).
 //
 // A deadlock or serialization failure is retried: the transaction had no
 // effect.
@@ -160,23 +169,34 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 			dests, ids, edus)
 		res.Queued = len(a.Remote)
 	}
-	queueNotify(b, keys)
 	hook := s.hooks.BeforeAcceptCommit
-	if hook == nil {
-		b.Queue("COMMIT")
-	}
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return res, nil, fmt.Errorf("writing inbox and outbox rows: %w", err)
-	}
 	if hook != nil {
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return res, nil, fmt.Errorf("writing inbox and outbox rows: %w", err)
+		}
 		if err := hook(ctx, a); err != nil {
 			return res, nil, err
 		}
-		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-			return res, nil, fmt.Errorf("committing: %w", err)
+		b = &pgx.Batch{}
+	}
+	writes := b.Len()
+	b.Queue("COMMIT")
+	queueNotify(b, keys)
+	br = conn.SendBatch(ctx, b)
+	for range writes {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return res, nil, fmt.Errorf("writing inbox and outbox rows: %w", err)
 		}
 	}
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return res, nil, fmt.Errorf("committing: %w", err)
+	}
 	open = false
+	if err := br.Close(); err != nil {
+		s.db.notifyFailed(ctx, err)
+	}
 	return res, keys, nil
 }
 
@@ -477,7 +497,7 @@ func (s *inboxStore) PeekOutbox(ctx context.Context, destination string, limit i
 //     commits, then finds it. What was not inserted is a duplicate.
 //  2. lock the recipients of every new EDU at once, in nid order, exactly as
 //     Accept does, and expand "*";
-//  3. insert the inbox rows, EDU after EDU, and queue one NOTIFY.
+//  3. insert the inbox rows, EDU after EDU; after the commit, one NOTIFY.
 func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAccept) ([]inbox.AcceptResult, error) {
 	results := make([]inbox.AcceptResult, len(batch))
 	var keys []wakeup.Key
@@ -564,7 +584,6 @@ func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAcce
 				}
 			}
 		}
-		queueNotify(b, keys)
 		if b.Len() > 0 {
 			if err := tx.SendBatch(ctx, b).Close(); err != nil {
 				return fmt.Errorf("writing inbox rows: %w", err)
@@ -579,6 +598,7 @@ func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAcce
 		return nil, err
 	}
 	s.db.wakeLocal(keys)
+	s.db.notify(ctx, keys)
 	return results, nil
 }
 

@@ -59,6 +59,27 @@ func queueNotify(b *pgx.Batch, keys []wakeup.Key) {
 	}
 }
 
+// notify sends the NOTIFYs for keys after a commit, outside any
+// transaction (see inboxStore.Accept for why).
+func (db *DB) notify(ctx context.Context, keys []wakeup.Key) {
+	if len(keys) == 0 {
+		return
+	}
+	b := &pgx.Batch{}
+	queueNotify(b, keys)
+	if err := db.pool.SendBatch(ctx, b).Close(); err != nil {
+		db.notifyFailed(ctx, err)
+	}
+}
+
+// notifyFailed reports a NOTIFY that failed after its transaction had
+// committed. The rows are stored and this replica's waiters were woken; a
+// waiter on another replica finds them when its long-poll next looks (at
+// the latest when it times out and the client syncs again).
+func (db *DB) notifyFailed(ctx context.Context, err error) {
+	db.log.WarnContext(ctx, "waking other replicas failed; their long-polls see the committed messages when they next look", "err", err)
+}
+
 func parsePayload(p string) []wakeup.Key {
 	fields := strings.Fields(p)
 	keys := make([]wakeup.Key, len(fields))

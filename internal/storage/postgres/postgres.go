@@ -201,8 +201,7 @@ func retryable(err error) bool {
 }
 
 // wakeLocal wakes this replica's waiters at once after a commit; the NOTIFY
-// sent in the transaction reaches the other replicas (and this one again,
-// harmlessly).
+// reaches the other replicas (and this one again, harmlessly).
 func (db *DB) wakeLocal(keys []wakeup.Key) {
 	if db.hub != nil && len(keys) > 0 {
 		db.hub.Wake(keys...)
