@@ -138,9 +138,9 @@ func (f *fakeServer) sync(w http.ResponseWriter, r *http.Request) {
 			f.bugged = true
 			ev[0], ev[1] = ev[1], ev[0]
 		}
-		f.mu.Unlock()
 		// In reorder mode, wait for two events so there is a pair to swap.
 		enough := len(resp.ToDevice.Events) > 0 && (f.bug != "reorder" || f.bugged || len(resp.ToDevice.Events) >= 2)
+		f.mu.Unlock()
 		if enough || !time.Now().Before(deadline) {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(resp)

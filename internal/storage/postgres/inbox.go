@@ -23,7 +23,7 @@ type inboxStore struct {
 
 func (s *inboxStore) Epoch() string { return s.db.epoch }
 
-// Accept stores a sendToDevice in one transaction of two round trips:
+// acceptAlone stores a sendToDevice in one transaction of two round trips:
 //
 //  1. BEGIN; insert the transaction record (a concurrent retry blocks on the
 //     unique key until this commits, then reads the recorded response); lock
@@ -42,7 +42,7 @@ func (s *inboxStore) Epoch() string { return s.db.epoch }
 //
 // A deadlock or serialization failure is retried: the transaction had no
 // effect.
-func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptResult, error) {
+func (s *inboxStore) acceptAlone(ctx context.Context, a *inbox.Accept) (inbox.AcceptResult, error) {
 	const attempts = 4
 	for i := 0; ; i++ {
 		res, keys, err := s.accept(ctx, a)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,6 +41,9 @@ type Options struct {
 	Logger *slog.Logger
 	// InboxHooks are test hooks for the inbox store.
 	InboxHooks inbox.Hooks
+	// BeforeGroupCommit, a test hook, runs before the last round trip of a
+	// group of sends written together (group.go); an error fails the group.
+	BeforeGroupCommit func(ctx context.Context, sends int) error
 	// DeviceListHooks are test hooks for the device-list store.
 	DeviceListHooks devicelists.Hooks
 	// OnListenerState is told whether the LISTEN connection is up.
@@ -90,7 +94,15 @@ type DB struct {
 	listener  *listener
 	cancel    context.CancelFunc
 	listening chan struct{}
+
+	// acceptQueue holds sends waiting to be written in a group (group.go).
+	acceptQueue acceptQueue
+	// groupedSends counts sends written as part of a group of several.
+	groupedSends atomic.Int64
 }
+
+// GroupedSends counts the sends written as part of a group of several.
+func (db *DB) GroupedSends() int64 { return db.groupedSends.Load() }
 
 // Open connects, migrates when asked, and loads the epoch. Call Start to begin
 // listening for wake-ups and Close when done.
