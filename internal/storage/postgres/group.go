@@ -23,9 +23,10 @@ import (
 // Why: a send holds its recipients' device rows locked until its commit
 // has reached the disk (that is what keeps invariant 3), so sends to the
 // same devices commit strictly one after another, each paying a WAL flush
-// of its own. A group pays one for all of them. A send that finds nobody
-// writing is written at once, alone, exactly as before; grouping only ever
-// happens under load, and then costs no more than the wait it replaces.
+// of its own. A group pays one for all of them. A send that finds fewer than
+// groupWriters groups being written is written at once, alone, exactly as
+// before; grouping only ever happens under load, and then costs no more than
+// the wait it replaces.
 //
 // Within a group, each send's rows are written in arrival order and its
 // transaction record, recipients and outbox EDUs are handled as a lone send
@@ -41,10 +42,16 @@ const (
 	maxGroupRows  = 8000
 )
 
+// groupWriters is how many groups are written at once. Two let one group's
+// preparation (expanding recipients, streaming rows) overlap the other's
+// commit; groups to the same devices still commit one after the other, on
+// the device locks.
+const groupWriters = 2
+
 type acceptQueue struct {
 	mu      sync.Mutex
 	waiting []*queuedAccept
-	leading bool // a goroutine is writing groups
+	leaders int // goroutines writing groups, at most groupWriters
 }
 
 type queuedAccept struct {
@@ -84,7 +91,7 @@ func (aq *acceptQueue) take() []*queuedAccept {
 		rows += n
 	}
 	if len(group) == 0 {
-		aq.leading = false
+		aq.leaders--
 		aq.waiting = nil
 	}
 	return group
@@ -96,7 +103,7 @@ func (aq *acceptQueue) handOff() bool {
 	aq.mu.Lock()
 	defer aq.mu.Unlock()
 	if len(aq.waiting) == 0 {
-		aq.leading = false
+		aq.leaders--
 		return false
 	}
 	return true
@@ -112,8 +119,10 @@ func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptR
 	aq := &s.db.acceptQueue
 	aq.mu.Lock()
 	aq.waiting = append(aq.waiting, q)
-	lead := !aq.leading
-	aq.leading = true
+	lead := aq.leaders < groupWriters
+	if lead {
+		aq.leaders++
+	}
 	aq.mu.Unlock()
 	if lead {
 		// The group's work must not end with this request: others ride in it.
