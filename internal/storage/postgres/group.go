@@ -199,19 +199,11 @@ func (s *inboxStore) writeGroup(ctx context.Context, group []*queuedAccept) {
 // acceptGroup writes several sends in one transaction of two round trips
 // (three with COPY), as accept writes one.
 func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (results []inbox.AcceptResult, keys []wakeup.Key, err error) {
-	conn, err := s.db.pool.Acquire(ctx)
+	conn, err := s.acquire(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("acquiring a connection: %w", err)
+		return nil, nil, err
 	}
-	defer conn.Release()
-	open := false
-	defer func() {
-		if open {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_, _ = conn.Exec(rctx, "ROLLBACK")
-			cancel()
-		}
-	}()
+	defer conn.release(ctx)
 
 	// The transaction records, each key once, inserted in key order so two
 	// groups holding the same keys cannot deadlock on the unique index.
@@ -227,17 +219,12 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 		order = append(order, i)
 		local = append(local, q.a.Local...)
 	}
-	slices.SortFunc(order, func(x, y int) int {
-		a, b := group[x].a.Txn, group[y].a.Txn
-		return cmp.Or(cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.DeviceID, b.DeviceID),
-			cmp.Compare(a.EventType, b.EventType), cmp.Compare(a.TxnID, b.TxnID))
-	})
-	var tu, td, te, tt []string
+	slices.SortFunc(order, func(x, y int) int { return compareTxn(group[x].a.Txn, group[y].a.Txn) })
+	var tk txnKeys
 	var tr [][]byte
 	for _, i := range order {
-		a := group[i].a
-		tu, td, te, tt = append(tu, a.Txn.UserID), append(td, a.Txn.DeviceID), append(te, a.Txn.EventType), append(tt, a.Txn.TxnID)
-		tr = append(tr, a.Response)
+		tk.add(group[i].a.Txn)
+		tr = append(tr, group[i].a.Response)
 	}
 
 	b := &pgx.Batch{}
@@ -247,7 +234,7 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 		SELECT u, d, e, t, r FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[])
 			WITH ORDINALITY AS k(u, d, e, t, r, n) ORDER BY n
 		ON CONFLICT DO NOTHING
-		RETURNING user_id, device_id, event_type, txn_id`, tu, td, te, tt, tr)
+		RETURNING user_id, device_id, event_type, txn_id`, tk.users, tk.devices, tk.types, tk.ids, tr)
 	if len(local) > 0 {
 		queueLockDevices(b, local)
 	}
@@ -256,18 +243,9 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 		br.Close()
 		return nil, nil, fmt.Errorf("beginning transaction: %w", err)
 	}
-	open = true
+	conn.open = true
 	inserted := map[inbox.TxnKey]bool{}
-	rows, err := br.Query()
-	if err != nil {
-		br.Close()
-		return nil, nil, fmt.Errorf("recording transactions: %w", err)
-	}
-	var k inbox.TxnKey
-	if _, err := pgx.ForEachRow(rows, []any{&k.UserID, &k.DeviceID, &k.EventType, &k.TxnID}, func() error {
-		inserted[k] = true
-		return nil
-	}); err != nil {
+	if err := scanTxnKeys(br, func(k inbox.TxnKey, _ []byte) { inserted[k] = true }); err != nil {
 		br.Close()
 		return nil, nil, fmt.Errorf("recording transactions: %w", err)
 	}
@@ -283,14 +261,9 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	}
 
 	// What each send writes, in arrival order.
-	var out recipientRows
-	var senders, types []string
-	type groupEDU struct {
-		inbox.OutboundEDU
-		send int
-	}
-	var edus []groupEDU
-	var lookup []inbox.TxnKey // duplicates of transactions recorded before this group
+	var rows recipientRows
+	var edus []inbox.OutboundEDU
+	var lookup txnKeys // duplicates of transactions recorded before this group
 	for i, q := range group {
 		a := q.a
 		if first := firstOf[a.Txn]; first != i || !inserted[a.Txn] {
@@ -298,146 +271,92 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 			if inserted[a.Txn] {
 				results[i].Response = group[first].a.Response
 			} else {
-				lookup = append(lookup, a.Txn)
+				lookup.add(a.Txn)
 			}
 			continue
 		}
 		results[i].Response = a.Response
-		before := len(out.nids)
-		results[i].Unknown = devs.expand(a.Local, &out)
-		results[i].Delivered = len(out.nids) - before
-		for range results[i].Delivered {
-			senders = append(senders, a.Sender)
-			types = append(types, a.EventType)
-		}
-		for _, e := range a.Remote {
-			edus = append(edus, groupEDU{e, i})
-		}
+		results[i].Unknown, results[i].Delivered = devs.expand(a.Local, a.Sender, a.EventType, &rows)
+		edus = append(edus, a.Remote...)
 		results[i].Queued = len(a.Remote)
 	}
-	seen := make(map[int64]bool, len(out.nids))
-	for _, nid := range out.nids {
-		if !seen[nid] {
-			seen[nid] = true
-			keys = append(keys, wakeup.DeviceKey(nid))
-		}
-	}
+	keys = rows.wakeKeys(nil)
 
-	useCopy := s.db.opts.InboxWrite == WriteCopy ||
-		(s.db.opts.InboxWrite == WriteAuto && len(out.nids) >= CopyThreshold)
 	b = &pgx.Batch{}
-	if len(out.nids) > 0 && useCopy {
-		if err := copyRows(ctx, conn, out, senders, types); err != nil {
-			return nil, nil, err
-		}
-	} else if len(out.nids) > 0 {
-		b.Queue(`
-			INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
-			SELECT u, n, s, t, c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[]) AS r(u, n, s, t, c)`,
-			out.users, out.nids, senders, types, out.contents)
+	if err := rows.write(ctx, conn.Conn, s.db.opts.InboxWrite, b); err != nil {
+		return nil, nil, err
 	}
-	if len(edus) > 0 {
-		// Each destination locked once, in name order; its EDUs in arrival
-		// order, so they commit in position order as a lone send's do.
-		slices.SortStableFunc(edus, func(x, y groupEDU) int { return cmp.Compare(x.Destination, y.Destination) })
-		dests := make([]string, len(edus))
-		ids := make([]string, len(edus))
-		bodies := make([][]byte, len(edus))
-		for i, e := range edus {
-			dests[i], ids[i], bodies[i] = e.Destination, e.MessageID, e.EDU
-			if i == 0 || edus[i-1].Destination != e.Destination {
-				b.Queue(`
-					INSERT INTO todevice_outbox_destinations (destination, last_enqueued_at)
-					VALUES ($1, now())
-					ON CONFLICT (destination) DO UPDATE SET last_enqueued_at = excluded.last_enqueued_at`,
-					e.Destination)
-				keys = append(keys, wakeup.OutboxKey(e.Destination))
-			}
-		}
-		b.Queue(`
-			INSERT INTO todevice_outbox (destination, message_id, edu)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`,
-			dests, ids, bodies)
-	}
+	// Each send's Remote is sorted by destination; a stable sort of the
+	// group's keeps every destination's EDUs in arrival order.
+	slices.SortStableFunc(edus, func(x, y inbox.OutboundEDU) int { return cmp.Compare(x.Destination, y.Destination) })
+	keys = append(keys, queueOutbox(b, edus)...)
 	writes := b.Len()
-	if len(lookup) > 0 {
-		lu, ld, le, lt := make([]string, len(lookup)), make([]string, len(lookup)), make([]string, len(lookup)), make([]string, len(lookup))
-		for i, k := range lookup {
-			lu[i], ld[i], le[i], lt[i] = k.UserID, k.DeviceID, k.EventType, k.TxnID
-		}
+	var readRecorded func(pgx.BatchResults) error
+	if len(lookup.ids) > 0 {
 		b.Queue(`
 			SELECT user_id, device_id, event_type, txn_id, response FROM send_txns
 			WHERE (user_id, device_id, event_type, txn_id) IN (
-				SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))`, lu, ld, le, lt)
+				SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))`,
+			lookup.users, lookup.devices, lookup.types, lookup.ids)
+		readRecorded = func(br pgx.BatchResults) error {
+			recorded := map[inbox.TxnKey][]byte{}
+			if err := scanTxnKeys(br, func(k inbox.TxnKey, r []byte) { recorded[k] = r }); err != nil {
+				return fmt.Errorf("reading recorded responses: %w", err)
+			}
+			for i, q := range group {
+				if results[i].Duplicate && results[i].Response == nil {
+					r, ok := recorded[q.a.Txn]
+					if !ok {
+						return errors.New("reading recorded responses: a transaction record vanished")
+					}
+					results[i].Response = r
+				}
+			}
+			return nil
+		}
 	}
 	if hook := s.db.opts.BeforeGroupCommit; hook != nil {
 		if err := hook(ctx, len(group)); err != nil {
 			return nil, nil, err
 		}
 	}
-	b.Queue("COMMIT")
-	queueNotify(b, keys)
-	br = conn.SendBatch(ctx, b)
-	for range writes {
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return nil, nil, fmt.Errorf("writing inbox and outbox rows: %w", err)
-		}
-	}
-	if len(lookup) > 0 {
-		recorded := map[inbox.TxnKey][]byte{}
-		rows, err := br.Query()
-		if err != nil {
-			br.Close()
-			return nil, nil, fmt.Errorf("reading recorded responses: %w", err)
-		}
-		var resp []byte
-		if _, err := pgx.ForEachRow(rows, []any{&k.UserID, &k.DeviceID, &k.EventType, &k.TxnID, &resp}, func() error {
-			recorded[k] = resp
-			return nil
-		}); err != nil {
-			br.Close()
-			return nil, nil, fmt.Errorf("reading recorded responses: %w", err)
-		}
-		for i, q := range group {
-			if results[i].Duplicate && results[i].Response == nil {
-				r, ok := recorded[q.a.Txn]
-				if !ok {
-					br.Close()
-					return nil, nil, errors.New("reading recorded responses: a transaction record vanished")
-				}
-				results[i].Response = r
-			}
-		}
-	}
-	if _, err := br.Exec(); err != nil {
-		br.Close()
-		return nil, nil, fmt.Errorf("committing: %w", err)
-	}
-	open = false
-	if err := br.Close(); err != nil {
-		s.db.notifyFailed(ctx, err)
+	if err := s.commit(ctx, conn, b, writes, keys, readRecorded); err != nil {
+		return nil, nil, err
 	}
 	return results, keys, nil
 }
 
-// copyRows writes rows with COPY, each with its own sender and type.
-func copyRows(ctx context.Context, conn interface {
-	CopyFrom(context.Context, pgx.Identifier, []string, pgx.CopyFromSource) (int64, error)
-}, rows recipientRows, senders, types []string) error {
-	i := 0
-	_, err := conn.CopyFrom(ctx, pgx.Identifier{"device_inbox"},
-		[]string{"user_id", "device_nid", "sender", "type", "content"},
-		pgx.CopyFromFunc(func() ([]any, error) {
-			if i == len(rows.nids) {
-				return nil, nil
-			}
-			r := []any{rows.users[i], rows.nids[i], senders[i], types[i], rows.contents[i]}
-			i++
-			return r, nil
-		}))
+// txnKeys are transaction keys as query parameters.
+type txnKeys struct{ users, devices, types, ids []string }
+
+func (t *txnKeys) add(k inbox.TxnKey) {
+	t.users = append(t.users, k.UserID)
+	t.devices = append(t.devices, k.DeviceID)
+	t.types = append(t.types, k.EventType)
+	t.ids = append(t.ids, k.TxnID)
+}
+
+func compareTxn(a, b inbox.TxnKey) int {
+	return cmp.Or(cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.DeviceID, b.DeviceID),
+		cmp.Compare(a.EventType, b.EventType), cmp.Compare(a.TxnID, b.TxnID))
+}
+
+// scanTxnKeys reads rows of (user_id, device_id, event_type, txn_id[,
+// response]).
+func scanTxnKeys(br pgx.BatchResults, fn func(inbox.TxnKey, []byte)) error {
+	rows, err := br.Query()
 	if err != nil {
-		return fmt.Errorf("copying inbox rows: %w", err)
+		return err
 	}
-	return nil
+	defer rows.Close()
+	var k inbox.TxnKey
+	for rows.Next() {
+		var resp []byte
+		dest := []any{&k.UserID, &k.DeviceID, &k.EventType, &k.TxnID, &resp}
+		if err := rows.Scan(dest[:len(rows.FieldDescriptions())]...); err != nil {
+			return err
+		}
+		fn(k, resp)
+	}
+	return rows.Err()
 }

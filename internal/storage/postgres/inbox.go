@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/wakeup"
@@ -63,21 +64,11 @@ func (s *inboxStore) acceptAlone(ctx context.Context, a *inbox.Accept) (inbox.Ac
 }
 
 func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.AcceptResult, keys []wakeup.Key, err error) {
-	conn, err := s.db.pool.Acquire(ctx)
+	conn, err := s.acquire(ctx)
 	if err != nil {
-		return res, nil, fmt.Errorf("acquiring a connection: %w", err)
+		return res, nil, err
 	}
-	defer conn.Release()
-	open := false // a transaction block is open on conn
-	defer func() {
-		if open {
-			// A connection released inside a transaction would be closed by
-			// the pool; end the transaction so it can be reused.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_, _ = conn.Exec(rctx, "ROLLBACK")
-			cancel()
-		}
-	}()
+	defer conn.release(ctx)
 
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
@@ -94,7 +85,7 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 		br.Close()
 		return res, nil, fmt.Errorf("beginning transaction: %w", err)
 	}
-	open = true
+	conn.open = true
 	tag, err := br.Exec()
 	if err != nil {
 		br.Close()
@@ -126,51 +117,15 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 	res.Response = a.Response
 
 	b = &pgx.Batch{}
-	if len(a.Local) > 0 {
-		var rows recipientRows
-		res.Unknown = devs.expand(a.Local, &rows)
-		res.Delivered = len(rows.nids)
-		for _, nid := range rows.nids {
-			keys = append(keys, wakeup.DeviceKey(nid))
-		}
-		useCopy := s.db.opts.InboxWrite == WriteCopy ||
-			(s.db.opts.InboxWrite == WriteAuto && len(rows.nids) >= CopyThreshold)
-		if len(rows.nids) > 0 && useCopy {
-			if err := copyInbox(ctx, conn, rows, a); err != nil {
-				return res, nil, err
-			}
-		} else if len(rows.nids) > 0 {
-			b.Queue(`
-				INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
-				SELECT u, n, $3, $4, c FROM unnest($1::text[], $2::bigint[], $5::bytea[]) AS r(u, n, c)`,
-				rows.users, rows.nids, a.Sender, a.EventType, rows.contents)
-		}
+	var rows recipientRows
+	res.Unknown, res.Delivered = devs.expand(a.Local, a.Sender, a.EventType, &rows)
+	keys = rows.wakeKeys(nil)
+	if err := rows.write(ctx, conn.Conn, s.db.opts.InboxWrite, b); err != nil {
+		return res, nil, err
 	}
-	if len(a.Remote) > 0 {
-		dests := make([]string, len(a.Remote))
-		ids := make([]string, len(a.Remote))
-		edus := make([][]byte, len(a.Remote))
-		for i, e := range a.Remote {
-			dests[i], ids[i], edus[i] = e.Destination, e.MessageID, e.EDU
-			if i == 0 || a.Remote[i-1].Destination != e.Destination {
-				// Locks the destination (Remote is sorted, so in a fixed
-				// order): its EDUs commit in position order.
-				b.Queue(`
-					INSERT INTO todevice_outbox_destinations (destination, last_enqueued_at)
-					VALUES ($1, now())
-					ON CONFLICT (destination) DO UPDATE SET last_enqueued_at = excluded.last_enqueued_at`,
-					e.Destination)
-				keys = append(keys, wakeup.OutboxKey(e.Destination))
-			}
-		}
-		b.Queue(`
-			INSERT INTO todevice_outbox (destination, message_id, edu)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`,
-			dests, ids, edus)
-		res.Queued = len(a.Remote)
-	}
-	hook := s.hooks.BeforeAcceptCommit
-	if hook != nil {
+	keys = append(keys, queueOutbox(b, a.Remote)...)
+	res.Queued = len(a.Remote)
+	if hook := s.hooks.BeforeAcceptCommit; hook != nil {
 		if err := conn.SendBatch(ctx, b).Close(); err != nil {
 			return res, nil, fmt.Errorf("writing inbox and outbox rows: %w", err)
 		}
@@ -179,52 +134,154 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 		}
 		b = &pgx.Batch{}
 	}
-	writes := b.Len()
-	b.Queue("COMMIT")
-	queueNotify(b, keys)
-	br = conn.SendBatch(ctx, b)
-	for range writes {
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return res, nil, fmt.Errorf("writing inbox and outbox rows: %w", err)
-		}
-	}
-	if _, err := br.Exec(); err != nil {
-		br.Close()
-		return res, nil, fmt.Errorf("committing: %w", err)
-	}
-	open = false
-	if err := br.Close(); err != nil {
-		s.db.notifyFailed(ctx, err)
+	if err := s.commit(ctx, conn, b, b.Len(), keys, nil); err != nil {
+		return res, nil, err
 	}
 	return res, keys, nil
 }
 
-// copyInbox writes a fan-out's rows with COPY.
-func copyInbox(ctx context.Context, conn interface {
-	CopyFrom(context.Context, pgx.Identifier, []string, pgx.CopyFromSource) (int64, error)
-}, rows recipientRows, a *inbox.Accept) error {
-	i := 0
-	_, err := conn.CopyFrom(ctx, pgx.Identifier{"device_inbox"},
-		[]string{"user_id", "device_nid", "sender", "type", "content"},
-		pgx.CopyFromFunc(func() ([]any, error) {
-			if i == len(rows.nids) {
-				return nil, nil
-			}
-			r := []any{rows.users[i], rows.nids[i], a.Sender, a.EventType, rows.contents[i]}
-			i++
-			return r, nil
-		}))
-	if err != nil {
-		return fmt.Errorf("copying inbox rows: %w", err)
-	}
-	return nil
-}
-
+// recipientRows are inbox rows to write, in position order.
 type recipientRows struct {
 	users    []string
 	nids     []int64
+	senders  []string
+	types    []string
 	contents [][]byte
+}
+
+// queueInsert adds the rows to a pipeline as one INSERT.
+func (r *recipientRows) queueInsert(b *pgx.Batch) {
+	b.Queue(`
+		INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
+		SELECT u, n, s, t, c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[]) AS r(u, n, s, t, c)`,
+		r.users, r.nids, r.senders, r.types, r.contents)
+}
+
+// write writes the rows: with COPY at once when the strategy says so for
+// this many rows, else as an INSERT queued to b.
+func (r *recipientRows) write(ctx context.Context, conn *pgxpool.Conn, strategy WriteStrategy, b *pgx.Batch) error {
+	switch {
+	case len(r.nids) == 0:
+		return nil
+	case strategy == WriteCopy || (strategy == WriteAuto && len(r.nids) >= CopyThreshold):
+		i := 0
+		_, err := conn.CopyFrom(ctx, pgx.Identifier{"device_inbox"},
+			[]string{"user_id", "device_nid", "sender", "type", "content"},
+			pgx.CopyFromFunc(func() ([]any, error) {
+				if i == len(r.nids) {
+					return nil, nil
+				}
+				row := []any{r.users[i], r.nids[i], r.senders[i], r.types[i], r.contents[i]}
+				i++
+				return row, nil
+			}))
+		if err != nil {
+			return fmt.Errorf("copying inbox rows: %w", err)
+		}
+		return nil
+	default:
+		r.queueInsert(b)
+		return nil
+	}
+}
+
+// wakeKeys appends the wake-up key of every recipient device once.
+func (r *recipientRows) wakeKeys(keys []wakeup.Key) []wakeup.Key {
+	seen := make(map[int64]bool, len(r.nids))
+	for _, nid := range r.nids {
+		if !seen[nid] {
+			seen[nid] = true
+			keys = append(keys, wakeup.DeviceKey(nid))
+		}
+	}
+	return keys
+}
+
+// queueOutbox adds outbox EDUs, sorted by destination and in position
+// order within one, to a pipeline: each destination's row is locked once,
+// in name order (so its EDUs commit in position order and two writers
+// cannot deadlock), then every EDU is inserted. It returns the
+// destinations' wake-up keys.
+func queueOutbox(b *pgx.Batch, edus []inbox.OutboundEDU) []wakeup.Key {
+	if len(edus) == 0 {
+		return nil
+	}
+	var keys []wakeup.Key
+	dests := make([]string, len(edus))
+	ids := make([]string, len(edus))
+	bodies := make([][]byte, len(edus))
+	for i, e := range edus {
+		dests[i], ids[i], bodies[i] = e.Destination, e.MessageID, e.EDU
+		if i == 0 || edus[i-1].Destination != e.Destination {
+			b.Queue(`
+				INSERT INTO todevice_outbox_destinations (destination, last_enqueued_at)
+				VALUES ($1, now())
+				ON CONFLICT (destination) DO UPDATE SET last_enqueued_at = excluded.last_enqueued_at`,
+				e.Destination)
+			keys = append(keys, wakeup.OutboxKey(e.Destination))
+		}
+	}
+	b.Queue(`
+		INSERT INTO todevice_outbox (destination, message_id, edu)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`,
+		dests, ids, bodies)
+	return keys
+}
+
+// txConn is a pooled connection on which a transaction block may be open.
+type txConn struct {
+	*pgxpool.Conn
+	open bool
+}
+
+func (s *inboxStore) acquire(ctx context.Context) (*txConn, error) {
+	conn, err := s.db.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acquiring a connection: %w", err)
+	}
+	return &txConn{Conn: conn}, nil
+}
+
+// release ends an unfinished transaction and returns the connection: one
+// released inside a transaction would be closed by the pool.
+func (c *txConn) release(ctx context.Context) {
+	if c.open {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_, _ = c.Exec(rctx, "ROLLBACK")
+		cancel()
+	}
+	c.Release()
+}
+
+// commit sends b — writes statements, then what read reads (if anything) —
+// followed by the COMMIT and then the NOTIFYs for keys, in one pipeline.
+// The NOTIFY runs after the COMMIT, in a transaction of its own (see
+// acceptAlone); its failure is logged, not returned: the rows are stored.
+func (s *inboxStore) commit(ctx context.Context, c *txConn, b *pgx.Batch, writes int, keys []wakeup.Key, read func(pgx.BatchResults) error) error {
+	b.Queue("COMMIT")
+	queueNotify(b, keys)
+	br := c.SendBatch(ctx, b)
+	for range writes {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return fmt.Errorf("writing inbox and outbox rows: %w", err)
+		}
+	}
+	if read != nil {
+		if err := read(br); err != nil {
+			br.Close()
+			return err
+		}
+	}
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return fmt.Errorf("committing: %w", err)
+	}
+	c.open = false
+	if err := br.Close(); err != nil {
+		s.db.notifyFailed(ctx, err)
+	}
+	return nil
 }
 
 type recipientKey struct{ user, device string }
@@ -300,12 +357,17 @@ func collectLocked(rows pgx.Rows) (lockedDevices, error) {
 	return d, nil
 }
 
-// expand appends the inbox rows of msgs to out, in message order, a "*" in
-// nid order, and returns how many messages found no device.
-func (d lockedDevices) expand(msgs []inbox.LocalMessage, out *recipientRows) (unknown int) {
+// expand appends the inbox rows of msgs, from sender with type typ, to out,
+// in message order, a "*" in nid order, and returns how many messages found
+// no device and how many rows it appended.
+func (d lockedDevices) expand(msgs []inbox.LocalMessage, sender, typ string, out *recipientRows) (unknown, rows int) {
+	before := len(out.nids)
+	defer func() { rows = len(out.nids) - before }()
 	add := func(user string, nid int64, content []byte) {
 		out.users = append(out.users, user)
 		out.nids = append(out.nids, nid)
+		out.senders = append(out.senders, sender)
+		out.types = append(out.types, typ)
 		out.contents = append(out.contents, content)
 	}
 	for _, m := range msgs {
@@ -325,7 +387,7 @@ func (d lockedDevices) expand(msgs []inbox.LocalMessage, out *recipientRows) (un
 			unknown++
 		}
 	}
-	return unknown
+	return unknown, 0 // rows is set on the way out
 }
 
 // Sync acknowledges and fetches in one pipelined round trip (an implicit
@@ -557,31 +619,14 @@ func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAcce
 				return err
 			}
 			var out recipientRows
-			var senders, types []string
 			for i, r := range batch {
-				if results[i].Duplicate {
-					continue
-				}
-				before := len(out.nids)
-				results[i].Unknown = devs.expand(r.Local, &out)
-				results[i].Delivered = len(out.nids) - before
-				for range results[i].Delivered {
-					senders = append(senders, r.Sender)
-					types = append(types, r.EventType)
+				if !results[i].Duplicate {
+					results[i].Unknown, results[i].Delivered = devs.expand(r.Local, r.Sender, r.EventType, &out)
 				}
 			}
 			if len(out.nids) > 0 {
-				b.Queue(`
-					INSERT INTO device_inbox (user_id, device_nid, sender, type, content)
-					SELECT u, n, s, t, c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[]) AS r(u, n, s, t, c)`,
-					out.users, out.nids, senders, types, out.contents)
-				seen := map[int64]bool{}
-				for _, nid := range out.nids {
-					if !seen[nid] {
-						seen[nid] = true
-						keys = append(keys, wakeup.DeviceKey(nid))
-					}
-				}
+				out.queueInsert(b)
+				keys = out.wakeKeys(keys)
 			}
 		}
 		if b.Len() > 0 {
