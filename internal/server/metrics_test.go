@@ -99,6 +99,10 @@ func TestBuildInfoAndPoolMetrics(t *testing.T) {
 			require.Positive(t, value(t, reg, "todeviced_db_pool_acquires_total", nil))
 			value(t, reg, "todeviced_db_pool_canceled_acquires_total", nil)
 		}
+		// Sends written together (their counting: TestGroupAccept on
+		// PostgreSQL, TestGroupCommit on SQLite).
+		require.Equal(t, dto.MetricType_COUNTER, family(t, reg, "todeviced_send_groups_total").GetType())
+		require.Equal(t, dto.MetricType_COUNTER, family(t, reg, "todeviced_send_grouped_total").GetType())
 
 		// The exercise's flow shows up in the inbox counters.
 		require.Equal(t, 1.0, value(t, reg, "todeviced_messages_enqueued_total", map[string]string{"origin": "local"}))

@@ -124,6 +124,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	if ps, ok := backend.(storage.PoolStatser); ok {
 		reg.MustRegister(storage.NewPoolCollector(ps))
 	}
+	if sg, ok := backend.(storage.SendGrouper); ok {
+		reg.MustRegister(storage.NewSendGroupCollectors(sg)...)
+	}
 	if backend.Kind() == "sqlite" {
 		m.listenerUp.Set(1) // in-process wake-ups cannot disconnect
 	}

@@ -171,6 +171,7 @@ func (s *inboxStore) writeGroup(ctx context.Context, group []*queuedAccept) {
 	for i := 0; ; i++ {
 		results, keys, err := s.acceptGroup(ctx, group)
 		if err == nil {
+			s.db.sendGroups.Add(1)
 			s.db.groupedSends.Add(int64(len(group)))
 			s.db.wakeLocal(keys)
 			for j, q := range group {

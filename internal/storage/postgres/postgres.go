@@ -97,12 +97,16 @@ type DB struct {
 
 	// acceptQueue holds sends waiting to be written in a group (group.go).
 	acceptQueue acceptQueue
-	// groupedSends counts sends written as part of a group of several.
-	groupedSends atomic.Int64
+	// sendGroups counts groups of several sends written together, and
+	// groupedSends the sends in them.
+	sendGroups, groupedSends atomic.Int64
 }
 
-// GroupedSends counts the sends written as part of a group of several.
-func (db *DB) GroupedSends() int64 { return db.groupedSends.Load() }
+// SendGroups reports how many groups of two or more sends were written in
+// one transaction each, and how many sends they held.
+func (db *DB) SendGroups() (groups, sends int64) {
+	return db.sendGroups.Load(), db.groupedSends.Load()
+}
 
 // Open connects, migrates when asked, and loads the epoch. Call Start to begin
 // listening for wake-ups and Close when done.

@@ -38,7 +38,7 @@ func (s *inboxStore) Epoch() string { return s.db.epoch }
 func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptResult, error) {
 	var res inbox.AcceptResult
 	var keys []wakeup.Key
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
+	err := s.db.writeSend(ctx, func(tx *sql.Tx) error {
 		// Read the clock with the writer's turn held, so acceptance times
 		// follow positions (expiry walks by position).
 		now := micros(time.Now())

@@ -116,7 +116,7 @@ func TestGroupCommit(t *testing.T) {
 		fail bool
 	}{{"a", false}, {"b", true}, {"c", false}} {
 		go func() {
-			if err := db.write(ctx, insert(w.id, w.fail)); err != nil {
+			if err := db.writeSend(ctx, insert(w.id, w.fail)); err != nil {
 				results <- w.id + ":err"
 			} else {
 				results <- w.id + ":ok"
@@ -142,4 +142,7 @@ func TestGroupCommit(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	require.Equal(t, []string{"a", "c"}, ids, "the failed request's write was rolled back, the others committed")
+	groups, sends := db.SendGroups()
+	require.Equal(t, int64(1), groups, "one group of sends committed")
+	require.Equal(t, int64(2), sends, "the failed send is not counted")
 }

@@ -104,6 +104,9 @@ type DB struct {
 	closing       chan struct{}
 	committerDone chan struct{}
 	committing    bool // the committer was started
+	// sendGroups counts committed groups of two or more sends, and
+	// groupedSends the sends in them.
+	sendGroups, groupedSends atomic.Int64
 
 	serveLock *lockFile
 	closeOnce sync.Once
@@ -357,6 +360,7 @@ const maxGroup = 64
 // writeRequest is one write transaction's work, handed to the committer.
 type writeRequest struct {
 	ctx  context.Context
+	send bool // a sendToDevice, counted by SendGroups
 	fn   func(tx *sql.Tx) error
 	err  error
 	done chan struct{}
@@ -376,7 +380,22 @@ var errClosed = errors.New("the SQLite database is closed")
 // Under load that multiplies what a single writer can do, since the fsync
 // is most of the cost of a small transaction.
 func (db *DB) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	req := &writeRequest{ctx: ctx, fn: fn, done: make(chan struct{})}
+	return db.enqueue(&writeRequest{ctx: ctx, fn: fn, done: make(chan struct{})})
+}
+
+// writeSend is write for a sendToDevice, which SendGroups counts.
+func (db *DB) writeSend(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return db.enqueue(&writeRequest{ctx: ctx, send: true, fn: fn, done: make(chan struct{})})
+}
+
+// SendGroups reports how many committed groups held two or more sends,
+// and how many sends committed in them.
+func (db *DB) SendGroups() (groups, sends int64) {
+	return db.sendGroups.Load(), db.groupedSends.Load()
+}
+
+func (db *DB) enqueue(req *writeRequest) error {
+	ctx := req.ctx
 	db.waiting.Add(1)
 	select {
 	case db.writes <- req:
@@ -475,6 +494,17 @@ func (db *DB) commitGroup(group []*writeRequest) {
 	}
 	if err := tx.Commit(); err != nil {
 		fail(fmt.Errorf("committing: %w", err))
+		return
+	}
+	sends := 0
+	for _, req := range group {
+		if req.send && req.err == nil {
+			sends++
+		}
+	}
+	if sends > 1 {
+		db.sendGroups.Add(1)
+		db.groupedSends.Add(int64(sends))
 	}
 }
 
