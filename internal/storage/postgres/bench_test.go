@@ -2,9 +2,8 @@ package postgres_test
 
 import (
 	"context"
-
 	"fmt"
-
+	"runtime"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -89,6 +88,37 @@ func BenchmarkRawCopy(b *testing.B) {
 			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
+}
+
+// BenchmarkAcceptConcurrent is the shared concurrent accept benchmark:
+// storetest.ConcurrentSenders goroutines sending to the same 100 devices.
+func BenchmarkAcceptConcurrent(b *testing.B) {
+	storetest.BenchAcceptConcurrent(b, pgTarget(postgres.WriteAuto))
+}
+
+// BenchmarkRawCopyConcurrent is its physical baseline: the same rows COPYed
+// from as many goroutines, one transaction per fan-out, no locks, no order.
+func BenchmarkRawCopyConcurrent(b *testing.B) {
+	db := openBench(b, postgres.WriteUnnest)
+	nids := mkDevices(b, db, "@bob:example.org", 100)
+	ctx := context.Background()
+	b.SetParallelism((storetest.ConcurrentSenders + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			err := pgx.BeginFunc(ctx, db.Pool(), func(tx pgx.Tx) error {
+				_, err := tx.CopyFrom(ctx, pgx.Identifier{"device_inbox"},
+					[]string{"user_id", "device_nid", "sender", "type", "content"},
+					copyRows("@bob:example.org", nids))
+				return err
+			})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(len(nids)*b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
 func copyRows(user string, nids []int64) pgx.CopyFromSource {

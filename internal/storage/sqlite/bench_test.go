@@ -37,6 +37,9 @@ var sqliteTarget = storetest.BenchTarget{
 // BenchmarkAccept is the shared accept benchmark (fan-out 1, 100, 1 000).
 func BenchmarkAccept(b *testing.B) { storetest.BenchAccept(b, sqliteTarget) }
 
+// BenchmarkAcceptConcurrent is the shared concurrent accept benchmark.
+func BenchmarkAcceptConcurrent(b *testing.B) { storetest.BenchAcceptConcurrent(b, sqliteTarget) }
+
 // BenchmarkSyncDrain is the shared steady-state sync benchmark.
 func BenchmarkSyncDrain(b *testing.B) { storetest.BenchSyncDrain(b, sqliteTarget) }
 

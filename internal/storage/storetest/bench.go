@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
@@ -58,6 +60,40 @@ func BenchAccept(b *testing.B, t BenchTarget) {
 			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
+}
+
+// ConcurrentSenders is how many goroutines BenchAcceptConcurrent sends
+// from, as the load generator's default senders.
+const ConcurrentSenders = 8
+
+// BenchAcceptConcurrent measures sends from ConcurrentSenders goroutines at
+// once, each to "*" of the same user with 100 devices: the worst case for
+// per-device ordering, since every send needs every device. It reports
+// messages per second; compare with a concurrent raw COPY of the same rows.
+func BenchAcceptConcurrent(b *testing.B, t BenchTarget) {
+	const devices = 100
+	s := t.Open(b)
+	ctx := context.Background()
+	for i := range devices {
+		if _, _, err := s.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: "@bob:example.org", DeviceID: fmt.Sprintf("D%05d", i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
+	msgs := inbox.Messages{"@bob:example.org": {"*": BenchContent}}
+	var next atomic.Int64
+	b.SetParallelism((ConcurrentSenders + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			k := inbox.TxnKey{UserID: "@alice:example.org", DeviceID: "A", EventType: "m.room.encrypted", TxnID: fmt.Sprint(next.Add(1))}
+			if _, err := svc.Send(ctx, k, msgs); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(devices*b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
 // BenchSyncDrain is one steady-state sync: acknowledge the previous 100,
