@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -43,11 +44,62 @@ func Sharing(membership string) bool {
 	return membership == "join" || membership == "invite" || membership == "knock"
 }
 
+// SharingChange is a user whose sharing of an encrypted room changed.
+type SharingChange struct {
+	UserID  string
+	Local   bool
+	Sharing bool // shares the room now
+}
+
+// Tracking is what a room's sharing changes mean for the cache of remote
+// users' device lists: a remote user is tracked from the moment they share
+// an encrypted room with a local user, and dropped the moment no local user
+// shares one with them.
+type Tracking struct {
+	// AllStart and AllStop: a local user started or stopped sharing, so every
+	// remote member of the room is a candidate.
+	AllStart, AllStop bool
+	// Start and Stop: remote users who started or stopped sharing.
+	Start, Stop []string
+}
+
+// TrackingOf sorts sharing changes into the candidates to track and untrack.
+func TrackingOf(changes []SharingChange) Tracking {
+	var t Tracking
+	for _, c := range changes {
+		switch {
+		case c.Local && c.Sharing:
+			t.AllStart = true
+		case c.Local:
+			t.AllStop = true
+		case c.Sharing:
+			t.Start = append(t.Start, c.UserID)
+		default:
+			t.Stop = append(t.Stop, c.UserID)
+		}
+	}
+	return t
+}
+
 // Changes are the users whose devices a local user must re-query (Changed)
 // or may forget (Left).
 type Changes struct {
 	Changed []string
 	Left    []string
+}
+
+// ChangesOf builds Changes from sets of user ids: each list sorted, empty
+// rather than nil.
+func ChangesOf(changed, left map[string]bool) Changes {
+	sorted := func(m map[string]bool) []string {
+		out := make([]string, 0, len(m))
+		for u := range m {
+			out = append(out, u)
+		}
+		slices.Sort(out)
+		return out
+	}
+	return Changes{Changed: sorted(changed), Left: sorted(left)}
 }
 
 // StreamState is where the device-list stream stands.

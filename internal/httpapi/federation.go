@@ -127,13 +127,8 @@ type internalEDUsBody struct {
 // internalEDUs takes EDUs the homeserver's federation receiver already
 // authenticated.
 func (a *api) internalEDUs(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r, federation.MaxTxnBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
 	var b internalEDUsBody
-	if err := decodeObject(body, &b); err != nil {
+	if err := readObject(w, r, federation.MaxTxnBytes, &b); err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
@@ -202,13 +197,8 @@ type feedAckBody struct {
 }
 
 func (a *api) feedAck(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
 	var b feedAckBody
-	if err := decodeObject(body, &b); err != nil {
+	if err := readObject(w, r, maxInternalBytes, &b); err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}

@@ -26,6 +26,16 @@ func decodeObject(body []byte, v any) error {
 	return nil
 }
 
+// readObject reads a body of at most limit bytes and decodes it as a JSON
+// object into v (readBody, then decodeObject).
+func readObject(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	body, err := readBody(w, r, limit)
+	if err != nil {
+		return err
+	}
+	return decodeObject(body, v)
+}
+
 type putDeviceBody struct {
 	AccessToken *string         `json:"access_token"`
 	DisplayName *string         `json:"display_name"`
@@ -50,13 +60,8 @@ func (a *api) putDevice(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, err)
 		return
 	}
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
 	var b putDeviceBody
-	if err := decodeObject(body, &b); err != nil {
+	if err := readObject(w, r, maxInternalBytes, &b); err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
@@ -189,13 +194,8 @@ func (a *api) putCrossSigning(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, err)
 		return
 	}
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
 	var k devicelists.CrossSigningKeys
-	if err := decodeObject(body, &k); err != nil {
+	if err := readObject(w, r, maxInternalBytes, &k); err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
@@ -230,13 +230,8 @@ func (a *api) putRoomMember(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, err)
 		return
 	}
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
 	var m devicelists.MemberUpdate
-	if err := decodeObject(body, &m); err != nil {
+	if err := readObject(w, r, maxInternalBytes, &m); err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
@@ -253,15 +248,10 @@ func (a *api) putRoomMembers(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, err)
 		return
 	}
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
 	var b struct {
 		Members map[string]devicelists.MemberUpdate `json:"members"`
 	}
-	if err := decodeObject(body, &b); err != nil {
+	if err := readObject(w, r, maxInternalBytes, &b); err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}

@@ -34,13 +34,8 @@ func (a *api) keyChanges(w http.ResponseWriter, r *http.Request) {
 // keysQuery answers POST /_matrix/client/v3/keys/query.
 func (a *api) keysQuery(w http.ResponseWriter, r *http.Request) {
 	dev := deviceFrom(r)
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
 	var q devicelists.KeysQuery
-	if err := decodeObject(body, &q); err != nil {
+	if err := readObject(w, r, maxInternalBytes, &q); err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}

@@ -238,11 +238,7 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 		if err != nil {
 			return fmt.Errorf("storing memberships: %w", err)
 		}
-		type change struct {
-			user    string
-			sharing bool
-		}
-		var changes []change
+		var changes []devicelists.SharingChange
 		for rows.Next() {
 			var user, now string
 			var before *string
@@ -253,7 +249,7 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 			applied++
 			was := before != nil && devicelists.Sharing(*before)
 			if encrypted && was != devicelists.Sharing(now) {
-				changes = append(changes, change{user, devicelists.Sharing(now)})
+				changes = append(changes, devicelists.SharingChange{UserID: user, Local: local[user], Sharing: devicelists.Sharing(now)})
 			}
 		}
 		if err := rows.Err(); err != nil {
@@ -262,34 +258,20 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 		if len(changes) == 0 {
 			return nil
 		}
-		var startRemote, stopRemote []string
-		var localStart, localStop bool
 		for _, c := range changes {
-			if _, err := s.appendStream(ctx, tx, "membership", c.user, roomID); err != nil {
+			if _, err := s.appendStream(ctx, tx, "membership", c.UserID, roomID); err != nil {
 				return err
 			}
-			wake = append(wake, wakeup.UserKey(c.user))
-			switch {
-			case local[c.user] && c.sharing:
-				localStart = true
-			case local[c.user]:
-				localStop = true
-			case c.sharing:
-				startRemote = append(startRemote, c.user)
-			default:
-				stopRemote = append(stopRemote, c.user)
-			}
+			wake = append(wake, wakeup.UserKey(c.UserID))
 		}
-		// The remote users whose cache this decides on: tracked from the
-		// moment they share an encrypted room with a local user, dropped
-		// the moment no local user shares one with them.
-		if localStart || len(startRemote) > 0 {
-			if err := trackRemote(ctx, tx, roomID, localStart, startRemote); err != nil {
+		t := devicelists.TrackingOf(changes)
+		if t.AllStart || len(t.Start) > 0 {
+			if err := trackRemote(ctx, tx, roomID, t.AllStart, t.Start); err != nil {
 				return err
 			}
 		}
-		if localStop || len(stopRemote) > 0 {
-			if err := untrackRemote(ctx, tx, roomID, localStop, stopRemote); err != nil {
+		if t.AllStop || len(t.Stop) > 0 {
+			if err := untrackRemote(ctx, tx, roomID, t.AllStop, t.Stop); err != nil {
 				return err
 			}
 		}
@@ -399,7 +381,7 @@ func (s *deviceStore) Changes(ctx context.Context, userID string, from, to int64
 	for u := range left {
 		delete(changed, u)
 	}
-	return devicelists.Changes{Changed: sortedKeys(changed), Left: sortedKeys(left)}, nil
+	return devicelists.ChangesOf(changed, left), nil
 }
 
 // sharedSet is SharedUsers as a set.
@@ -526,11 +508,5 @@ func setKeys(m map[string]bool) []string {
 	for k := range m {
 		out = append(out, k)
 	}
-	return out
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := setKeys(m)
-	sort.Strings(out)
 	return out
 }

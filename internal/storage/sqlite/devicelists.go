@@ -242,12 +242,7 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 			`SELECT EXISTS (SELECT 1 FROM encrypted_rooms WHERE room_id = ?)`, roomID).Scan(&encrypted); err != nil {
 			return fmt.Errorf("checking room encryption: %w", err)
 		}
-		type change struct {
-			user    string
-			local   bool
-			sharing bool
-		}
-		var changes []change // users whose sharing of an encrypted room changed
+		var changes []devicelists.SharingChange
 		for chunk := range slices.Chunk(ms, maxRowsPerStatement) {
 			before, err := memberships(ctx, tx, roomID, chunk)
 			if err != nil {
@@ -266,41 +261,27 @@ func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []de
 				applied++
 				was, existed := before[m.UserID]
 				if encrypted && (existed && devicelists.Sharing(was)) != devicelists.Sharing(cur) {
-					changes = append(changes, change{m.UserID, m.Local, devicelists.Sharing(cur)})
+					changes = append(changes, devicelists.SharingChange{UserID: m.UserID, Local: m.Local, Sharing: devicelists.Sharing(cur)})
 				}
 			}
 		}
 		if len(changes) == 0 {
 			return nil
 		}
-		var startRemote, stopRemote []string
-		var localStart, localStop bool
 		for _, c := range changes {
-			if _, err := s.appendStream(ctx, tx, now, "membership", c.user, roomID); err != nil {
+			if _, err := s.appendStream(ctx, tx, now, "membership", c.UserID, roomID); err != nil {
 				return err
 			}
-			wake = append(wake, wakeup.UserKey(c.user))
-			switch {
-			case c.local && c.sharing:
-				localStart = true
-			case c.local:
-				localStop = true
-			case c.sharing:
-				startRemote = append(startRemote, c.user)
-			default:
-				stopRemote = append(stopRemote, c.user)
-			}
+			wake = append(wake, wakeup.UserKey(c.UserID))
 		}
-		// The remote users whose cache this decides on: tracked from the
-		// moment they share an encrypted room with a local user, dropped
-		// the moment no local user shares one with them.
-		if localStart || len(startRemote) > 0 {
-			if err := trackRemote(ctx, tx, now, roomID, localStart, startRemote); err != nil {
+		t := devicelists.TrackingOf(changes)
+		if t.AllStart || len(t.Start) > 0 {
+			if err := trackRemote(ctx, tx, now, roomID, t.AllStart, t.Start); err != nil {
 				return err
 			}
 		}
-		if localStop || len(stopRemote) > 0 {
-			if err := untrackRemote(ctx, tx, roomID, localStop, stopRemote); err != nil {
+		if t.AllStop || len(t.Stop) > 0 {
+			if err := untrackRemote(ctx, tx, roomID, t.AllStop, t.Stop); err != nil {
 				return err
 			}
 		}
@@ -476,22 +457,13 @@ func (s *deviceStore) Changes(ctx context.Context, userID string, from, to int64
 		for u := range left {
 			delete(changed, u)
 		}
-		out = devicelists.Changes{Changed: sortedKeys(changed), Left: sortedKeys(left)}
+		out = devicelists.ChangesOf(changed, left)
 		return nil
 	})
 	if err != nil {
 		return devicelists.Changes{}, err
 	}
 	return out, nil
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func (s *deviceStore) SharedUsers(ctx context.Context, userID string) ([]string, error) {
