@@ -223,28 +223,13 @@ func (s *deviceStore) DeleteOutbox(ctx context.Context, destination string, posi
 // ExpireOutbox walks the enqueued_at index over the expired rows only,
 // sparing the rows of stored federation transactions.
 func (s *deviceStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]devicelists.DestinationCount, error) {
-	rows, err := s.db.pool.Query(ctx, `
-		WITH victims AS (
-			SELECT o.destination, o.pos FROM device_list_outbox o
-			WHERE o.enqueued_at < $1
-			  AND NOT EXISTS (
-				SELECT 1 FROM federation_txn_items i
-				WHERE i.destination = o.destination AND i.source = $3 AND i.pos = o.pos)
-			ORDER BY o.enqueued_at LIMIT $2
-		)
-		DELETE FROM device_list_outbox t USING victims v
-		WHERE t.destination = v.destination AND t.pos = v.pos
-		RETURNING t.destination`, cutoff, limit, devicelists.OutboxSource)
-	if err != nil {
-		return nil, fmt.Errorf("expiring device-list outbox rows: %w", err)
-	}
-	dests, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	counts, err := expireOutboxRows(ctx, s.db.pool, "device_list_outbox", devicelists.OutboxSource, cutoff, limit)
 	if err != nil {
 		return nil, fmt.Errorf("expiring device-list outbox rows: %w", err)
 	}
 	var out []devicelists.DestinationCount
-	for _, c := range countByDestination(dests) {
-		out = append(out, devicelists.DestinationCount{Destination: c.Destination, Count: c.Count})
+	for _, c := range counts {
+		out = append(out, devicelists.DestinationCount(c))
 	}
 	return out, nil
 }

@@ -685,24 +685,36 @@ func (s *inboxStore) DeleteOutbox(ctx context.Context, destination string, posit
 // of a stored federation transaction are skipped (the transaction expires as
 // a whole); there are at most 100 of them per destination.
 func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
-	rows, err := s.db.pool.Query(ctx, `
+	out, err := expireOutboxRows(ctx, s.db.pool, "todevice_outbox", inbox.OutboxSource, cutoff, limit)
+	if err != nil {
+		return nil, fmt.Errorf("expiring outbox rows: %w", err)
+	}
+	return out, nil
+}
+
+// expireOutboxRows deletes up to limit rows enqueued before cutoff from an
+// outbox table (todevice_outbox or device_list_outbox, whose stored
+// federation transactions name them as source), oldest first, and counts
+// them by destination.
+func expireOutboxRows(ctx context.Context, pool *pgxpool.Pool, table, source string, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
+	rows, err := pool.Query(ctx, `
 		WITH victims AS (
-			SELECT o.destination, o.pos FROM todevice_outbox o
+			SELECT o.destination, o.pos FROM `+table+` o
 			WHERE o.enqueued_at < $1
 			  AND NOT EXISTS (
 				SELECT 1 FROM federation_txn_items i
 				WHERE i.destination = o.destination AND i.source = $3 AND i.pos = o.pos)
 			ORDER BY o.enqueued_at LIMIT $2
 		)
-		DELETE FROM todevice_outbox t USING victims v
+		DELETE FROM `+table+` t USING victims v
 		WHERE t.destination = v.destination AND t.pos = v.pos
-		RETURNING t.destination`, cutoff, limit, inbox.OutboxSource)
+		RETURNING t.destination`, cutoff, limit, source)
 	if err != nil {
-		return nil, fmt.Errorf("expiring outbox rows: %w", err)
+		return nil, err
 	}
 	dests, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return nil, fmt.Errorf("expiring outbox rows: %w", err)
+		return nil, err
 	}
 	return countByDestination(dests), nil
 }

@@ -243,35 +243,13 @@ func (s *deviceStore) DeleteOutbox(ctx context.Context, destination string, posi
 // ExpireOutbox walks the enqueued_at index over the expired rows only,
 // sparing the rows of stored federation transactions.
 func (s *deviceStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]devicelists.DestinationCount, error) {
-	var out []devicelists.DestinationCount
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		out = nil
-		dests, err := queryStrings(ctx, tx, `
-			DELETE FROM device_list_outbox WHERE pos IN (
-				SELECT o.pos FROM device_list_outbox o
-				WHERE o.enqueued_at < ?
-				  AND NOT EXISTS (
-					SELECT 1 FROM federation_txn_items i
-					WHERE i.destination = o.destination AND i.source = ? AND i.pos = o.pos)
-				ORDER BY o.enqueued_at LIMIT ?)
-			RETURNING destination`, micros(cutoff), devicelists.OutboxSource, limit)
-		if err != nil {
-			return err
-		}
-		idx := map[string]int{}
-		for _, d := range dests {
-			i, ok := idx[d]
-			if !ok {
-				i = len(out)
-				idx[d] = i
-				out = append(out, devicelists.DestinationCount{Destination: d})
-			}
-			out[i].Count++
-		}
-		return nil
-	})
+	counts, err := s.db.expireOutboxRows(ctx, "device_list_outbox", devicelists.OutboxSource, cutoff, limit)
 	if err != nil {
 		return nil, fmt.Errorf("expiring device-list outbox rows: %w", err)
+	}
+	var out []devicelists.DestinationCount
+	for _, c := range counts {
+		out = append(out, devicelists.DestinationCount(c))
 	}
 	return out, nil
 }

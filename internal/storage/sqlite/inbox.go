@@ -556,28 +556,35 @@ func (s *inboxStore) DeleteOutbox(ctx context.Context, destination string, posit
 // ExpireOutbox walks the enqueued_at index over the expired rows only,
 // skipping the rows of stored federation transactions.
 func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
+	out, err := s.db.expireOutboxRows(ctx, "todevice_outbox", inbox.OutboxSource, cutoff, limit)
+	if err != nil {
+		return nil, fmt.Errorf("expiring outbox rows: %w", err)
+	}
+	return out, nil
+}
+
+// expireOutboxRows deletes up to limit rows enqueued before cutoff from an
+// outbox table (todevice_outbox or device_list_outbox, whose stored
+// federation transactions name them as source), oldest first, and counts
+// them by destination.
+func (db *DB) expireOutboxRows(ctx context.Context, table, source string, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
 	var out []inbox.DestinationCount
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
+	err := db.write(ctx, func(tx *sql.Tx) error {
 		out = nil
-		rows, err := tx.QueryContext(ctx, `
-			DELETE FROM todevice_outbox WHERE pos IN (
-				SELECT o.pos FROM todevice_outbox o
+		dests, err := queryStrings(ctx, tx, `
+			DELETE FROM `+table+` WHERE pos IN (
+				SELECT o.pos FROM `+table+` o
 				WHERE o.enqueued_at < ?
 				  AND NOT EXISTS (
 					SELECT 1 FROM federation_txn_items i
 					WHERE i.destination = o.destination AND i.source = ? AND i.pos = o.pos)
 				ORDER BY o.enqueued_at LIMIT ?)
-			RETURNING destination`, micros(cutoff), inbox.OutboxSource, limit)
+			RETURNING destination`, micros(cutoff), source, limit)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
 		idx := map[string]int{}
-		for rows.Next() {
-			var d string
-			if err := rows.Scan(&d); err != nil {
-				return err
-			}
+		for _, d := range dests {
 			i, ok := idx[d]
 			if !ok {
 				i = len(out)
@@ -586,12 +593,9 @@ func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit i
 			}
 			out[i].Count++
 		}
-		return rows.Err()
+		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("expiring outbox rows: %w", err)
-	}
-	return out, nil
+	return out, err
 }
 
 func (s *inboxStore) OutboxDestinations(ctx context.Context) ([]string, error) {
