@@ -75,12 +75,7 @@ type Federation struct {
 // queried through it, and membership changes kick its resync worker (run
 // it with RunResync).
 func (r *Service) EnableFederation(cfg FederationConfig) *Federation {
-	if cfg.Backoff.Min <= 0 {
-		cfg.Backoff.Min = federation.DefaultBackoffMin
-	}
-	if cfg.Backoff.Max < cfg.Backoff.Min {
-		cfg.Backoff.Max = max(federation.DefaultBackoffMax, cfg.Backoff.Min)
-	}
+	cfg.Backoff = cfg.Backoff.WithDefaults()
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = DefaultResyncPoll
 	}

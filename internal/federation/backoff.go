@@ -31,6 +31,18 @@ type Backoff struct {
 	Rand func(n int64) int64
 }
 
+// WithDefaults fills a zero minimum with DefaultBackoffMin and a maximum
+// below the minimum with DefaultBackoffMax (or the minimum, if larger).
+func (b Backoff) WithDefaults() Backoff {
+	if b.Min <= 0 {
+		b.Min = DefaultBackoffMin
+	}
+	if b.Max < b.Min {
+		b.Max = max(DefaultBackoffMax, b.Min)
+	}
+	return b
+}
+
 // Delay is the wait after the given number of consecutive failures (≥ 1).
 func (b Backoff) Delay(failures int) time.Duration {
 	ceiling := b.Max

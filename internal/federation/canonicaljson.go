@@ -343,19 +343,13 @@ func (p *canonicalizer) object(depth int) error {
 			}
 		}
 		members = append(members, objectMember{key: key, start: mstart, end: len(p.out)})
-		p.skipSpace()
-		if p.i >= len(p.in) {
-			return errUnexpectedEnd
+		more, err := p.next('}', "',' or '}'")
+		if err != nil {
+			return err
 		}
-		if p.in[p.i] == ',' {
-			p.i++
-			continue
+		if !more {
+			break
 		}
-		if p.in[p.i] != '}' {
-			return p.unexpected("',' or '}'")
-		}
-		p.i++
-		break
 	}
 	if !sorted {
 		if err := p.sortMembers(base, members); err != nil {
@@ -405,21 +399,34 @@ func (p *canonicalizer) array(depth int) error {
 		if err := p.value(depth); err != nil {
 			return err
 		}
-		p.skipSpace()
-		if p.i >= len(p.in) {
-			return errUnexpectedEnd
+		more, err := p.next(']', "',' or ']'")
+		if err != nil {
+			return err
 		}
-		if p.in[p.i] == ',' {
-			p.i++
-			continue
+		if !more {
+			p.out = append(p.out, ']')
+			return nil
 		}
-		if p.in[p.i] != ']' {
-			return p.unexpected("',' or ']'")
-		}
-		p.i++
-		p.out = append(p.out, ']')
-		return nil
 	}
+}
+
+// next reads what follows a member or element: a ',' (more to come) or the
+// closing byte (done), after optional white space. want names both in
+// errors.
+func (p *canonicalizer) next(closing byte, want string) (more bool, err error) {
+	p.skipSpace()
+	if p.i >= len(p.in) {
+		return false, errUnexpectedEnd
+	}
+	switch p.in[p.i] {
+	case ',':
+		p.i++
+		return true, nil
+	case closing:
+		p.i++
+		return false, nil
+	}
+	return false, p.unexpected(want)
 }
 
 // canonicalNumber turns a JSON number literal (already validated by the

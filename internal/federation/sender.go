@@ -121,12 +121,7 @@ func NewSender(cfg SenderConfig) (*Sender, error) {
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
-	if cfg.Backoff.Min <= 0 {
-		cfg.Backoff.Min = DefaultBackoffMin
-	}
-	if cfg.Backoff.Max < cfg.Backoff.Min {
-		cfg.Backoff.Max = max(DefaultBackoffMax, cfg.Backoff.Min)
-	}
+	cfg.Backoff = cfg.Backoff.WithDefaults()
 	if cfg.MessageTTL <= 0 {
 		cfg.MessageTTL = DefaultMessageTTL
 	}

@@ -128,6 +128,23 @@ type DestinationCount struct {
 	Count       int
 }
 
+// CountByDestination counts a list of destinations, in order of first
+// appearance.
+func CountByDestination(dests []string) []DestinationCount {
+	var out []DestinationCount
+	idx := map[string]int{}
+	for _, d := range dests {
+		i, ok := idx[d]
+		if !ok {
+			i = len(out)
+			idx[d] = i
+			out = append(out, DestinationCount{Destination: d})
+		}
+		out[i].Count++
+	}
+	return out
+}
+
 // OutboxSource names the to-device outbox among the EDU sources a federation
 // transaction draws from (stored with the positions a transaction covers).
 const OutboxSource = "todevice"

@@ -716,22 +716,7 @@ func expireOutboxRows(ctx context.Context, pool *pgxpool.Pool, table, source str
 	if err != nil {
 		return nil, err
 	}
-	return countByDestination(dests), nil
-}
-
-func countByDestination(dests []string) []inbox.DestinationCount {
-	var out []inbox.DestinationCount
-	idx := map[string]int{}
-	for _, d := range dests {
-		i, ok := idx[d]
-		if !ok {
-			i = len(out)
-			idx[d] = i
-			out = append(out, inbox.DestinationCount{Destination: d})
-		}
-		out[i].Count++
-	}
-	return out
+	return inbox.CountByDestination(dests), nil
 }
 
 func (s *inboxStore) OutboxDestinations(ctx context.Context) ([]string, error) {

@@ -570,7 +570,6 @@ func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit i
 func (db *DB) expireOutboxRows(ctx context.Context, table, source string, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
 	var out []inbox.DestinationCount
 	err := db.write(ctx, func(tx *sql.Tx) error {
-		out = nil
 		dests, err := queryStrings(ctx, tx, `
 			DELETE FROM `+table+` WHERE pos IN (
 				SELECT o.pos FROM `+table+` o
@@ -583,16 +582,7 @@ func (db *DB) expireOutboxRows(ctx context.Context, table, source string, cutoff
 		if err != nil {
 			return err
 		}
-		idx := map[string]int{}
-		for _, d := range dests {
-			i, ok := idx[d]
-			if !ok {
-				i = len(out)
-				idx[d] = i
-				out = append(out, inbox.DestinationCount{Destination: d})
-			}
-			out[i].Count++
-		}
+		out = inbox.CountByDestination(dests)
 		return nil
 	})
 	return out, err
