@@ -312,8 +312,13 @@ func memberships(ctx context.Context, tx *sql.Tx, roomID string, ms []devicelist
 	if err != nil {
 		return nil, err
 	}
+	return userMemberships(rows, len(ms))
+}
+
+// userMemberships reads rows of (user_id, membership) into a map.
+func userMemberships(rows *sql.Rows, n int) (map[string]string, error) {
 	defer rows.Close()
-	out := make(map[string]string, len(ms))
+	out := make(map[string]string, n)
 	for rows.Next() {
 		var u, m string
 		if err := rows.Scan(&u, &m); err != nil {
@@ -342,16 +347,7 @@ func upsertMemberships(ctx context.Context, tx *sql.Tx, roomID string, ms []devi
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	out := make(map[string]string, len(ms))
-	for rows.Next() {
-		var u, m string
-		if err := rows.Scan(&u, &m); err != nil {
-			return nil, err
-		}
-		out[u] = m
-	}
-	return out, rows.Err()
+	return userMemberships(rows, len(ms))
 }
 
 // StreamState reads the head as the newest position or, once pruning has
