@@ -1,4 +1,4 @@
-package loadtest
+package loadgen
 
 import (
 	"fmt"
@@ -50,7 +50,7 @@ func NewSendLog(fanout int) *SendLog { return &SendLog{fanout: fanout} }
 // its sequence number.
 func (l *SendLog) Add(recipients []uint32) uint32 {
 	if len(recipients) != l.fanout {
-		panic(fmt.Sprintf("loadtest: send to %d devices in a log of fan-out %d", len(recipients), l.fanout))
+		panic(fmt.Sprintf("loadgen: send to %d devices in a log of fan-out %d", len(recipients), l.fanout))
 	}
 	seq := uint32(len(l.confirmed))
 	l.recipients = append(l.recipients, recipients...)

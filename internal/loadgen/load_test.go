@@ -1,10 +1,10 @@
 //go:build load
 
 // The load test runs only with -tags load (go test -tags load -run Load
-// ./internal/loadtest/): it takes seconds of full CPU and a PostgreSQL server,
+// ./internal/loadgen/): it takes seconds of full CPU and a PostgreSQL server,
 // which the default test run should not.
 
-package loadtest_test
+package loadgen_test
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/todeviced/todeviced/internal/loadtest"
+	"github.com/todeviced/todeviced/internal/loadgen"
 	"github.com/todeviced/todeviced/internal/server"
 	"github.com/todeviced/todeviced/internal/testdb"
 )
@@ -57,7 +57,7 @@ func TestLoadInProcess(t *testing.T) {
 	dbURL := testdb.New(t)
 	url := startServer(t, dbURL)
 
-	cfg := loadtest.Defaults()
+	cfg := loadgen.Defaults()
 	cfg.URL = url
 	cfg.InternalSecret = secret
 	cfg.Users = 20
@@ -75,7 +75,7 @@ func TestLoadInProcess(t *testing.T) {
 	var csv bytes.Buffer
 	cfg.CSV = &csv
 
-	r, err := loadtest.New(cfg)
+	r, err := loadgen.New(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -108,7 +108,7 @@ func TestLoadInProcess(t *testing.T) {
 // TestLoadCountedMessages runs by message count at a set rate.
 func TestLoadCountedMessages(t *testing.T) {
 	dbURL := testdb.New(t)
-	cfg := loadtest.Defaults()
+	cfg := loadgen.Defaults()
 	cfg.URL = startServer(t, dbURL)
 	cfg.InternalSecret = secret
 	cfg.Users = 5
@@ -118,7 +118,7 @@ func TestLoadCountedMessages(t *testing.T) {
 	cfg.Duration = 0
 	cfg.Messages = 150
 	cfg.Rate = 200
-	r, err := loadtest.New(cfg)
+	r, err := loadgen.New(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

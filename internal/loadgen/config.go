@@ -1,4 +1,4 @@
-// Package loadtest drives a running todeviced over HTTP and checks that
+// Package loadgen drives a running todeviced over HTTP and checks that
 // every to-device message arrived exactly once and in order: the library
 // behind cmd/todeviced-load and the in-process load test.
 //
@@ -8,7 +8,7 @@
 // stops sending, lets the syncers drain, verifies (see Verify for the rules),
 // optionally measures the raw database baseline with COPY, and deletes its
 // devices.
-package loadtest
+package loadgen
 
 import (
 	"errors"
