@@ -79,8 +79,8 @@ type CrossSigningKeys struct {
 }
 
 // PutCrossSigning stores a local user's cross-signing keys. A change of the
-// master or self-signing key is sent to the servers sharing an encrypted
-// room with the user (m.signing_key_update); remote users' keys come from
+// master or self-signing key is sent to the servers sharing a room with
+// the user (m.signing_key_update); remote users' keys come from
 // their servers, never through here.
 func (r *Service) PutCrossSigning(ctx context.Context, userID string, k CrossSigningKeys) error {
 	uid, err := mxid.ParseUserID(userID)

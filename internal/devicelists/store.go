@@ -199,8 +199,8 @@ type Store interface {
 
 // OutboundStore is what other servers learn of local users' devices: the
 // outbox of device-list EDUs that PutDevice, DeleteDevice and
-// PutCrossSigning fill (for every server sharing an encrypted room with the
-// user, in the transaction of the change), and the snapshot GET
+// PutCrossSigning fill (for every server sharing a room, encrypted or not,
+// with the user, in the transaction of the change), and the snapshot GET
 // /user/devices serves.
 type OutboundStore interface {
 	// PeekOutbox returns up to limit EDUs queued for destination, lowest

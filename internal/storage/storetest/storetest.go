@@ -94,6 +94,7 @@ func Run(t *testing.T, h Harness) {
 		{"DeviceListPruning", testDeviceListPruning},
 		{"SyncReadsDeviceListHead", testSyncReadsDeviceListHead},
 		{"DeviceListOutbox", testDeviceListOutbox},
+		{"DeviceListOutboxAnyRoom", testDeviceListOutboxAnyRoom},
 		{"DeviceListOutboxExactDelete", testDeviceListOutboxExactDelete},
 		{"DeviceListOutboxOrderUnderConcurrentChanges", testDeviceListOutboxOrder},
 		{"RemoteDeviceListUpdates", testRemoteDeviceListUpdates},
