@@ -545,8 +545,9 @@ type UserDevices struct {
 }
 
 // UserDevices answers GET /user/devices/{userId} for a local user: the
-// devices with keys, the master and self-signing keys, and as stream_id the
-// user's last m.device_list_update (which the next one names as prev_id).
+// devices with keys (display names only with SetFederationDeviceNames), the
+// master and self-signing keys, and as stream_id the user's last
+// m.device_list_update (which the next one names as prev_id).
 func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, error) {
 	uid, err := mxid.ParseUserID(userID)
 	if err != nil {
@@ -562,14 +563,19 @@ func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, 
 	out := UserDevices{UserID: userID, StreamID: l.StreamID, Devices: make([]userDeviceJSON, 0, len(l.Devices)),
 		MasterKey: l.MasterKey, SelfSigningKey: l.SelfSigningKey}
 	for _, d := range l.Devices {
-		out.Devices = append(out.Devices, userDeviceJSON{DeviceID: d.DeviceID, Keys: d.Keys, DisplayName: d.DisplayName})
+		dev := userDeviceJSON{DeviceID: d.DeviceID, Keys: d.Keys}
+		if r.federationNames {
+			dev.DisplayName = d.DisplayName
+		}
+		out.Devices = append(out.Devices, dev)
 	}
 	return out, nil
 }
 
 // QueryLocalKeys answers POST /user/keys/query: the device keys and public
 // cross-signing keys of the local users asked for (never a user-signing
-// key; users of other servers are not answered for).
+// key; users of other servers are not answered for; display names only
+// with SetFederationDeviceNames).
 func (r *Service) QueryLocalKeys(ctx context.Context, query map[string][]string) (RemoteKeysResult, error) {
 	local := map[string][]string{}
 	for u, devs := range query {
@@ -580,7 +586,7 @@ func (r *Service) QueryLocalKeys(ctx context.Context, query map[string][]string)
 	var res KeysResult
 	res.DeviceKeys, res.MasterKeys = map[string]map[string]json.RawMessage{}, map[string]json.RawMessage{}
 	res.SelfSigningKeys, res.UserSigningKeys = map[string]json.RawMessage{}, map[string]json.RawMessage{}
-	if err := r.localKeys(ctx, "", local, &res); err != nil {
+	if err := r.localKeys(ctx, "", local, r.federationNames, &res); err != nil {
 		return RemoteKeysResult{}, err
 	}
 	return RemoteKeysResult{DeviceKeys: res.DeviceKeys, MasterKeys: res.MasterKeys, SelfSigningKeys: res.SelfSigningKeys}, nil

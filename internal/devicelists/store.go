@@ -27,6 +27,21 @@ type PutDevice struct {
 	DisplayName *string
 	// Keys, when set, replaces the device keys (a DeviceKeys object).
 	Keys json.RawMessage
+	// FederateDisplayName puts the device's display name into the
+	// m.device_list_update sent to other servers (--federation-device-names;
+	// off by default, as Synapse's allow_device_name_lookup_over_federation).
+	FederateDisplayName bool
+}
+
+// Update is the m.device_list_update content of this change, given the
+// device's display name and keys after it: the name only when it may
+// leave the server.
+func (p PutDevice) Update(displayName string, keys json.RawMessage) DeviceUpdate {
+	u := DeviceUpdate{DeviceID: p.DeviceID, Keys: keys}
+	if p.FederateDisplayName {
+		u.DisplayName = displayName
+	}
+	return u
 }
 
 // Membership is one user's membership of a room as the homeserver reported it.

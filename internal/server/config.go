@@ -82,6 +82,10 @@ type Config struct {
 	FederationLeaseTTL   time.Duration
 	FederationBackoffMin time.Duration
 	FederationBackoffMax time.Duration
+	// FederationDeviceNames shows local devices' display names to other
+	// servers (EDUs, /user/devices, /user/keys/query). Off by default, as
+	// Synapse's allow_device_name_lookup_over_federation.
+	FederationDeviceNames bool
 }
 
 // Defaults returns the configuration with every default applied.
@@ -187,6 +191,7 @@ func (c Config) LogAttrs() []any {
 		"migrate", c.Migrate,
 		"federation", c.FederationEnabled(),
 		"federation_outbox", c.FederationOutbox,
+		"federation_device_names", c.FederationDeviceNames,
 		"federation_message_ttl", c.FederationMessageTTL.String(),
 		"inbox_max_age", c.InboxMaxAge.String(),
 		"log_level", c.LogLevel.String(),

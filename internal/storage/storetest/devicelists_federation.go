@@ -105,7 +105,7 @@ func testDeviceListOutbox(t *testing.T, e *Env) {
 	require.Equal(t, h1, u.Content.StreamID, "stream_id is the device-list position of the change")
 	require.Empty(t, u.Content.PrevID, "the user's first update names no prev_id")
 	require.False(t, u.Content.Deleted)
-	require.Equal(t, name, u.Content.DisplayName)
+	require.Empty(t, u.Content.DisplayName, "display names stay on this server unless the operator opts in")
 	require.JSONEq(t, string(keysFor(alice, "A1", "k1")), string(u.Content.Keys))
 	_, plain := peekDL(t, b, other)
 	require.Len(t, plain, 1, "%s shares a plaintext room with Alice: it is told too", other)
@@ -217,6 +217,16 @@ func testDeviceListOutboxAnyRoom(t *testing.T, e *Env) {
 	require.Len(t, got, 2)
 	_, got = peekDL(t, b, "e.test")
 	require.Len(t, got, 3)
+
+	// With --federation-device-names the EDU carries the display name.
+	named := lists(b)
+	named.SetFederationDeviceNames(true)
+	name := "Alice's tablet"
+	_, _, err = named.PutDevice(ctx(t), alice, "A3", "", &name, keysFor(alice, "A3", "k3"))
+	require.NoError(t, err)
+	_, got = peekDL(t, b, "e.test")
+	require.Len(t, got, 4)
+	require.Equal(t, name, got[3].Content.DisplayName)
 }
 
 // testDeviceListOutboxExactDelete: the sender's fenced finish and the feed's
