@@ -147,6 +147,63 @@ func (f *Federation) HandleDeviceListEDU(ctx context.Context, origin, eduType st
 	return nil
 }
 
+// sendingDeviceFields are the content fields by which to-device messages
+// name the device that sent them: a key or secret request names the
+// requesting device, key verification and withheld-key notices the device
+// they come from.
+var sendingDeviceFields = map[string]string{
+	"m.room_key_request":         "requesting_device_id",
+	"m.secret.request":           "requesting_device_id",
+	"m.key.verification.request": "from_device",
+	"m.key.verification.ready":   "from_device",
+	"m.key.verification.start":   "from_device",
+	"m.room_key.withheld":        "from_device",
+}
+
+// maxSendingDevices bounds the devices of one EDU looked up in the cache.
+const maxSendingDevices = 4
+
+// SendingDevices looks at the to-device messages a remote sender sent
+// (federation.DeviceListHandler): when one names a sending device that the
+// cached list of the sender lacks, that list is stale (an update was lost,
+// or has not arrived yet), so it is resynced now, as Synapse does, instead
+// of at the user's next update. The messages are delivered either way; a
+// failure here is logged, not returned.
+func (f *Federation) SendingDevices(ctx context.Context, sender, eventType string, messages map[string]map[string]json.RawMessage) {
+	field, ok := sendingDeviceFields[eventType]
+	if !ok {
+		return
+	}
+	var devices []string
+messages:
+	for _, byDevice := range messages {
+		for _, content := range byDevice {
+			var c map[string]json.RawMessage
+			var d string
+			if json.Unmarshal(content, &c) != nil || json.Unmarshal(c[field], &d) != nil ||
+				d == "" || len(d) > MaxDeviceIDBytes || slices.Contains(devices, d) {
+				continue
+			}
+			if devices = append(devices, d); len(devices) == maxSendingDevices {
+				break messages
+			}
+		}
+	}
+	for _, d := range devices {
+		stale, err := f.svc.store.ResyncIfUnknownDevice(ctx, sender, d)
+		if err != nil {
+			f.log.WarnContext(ctx, "checking a remote sending device failed", "user_id", sender, "err", err)
+			return
+		}
+		if stale {
+			f.log.InfoContext(ctx, "resyncing a remote device list: a to-device message names a device not in it",
+				"user_id", sender, "device_id", d, "type", eventType)
+			f.Kick()
+			return
+		}
+	}
+}
+
 // remoteUser parses a user id of the origin's; anything else is rejected.
 func (f *Federation) remoteUser(ctx context.Context, origin, eduType, userID string) bool {
 	uid, err := mxid.ParseUserID(userID)

@@ -271,6 +271,12 @@ type RemoteStore interface {
 	// FailResync records a failed resync of a stale user: failures and the
 	// time of the next attempt.
 	FailResync(ctx context.Context, userID string, failures int, retryIn time.Duration) error
+	// ResyncIfUnknownDevice marks a tracked remote user stale, due for a
+	// resync now, when the user's cache is fresh and lacks deviceID (a
+	// to-device message named it as its sending device), and reports
+	// whether it did. A user not tracked, or stale already (its backoff
+	// stands), is left alone.
+	ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error)
 	// RemoteDeviceLists returns the cached lists of those of the users
 	// whose cache is fresh and who still share an encrypted room with a
 	// local user.

@@ -476,3 +476,76 @@ func TestFederationDeviceNamesHidden(t *testing.T) {
 		}
 	})
 }
+
+// TestFederationUnknownSendingDeviceResyncs: a to-device message from a
+// remote user that names a sending device B's cache of the user's list
+// lacks (here A's update about it was lost on the way) makes B resync the list at
+// once, as Synapse does; a message naming a known device does not.
+func TestFederationUnknownSendingDeviceResyncs(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, db func() string) {
+		a, b := pair(t, db, func(cfg *server.Config) {
+			if cfg.ServerName != "a.test" {
+				return
+			}
+			// A's transactions to B are lost (answered 200 unseen); its
+			// key fetches get through.
+			target, err := url.Parse(cfg.FederationDestinations["b.test"])
+			require.NoError(t, err)
+			proxy := httputil.NewSingleHostReverseProxy(target)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
+					_, _ = io.Copy(io.Discard, r.Body)
+					w.Header().Set("Content-Type", "application/json")
+					_, _ = w.Write([]byte(`{"pdus":{}}`))
+					return
+				}
+				proxy.ServeHTTP(w, r)
+			}))
+			t.Cleanup(srv.Close)
+			cfg.FederationDestinations["b.test"] = srv.URL
+		})
+		a.device(alice, "A0")
+		a.putKeys(alice, "A0", "k0")
+		bobTok := b.device(bob, "B1")
+		members := map[string]string{alice: "join", bob: "join"}
+		a.encryptedRoom(sharedRoom, members)
+		b.encryptedRoom(sharedRoom, members)
+		waitUntil(t, "B to fetch Alice's device list", func() bool {
+			return b.metric("todeviced_device_list_resyncs_total", "result=ok") >= 1
+		})
+		a.putKeys(alice, "A1", "k1")
+		a.idleLists() // the update about A1 is lost on the way
+		require.Equal(t, []string{"A0"}, b.queryKeys(bobTok, alice).devices(alice))
+
+		keyRequest := func(id, device string) map[string]any {
+			return map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+				"sender": alice, "type": "m.room_key_request", "message_id": id,
+				"messages": map[string]any{bob: map[string]any{"*": map[string]any{
+					"action": "request", "request_id": id, "requesting_device_id": device,
+				}}},
+			}}
+		}
+		fresh := func() bool {
+			l, err := b.srv.Backend().Devices().RemoteDeviceLists(testCtx(t), []string{alice})
+			require.NoError(t, err)
+			_, ok := l[alice]
+			return ok
+		}
+
+		// A known sending device leaves the cache alone (the check runs
+		// before the EDU is answered).
+		b.internal(http.MethodPost, "/federation/edus", map[string]any{"origin": a.name, "edus": []any{keyRequest("m1", "A0")}})
+		require.True(t, fresh(), "A0 is in the cache: no resync")
+
+		// An unknown one makes B fetch the list again, and A1 shows up.
+		b.internal(http.MethodPost, "/federation/edus", map[string]any{"origin": a.name, "edus": []any{keyRequest("m2", "A1")}})
+		waitUntil(t, "B to resync Alice's list", func() bool {
+			return b.metric("todeviced_device_list_resyncs_total", "result=ok") >= 2
+		})
+		require.Equal(t, []string{"A0", "A1"}, b.queryKeys(bobTok, alice).devices(alice))
+		require.Equal(t, 0.0, b.metric("todeviced_device_list_updates_received_total", "result=applied"),
+			"the resync, not an update, brought A1")
+		require.Len(t, b.syncer(bobTok).collect(2), 2, "both requests were delivered")
+	})
+}

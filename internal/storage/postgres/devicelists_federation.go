@@ -569,6 +569,20 @@ func (s *deviceStore) FailResync(ctx context.Context, userID string, failures in
 	return nil
 }
 
+// ResyncIfUnknownDevice is one statement: the row lock orders it with the
+// writers of the cache, and a resync it makes due needlessly (a racing
+// update brought the device) costs one fetch, never a wrong cache.
+func (s *deviceStore) ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error) {
+	tag, err := s.db.pool.Exec(ctx, `
+		UPDATE remote_device_lists SET stale = true, retry_at = now(), failures = 0, updated_at = now()
+		WHERE user_id = $1 AND NOT stale
+		  AND NOT EXISTS (SELECT 1 FROM remote_devices WHERE user_id = $1 AND device_id = $2)`, userID, deviceID)
+	if err != nil {
+		return false, fmt.Errorf("marking remote device list stale: %w", err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
 func (s *deviceStore) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]devicelists.RemoteDeviceList, error) {
 	out := map[string]devicelists.RemoteDeviceList{}
 	err := s.db.readTx(ctx, func(tx pgx.Tx) error {

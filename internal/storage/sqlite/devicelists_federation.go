@@ -609,6 +609,44 @@ func (s *deviceStore) FailResync(ctx context.Context, userID string, failures in
 	return nil
 }
 
+// unknownDeviceSQL finds a fresh cache of user ?1 that lacks device ?2.
+const unknownDeviceSQL = `user_id = ?1 AND stale = 0
+	AND NOT EXISTS (SELECT 1 FROM remote_devices WHERE user_id = ?1 AND device_id = ?2)`
+
+// ResyncIfUnknownDevice reads first, so that the common case (the device
+// is known) does not wait for the writer's turn, then writes with the same
+// condition.
+func (s *deviceStore) ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error) {
+	var unknown bool
+	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM remote_device_lists WHERE `+unknownDeviceSQL+`)`,
+			userID, deviceID).Scan(&unknown)
+	})
+	if err != nil {
+		return false, fmt.Errorf("reading remote device list: %w", err)
+	}
+	if !unknown {
+		return false, nil
+	}
+	var marked bool
+	err = s.db.write(ctx, func(tx *sql.Tx) error {
+		now := micros(time.Now())
+		res, err := tx.ExecContext(ctx, `
+			UPDATE remote_device_lists SET stale = 1, retry_at = ?3, failures = 0, updated_at = ?3
+			WHERE `+unknownDeviceSQL, userID, deviceID, now)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		marked = n > 0
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("marking remote device list stale: %w", err)
+	}
+	return marked, nil
+}
+
 func (s *deviceStore) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]devicelists.RemoteDeviceList, error) {
 	out := map[string]devicelists.RemoteDeviceList{}
 	err := s.db.read(ctx, func(tx *sql.Tx) error {

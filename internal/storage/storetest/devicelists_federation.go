@@ -402,6 +402,44 @@ func claim(t *testing.T, b storage.Backend) []string {
 	return out
 }
 
+// testResyncIfUnknownDevice: a to-device message naming a device the fresh
+// cache of its sender lacks makes a resync due now; a known device, a user
+// stale already (its backoff stands) or one not tracked change nothing.
+func testResyncIfUnknownDevice(t *testing.T, e *Env) {
+	b := e.Open(Options{})
+	dl := lists(b)
+	s := b.Devices()
+	require.NoError(t, dl.SetRoomEncrypted(ctx(t), roomE))
+	member(t, dl, roomE, alice, "join")
+	member(t, dl, roomE, ritaR, "join")
+	require.Equal(t, []string{ritaR}, claim(t, b))
+	_, err := s.CompleteResync(ctx(t), rdl(5, "R1"))
+	require.NoError(t, err)
+	_, fresh := cachedDevices(t, b, ritaR)
+	require.True(t, fresh)
+
+	marked, err := s.ResyncIfUnknownDevice(ctx(t), ritaR, "R1")
+	require.NoError(t, err)
+	require.False(t, marked, "R1 is cached")
+	require.Empty(t, claim(t, b))
+
+	marked, err = s.ResyncIfUnknownDevice(ctx(t), ritaR, "R2")
+	require.NoError(t, err)
+	require.True(t, marked, "R2 is not cached")
+	_, fresh = cachedDevices(t, b, ritaR)
+	require.False(t, fresh, "a stale cache is not answered from")
+	require.Equal(t, []string{ritaR}, claim(t, b), "the resync is due now")
+	require.NoError(t, s.FailResync(ctx(t), ritaR, 3, time.Hour))
+	marked, err = s.ResyncIfUnknownDevice(ctx(t), ritaR, "R3")
+	require.NoError(t, err)
+	require.False(t, marked, "stale already: the backoff stands")
+	require.Empty(t, claim(t, b))
+
+	marked, err = s.ResyncIfUnknownDevice(ctx(t), olafO, "O1")
+	require.NoError(t, err)
+	require.False(t, marked, "nobody local shares a room with Olaf: not tracked")
+}
+
 // testRemoteDeviceListUpdates: the cache of a remote user is tracked from
 // the moment they share an encrypted room with a local user, filled by a
 // resync, kept by updates whose prev_id is known, marked stale by a gap,

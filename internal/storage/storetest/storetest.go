@@ -100,6 +100,7 @@ func Run(t *testing.T, h Harness) {
 		{"RemoteDeviceListUpdates", testRemoteDeviceListUpdates},
 		{"RemoteDeviceListDropped", testRemoteDeviceListDropped},
 		{"RemoteResyncBackoff", testRemoteResyncBackoff},
+		{"ResyncIfUnknownDevice", testResyncIfUnknownDevice},
 		{"UserDeviceList", testUserDeviceList},
 		{"FederationLease", testLease},
 		{"FederationLeaseConcurrentAcquire", testLeaseConcurrentAcquire},
