@@ -70,6 +70,47 @@ func TestInvalidSettingsNameTheSetting(t *testing.T) {
 	require.Contains(t, stderr.String(), "--txn-retention")
 }
 
+// TestSendBurstDefault: with no flag and no variable, --send-burst is
+// DefaultSendBurst (100), as --help and the README say; 0 made every send
+// after the first of a second a 429 under --send-rate-limit.
+func TestSendBurstDefault(t *testing.T) {
+	cfg, _, err := parse(t, []string{"--send-rate-limit", "1"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, server.DefaultSendBurst, cfg.SendBurst)
+	require.Equal(t, 100, cfg.SendBurst)
+	cfg, _, err = parse(t, nil, map[string]string{"TODEVICED_SEND_BURST": "7"})
+	require.NoError(t, err)
+	require.Equal(t, 7, cfg.SendBurst)
+
+	var stderr bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), []string{"--help"}, &bytes.Buffer{}, &stderr, env(nil)))
+	require.Contains(t, stderr.String(), "--send-burst  (TODEVICED_SEND_BURST, default 100)")
+}
+
+// TestPlaceholderSecretRefused: the internal API does not start with a
+// well-known placeholder secret (docker-compose.yml once defaulted to
+// change-me): whoever knows it could create devices and tokens.
+func TestPlaceholderSecretRefused(t *testing.T) {
+	for _, s := range []string{"change-me", "CHANGE-ME", " changeme ", "secret"} {
+		var stderr bytes.Buffer
+		code := run(context.Background(), []string{"serve", "--database-url", "sqlite:" + t.TempDir() + "/x.db", "--internal-secret", s},
+			&bytes.Buffer{}, &stderr, env(nil))
+		require.Equal(t, 2, code, "%q: %s", s, stderr.String())
+		require.Contains(t, stderr.String(), "--internal-secret")
+		require.Contains(t, stderr.String(), "placeholder")
+	}
+	var stderr bytes.Buffer
+	code := run(context.Background(), []string{"serve", "--database-url", "sqlite:x.db"}, &bytes.Buffer{}, &stderr,
+		env(map[string]string{"TODEVICED_INTERNAL_SECRET": "change-me"}))
+	require.Equal(t, 2, code, "from the environment too")
+	require.Contains(t, stderr.String(), "placeholder")
+	cfg := server.Defaults()
+	cfg.InternalSecret = "9f1c3b7e2a"
+	require.NoError(t, cfg.Validate())
+	cfg.InternalSecret = ""
+	require.NoError(t, cfg.Validate(), "no secret: the internal API is off")
+}
+
 func TestSubcommands(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	require.Equal(t, 0, run(context.Background(), []string{"version"}, &stdout, &stderr, env(nil)))
