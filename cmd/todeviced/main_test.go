@@ -111,6 +111,29 @@ func TestPlaceholderSecretRefused(t *testing.T) {
 	require.NoError(t, cfg.Validate(), "no secret: the internal API is off")
 }
 
+// TestUnreachablePostgresNamesTheServer: when PostgreSQL cannot be
+// reached, the first thing said is which server (host and port, never the
+// password), not a failure of the migration library.
+func TestUnreachablePostgresNamesTheServer(t *testing.T) {
+	const url = "postgres://todeviced:hunter2@127.0.0.1:1/todeviced?sslmode=disable&connect_timeout=5"
+	for _, args := range [][]string{
+		{"serve", "--database-url", url},
+		{"serve", "--database-url", url, "--migrate=false"},
+		{"migrate", "--database-url", url},
+		{"migrate", "status", "--database-url", url},
+	} {
+		var stderr bytes.Buffer
+		code := run(context.Background(), args, &bytes.Buffer{}, &stderr, env(map[string]string{"TODEVICED_METRICS_LISTEN": "127.0.0.1:0", "TODEVICED_LISTEN": "127.0.0.1:0"}))
+		require.Equal(t, 1, code, "%v: %s", args, stderr.String())
+		msg := stderr.String()
+		i := strings.Index(msg, "connecting to PostgreSQL at 127.0.0.1:1: ")
+		require.GreaterOrEqual(t, i, 0, "%v: %s", args, msg)
+		require.NotContains(t, msg, "applying migrations", "%v: the connection failed, not the migrations", args)
+		require.NotContains(t, msg, "failed to initialize", "%v: not the migration library's words", args)
+		require.NotContains(t, msg, "hunter2", "never the password")
+	}
+}
+
 func TestSubcommands(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	require.Equal(t, 0, run(context.Background(), []string{"version"}, &stdout, &stderr, env(nil)))
