@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +132,57 @@ func TestUnreachablePostgresNamesTheServer(t *testing.T) {
 		require.NotContains(t, msg, "applying migrations", "%v: the connection failed, not the migrations", args)
 		require.NotContains(t, msg, "failed to initialize", "%v: not the migration library's words", args)
 		require.NotContains(t, msg, "hunter2", "never the password")
+	}
+}
+
+// TestEveryFlagIsDocumented: every flag --help lists has a row in
+// README.md's configuration table with the same default, and the table
+// names no flag that does not exist.
+func TestEveryFlagIsDocumented(t *testing.T) {
+	var help bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), []string{"--help"}, &bytes.Buffer{}, &help, env(nil)))
+	flags := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^  --([a-z0-9-]+)  \(TODEVICED_[A-Z0-9_]+, default (.*)\)$`).FindAllStringSubmatch(help.String(), -1) {
+		flags[m[1]] = m[2]
+	}
+	require.Greater(t, len(flags), 20, "--help lists the flags:\n%s", help.String())
+
+	readme, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	documented := map[string]string{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `--([a-z0-9-]+)` \\| ([^|]*) \\|").FindAllStringSubmatch(string(readme), -1) {
+		cell := strings.TrimSpace(m[2])
+		switch {
+		case strings.HasPrefix(cell, "none"):
+			documented[m[1]] = "none"
+		case strings.HasPrefix(cell, "`"):
+			documented[m[1]] = strings.SplitN(cell, "`", 3)[1]
+		default:
+			documented[m[1]] = cell
+		}
+	}
+	sameDefault := func(a, b string) bool {
+		if a == b {
+			return true
+		}
+		da, errA := time.ParseDuration(a)
+		db, errB := time.ParseDuration(b)
+		return errA == nil && errB == nil && da == db
+	}
+	for name, def := range flags {
+		doc, ok := documented[name]
+		if !ok {
+			t.Errorf("--%s (default %s) has no row in README.md's configuration table", name, def)
+			continue
+		}
+		if !sameDefault(def, doc) {
+			t.Errorf("--%s: --help says default %q, README.md says %q", name, def, doc)
+		}
+	}
+	for name := range documented {
+		if _, ok := flags[name]; !ok {
+			t.Errorf("README.md documents --%s, which todeviced does not have", name)
+		}
 	}
 }
 
