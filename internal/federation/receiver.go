@@ -33,6 +33,10 @@ const (
 // the transaction is answered with an error so the origin retries it.
 type DeviceListHandler interface {
 	HandleDeviceListEDU(ctx context.Context, origin, eduType string, content json.RawMessage) error
+	// SendingDevices is shown the messages of each well-formed inbound
+	// to-device EDU before they are stored, so that a sending device
+	// missing from the cache of the sender's list makes it resync.
+	SendingDevices(ctx context.Context, sender, eventType string, messages map[string]map[string]json.RawMessage)
 }
 
 // ReceiverConfig configures a Receiver.
@@ -227,6 +231,9 @@ func (r *Receiver) directToDevice(ctx context.Context, origin string, content js
 	if errors.Is(err, inbox.ErrRecipientNotLocal) {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropRecipientNotLocal)
 		return nil, nil
+	}
+	if err == nil && r.cfg.DeviceLists != nil {
+		r.cfg.DeviceLists.SendingDevices(ctx, c.Sender, c.Type, msgs)
 	}
 	return ra, err
 }

@@ -135,6 +135,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
 	})
 	s.devices = devicelists.New(backend.Devices(), cfg.ServerName, log, devicelists.NewMetrics(reg))
+	s.devices.SetFederationDeviceNames(cfg.FederationDeviceNames)
 	if cfg.UpstreamAuthURL != "" {
 		s.devices.SetUpstream(devicelists.NewUpstream(cfg.UpstreamAuthURL, nil, nil))
 	}
