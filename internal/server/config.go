@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/storage"
 )
@@ -82,6 +83,12 @@ type Config struct {
 	FederationLeaseTTL   time.Duration
 	FederationBackoffMin time.Duration
 	FederationBackoffMax time.Duration
+	// FederationRequestTimeout bounds a whole outbound request, key
+	// fetches included (--federation-request-timeout).
+	FederationRequestTimeout time.Duration
+	// FederationInflightBytes bounds unverified federation bodies being
+	// read at once (--federation-inflight-bytes).
+	FederationInflightBytes int64
 }
 
 // Defaults returns the configuration with every default applied.
@@ -104,6 +111,9 @@ func Defaults() Config {
 		FederationLeaseTTL:   DefaultFederationLeaseTTL,
 		FederationBackoffMin: DefaultFederationBackoffMin,
 		FederationBackoffMax: DefaultFederationBackoffMax,
+
+		FederationRequestTimeout: federation.DefaultRequestTimeout,
+		FederationInflightBytes:  httpapi.DefaultMaxInflightFederationBytes,
 	}
 }
 
@@ -153,6 +163,12 @@ func (c Config) Validate() error {
 	}
 	if c.FederationBackoffMin <= 0 {
 		errs = append(errs, errors.New("--federation-backoff-min must be positive"))
+	}
+	if c.FederationRequestTimeout <= 0 {
+		errs = append(errs, errors.New("--federation-request-timeout must be positive"))
+	}
+	if c.FederationInflightBytes < 1<<20 {
+		errs = append(errs, errors.New("--federation-inflight-bytes must be at least 1 MiB"))
 	}
 	if c.FederationBackoffMax < c.FederationBackoffMin {
 		errs = append(errs, errors.New("--federation-backoff-max must not be below --federation-backoff-min"))
