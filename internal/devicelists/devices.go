@@ -20,6 +20,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Limits on identifiers the internal API accepts.
@@ -73,13 +74,16 @@ func NewToken() string {
 func (r *Service) CheckLocalDevice(userID, deviceID string) error {
 	uid, err := mxid.ParseUserID(userID)
 	if err != nil {
-		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 	}
 	if uid.Server != r.serverName {
 		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
 	}
 	if deviceID == "" || len(deviceID) > MaxDeviceIDBytes {
 		return mxerr.New(mxerr.InvalidParam, "Device id must be 1 to %d bytes.", MaxDeviceIDBytes)
+	}
+	if err := mxid.ValidateDeviceID(deviceID); err != nil {
+		return mxerr.New(mxerr.InvalidParam, "Invalid device id %q: %v.", mxjson.Quote(deviceID), err)
 	}
 	return nil
 }
@@ -92,6 +96,11 @@ func (r *Service) PutDevice(ctx context.Context, userID, deviceID, token string,
 	}
 	if displayName != nil && len(*displayName) > MaxDisplayNameBytes {
 		return Device{}, false, mxerr.New(mxerr.TooLarge, "Display name is longer than %d bytes.", MaxDisplayNameBytes)
+	}
+	if displayName != nil {
+		if err := mxid.ValidateText(*displayName); err != nil {
+			return Device{}, false, mxerr.New(mxerr.InvalidParam, "Display name %v.", err)
+		}
 	}
 	p := PutDevice{UserID: userID, DeviceID: deviceID, DisplayName: displayName}
 	if len(keys) > 0 && string(keys) != "null" {

@@ -1,0 +1,113 @@
+package mxid
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// MaxOpaqueIDLength bounds every identifier the spec leaves opaque (device
+// ids, event types, transaction ids, message ids, room ids), in bytes: the
+// spec's 255 for the identifiers it bounds, applied to the rest alike.
+const MaxOpaqueIDLength = 255
+
+// Kind names an identifier in error messages ("device id").
+type Kind string
+
+// The identifier kinds Validate knows.
+const (
+	DeviceID  Kind = "device id"
+	EventType Kind = "event type"
+	TxnID     Kind = "transaction id"
+	MessageID Kind = "message id"
+	RoomID    Kind = "room id"
+	Token     Kind = "token"
+)
+
+// Validate checks an identifier the spec leaves (mostly) opaque: 1 to
+// MaxOpaqueIDLength bytes of valid UTF-8 with no control characters (C0, DEL,
+// C1). That is what every store, every JSON encoder and every log line can
+// carry unchanged: PostgreSQL refuses NUL in text, SQLite would keep NUL and
+// silently turn invalid UTF-8 into U+FFFD, and a control character in a path
+// or a log line is an injection waiting to happen. Room ids must also start
+// with '!'.
+//
+// The grammar is not narrowed further (to the spec's "opaque identifier"
+// characters) because clients and servers in the wild use device ids, event
+// types and transaction ids outside it, and refusing them would break them.
+func Validate(kind Kind, s string) error {
+	if s == "" {
+		return fmt.Errorf("%s is empty", kind)
+	}
+	if len(s) > MaxOpaqueIDLength {
+		return fmt.Errorf("%s is longer than %d bytes", kind, MaxOpaqueIDLength)
+	}
+	if kind == RoomID && !strings.HasPrefix(s, "!") {
+		return fmt.Errorf("%s does not start with '!'", kind)
+	}
+	if err := checkText(s); err != nil {
+		return fmt.Errorf("%s %w", kind, err)
+	}
+	return nil
+}
+
+// ValidateDeviceID, ValidateEventType, ValidateTxnID, ValidateMessageID and
+// ValidateRoomID are Validate for one kind.
+func ValidateDeviceID(s string) error  { return Validate(DeviceID, s) }
+func ValidateEventType(s string) error { return Validate(EventType, s) }
+func ValidateTxnID(s string) error     { return Validate(TxnID, s) }
+func ValidateMessageID(s string) error { return Validate(MessageID, s) }
+func ValidateRoomID(s string) error    { return Validate(RoomID, s) }
+
+// ValidateText checks free text that is stored and echoed (display names):
+// valid UTF-8 without NUL or other C0 control characters except tab and
+// newline. Unlike identifiers it may be empty and has no length limit here.
+func ValidateText(s string) error {
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c == 0 || (c < 0x20 && c != '\t' && c != '\n') || c == 0x7f {
+				return fmt.Errorf("has a control character at byte %d", i)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			return fmt.Errorf("is not valid UTF-8 at byte %d", i)
+		}
+		i += size
+	}
+	return nil
+}
+
+// checkText reports the first byte that makes s unsafe as an identifier.
+func checkText(s string) error {
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 || c == 0x7f {
+				return fmt.Errorf("has a control character at byte %d", i)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			return fmt.Errorf("is not valid UTF-8 at byte %d", i)
+		}
+		if r >= 0x80 && r <= 0x9f {
+			return fmt.Errorf("has a control character at byte %d", i)
+		}
+		i += size
+	}
+	return nil
+}
+
+// SameServer reports whether two server names name the same server. DNS
+// names are case-insensitive (RFC 4343), so the host part is compared without
+// regard to ASCII case; the port, when present, must match exactly. IP
+// literals compare as written (their hex digits are case-insensitive too).
+func SameServer(a, b string) bool {
+	return strings.EqualFold(a, b)
+}
