@@ -1,0 +1,213 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/server"
+)
+
+// The memory tests measure this process's heap, so they do not run in
+// parallel with other tests (top-level parallel tests wait for them).
+
+const mib = 1 << 20
+
+// heapPeak samples HeapInuse until stop is called and returns the highest
+// value seen above the baseline taken when it started.
+func heapPeak(t *testing.T) (stop func() uint64) {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	done, result := make(chan struct{}), make(chan uint64)
+	go func() {
+		peak := base
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapInuse)
+			select {
+			case <-done:
+				result <- peak - base
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() uint64 {
+		close(done)
+		grown := <-result
+		t.Logf("heap in use grew by at most %.1f MiB", float64(grown)/mib)
+		return grown
+	}
+}
+
+// bigTxnBody is a JSON body of exactly n bytes.
+func bigTxnBody(n int) []byte {
+	b := make([]byte, 0, n)
+	b = append(b, `{"edus":[],"pdus":[],"pad":"`...)
+	b = append(b, bytes.Repeat([]byte("x"), n-len(b)-2)...)
+	return append(b, `"}`...)
+}
+
+// xMatrix is a well-formed X-Matrix header whose signature is not valid.
+func xMatrix(origin, destination, keyID string) string {
+	return federation.XMatrixAuth{Origin: origin, Destination: destination, KeyID: keyID,
+		Signature: federation.EncodeBase64(make([]byte, 64))}.String()
+}
+
+// silentListener accepts connections and never answers.
+func silentListener(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestFederationUnauthenticatedBodiesNeverBuffered is observation 5 of issue
+// 11: 20 concurrent 16 MiB PUT /send naming an origin whose key server never
+// answers took 2 GB. The header and the origin's key are checked before the
+// body is read, so none of the 320 MiB is ever buffered: the heap grows by
+// less than one body (16 MiB).
+func TestFederationUnauthenticatedBodiesNeverBuffered(t *testing.T) {
+	cfg := nodeConfig(t, "b.test", "sqlite:"+filepath.Join(t.TempDir(), "b.db"))
+	cfg.FederationDestinations["tarpit.test"] = "http://" + silentListener(t)
+	cfg.FederationRequestTimeout = 300 * time.Millisecond
+	b := start(t, cfg, listen(t, "127.0.0.1:0"))
+
+	const n = 20
+	body := bigTxnBody(federation.MaxTxnBytes)
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: n}}
+	defer client.CloseIdleConnections()
+	stop := heapPeak(t)
+	var wg sync.WaitGroup
+	statuses := make(chan int, n)
+	for i := range n {
+		wg.Go(func() {
+			req, err := http.NewRequestWithContext(testCtx(t), http.MethodPut,
+				b.url+"/_matrix/federation/v1/send/big"+strconv.Itoa(i), bytes.NewReader(body))
+			require.NoError(t, err)
+			req.Header.Set("Authorization", xMatrix("tarpit.test", "b.test", "ed25519:k"))
+			resp, err := client.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			statuses <- resp.StatusCode
+		})
+	}
+	wg.Wait()
+	grown := stop()
+	close(statuses)
+	for s := range statuses {
+		require.Equal(t, http.StatusUnauthorized, s, "the origin's key cannot be had")
+	}
+	require.Less(t, grown, uint64(16*mib), "no body was buffered")
+}
+
+// TestFederationInflightBodiesBounded: bodies whose origin's key is known
+// are read, but only --federation-inflight-bytes of them at once; the rest
+// are refused at once with 429 M_LIMIT_EXCEEDED (never queued), and the heap
+// stays within three times the budget: the bodies, their canonical copies and,
+// as here, where the top-level keys arrive out of order, the scratch buffer
+// that sorts them.
+func TestFederationInflightBodiesBounded(t *testing.T) {
+	dir := t.TempDir()
+	n := 0
+	a, b := pair(t, func() string { n++; return "sqlite:" + filepath.Join(dir, strconv.Itoa(n)+".db") }, func(c *server.Config) {
+		c.FederationInflightBytes = 32 * mib
+	})
+	const requests = 12
+	body := bigTxnBody(federation.MaxTxnBytes)
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: requests}}
+	defer client.CloseIdleConnections()
+	keyID := loadKey(t, a).ServerKeyID
+	// Warm b's key cache for a, so that every request gets to its body.
+	status, _ := rawSend(t, b, "warm", []byte(`{}`), func(r *http.Request, _ []byte) {
+		r.Header.Set("Authorization", xMatrix(a.name, b.name, keyID))
+	})
+	require.Equal(t, http.StatusUnauthorized, status)
+
+	stop := heapPeak(t)
+	release := make(chan struct{})
+	type answer struct {
+		status     int
+		errcode    string
+		retryAfter string
+	}
+	answers := make(chan answer, requests)
+	var wg sync.WaitGroup
+	for i := range requests {
+		pr, pw := io.Pipe()
+		wg.Go(func() {
+			// All but the last byte, then wait: a body in flight.
+			if _, err := pw.Write(body[:len(body)-1]); err != nil {
+				return
+			}
+			<-release
+			_, _ = pw.Write(body[len(body)-1:])
+			pw.Close()
+		})
+		wg.Go(func() {
+			req, err := http.NewRequestWithContext(testCtx(t), http.MethodPut,
+				b.url+"/_matrix/federation/v1/send/inflight"+strconv.Itoa(i), pr)
+			require.NoError(t, err)
+			req.ContentLength = int64(len(body))
+			req.Header.Set("Authorization", xMatrix(a.name, b.name, keyID))
+			resp, err := client.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			var e struct {
+				Errcode string `json:"errcode"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&e)
+			answers <- answer{resp.StatusCode, e.Errcode, resp.Header.Get("Retry-After")}
+		})
+	}
+	// Two bodies fit the budget and wait for their last byte; every other
+	// request is answered meanwhile.
+	for range requests - 2 {
+		got := <-answers
+		require.Equal(t, answer{http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "1"}, got)
+	}
+	close(release)
+	for range 2 {
+		got := <-answers
+		require.Equal(t, http.StatusUnauthorized, got.status, "read, then refused for its signature")
+	}
+	wg.Wait()
+	grown := stop()
+	require.Less(t, grown, uint64(3*32*mib+16*mib), "two bodies and their copies for verifying, not twelve")
+}
