@@ -12,6 +12,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxid"
 )
 
 // maxInternalEDUs bounds one internal POST /federation/edus.
@@ -122,6 +123,10 @@ func (a *api) federationSend(w http.ResponseWriter, r *http.Request) {
 	txnID, err := pathParam(r, "txnId")
 	if err != nil {
 		writeError(w, r, a.log, err)
+		return
+	}
+	if err := mxid.ValidateTxnID(txnID); err != nil {
+		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid transaction id: %v.", err))
 		return
 	}
 	ra, ok := a.authorize(w, r)

@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,8 +18,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/mxjson"
 	"github.com/todeviced/todeviced/internal/server"
 )
+
+const mxjsonMaxContentDepth = mxjson.MaxContentDepth
 
 // The memory tests measure this process's heap, so they do not run in
 // parallel with other tests (top-level parallel tests wait for them).
@@ -210,4 +215,57 @@ func TestFederationInflightBodiesBounded(t *testing.T) {
 	wg.Wait()
 	grown := stop()
 	require.Less(t, grown, uint64(3*32*mib+16*mib), "two bodies and their copies for verifying, not twelve")
+}
+
+// TestFederationReceiverDropsWhatItCannotStore is observation 3 of issue 11
+// from the receiving side: EDUs no store could hold (NUL or other control
+// characters, over-long identifiers) or no /sync could carry (content nested
+// too deeply) used to make PostgreSQL answer 500 to every retry of their
+// transaction. They are dropped and counted, the transaction is answered
+// 200, and the valid EDUs beside them are delivered.
+func TestFederationReceiverDropsWhatItCannotStore(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, db func() string) {
+		a, b := pair(t, db, nil)
+		b1 := b.syncer(b.device(bob, "B1"))
+		c := signedClient(t, a.name, loadKey(t, a), b)
+		deep := map[string]any{"n": 99}
+		for range mxjsonMaxContentDepth + 5 {
+			deep = map[string]any{"d": deep}
+		}
+		withContent := func(id string, f func(content map[string]any)) map[string]any {
+			e := toDeviceEDU(alice, id, bob, "B1", 99)
+			f(e["content"].(map[string]any))
+			return e
+		}
+		long := strings.Repeat("x", 256)
+		edus := []map[string]any{
+			toDeviceEDU(alice, "ok1", bob, "B1", 1),
+			toDeviceEDU(alice, "nul-device", bob, "B1\x00", 99),
+			toDeviceEDU(alice, "ctl-device", bob, "B1\x07", 99),
+			toDeviceEDU(alice, "long-device", bob, long, 99),
+			toDeviceEDU("@ali\x00ce:a.test", "nul-sender", bob, "B1", 99),
+			withContent("nul-type", func(c map[string]any) { c["type"] = "m.t\x00" }),
+			withContent("long-type", func(c map[string]any) { c["type"] = long }),
+			withContent("nul-id\x00", func(map[string]any) {}),
+			withContent(long, func(map[string]any) {}),
+			withContent("deep", func(c map[string]any) {
+				c["messages"] = map[string]any{bob: map[string]any{"B1": deep}}
+			}),
+			toDeviceEDU(alice, "ok2", bob, "B1", 2),
+		}
+		var resp json.RawMessage
+		require.NoError(t, c.Do(testCtx(t), b.name, http.MethodPut, "/_matrix/federation/v1/send/poison1", nil,
+			txnBody(a.name, nil, edus...), &resp), "the transaction is answered 200")
+		require.Equal(t, []int{1, 2}, ns(b1.collect(2)), "the valid EDUs are delivered, in order")
+		require.Equal(t, 8.0, b.metric("todeviced_federation_edus_dropped_total", "reason=invalid_id"))
+		require.Equal(t, 1.0, b.metric("todeviced_federation_edus_dropped_total", "reason=too_deep"))
+
+		// A transaction id no store could hold is refused at the door.
+		err := c.Do(testCtx(t), b.name, http.MethodPut, "/_matrix/federation/v1/send/"+url.PathEscape("t\x00"), nil,
+			txnBody(a.name, nil), nil)
+		var he *federation.HTTPError
+		require.ErrorAs(t, err, &he)
+		require.Equal(t, http.StatusBadRequest, he.Status)
+	})
 }
