@@ -6,12 +6,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -267,5 +270,62 @@ func TestFederationReceiverDropsWhatItCannotStore(t *testing.T) {
 		var he *federation.HTTPError
 		require.ErrorAs(t, err, &he)
 		require.Equal(t, http.StatusBadRequest, he.Status)
+	})
+}
+
+// poisonProxy stands in front of target and answers 500 to every
+// transaction carrying marker, as a receiver does that fails on one EDU (the
+// PostgreSQL receiver that could not store a NUL did, before issue 11); it
+// passes everything else on. It counts the transactions it refused.
+func poisonProxy(t *testing.T, target, marker string) (string, *atomic.Int64) {
+	u, err := url.Parse(target)
+	require.NoError(t, err)
+	rp := httputil.NewSingleHostReverseProxy(u)
+	var refused atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		require.NoError(t, err)
+		if strings.Contains(string(body), marker) {
+			refused.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = w.Write([]byte(`{"errcode":"M_UNKNOWN","error":"Internal server error."}`))
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, &refused
+}
+
+// TestFederationPoisonEDUDelaysOnlyItself is observation 3 of issue 11 from
+// the sending side (DESIGN invariant 13): a destination that answers 500 to
+// every transaction carrying one EDU used to hold every later message to it
+// behind that transaction until the 7-day TTL. The sender splits the
+// transaction, sets the EDU aside, delivers the message after it, and drops
+// the poison EDU once it fails alone again while the destination takes
+// others.
+func TestFederationPoisonEDUDelaysOnlyItself(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, db func() string) {
+		var refused *atomic.Int64
+		a, b := pair(t, db, func(c *server.Config) {
+			if c.ServerName == "a.test" {
+				c.FederationDestinations["b.test"], refused = poisonProxy(t, c.FederationDestinations["b.test"], "poison-marker")
+			}
+		})
+		aliceTok := a.device(alice, "A1")
+		b1 := b.syncer(b.device(bob, "B1"))
+		a.send(aliceTok, "p1", map[string]map[string]any{bob: {"B1": map[string]any{"n": 1, "x": "poison-marker"}}})
+		a.send(aliceTok, "n2", map[string]map[string]any{bob: {"B1": map[string]any{"n": 2}}})
+		a.send(aliceTok, "n3", map[string]map[string]any{bob: {"B1": map[string]any{"n": 3}}})
+		require.Equal(t, []int{2, 3}, ns(b1.collect(2)), "the messages after the poison EDU arrive, in order")
+		waitUntil(t, "the poison EDU to be dropped", func() bool {
+			return a.metric("todeviced_federation_edus_dropped_total", "reason=poison") == 1
+		})
+		a.idle()
+		require.GreaterOrEqual(t, refused.Load(), int64(federation.SplitAfter), "the destination refused it")
+		require.Empty(t, b1.once(0), "the poison EDU never arrived")
 	})
 }
