@@ -17,6 +17,9 @@ import (
 // messages. Every error is a Matrix error: M_NOT_JSON for what is not JSON,
 // M_BAD_JSON for the wrong shape, M_MISSING_PARAM when "messages" is absent.
 func decodeSendBodyReference(body []byte) (Messages, error) {
+	if !utf8.Valid(body) {
+		return nil, mxerr.New(mxerr.NotJSON, "Content not JSON.")
+	}
 	if err := mxjson.Check(body, mxjson.MaxDepth); errors.Is(err, mxjson.ErrTooDeep) {
 		return nil, mxerr.New(mxerr.BadJSON, "The body is nested too deeply.")
 	}
