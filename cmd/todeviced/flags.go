@@ -80,6 +80,8 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.FederationBackoffMin, "federation-backoff-min", cfg.FederationBackoffMin, "backoff ceiling after a destination's first failure; it doubles per failure (full jitter)")
 	fs.DurationVar(&cfg.FederationBackoffMax, "federation-backoff-max", cfg.FederationBackoffMax, "largest backoff ceiling between attempts to a failing destination")
 	fs.BoolVar(&cfg.FederationDeviceNames, "federation-device-names", cfg.FederationDeviceNames, "show local devices' display names to other servers (device-list EDUs, /user/devices, /user/keys/query)")
+	fs.DurationVar(&cfg.FederationRequestTimeout, "federation-request-timeout", cfg.FederationRequestTimeout, "deadline of a whole outbound federation request (discovery, connect, TLS, headers, body), key fetches included")
+	fs.Int64Var(&cfg.FederationInflightBytes, "federation-inflight-bytes", cfg.FederationInflightBytes, "federation request bodies read at once before their signature is verified; over it: 429 M_LIMIT_EXCEEDED")
 	fs.Var(levelFlag{&cfg.LogLevel}, "log-level", "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "auto (text on a terminal, else JSON), json or text")
 	fs.DurationVar(&cfg.InboxMaxAge, "inbox-max-age", cfg.InboxMaxAge, "drop messages pending longer than this (0: keep forever)")

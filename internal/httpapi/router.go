@@ -60,6 +60,8 @@ type api struct {
 	inbox   *inbox.Service
 	devices *devicelists.Service
 	hub     *wakeup.Hub
+	// inflight bounds unauthenticated federation bodies (inflight.go).
+	inflight *byteBudget
 }
 
 // NewRouter returns the HTTP handler of the API.

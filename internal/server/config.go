@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/storage"
 )
@@ -96,6 +97,12 @@ type Config struct {
 	// servers (EDUs, /user/devices, /user/keys/query). Off by default, as
 	// Synapse's allow_device_name_lookup_over_federation.
 	FederationDeviceNames bool
+	// FederationRequestTimeout bounds a whole outbound request, key
+	// fetches included (--federation-request-timeout).
+	FederationRequestTimeout time.Duration
+	// FederationInflightBytes bounds unverified federation bodies being
+	// read at once (--federation-inflight-bytes).
+	FederationInflightBytes int64
 }
 
 // Defaults returns the configuration with every default applied.
@@ -119,6 +126,9 @@ func Defaults() Config {
 		FederationLeaseTTL:   DefaultFederationLeaseTTL,
 		FederationBackoffMin: DefaultFederationBackoffMin,
 		FederationBackoffMax: DefaultFederationBackoffMax,
+
+		FederationRequestTimeout: federation.DefaultRequestTimeout,
+		FederationInflightBytes:  httpapi.DefaultMaxInflightFederationBytes,
 	}
 }
 
@@ -173,6 +183,12 @@ func (c Config) Validate() error {
 	}
 	if c.FederationBackoffMin <= 0 {
 		errs = append(errs, errors.New("--federation-backoff-min must be positive"))
+	}
+	if c.FederationRequestTimeout <= 0 {
+		errs = append(errs, errors.New("--federation-request-timeout must be positive"))
+	}
+	if c.FederationInflightBytes < 1<<20 {
+		errs = append(errs, errors.New("--federation-inflight-bytes must be at least 1 MiB"))
 	}
 	if c.FederationBackoffMax < c.FederationBackoffMin {
 		errs = append(errs, errors.New("--federation-backoff-max must not be below --federation-backoff-min"))

@@ -107,6 +107,7 @@ func Run(t *testing.T, h Harness) {
 		{"FederationFencing", testFencing},
 		{"FederationStoredTxnRoundTrip", testStoredTxnRoundTrip},
 		{"FederationCompleteDeletesExactlyTheRows", testCompleteDeletesExactlyTheRows},
+		{"FederationReplaceTxn", testReplaceTxn},
 		{"OutboxOrderUnderConcurrentAccepts", testOutboxOrder},
 		{"ExpireOutbox", testExpireOutbox},
 		{"OutboxBacklog", testOutboxBacklog},
