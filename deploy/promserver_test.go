@@ -74,8 +74,9 @@ func (b *lockedBuffer) String() string {
 }
 
 // testRules rewrites alerts.yml for the test: every expression as shipped,
-// every `for` shortened to one evaluation interval, so an alert whose
-// condition holds goes pending at once and fires a second later.
+// every `for` shortened to three evaluation intervals, so an alert whose
+// condition holds goes pending at once and fires seconds later, while a
+// single slow scrape of a busy instance fires nothing.
 func testRules(t *testing.T, dir string) string {
 	t.Helper()
 	raw, err := os.ReadFile("prometheus/alerts.yml")
@@ -89,7 +90,7 @@ func testRules(t *testing.T, dir string) string {
 		require.True(t, ok, "alerts.yml: rules")
 		for _, r := range rules {
 			if _, alerting := r.(map[string]any)["alert"]; alerting {
-				r.(map[string]any)["for"] = promScrapeInterval.String()
+				r.(map[string]any)["for"] = (3 * promScrapeInterval).String()
 			}
 		}
 	}
@@ -356,8 +357,9 @@ func (p *promServer) labelValues(ctx context.Context, label, match string, start
 
 // promAlert is an entry of /api/v1/alerts.
 type promAlert struct {
-	Labels map[string]string `json:"labels"`
-	State  string            `json:"state"`
+	Labels      map[string]string `json:"labels"`
+	Annotations map[string]string `json:"annotations"`
+	State       string            `json:"state"`
 }
 
 func (p *promServer) alerts(ctx context.Context) ([]promAlert, error) {
