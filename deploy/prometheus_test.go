@@ -96,7 +96,10 @@ func TestDashboardAndAlertsOnRealPrometheus(t *testing.T) {
 	refreshed, cancelRefresh := context.WithTimeout(ctx, 30*time.Second)
 	prom.waitQuery(refreshed, fmt.Sprintf(`todeviced_device_list_remote_users{instance=%q} > 0`, bTarget))
 	prom.waitQuery(refreshed, fmt.Sprintf(`todeviced_federation_destinations_backing_off{instance=%q} > 0`, aTarget))
+	prom.waitQuery(refreshed, fmt.Sprintf(`todeviced_inbox_pending_messages{instance=%q} > 0`, aTarget))
 	cancelRefresh()
+	// The other gauge jobs ran on the same tick: let a scrape or two see them.
+	time.Sleep(2 * promScrapeInterval)
 
 	// The failure: the federation destination b.test goes down while
 	// a.test has a message for it.
@@ -277,6 +280,8 @@ func runLoad(t *testing.T, ctx context.Context, a, b *servertest.Instance) {
 	encryptedRoom(t, a, alice, bob)
 	encryptedRoom(t, b, alice, bob)
 
+	// Alice's second device never syncs: its messages stay pending.
+	a.Send(t, "tok-alice-A1", "m.test", "to-a2", map[string]map[string]any{alice: {"A2": map[string]any{"n": 0}}})
 	// The dead destination's EDU waits in a.test's outbox from now on.
 	a.Send(t, "tok-alice-A1", "m.test", "to-carol", map[string]map[string]any{carol: {"C1": map[string]any{"n": 0}}})
 
