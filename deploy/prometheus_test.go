@@ -106,7 +106,7 @@ func TestDashboardAndAlertsOnRealPrometheus(t *testing.T) {
 	b.Stop(t)
 	a.Send(t, "tok-alice-A1", "m.test", "after-b-down", map[string]map[string]any{bob: {"B1": map[string]any{"n": 99}}})
 	// Down after one failed scrape, pending at the next evaluation, firing
-	// one evaluation later: seconds, given 20.
+	// once for: (3 s) has passed: seconds, given 20.
 	alerting, cancelAlerting := context.WithTimeout(ctx, 20*time.Second)
 	seen := waitAlert(t, alerting, prom, expectedAlert, bTarget)
 	cancelAlerting()
@@ -239,7 +239,7 @@ func collect(t *testing.T, ctx context.Context, in *servertest.Instance, token s
 
 // sendRaw is a sendToDevice that reports instead of failing the test, for
 // the senders running concurrently.
-func sendRaw(ctx context.Context, in *servertest.Instance, token, txnID string, messages map[string]map[string]any) error {
+func sendRaw(ctx context.Context, client *http.Client, in *servertest.Instance, token, txnID string, messages map[string]map[string]any) error {
 	body, err := json.Marshal(map[string]any{"messages": messages})
 	if err != nil {
 		return err
@@ -249,7 +249,7 @@ func sendRaw(ctx context.Context, in *servertest.Instance, token, txnID string, 
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -267,6 +267,8 @@ func sendRaw(ctx context.Context, in *servertest.Instance, token, txnID string, 
 // federation, one for a dead destination, and a device-list change that
 // b.test hears of over federation. Every loop is bounded by count or ctx.
 func runLoad(t *testing.T, ctx context.Context, a, b *servertest.Instance) {
+	client := &http.Client{Timeout: 30 * time.Second}
+	defer client.CloseIdleConnections()
 	for _, d := range []string{"A1", "A2"} {
 		putDeviceWithKeys(t, a, alice, d)
 	}
@@ -295,7 +297,7 @@ func runLoad(t *testing.T, ctx context.Context, a, b *servertest.Instance) {
 			return
 		}
 		req.Header.Set("Authorization", "Bearer tok-dave-D2")
-		if resp, err := http.DefaultClient.Do(req); err == nil {
+		if resp, err := client.Do(req); err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 		}
@@ -312,7 +314,7 @@ func runLoad(t *testing.T, ctx context.Context, a, b *servertest.Instance) {
 	for s := range senders {
 		wg.Go(func() {
 			for i := range each {
-				errs <- sendRaw(ctx, a, "tok-alice-A1", fmt.Sprintf("local-%d-%d", s, i),
+				errs <- sendRaw(ctx, client, a, "tok-alice-A1", fmt.Sprintf("local-%d-%d", s, i),
 					map[string]map[string]any{dave: {"D1": map[string]any{"n": i}, "NOSUCH": map[string]any{}}})
 			}
 		})
@@ -323,7 +325,7 @@ func runLoad(t *testing.T, ctx context.Context, a, b *servertest.Instance) {
 		require.NoError(t, err)
 	}
 	// A client's retry, answered from the transaction record.
-	require.NoError(t, sendRaw(ctx, a, "tok-alice-A1", "local-0-0", map[string]map[string]any{dave: {"D1": map[string]any{"n": 0}}}))
+	require.NoError(t, sendRaw(ctx, client, a, "tok-alice-A1", "local-0-0", map[string]map[string]any{dave: {"D1": map[string]any{"n": 0}}}))
 	// Dave syncs: the messages, then the acknowledgement.
 	got := a.Sync(t, "tok-dave-D1", daveFirst.NextBatch, 0)
 	require.Len(t, got.ToDevice.Events, senders*each)
