@@ -53,8 +53,12 @@ type panel struct {
 	Datasource *datasource `json:"datasource"`
 	Panels     []panel     `json:"panels"` // of collapsed rows
 	Targets    []struct {
-		Expr       string      `json:"expr"`
-		Datasource *datasource `json:"datasource"`
+		Expr         string      `json:"expr"`
+		Datasource   *datasource `json:"datasource"`
+		LegendFormat string      `json:"legendFormat"`
+		Instant      bool        `json:"instant"`
+		Range        bool        `json:"range"`
+		Hide         bool        `json:"hide"`
 	} `json:"targets"`
 }
 

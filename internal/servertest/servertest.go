@@ -67,18 +67,30 @@ func Start(t testing.TB, cfg server.Config, opts server.Options) *Instance {
 // StartLogged is Start with the instance logging to log (tests of the logs).
 func StartLogged(t testing.TB, cfg server.Config, opts server.Options, log *slog.Logger) *Instance {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, log, opts)
-	if err != nil {
-		cancel()
-		t.Fatalf("servertest: starting todeviced: %v", err)
-	}
 	apiLn, err := net.Listen("tcp", cfg.Listen)
 	require.NoError(t, err)
 	var metricsLn net.Listener
 	if cfg.MetricsListen != "" {
 		metricsLn, err = net.Listen("tcp", cfg.MetricsListen)
 		require.NoError(t, err)
+	}
+	return StartOn(t, cfg, opts, log, apiLn, metricsLn)
+}
+
+// StartOn is StartLogged on listeners the caller opened (metricsLn may be
+// nil: no metrics server). Federating instances need it: each one's
+// address goes into the other's configuration before either starts.
+func StartOn(t testing.TB, cfg server.Config, opts server.Options, log *slog.Logger, apiLn, metricsLn net.Listener) *Instance {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg, log, opts)
+	if err != nil {
+		cancel()
+		apiLn.Close()
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
+		t.Fatalf("servertest: starting todeviced: %v", err)
 	}
 	in := &Instance{
 		Server: srv, URL: "http://" + apiLn.Addr().String(), Config: cfg, cancel: cancel,
