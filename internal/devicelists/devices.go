@@ -20,6 +20,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Limits on identifiers the internal API accepts.
@@ -73,10 +74,10 @@ func NewToken() string {
 func (r *Service) CheckLocalDevice(userID, deviceID string) error {
 	uid, err := mxid.ParseUserID(userID)
 	if err != nil {
-		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 	}
 	if uid.Server != r.serverName {
-		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
+		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", mxjson.Quote(userID), r.serverName)
 	}
 	if deviceID == "" || len(deviceID) > MaxDeviceIDBytes {
 		return mxerr.New(mxerr.InvalidParam, "Device id must be 1 to %d bytes.", MaxDeviceIDBytes)

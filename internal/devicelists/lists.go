@@ -11,6 +11,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Limits on what the internal API accepts for device lists.
@@ -29,11 +30,11 @@ const (
 // 12 on drop the ":server" suffix, so only the sigil is required.
 func CheckRoomID(roomID string) error {
 	if len(roomID) < 2 || roomID[0] != '!' || len(roomID) > MaxRoomIDBytes {
-		return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", roomID)
+		return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", mxjson.Quote(roomID))
 	}
 	for i := 1; i < len(roomID); i++ {
 		if c := roomID[i]; c < 0x21 || c > 0x7e {
-			return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", roomID)
+			return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", mxjson.Quote(roomID))
 		}
 	}
 	return nil
@@ -85,10 +86,10 @@ type CrossSigningKeys struct {
 func (r *Service) PutCrossSigning(ctx context.Context, userID string, k CrossSigningKeys) error {
 	uid, err := mxid.ParseUserID(userID)
 	if err != nil {
-		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 	}
 	if uid.Server != r.serverName {
-		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
+		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", mxjson.Quote(userID), r.serverName)
 	}
 	keys := map[string]json.RawMessage{}
 	for typ, raw := range map[string]json.RawMessage{MasterKey: k.Master, SelfSigningKey: k.SelfSigning, UserSigningKey: k.UserSigning} {
@@ -148,17 +149,17 @@ func (r *Service) SetMemberships(ctx context.Context, roomID string, members map
 	for userID, u := range members {
 		uid, err := mxid.ParseUserID(userID)
 		if err != nil {
-			return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+			return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 		}
 		switch u.Membership {
 		case "join", "invite", "knock", "leave", "ban":
 		case "":
-			return mxerr.New(mxerr.MissingParam, "Missing membership for %q.", userID)
+			return mxerr.New(mxerr.MissingParam, "Missing membership for %q.", mxjson.Quote(userID))
 		default:
-			return mxerr.New(mxerr.InvalidParam, "Unknown membership %q for %q.", u.Membership, userID)
+			return mxerr.New(mxerr.InvalidParam, "Unknown membership %q for %q.", mxjson.Quote(u.Membership), mxjson.Quote(userID))
 		}
 		if u.StreamOrdering == nil {
-			return mxerr.New(mxerr.MissingParam, "Missing stream_ordering for %q.", userID)
+			return mxerr.New(mxerr.MissingParam, "Missing stream_ordering for %q.", mxjson.Quote(userID))
 		}
 		ms = append(ms, Membership{UserID: userID, Membership: u.Membership, StreamOrdering: *u.StreamOrdering, Local: uid.Server == r.serverName})
 	}
@@ -294,7 +295,7 @@ func (r *Service) QueryKeys(ctx context.Context, requester string, q KeysQuery) 
 	for userID, devices := range q.DeviceKeys {
 		uid, err := mxid.ParseUserID(userID)
 		if err != nil {
-			return res, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+			return res, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 		}
 		if uid.Server == r.serverName {
 			local[userID] = devices

@@ -17,6 +17,7 @@ import (
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Federation paths of the device-list queries.
@@ -550,10 +551,10 @@ type UserDevices struct {
 func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, error) {
 	uid, err := mxid.ParseUserID(userID)
 	if err != nil {
-		return UserDevices{}, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+		return UserDevices{}, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 	}
 	if uid.Server != r.serverName {
-		return UserDevices{}, mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
+		return UserDevices{}, mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", mxjson.Quote(userID), r.serverName)
 	}
 	l, err := r.store.UserDeviceList(ctx, userID)
 	if err != nil {

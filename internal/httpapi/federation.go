@@ -12,6 +12,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // maxInternalEDUs bounds one internal POST /federation/edus.
@@ -137,7 +138,7 @@ func (a *api) internalEDUs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := federation.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
-		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid origin %q.", b.Origin))
+		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid origin %q.", mxjson.Quote(b.Origin)))
 		return
 	}
 	if len(b.EDUs) > maxInternalEDUs {

@@ -11,6 +11,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxjson"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -58,7 +59,7 @@ func parseDLToken(epoch, s string) (dlSince, error) {
 	e, p, ok := strings.Cut(s, "_")
 	n, okN := parseCount(p)
 	if !ok || !okN || e == "" {
-		return dlSince{}, mxerr.New(mxerr.InvalidParam, "Unknown or malformed device-list token %q.", s)
+		return dlSince{}, mxerr.New(mxerr.InvalidParam, "Unknown or malformed device-list token %q.", mxjson.Quote(s))
 	}
 	if e != epoch {
 		return dlSince{incremental: true, everyone: true}, nil
@@ -75,7 +76,7 @@ func formatDLToken(epoch string, pos int64) string {
 func (a *api) parseClientToken(rec inbox.Recipient, s string) (inbox.Position, dlSince, error) {
 	i := strings.LastIndexByte(s, '_')
 	if i < 0 {
-		return inbox.Position{}, dlSince{}, mxerr.New(mxerr.InvalidParam, "Unknown or malformed since token %q.", s)
+		return inbox.Position{}, dlSince{}, mxerr.New(mxerr.InvalidParam, "Unknown or malformed since token %q.", mxjson.Quote(s))
 	}
 	td, dl := s[:i], s[i+1:]
 	pos, err := inbox.ParseToken(a.inbox.Epoch(), rec, td)
@@ -84,7 +85,7 @@ func (a *api) parseClientToken(rec inbox.Recipient, s string) (inbox.Position, d
 	}
 	n, ok := parseCount(dl)
 	if !ok {
-		return inbox.Position{}, dlSince{}, mxerr.New(mxerr.InvalidParam, "Unknown or malformed since token %q.", s)
+		return inbox.Position{}, dlSince{}, mxerr.New(mxerr.InvalidParam, "Unknown or malformed since token %q.", mxjson.Quote(s))
 	}
 	if !strings.HasPrefix(td, a.inbox.Epoch()+"_") {
 		return pos, dlSince{incremental: true, everyone: true}, nil

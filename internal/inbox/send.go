@@ -13,6 +13,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Limits of a sendToDevice request.
@@ -56,13 +57,13 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 	for _, userID := range userIDs {
 		uid, err := mxid.ParseUserID(userID)
 		if err != nil {
-			return nil, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+			return nil, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 		}
 		devices := msgs[userID]
 		deviceIDs := make([]string, 0, len(devices))
 		for deviceID, content := range devices {
 			if e.sizeAlone(userID, deviceID, content) > MaxEDUBytes {
-				return nil, mxerr.New(mxerr.TooLarge, "The message for %q device %q is larger than %d bytes.", userID, deviceID, MaxEDUBytes)
+				return nil, mxerr.New(mxerr.TooLarge, "The message for %q device %q is larger than %d bytes.", mxjson.Quote(userID), mxjson.Quote(deviceID), MaxEDUBytes)
 			}
 			deviceIDs = append(deviceIDs, deviceID)
 		}

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Position is where a device's reader stands in its inbox. Every message of
@@ -64,7 +65,7 @@ func ParseToken(epoch string, dev Recipient, s string) (Position, error) {
 }
 
 func badToken(s string) error {
-	return mxerr.New(mxerr.InvalidParam, "Unknown or malformed since token %q.", s)
+	return mxerr.New(mxerr.InvalidParam, "Unknown or malformed since token %q.", mxjson.Quote(s))
 }
 
 func validEpoch(s string) bool {
