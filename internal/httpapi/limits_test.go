@@ -1,6 +1,8 @@
 package httpapi_test
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -68,5 +70,45 @@ func TestErrorsQuoteAShortPrefix(t *testing.T) {
 				require.Less(t, len(r.Body), 1024, "the answer echoes a short prefix only")
 			})
 		}
+	})
+}
+
+// A since above every position the server issued (observation: a forged
+// "<epoch>_<nid>_0_99999999_0") is refused with 400 M_INVALID_PARAM and
+// deletes nothing, on the client /sync and the internal /sync alike; the
+// messages stay, and sends after it are delivered.
+func TestSinceNeverIssuedIsRefused(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := start(t, b)
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		for i := range 2 {
+			in.Send(t, "tok-alice", "m.test", fmt.Sprint("t", i), map[string]map[string]any{bob: {"B1": map[string]any{"n": i}}})
+		}
+		first := in.Sync(t, "tok-bob", "", 0)
+		require.Equal(t, []int{0, 1}, ns(first.ToDevice.Events))
+		// EPOCH_NID_LO_HI_DL: keep everything but the inbox position.
+		parts := strings.Split(first.NextBatch, "_")
+		require.Len(t, parts, 5)
+		internalSync := func(since string) servertest.Response {
+			return in.Do(t, http.MethodGet, "/_todeviced/internal/v1/sync?user_id="+url.QueryEscape(bob)+"&device_id=B1&to_device_since="+url.QueryEscape(since), servertest.Secret, nil)
+		}
+		for _, forged := range [][2]string{{parts[2], "99999999"}, {"99999999", "99999999"}} {
+			td := strings.Join([]string{parts[0], parts[1], forged[0], forged[1]}, "_")
+			r := in.RawSync(context.Background(), t, "tok-bob", td+"_"+parts[4], 0)
+			require.Equal(t, http.StatusBadRequest, r.Status, "client sync: %s", r.Body)
+			require.Equal(t, "M_INVALID_PARAM", r.Errcode(t))
+			r = internalSync(td)
+			require.Equal(t, http.StatusBadRequest, r.Status, "internal sync: %s", r.Body)
+			require.Equal(t, "M_INVALID_PARAM", r.Errcode(t))
+		}
+		again := in.Sync(t, "tok-bob", "", 0)
+		require.Equal(t, []int{0, 1}, ns(again.ToDevice.Events), "nothing was deleted")
+
+		in.Send(t, "tok-alice", "m.test", "t2", map[string]map[string]any{bob: {"B1": map[string]any{"n": 2}}})
+		next := in.Sync(t, "tok-bob", again.NextBatch, 0)
+		require.Equal(t, []int{2}, ns(next.ToDevice.Events), "a later send is not hidden")
+		r := internalSync(strings.TrimSuffix(next.NextBatch, "_"+parts[4]))
+		require.Equal(t, http.StatusOK, r.Status, "an issued position works on the internal API: %s", r.Body)
 	})
 }

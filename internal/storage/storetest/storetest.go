@@ -70,6 +70,7 @@ func Run(t *testing.T, h Harness) {
 		{"ConcurrentSendsAndSyncsLoseNothing", testConcurrentSendsAndSyncs},
 		{"EpochChangesWhenDatabaseRecreated", testEpochChangesWhenRecreated},
 		{"AckIsTheNextSince", testAckIsNextSince},
+		{"SinceNeverIssuedDeletesNothing", testSinceNeverIssued},
 		{"Recipients", testRecipients},
 		{"RemoteMessagesGoToOutbox", testRemoteOutbox},
 		{"WakeUpOnCommit", testWakeUpOnCommit},
