@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
@@ -106,6 +107,10 @@ func (r *Service) PutDevice(ctx context.Context, userID, deviceID, token string,
 		p.TokenHash = HashToken(token)
 	}
 	d, created, err := r.store.PutDevice(ctx, p)
+	if errors.Is(err, ErrTokenInUse) {
+		return Device{}, false, mxerr.WithStatus(http.StatusConflict, mxerr.InvalidParam,
+			"This access_token is held by another device: delete that device or give it another token first.")
+	}
 	if err != nil {
 		return Device{}, false, fmt.Errorf("storing device: %w", err)
 	}

@@ -112,3 +112,33 @@ func TestSinceNeverIssuedIsRefused(t *testing.T) {
 		require.Equal(t, http.StatusOK, r.Status, "an issued position works on the internal API: %s", r.Body)
 	})
 }
+
+// The internal API refuses to give one access token to a second device,
+// instead of silently taking it from the first (which would log that device
+// out behind the homeserver's back).
+func TestOneTokenOneDevice(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := start(t, b)
+		in.PutDevice(t, bob, "B1", "tok-shared")
+		putDevice := func(user, device, token string) servertest.Response {
+			return in.Do(t, http.MethodPut, "/_todeviced/internal/v1/users/"+url.PathEscape(user)+"/devices/"+device, servertest.Secret,
+				map[string]any{"access_token": token})
+		}
+		r := putDevice(alice, "A1", "tok-shared")
+		require.Equal(t, http.StatusConflict, r.Status, "%s", r.Body)
+		require.Equal(t, "M_INVALID_PARAM", r.Errcode(t))
+		require.Contains(t, r.JSON(t)["error"], "another device")
+		r = putDevice(bob, "B2", "tok-shared")
+		require.Equal(t, http.StatusConflict, r.Status, "another device of the same user too: %s", r.Body)
+
+		r = in.Do(t, http.MethodGet, "/_matrix/client/v3/sync", "tok-shared", nil)
+		require.Equal(t, http.StatusOK, r.Status, "the first device keeps its token: %s", r.Body)
+		in.Send(t, "tok-shared", "m.test", "t1", map[string]map[string]any{bob: {"B1": map[string]any{"n": 1}}})
+		got := in.Sync(t, "tok-shared", "", 0)
+		require.Equal(t, []int{1}, ns(got.ToDevice.Events), "and is still bob's B1")
+
+		require.Equal(t, http.StatusOK, putDevice(bob, "B1", "tok-shared").Status, "giving a device its own token again is fine")
+		require.Equal(t, http.StatusOK, putDevice(bob, "B1", "tok-new").Status)
+		require.Equal(t, http.StatusOK, putDevice(alice, "A1", "tok-shared").Status, "a released token may be given again")
+	})
+}

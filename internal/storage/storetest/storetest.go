@@ -82,7 +82,7 @@ func Run(t *testing.T, h Harness) {
 		{"PoolStats", testPoolStats},
 		{"Durable", testDurable},
 		{"DeviceRegistry", testDeviceRegistry},
-		{"TokenMovesBetweenDevices", testTokenMoves},
+		{"TokenHeldByAnotherDeviceRefused", testTokenHeldByAnotherDevice},
 		{"DeviceListChangedAndLeft", testDeviceListChangedAndLeft},
 		{"InviteAndKnockShare", testInviteAndKnockShare},
 		{"MembershipOrdering", testMembershipOrdering},
