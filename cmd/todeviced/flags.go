@@ -67,6 +67,7 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "postgres://… / postgresql://… or sqlite:PATH")
 	fs.StringVar(&cfg.DatabaseDirectURL, "database-direct-url", cfg.DatabaseDirectURL, "PostgreSQL URL bypassing a transaction-pooling proxy, for LISTEN and migration locks (default: --database-url)")
 	fs.IntVar(&cfg.DatabaseMaxConns, "database-max-conns", cfg.DatabaseMaxConns, "connection pool size: PostgreSQL's pool, SQLite's readers (SQLite writes on one connection) (0: max(4, CPUs))")
+	fs.DurationVar(&cfg.DatabaseTimeout, "database-timeout", cfg.DatabaseTimeout, "longest a database call may take; past it the request answers 503 M_UNAVAILABLE (a frozen or locked database never answers)")
 	fs.StringVar(&cfg.ServerName, "server-name", cfg.ServerName, "this homeserver's name; federation stays off while it is localhost")
 	fs.StringVar(&cfg.InternalSecret, "internal-secret", cfg.InternalSecret, "bearer secret of /_todeviced/internal/* (empty: internal API off)")
 	fs.StringVar(&cfg.UpstreamAuthURL, "upstream-auth-url", cfg.UpstreamAuthURL, "homeserver base URL whose /account/whoami verifies tokens todeviced does not hold (cached 5 s)")

@@ -27,6 +27,9 @@ const (
 	// once before --send-rate-limit applies: room key shares come in bursts
 	// when a user opens a busy room.
 	DefaultSendBurst = 100
+	// DefaultDatabaseTimeout bounds every database call (see
+	// storage.DefaultCallTimeout).
+	DefaultDatabaseTimeout = storage.DefaultCallTimeout
 	// DefaultShutdownTimeout is how long in-flight requests get to finish.
 	DefaultShutdownTimeout = 15 * time.Second
 	// DefaultFederationOutbox: todeviced sends its EDUs itself.
@@ -60,6 +63,7 @@ type Config struct {
 	DatabaseURL            string
 	DatabaseDirectURL      string
 	DatabaseMaxConns       int
+	DatabaseTimeout        time.Duration
 	ServerName             string
 	InternalSecret         string
 	UpstreamAuthURL        string
@@ -98,6 +102,7 @@ func Defaults() Config {
 		InboxMaxAge:     DefaultInboxMaxAge,
 		TxnRetention:    24 * time.Hour,
 		ShutdownTimeout: DefaultShutdownTimeout,
+		DatabaseTimeout: DefaultDatabaseTimeout,
 
 		FederationOutbox:     DefaultFederationOutbox,
 		FederationMessageTTL: DefaultFederationMessageTTL,
@@ -127,6 +132,9 @@ func (c Config) Validate() error {
 	}
 	if c.SendRateLimit < 0 || c.SendBurst < 0 {
 		errs = append(errs, errors.New("--send-rate-limit and --send-burst must not be negative"))
+	}
+	if c.DatabaseTimeout <= 0 {
+		errs = append(errs, errors.New("--database-timeout must be positive"))
 	}
 	if c.DatabaseMaxConns < 0 {
 		errs = append(errs, errors.New("--database-max-conns must not be negative"))
@@ -181,6 +189,7 @@ func (c Config) LogAttrs() []any {
 	return []any{
 		"listen", c.Listen, "metrics_listen", c.MetricsListen,
 		"database_url", storage.Redact(c.DatabaseURL),
+		"database_timeout", c.DatabaseTimeout.String(),
 		"server_name", c.ServerName,
 		"internal_api", c.InternalSecret != "",
 		"upstream_auth", c.UpstreamAuthURL,

@@ -106,7 +106,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 
 	backend, err := storage.Open(ctx, storage.Options{
 		URL: cfg.DatabaseURL, DirectURL: cfg.DatabaseDirectURL, MaxConns: int32(cfg.DatabaseMaxConns),
-		Migrate: cfg.Migrate, Hub: s.hub, Logger: log, InboxHooks: opts.InboxHooks,
+		Migrate: cfg.Migrate, Hub: s.hub, Logger: log, InboxHooks: opts.InboxHooks, CallTimeout: cfg.DatabaseTimeout,
 		// This process serves: on SQLite no second server may share the file.
 		Exclusive: true,
 		OnListenerState: func(up bool) {
