@@ -114,4 +114,3 @@ func TestDatabaseTimeoutSQLite(t *testing.T) {
 		}
 	})
 }
-
