@@ -85,6 +85,7 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.InboxMaxAge, "inbox-max-age", cfg.InboxMaxAge, "drop messages pending longer than this (0: keep forever)")
 	fs.DurationVar(&cfg.TxnRetention, "txn-retention", cfg.TxnRetention, "how long sendToDevice transaction ids are remembered (at least 24h)")
 	fs.Int64Var(&cfg.MaxSendBytes, "max-send-bytes", cfg.MaxSendBytes, "largest sendToDevice body accepted (0: 16 MiB)")
+	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", cfg.RequestBodyTimeout, "longest a request body may take to arrive after its headers; a slower client is answered 408 and disconnected")
 	fs.Float64Var(&cfg.SendRateLimit, "send-rate-limit", cfg.SendRateLimit, "sendToDevice requests a second per sending device, on each replica (0: no limit); over it: 429 M_LIMIT_EXCEEDED")
 	fs.IntVar(&cfg.SendBurst, "send-burst", cfg.SendBurst, "sendToDevice requests a device may make at once before --send-rate-limit applies")
 	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go profiling (net/http/pprof) at /debug/pprof/ on the metrics listener")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/storage"
 )
@@ -30,6 +31,9 @@ const (
 	// DefaultDatabaseTimeout bounds every database call (see
 	// storage.DefaultCallTimeout).
 	DefaultDatabaseTimeout = storage.DefaultCallTimeout
+	// DefaultRequestBodyTimeout is how long a request body may take to
+	// arrive (see httpapi.DefaultBodyTimeout).
+	DefaultRequestBodyTimeout = httpapi.DefaultBodyTimeout
 	// DefaultShutdownTimeout is how long in-flight requests get to finish.
 	DefaultShutdownTimeout = 15 * time.Second
 	// DefaultFederationOutbox: todeviced sends its EDUs itself.
@@ -64,6 +68,7 @@ type Config struct {
 	DatabaseDirectURL      string
 	DatabaseMaxConns       int
 	DatabaseTimeout        time.Duration
+	RequestBodyTimeout     time.Duration
 	ServerName             string
 	InternalSecret         string
 	UpstreamAuthURL        string
@@ -104,6 +109,8 @@ func Defaults() Config {
 		ShutdownTimeout: DefaultShutdownTimeout,
 		DatabaseTimeout: DefaultDatabaseTimeout,
 
+		RequestBodyTimeout: DefaultRequestBodyTimeout,
+
 		FederationOutbox:     DefaultFederationOutbox,
 		FederationMessageTTL: DefaultFederationMessageTTL,
 		FederationLeaseTTL:   DefaultFederationLeaseTTL,
@@ -132,6 +139,9 @@ func (c Config) Validate() error {
 	}
 	if c.SendRateLimit < 0 || c.SendBurst < 0 {
 		errs = append(errs, errors.New("--send-rate-limit and --send-burst must not be negative"))
+	}
+	if c.RequestBodyTimeout <= 0 {
+		errs = append(errs, errors.New("--request-body-timeout must be positive"))
 	}
 	if c.DatabaseTimeout <= 0 {
 		errs = append(errs, errors.New("--database-timeout must be positive"))

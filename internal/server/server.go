@@ -152,7 +152,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
-		SendRate: cfg.SendRateLimit, SendBurst: cfg.SendBurst,
+		BodyTimeout: cfg.RequestBodyTimeout,
+		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
 		Inbox: s.inbox, Devices: s.devices, Hub: s.hub, Logger: log, Metrics: httpapi.NewMetrics(reg),
 		PurgeDeleted: s.kickPurge, Federation: fed,
 	})
