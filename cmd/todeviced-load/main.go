@@ -24,7 +24,7 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/todeviced/todeviced/internal/loadtest"
+	"github.com/todeviced/todeviced/internal/loadgen"
 )
 
 func main() {
@@ -33,14 +33,14 @@ func main() {
 	os.Exit(run(ctx, cancel, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// options are the flags beyond loadtest.Config.
+// options are the flags beyond loadgen.Config.
 type options struct {
 	json bool
 	csv  string
 }
 
 // newFlagSet declares the flags on cfg and opts.
-func newFlagSet(cfg *loadtest.Config, opts *options, out io.Writer) *flag.FlagSet {
+func newFlagSet(cfg *loadgen.Config, opts *options, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("todeviced-load", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&cfg.URL, "url", cfg.URL, "todeviced's API base URL")
@@ -72,7 +72,7 @@ func newFlagSet(cfg *loadtest.Config, opts *options, out io.Writer) *flag.FlagSe
 // run is main with its inputs injected. cancel aborts ctx (a second
 // interrupt); the first interrupt only ends the sending phase.
 func run(ctx context.Context, cancel context.CancelFunc, args []string, stdout, stderr io.Writer) int {
-	cfg := loadtest.Defaults()
+	cfg := loadgen.Defaults()
 	cfg.InternalSecret = os.Getenv("TODEVICED_INTERNAL_SECRET")
 	cfg.DatabaseURL = os.Getenv("TODEVICED_DATABASE_URL")
 	var opts options
@@ -109,7 +109,7 @@ func run(ctx context.Context, cancel context.CancelFunc, args []string, stdout, 
 		cfg.CSV = f
 	}
 
-	r, err := loadtest.New(cfg)
+	r, err := loadgen.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "todeviced-load: %v\n", err)
 		return 2
@@ -151,7 +151,7 @@ func run(ctx context.Context, cancel context.CancelFunc, args []string, stdout, 
 	return 0
 }
 
-func writeReport(w io.Writer, rep *loadtest.Report, asJSON bool) error {
+func writeReport(w io.Writer, rep *loadgen.Report, asJSON bool) error {
 	if !asJSON {
 		return rep.WriteTable(w)
 	}

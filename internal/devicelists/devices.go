@@ -83,6 +83,9 @@ func (r *Service) CheckLocalDevice(userID, deviceID string) error {
 	if deviceID == "" || len(deviceID) > MaxDeviceIDBytes {
 		return mxerr.New(mxerr.InvalidParam, "Device id must be 1 to %d bytes.", MaxDeviceIDBytes)
 	}
+	if err := mxid.ValidateDeviceID(deviceID); err != nil {
+		return mxerr.New(mxerr.InvalidParam, "Invalid device id %q: %v.", mxjson.Quote(deviceID), err)
+	}
 	return nil
 }
 
@@ -94,6 +97,11 @@ func (r *Service) PutDevice(ctx context.Context, userID, deviceID, token string,
 	}
 	if displayName != nil && len(*displayName) > MaxDisplayNameBytes {
 		return Device{}, false, mxerr.New(mxerr.TooLarge, "Display name is longer than %d bytes.", MaxDisplayNameBytes)
+	}
+	if displayName != nil {
+		if err := mxid.ValidateText(*displayName); err != nil {
+			return Device{}, false, mxerr.New(mxerr.InvalidParam, "Display name %v.", err)
+		}
 	}
 	p := PutDevice{UserID: userID, DeviceID: deviceID, DisplayName: displayName}
 	if len(keys) > 0 && string(keys) != "null" {

@@ -47,6 +47,14 @@ func checkKeyObject(what string, raw json.RawMessage, userID, deviceID string) (
 	if len(raw) > MaxKeysBytes {
 		return nil, mxerr.New(mxerr.TooLarge, "%s is larger than %d bytes.", what, MaxKeysBytes)
 	}
+	// Keys are stored, answered in /keys/query and sent over federation
+	// (signed, as canonical JSON): accept only what all of those carry.
+	if err := mxjson.Check(raw, mxjson.MaxContentDepth); err != nil {
+		return nil, mxerr.New(mxerr.BadJSON, "%s is not acceptable JSON: %v.", what, err)
+	}
+	if err := mxjson.CheckCanonical(raw); err != nil {
+		return nil, mxerr.New(mxerr.BadJSON, "%s: %v.", what, err)
+	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
 		return nil, mxerr.New(mxerr.BadJSON, "%s must be a JSON object.", what)
@@ -54,14 +62,14 @@ func checkKeyObject(what string, raw json.RawMessage, userID, deviceID string) (
 	var owner string
 	if u, ok := obj["user_id"]; ok {
 		if err := json.Unmarshal(u, &owner); err != nil || owner != userID {
-			return nil, mxerr.New(mxerr.InvalidParam, "%s belongs to %s, not %s.", what, u, userID)
+			return nil, mxerr.New(mxerr.InvalidParam, "%s belongs to %s, not %s.", what, mxjson.Quote(string(u)), userID)
 		}
 	}
 	if deviceID != "" {
 		var dev string
 		if d, ok := obj["device_id"]; ok {
 			if err := json.Unmarshal(d, &dev); err != nil || dev != deviceID {
-				return nil, mxerr.New(mxerr.InvalidParam, "%s is for device %s, not %s.", what, d, deviceID)
+				return nil, mxerr.New(mxerr.InvalidParam, "%s is for device %s, not %s.", what, mxjson.Quote(string(d)), deviceID)
 			}
 		}
 	}
@@ -296,6 +304,14 @@ func (r *Service) QueryKeys(ctx context.Context, requester string, q KeysQuery) 
 		uid, err := mxid.ParseUserID(userID)
 		if err != nil {
 			return res, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
+		}
+		if uid.Server != r.serverName && mxid.SameServer(uid.Server, r.serverName) {
+			return res, mxerr.New(mxerr.InvalidParam, "User id %q names this server as %q; use %q.", userID, uid.Server, r.serverName)
+		}
+		for _, d := range devices {
+			if err := mxid.ValidateDeviceID(d); err != nil {
+				return res, mxerr.New(mxerr.InvalidParam, "Invalid device id %q of %s: %v.", mxjson.Quote(d), userID, err)
+			}
 		}
 		if uid.Server == r.serverName {
 			local[userID] = devices

@@ -164,7 +164,7 @@ func (f *Federation) remoteUser(ctx context.Context, origin, eduType, userID str
 
 func (f *Federation) deviceListUpdate(ctx context.Context, origin string, content json.RawMessage) (RemoteOutcome, error) {
 	var c deviceListUpdateJSON
-	if err := json.Unmarshal(content, &c); err != nil || c.StreamID == nil || c.DeviceID == "" || len(c.DeviceID) > MaxDeviceIDBytes {
+	if err := json.Unmarshal(content, &c); err != nil || c.StreamID == nil || mxid.ValidateDeviceID(c.DeviceID) != nil {
 		f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", EDUDeviceListUpdate, "reason", "malformed")
 		return RemoteRejected, nil
 	}
@@ -173,7 +173,7 @@ func (f *Federation) deviceListUpdate(ctx context.Context, origin string, conten
 	}
 	u := RemoteUpdate{UserID: c.UserID, DeviceID: c.DeviceID, StreamID: *c.StreamID, PrevIDs: c.PrevID, Deleted: c.Deleted}
 	if !c.Deleted {
-		if len(c.DisplayName) <= MaxDisplayNameBytes {
+		if len(c.DisplayName) <= MaxDisplayNameBytes && mxid.ValidateText(c.DisplayName) == nil {
 			u.DisplayName = c.DisplayName
 		}
 		if len(c.Keys) > 0 && string(c.Keys) != "null" {
@@ -380,12 +380,12 @@ func snapshot(userID string, resp userDevicesJSON) (RemoteDeviceList, error) {
 	l := RemoteDeviceList{UserID: userID, StreamID: *resp.StreamID}
 	seen := map[string]bool{}
 	for _, d := range resp.Devices {
-		if d.DeviceID == "" || len(d.DeviceID) > MaxDeviceIDBytes || seen[d.DeviceID] {
+		if mxid.ValidateDeviceID(d.DeviceID) != nil || seen[d.DeviceID] {
 			continue
 		}
 		seen[d.DeviceID] = true
 		dk := DeviceKeys{UserID: userID, DeviceID: d.DeviceID}
-		if len(d.DisplayName) <= MaxDisplayNameBytes {
+		if len(d.DisplayName) <= MaxDisplayNameBytes && mxid.ValidateText(d.DisplayName) == nil {
 			dk.DisplayName = d.DisplayName
 		}
 		if len(d.Keys) > 0 && string(d.Keys) != "null" {
@@ -575,7 +575,9 @@ func (r *Service) QueryLocalKeys(ctx context.Context, query map[string][]string)
 	local := map[string][]string{}
 	for u, devs := range query {
 		if uid, err := mxid.ParseUserID(u); err == nil && uid.Server == r.serverName {
-			local[u] = devs
+			// A device id no store could hold names no device: left out
+			// rather than sent to the database.
+			local[u] = slices.DeleteFunc(devs, func(d string) bool { return mxid.ValidateDeviceID(d) != nil })
 		}
 	}
 	var res KeysResult

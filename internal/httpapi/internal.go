@@ -9,6 +9,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // decodeObject decodes a JSON object body into v, with the Matrix errors for
@@ -17,7 +18,12 @@ func decodeObject(body []byte, v any) error {
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
-	if !json.Valid(body) {
+	// One bounded check for every body (DESIGN invariant 12): syntax, UTF-8
+	// and depth, before encoding/json builds anything from it.
+	if err := mxjson.Check(body, mxjson.MaxDepth); err != nil {
+		if errors.Is(err, mxjson.ErrTooDeep) {
+			return mxerr.New(mxerr.BadJSON, "The body is nested more than %d levels deep.", mxjson.MaxDepth)
+		}
 		return mxerr.New(mxerr.NotJSON, "Content not JSON.")
 	}
 	if err := json.Unmarshal(body, v); err != nil {

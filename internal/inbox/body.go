@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"unicode/utf8"
 
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // DecodeSendBody checks the shape of a sendToDevice body and returns its
@@ -31,6 +33,12 @@ func DecodeSendBody(body []byte) (Messages, error) {
 			err = errSyntax
 		}
 	}
+	if errors.Is(err, mxjson.ErrTooDeep) {
+		if d.deep == "" {
+			d.deep = fmt.Sprintf("The body is nested more than %d levels deep.", mxjson.MaxDepth)
+		}
+		return nil, mxerr.New(mxerr.BadJSON, "%s", d.deep)
+	}
 	if err != nil {
 		return nil, notJSON()
 	}
@@ -51,7 +59,13 @@ type bodyDecoder struct {
 	in    []byte
 	i     int
 	shape error
+	deep  string // what was nested too deeply, for the error
 }
+
+// errTooDeep ends the walk of a value nested deeper than its limit: message
+// contents may nest mxjson.MaxContentDepth levels, anything else in the body
+// mxjson.MaxDepth levels. The limit also bounds the decoder's recursion.
+var errTooDeep = mxjson.ErrTooDeep
 
 func (d *bodyDecoder) badShape(format string, args ...any) {
 	if d.shape == nil {
@@ -125,7 +139,7 @@ func (d *bodyDecoder) members(fn func(key string) error) error {
 
 func (d *bodyDecoder) top() (Messages, error) {
 	if d.peek() != '{' {
-		if _, err := d.value(nil); err != nil {
+		if _, err := d.value(nil, mxjson.MaxDepth); err != nil {
 			return nil, err
 		}
 		d.badShape("The body must be a JSON object.")
@@ -135,12 +149,12 @@ func (d *bodyDecoder) top() (Messages, error) {
 	found := false
 	err := d.members(func(key string) error {
 		if key != "messages" {
-			_, err := d.value(nil)
+			_, err := d.value(nil, mxjson.MaxDepth-1)
 			return err
 		}
 		found = true
 		if d.peek() != '{' {
-			if _, err := d.value(nil); err != nil {
+			if _, err := d.value(nil, mxjson.MaxDepth-1); err != nil {
 				return err
 			}
 			d.badShape("'messages' must be an object of user ids.")
@@ -151,22 +165,26 @@ func (d *bodyDecoder) top() (Messages, error) {
 		msgs = Messages{}
 		return d.members(func(userID string) error {
 			if d.peek() != '{' {
-				if _, err := d.value(nil); err != nil {
+				if _, err := d.value(nil, mxjson.MaxDepth-2); err != nil {
 					return err
 				}
-				d.badShape("'messages' for %q must be an object of device ids.", userID)
+				d.badShape("'messages' for %q must be an object of device ids.", mxjson.Quote(userID))
 				return nil
 			}
 			devices := map[string]json.RawMessage{}
 			msgs[userID] = devices
 			return d.members(func(deviceID string) error {
 				isObj := d.peek() == '{'
-				content, err := d.value(make([]byte, 0, 256))
+				content, err := d.value(make([]byte, 0, 256), mxjson.MaxContentDepth)
+				if err == errTooDeep && d.deep == "" {
+					d.deep = fmt.Sprintf("The content for %q device %q is nested more than %d levels deep.",
+						mxjson.Quote(userID), mxjson.Quote(deviceID), mxjson.MaxContentDepth)
+				}
 				if err != nil {
 					return err
 				}
 				if !isObj {
-					d.badShape("The content for %q device %q must be a JSON object.", userID, deviceID)
+					d.badShape("The content for %q device %q must be a JSON object.", mxjson.Quote(userID), mxjson.Quote(deviceID))
 					return nil
 				}
 				devices[deviceID] = content
@@ -184,14 +202,18 @@ func (d *bodyDecoder) top() (Messages, error) {
 }
 
 // value checks the JSON value at d.i and, when out is not nil, appends it
-// to out without insignificant whitespace.
-func (d *bodyDecoder) value(out []byte) ([]byte, error) {
+// to out without insignificant whitespace. The value may nest at most limit
+// levels of objects and arrays.
+func (d *bodyDecoder) value(out []byte, limit int) ([]byte, error) {
 	d.skipSpace()
 	if d.i >= len(d.in) {
 		return nil, errSyntax
 	}
 	switch c := d.in[d.i]; {
 	case c == '{' || c == '[':
+		if limit <= 0 {
+			return nil, errTooDeep
+		}
 		end := byte('}')
 		if c == '[' {
 			end = ']'
@@ -228,7 +250,7 @@ func (d *bodyDecoder) value(out []byte) ([]byte, error) {
 				}
 			}
 			var err error
-			if out, err = d.value(out); err != nil {
+			if out, err = d.value(out, limit-1); err != nil {
 				return nil, err
 			}
 			switch d.peek() {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Defaults of the inbox's housekeeping.
@@ -171,15 +172,25 @@ func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit
 		return Batch{}, 0, fmt.Errorf("syncing inbox: %w", err)
 	}
 	s.m.Acknowledged.Add(float64(res.Acked))
-	b := Batch{Next: since.Acked(), Limited: res.More, Events: make([]Event, len(res.Messages))}
+	b := Batch{Next: since.Acked(), Limited: res.More, Events: make([]Event, 0, len(res.Messages))}
 	now := s.cfg.Now()
-	for i, msg := range res.Messages {
-		b.Events[i] = Event{Sender: msg.Sender, Type: msg.Type, Content: msg.Content}
+	for _, msg := range res.Messages {
+		if err := mxjson.Check(msg.Content, mxjson.MaxDepth); err != nil {
+			// Stored before the door refused such content (DESIGN
+			// invariant 13): it would fail the whole answer, every time,
+			// and wedge the device. It is left out but stays inside the
+			// batch's range, so the next since acknowledges it.
+			s.m.Dropped.WithLabelValues(DropUndeliverable).Inc()
+			s.log.WarnContext(ctx, "skipped an undeliverable to-device message", "user_id", dev.UserID,
+				"device_nid", dev.NID, "pos", msg.Pos, "type", mxjson.Quote(msg.Type), "err", err)
+			continue
+		}
+		b.Events = append(b.Events, Event{Sender: msg.Sender, Type: msg.Type, Content: msg.Content})
 		s.m.DeliveryDelay.Observe(max(now.Sub(msg.EnqueuedAt).Seconds(), 0))
 	}
 	if n := len(res.Messages); n > 0 {
 		b.Next.Hi = res.Messages[n-1].Pos
-		s.m.Delivered.Add(float64(n))
+		s.m.Delivered.Add(float64(len(b.Events)))
 	}
 	return b, res.DeviceListHead, nil
 }

@@ -10,6 +10,9 @@ const (
 	DropUnknownDevice = "unknown_device" // no such local user or device at accept time
 	DropDeviceDeleted = "device_deleted" // purged with its deleted device
 	DropExpired       = "expired"        // pending longer than the inbox maximum age
+	// DropUndeliverable: stored content no answer can carry (rows written
+	// before the door checked depth), skipped at sync time.
+	DropUndeliverable = "undeliverable"
 )
 
 // Origins: values of the origin label of todeviced_messages_enqueued_total.
@@ -75,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{OriginLocal, OriginFederation} {
 		m.Enqueued.WithLabelValues(o)
 	}
-	for _, r := range []string{DropUnknownDevice, DropDeviceDeleted, DropExpired} {
+	for _, r := range []string{DropUnknownDevice, DropDeviceDeleted, DropExpired, DropUndeliverable} {
 		m.Dropped.WithLabelValues(r)
 	}
 	if reg != nil {

@@ -40,11 +40,17 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 	if len(txn.EventType) > MaxEventTypeBytes {
 		return nil, mxerr.New(mxerr.TooLarge, "Event type is longer than %d bytes.", MaxEventTypeBytes)
 	}
+	if err := mxid.ValidateEventType(txn.EventType); err != nil {
+		return nil, mxerr.New(mxerr.InvalidParam, "Invalid event type: %v.", err)
+	}
 	if txn.TxnID == "" {
 		return nil, mxerr.New(mxerr.InvalidParam, "Empty transaction id.")
 	}
 	if len(txn.TxnID) > MaxTxnIDBytes {
 		return nil, mxerr.New(mxerr.TooLarge, "Transaction id is longer than %d bytes.", MaxTxnIDBytes)
+	}
+	if err := mxid.ValidateTxnID(txn.TxnID); err != nil {
+		return nil, mxerr.New(mxerr.InvalidParam, "Invalid transaction id: %v.", err)
 	}
 	a := &Accept{Txn: txn, Sender: txn.UserID, EventType: txn.EventType, Response: []byte("{}")}
 	e := newEDUShape(txn.UserID, txn.EventType)
@@ -59,16 +65,35 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 		if err != nil {
 			return nil, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 		}
+		local := uid.Server == serverName
+		if !local && mxid.SameServer(uid.Server, serverName) {
+			// A local user spelled in another case: refused rather than
+			// looked up in DNS as another server, or aliased to the
+			// canonical spelling under a second user id.
+			return nil, mxerr.New(mxerr.InvalidParam, "User id %q names this server as %q; use %q.", mxjson.Quote(userID), uid.Server, serverName)
+		}
 		devices := msgs[userID]
 		deviceIDs := make([]string, 0, len(devices))
 		for deviceID, content := range devices {
+			if deviceID != AllDevices {
+				if err := mxid.ValidateDeviceID(deviceID); err != nil {
+					return nil, mxerr.New(mxerr.InvalidParam, "Invalid device id %q of %q: %v.", mxjson.Quote(deviceID), userID, err)
+				}
+			}
 			if e.sizeAlone(userID, deviceID, content) > MaxEDUBytes {
-				return nil, mxerr.New(mxerr.TooLarge, "The message for %q device %q is larger than %d bytes.", mxjson.Quote(userID), mxjson.Quote(deviceID), MaxEDUBytes)
+				return nil, mxerr.New(mxerr.TooLarge, "The message for %q device %q is larger than %d bytes.", userID, mxjson.Quote(deviceID), MaxEDUBytes)
+			}
+			if !local {
+				// Federation signs canonical JSON, which has no floats and
+				// no integers beyond 2^53: refused now, not dropped later.
+				if err := mxjson.CheckCanonical(content); err != nil {
+					return nil, mxerr.New(mxerr.BadJSON, "The message for %q device %q cannot be sent over federation: %v.", userID, mxjson.Quote(deviceID), err)
+				}
 			}
 			deviceIDs = append(deviceIDs, deviceID)
 		}
 		sort.Strings(deviceIDs)
-		if uid.Server != serverName {
+		if !local {
 			// Forwarded as given: "*" stays unexpanded for the remote server.
 			if remote[uid.Server] == nil {
 				remote[uid.Server] = Messages{}

@@ -182,3 +182,34 @@ func TestSplitLargestSingleMessage(t *testing.T) {
 	_, err = BuildAccept("here", key("1"), Messages{"@u:there": {"D": over}})
 	requireMxErr(t, err, mxerr.TooLarge, 413)
 }
+
+// TestBuildAcceptHostile: identifiers no backend could store or a peer
+// could verify, local users in another case, and content canonical JSON
+// cannot carry for a remote recipient are refused before anything is stored.
+func TestBuildAcceptHostile(t *testing.T) {
+	c := json.RawMessage(`{}`)
+	for name, tc := range map[string]struct {
+		txn  TxnKey
+		msgs Messages
+		code mxerr.Code
+		says string
+	}{
+		"NUL in event type":         {TxnKey{UserID: "@s:here", DeviceID: "D", EventType: "m.t\x00", TxnID: "1"}, Messages{"@u:here": {"D": c}}, mxerr.InvalidParam, "event type"},
+		"invalid UTF-8 txn id":      {TxnKey{UserID: "@s:here", DeviceID: "D", EventType: "m.t", TxnID: "\xff"}, Messages{"@u:here": {"D": c}}, mxerr.InvalidParam, "transaction id"},
+		"NUL device, remote user":   {key("1"), Messages{"@u:there": {"X\x00": c}}, mxerr.InvalidParam, "device id"},
+		"control char local device": {key("1"), Messages{"@u:here": {"a\nb": c}}, mxerr.InvalidParam, "device id"},
+		"local server in capitals":  {key("1"), Messages{"@bob:HERE": {"D": c}}, mxerr.InvalidParam, "use \"here\""},
+		"float for remote":          {key("1"), Messages{"@u:there": {"D": json.RawMessage(`{"f":1.5}`)}}, mxerr.BadJSON, "1.5"},
+		"2^53 for remote":           {key("1"), Messages{"@u:there": {"D": json.RawMessage(`{"n":9007199254740992}`)}}, mxerr.BadJSON, "9007199254740992"},
+	} {
+		_, err := BuildAccept("here", tc.txn, tc.msgs)
+		e, ok := mxerr.As(err)
+		if !ok || e.Code != tc.code || !strings.Contains(e.Message, tc.says) {
+			t.Errorf("%s: got %v, want %s saying %q", name, err, tc.code, tc.says)
+		}
+	}
+	// The same float to a local user is fine: /sync carries any JSON number.
+	a, err := BuildAccept("here", key("1"), Messages{"@u:here": {"D": json.RawMessage(`{"f":1.5}`)}})
+	require.NoError(t, err)
+	require.Len(t, a.Local, 1)
+}

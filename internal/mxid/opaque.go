@@ -60,43 +60,26 @@ func ValidateMessageID(s string) error { return Validate(MessageID, s) }
 func ValidateRoomID(s string) error    { return Validate(RoomID, s) }
 
 // ValidateText checks free text that is stored and echoed (display names):
-// valid UTF-8 without NUL or other C0 control characters except tab and
+// valid UTF-8 without NUL or other control characters except tab and
 // newline. Unlike identifiers it may be empty and has no length limit here.
-func ValidateText(s string) error {
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c == 0 || (c < 0x20 && c != '\t' && c != '\n') || c == 0x7f {
-				return fmt.Errorf("has a control character at byte %d", i)
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			return fmt.Errorf("is not valid UTF-8 at byte %d", i)
-		}
-		i += size
-	}
-	return nil
-}
+func ValidateText(s string) error { return scanText(s, true) }
 
-// checkText reports the first byte that makes s unsafe as an identifier.
-func checkText(s string) error {
+// checkText reports the first character that makes s unsafe as an
+// identifier.
+func checkText(s string) error { return scanText(s, false) }
+
+// scanText reports the first byte of s that is not valid UTF-8 or is a
+// control character (C0, DEL, C1); text may hold tabs and newlines.
+func scanText(s string, text bool) error {
 	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c < 0x20 || c == 0x7f {
-				return fmt.Errorf("has a control character at byte %d", i)
+		r, size := rune(s[i]), 1
+		if r >= utf8.RuneSelf {
+			r, size = utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				return fmt.Errorf("is not valid UTF-8 at byte %d", i)
 			}
-			i++
-			continue
 		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			return fmt.Errorf("is not valid UTF-8 at byte %d", i)
-		}
-		if r >= 0x80 && r <= 0x9f {
+		if (r < 0x20 && !(text && (r == '\t' || r == '\n'))) || (r >= 0x7f && r <= 0x9f) {
 			return fmt.Errorf("has a control character at byte %d", i)
 		}
 		i += size
