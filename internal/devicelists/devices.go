@@ -73,12 +73,8 @@ func NewToken() string {
 
 // CheckLocalDevice validates a local user id and device id.
 func (r *Service) CheckLocalDevice(userID, deviceID string) error {
-	uid, err := mxid.ParseUserID(userID)
-	if err != nil {
-		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
-	}
-	if uid.Server != r.serverName {
-		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", mxjson.Quote(userID), r.serverName)
+	if _, err := r.requireLocal(userID); err != nil {
+		return err
 	}
 	if deviceID == "" || len(deviceID) > MaxDeviceIDBytes {
 		return mxerr.New(mxerr.InvalidParam, "Device id must be 1 to %d bytes.", MaxDeviceIDBytes)

@@ -15,9 +15,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
-	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Federation paths of the device-list queries.
@@ -549,12 +547,8 @@ type UserDevices struct {
 // devices with keys, the master and self-signing keys, and as stream_id the
 // user's last m.device_list_update (which the next one names as prev_id).
 func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, error) {
-	uid, err := mxid.ParseUserID(userID)
-	if err != nil {
-		return UserDevices{}, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
-	}
-	if uid.Server != r.serverName {
-		return UserDevices{}, mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", mxjson.Quote(userID), r.serverName)
+	if _, err := r.requireLocal(userID); err != nil {
+		return UserDevices{}, err
 	}
 	l, err := r.store.UserDeviceList(ctx, userID)
 	if err != nil {

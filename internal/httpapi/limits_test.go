@@ -142,3 +142,45 @@ func TestOneTokenOneDevice(t *testing.T) {
 		require.Equal(t, http.StatusOK, putDevice(alice, "A1", "tok-shared").Status, "a released token may be given again")
 	})
 }
+
+// A user id naming this server in another ASCII case ("@bob:LOCALHOST" on
+// localhost) is refused with 400 M_INVALID_PARAM at every entry point that
+// sorts local users from remote ones, never treated as another server's
+// user (which would send it over federation to ourselves).
+func TestServerNameInAnotherCaseIsRefused(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := start(t, b)
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		const upper = "@bob:LOCALHOST"
+		room := url.PathEscape("!room:localhost")
+		for _, c := range []struct {
+			name, method, path, token string
+			body                      any
+		}{
+			{"sendToDevice", http.MethodPut, "/_matrix/client/v3/sendToDevice/m.test/t1", "tok-alice",
+				map[string]any{"messages": map[string]any{upper: map[string]any{"B1": map[string]any{}}}}},
+			{"keys/query", http.MethodPost, "/_matrix/client/v3/keys/query", "tok-alice",
+				map[string]any{"device_keys": map[string]any{upper: []string{}}}},
+			{"internal device", http.MethodPut, "/_todeviced/internal/v1/users/" + url.PathEscape(upper) + "/devices/B1", servertest.Secret,
+				map[string]any{"access_token": "tok-upper"}},
+			{"internal cross-signing", http.MethodPut, "/_todeviced/internal/v1/users/" + url.PathEscape(upper) + "/cross_signing", servertest.Secret,
+				map[string]any{}},
+			{"internal membership", http.MethodPut, "/_todeviced/internal/v1/rooms/" + room + "/members/" + url.PathEscape(upper), servertest.Secret,
+				map[string]any{"membership": "join", "stream_ordering": 1}},
+			{"internal bulk membership", http.MethodPut, "/_todeviced/internal/v1/rooms/" + room + "/members", servertest.Secret,
+				map[string]any{"members": map[string]any{upper: map[string]any{"membership": "join", "stream_ordering": 1}}}},
+			{"internal sync", http.MethodGet, "/_todeviced/internal/v1/sync?device_id=B1&user_id=" + url.QueryEscape(upper), servertest.Secret, nil},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				r := in.Do(t, c.method, c.path, c.token, c.body)
+				require.Equal(t, http.StatusBadRequest, r.Status, "%s", r.Body)
+				require.Equal(t, "M_INVALID_PARAM", r.Errcode(t))
+				require.Contains(t, r.JSON(t)["error"], "localhost", "the message names the canonical server name")
+			})
+		}
+		// The canonical spelling works.
+		r := in.Do(t, http.MethodPut, "/_todeviced/internal/v1/rooms/"+room+"/members/"+url.PathEscape(bob), servertest.Secret,
+			map[string]any{"membership": "join", "stream_ordering": 1})
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	})
+}
