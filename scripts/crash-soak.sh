@@ -33,6 +33,8 @@ KEEP=${KEEP:-0}
 SECRET=soak-$RANDOM$RANDOM
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/logs.sh
+. scripts/logs.sh
 work=$(mktemp -d -t todeviced-soak.XXXXXX)
 db=todeviced_soak_$(date +%s)_$$
 dburl="$PG_URL/$db?sslmode=disable"
@@ -132,7 +134,7 @@ if [[ $left != 0 ]]; then
 	log "FAIL: $left inbox rows of run $run left behind after the final acknowledgements"
 	rc=1
 fi
-errors=$(grep -c 'level=ERROR' "$work/server.log" || true)
+errors=$(count_log_errors "$work/server.log")
 log "server logged $errors error lines (expected around kills: connections cut mid-request)"
 if [[ $rc == 0 ]]; then
 	log "PASS: $KILLS SIGKILLs, every confirmed send delivered exactly once, in order; inbox empty"

@@ -31,6 +31,8 @@ KEEP=${KEEP:-0}
 SECRET=perf-$RANDOM$RANDOM
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/logs.sh
+. scripts/logs.sh
 work=$(mktemp -d -t todeviced-perf.XXXXXX)
 db=todeviced_perf_$(date +%s)_$$
 server_pid=
@@ -118,6 +120,6 @@ sampler_pid=
 median=$(sort -n -k2 "$work/rss.txt" | awk '{a[NR]=$2} END {if (NR) print a[int((NR+1)/2)]; else print 0}')
 printf '\ntodeviced resident memory: median %d MB over %d samples, peak %d MB\n' \
 	$((median / 1024)) "$(wc -l <"$work/rss.txt")" $((hwm / 1024))
-errors=$(grep -c 'level=ERROR' "$work/server.log" || true)
+errors=$(count_log_errors "$work/server.log")
 [[ $errors == 0 ]] || log "todeviced logged $errors error lines (kept in $work/server.log with KEEP=1)"
 exit "$rc"

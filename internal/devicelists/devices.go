@@ -42,6 +42,8 @@ type Service struct {
 	remote     RemoteKeys
 	fed        *Federation // nil while federation is off
 	upstream   *Upstream
+	// federationNames shows display names to other servers.
+	federationNames bool
 }
 
 // New returns the component for the local devices of serverName.
@@ -54,6 +56,15 @@ func New(store Store, serverName string, log *slog.Logger, m *Metrics) *Service 
 	}
 	return &Service{store: store, serverName: serverName, log: log, m: m}
 }
+
+// SetFederationDeviceNames decides whether other servers see local devices'
+// display names: in m.device_list_update EDUs and in the answers of GET
+// /user/devices and POST /user/keys/query (also when a homeserver serves
+// those through the internal API). Off by default: a display name often
+// says who owns a device or where it is ("Alice's work laptop"), and
+// clients do not need it to encrypt, so, like Synapse's default, it stays
+// on this server unless the operator opts in.
+func (r *Service) SetFederationDeviceNames(show bool) { r.federationNames = show }
 
 // HashToken is how tokens are stored: a SHA-256 digest. Tokens are long random
 // strings, so a fast hash is enough (no password stretching needed).
@@ -99,7 +110,7 @@ func (r *Service) PutDevice(ctx context.Context, userID, deviceID, token string,
 			return Device{}, false, mxerr.New(mxerr.InvalidParam, "Display name %v.", err)
 		}
 	}
-	p := PutDevice{UserID: userID, DeviceID: deviceID, DisplayName: displayName}
+	p := PutDevice{UserID: userID, DeviceID: deviceID, DisplayName: displayName, FederateDisplayName: r.federationNames}
 	if len(keys) > 0 && string(keys) != "null" {
 		k, err := checkKeyObject("keys", keys, userID, deviceID)
 		if err != nil {

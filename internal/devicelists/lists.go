@@ -88,8 +88,8 @@ type CrossSigningKeys struct {
 }
 
 // PutCrossSigning stores a local user's cross-signing keys. A change of the
-// master or self-signing key is sent to the servers sharing an encrypted
-// room with the user (m.signing_key_update); remote users' keys come from
+// master or self-signing key is sent to the servers sharing a room with
+// the user (m.signing_key_update); remote users' keys come from
 // their servers, never through here.
 func (r *Service) PutCrossSigning(ctx context.Context, userID string, k CrossSigningKeys) error {
 	if _, err := r.requireLocal(userID); err != nil {
@@ -325,7 +325,7 @@ func (r *Service) QueryKeys(ctx context.Context, requester string, q KeysQuery) 
 		}
 		remote[dest][userID] = devices
 	}
-	if err := r.localKeys(ctx, requester, local, &res); err != nil {
+	if err := r.localKeys(ctx, requester, local, true, &res); err != nil {
 		return res, err
 	}
 	if len(remote) > 0 {
@@ -338,7 +338,10 @@ func (r *Service) QueryKeys(ctx context.Context, requester string, q KeysQuery) 
 	return res, nil
 }
 
-func (r *Service) localKeys(ctx context.Context, requester string, local map[string][]string, res *KeysResult) error {
+// localKeys adds the keys of local users to res; names says whether
+// devices' display names are shown (always to local clients, to other
+// servers only with SetFederationDeviceNames).
+func (r *Service) localKeys(ctx context.Context, requester string, local map[string][]string, names bool, res *KeysResult) error {
 	if len(local) == 0 {
 		return nil
 	}
@@ -350,9 +353,11 @@ func (r *Service) localKeys(ctx context.Context, requester string, local map[str
 		if d.Keys == nil {
 			continue // a device without keys cannot be encrypted for
 		}
-		k, err := withDisplayName(d.Keys, d.DisplayName)
-		if err != nil {
-			return err
+		k := d.Keys
+		if names {
+			if k, err = withDisplayName(d.Keys, d.DisplayName); err != nil {
+				return err
+			}
 		}
 		if res.DeviceKeys[d.UserID] == nil {
 			res.DeviceKeys[d.UserID] = map[string]json.RawMessage{}

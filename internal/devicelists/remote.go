@@ -146,6 +146,63 @@ func (f *Federation) HandleDeviceListEDU(ctx context.Context, origin, eduType st
 	return nil
 }
 
+// sendingDeviceFields are the content fields by which to-device messages
+// name the device that sent them: a key or secret request names the
+// requesting device, key verification and withheld-key notices the device
+// they come from.
+var sendingDeviceFields = map[string]string{
+	"m.room_key_request":         "requesting_device_id",
+	"m.secret.request":           "requesting_device_id",
+	"m.key.verification.request": "from_device",
+	"m.key.verification.ready":   "from_device",
+	"m.key.verification.start":   "from_device",
+	"m.room_key.withheld":        "from_device",
+}
+
+// maxSendingDevices bounds the devices of one EDU looked up in the cache.
+const maxSendingDevices = 4
+
+// SendingDevices looks at the to-device messages a remote sender sent
+// (federation.DeviceListHandler): when one names a sending device that the
+// cached list of the sender lacks, that list is stale (an update was lost,
+// or has not arrived yet), so it is resynced now, as Synapse does, instead
+// of at the user's next update. The messages are delivered either way; a
+// failure here is logged, not returned.
+func (f *Federation) SendingDevices(ctx context.Context, sender, eventType string, messages map[string]map[string]json.RawMessage) {
+	field, ok := sendingDeviceFields[eventType]
+	if !ok {
+		return
+	}
+	var devices []string
+messages:
+	for _, byDevice := range messages {
+		for _, content := range byDevice {
+			var c map[string]json.RawMessage
+			var d string
+			if json.Unmarshal(content, &c) != nil || json.Unmarshal(c[field], &d) != nil ||
+				d == "" || len(d) > MaxDeviceIDBytes || slices.Contains(devices, d) {
+				continue
+			}
+			if devices = append(devices, d); len(devices) == maxSendingDevices {
+				break messages
+			}
+		}
+	}
+	for _, d := range devices {
+		stale, err := f.svc.store.ResyncIfUnknownDevice(ctx, sender, d)
+		if err != nil {
+			f.log.WarnContext(ctx, "checking a remote sending device failed", "user_id", sender, "err", err)
+			return
+		}
+		if stale {
+			f.log.InfoContext(ctx, "resyncing a remote device list: a to-device message names a device not in it",
+				"user_id", sender, "device_id", d, "type", eventType)
+			f.Kick()
+			return
+		}
+	}
+}
+
 // remoteUser parses a user id of the origin's; anything else is rejected.
 func (f *Federation) remoteUser(ctx context.Context, origin, eduType, userID string) bool {
 	uid, err := mxid.ParseUserID(userID)
@@ -544,8 +601,9 @@ type UserDevices struct {
 }
 
 // UserDevices answers GET /user/devices/{userId} for a local user: the
-// devices with keys, the master and self-signing keys, and as stream_id the
-// user's last m.device_list_update (which the next one names as prev_id).
+// devices with keys (display names only with SetFederationDeviceNames), the
+// master and self-signing keys, and as stream_id the user's last
+// m.device_list_update (which the next one names as prev_id).
 func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, error) {
 	if _, err := r.requireLocal(userID); err != nil {
 		return UserDevices{}, err
@@ -557,14 +615,19 @@ func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, 
 	out := UserDevices{UserID: userID, StreamID: l.StreamID, Devices: make([]userDeviceJSON, 0, len(l.Devices)),
 		MasterKey: l.MasterKey, SelfSigningKey: l.SelfSigningKey}
 	for _, d := range l.Devices {
-		out.Devices = append(out.Devices, userDeviceJSON{DeviceID: d.DeviceID, Keys: d.Keys, DisplayName: d.DisplayName})
+		dev := userDeviceJSON{DeviceID: d.DeviceID, Keys: d.Keys}
+		if r.federationNames {
+			dev.DisplayName = d.DisplayName
+		}
+		out.Devices = append(out.Devices, dev)
 	}
 	return out, nil
 }
 
 // QueryLocalKeys answers POST /user/keys/query: the device keys and public
 // cross-signing keys of the local users asked for (never a user-signing
-// key; users of other servers are not answered for).
+// key; users of other servers are not answered for; display names only
+// with SetFederationDeviceNames).
 func (r *Service) QueryLocalKeys(ctx context.Context, query map[string][]string) (RemoteKeysResult, error) {
 	local := map[string][]string{}
 	for u, devs := range query {
@@ -577,7 +640,7 @@ func (r *Service) QueryLocalKeys(ctx context.Context, query map[string][]string)
 	var res KeysResult
 	res.DeviceKeys, res.MasterKeys = map[string]map[string]json.RawMessage{}, map[string]json.RawMessage{}
 	res.SelfSigningKeys, res.UserSigningKeys = map[string]json.RawMessage{}, map[string]json.RawMessage{}
-	if err := r.localKeys(ctx, "", local, &res); err != nil {
+	if err := r.localKeys(ctx, "", local, r.federationNames, &res); err != nil {
 		return RemoteKeysResult{}, err
 	}
 	return RemoteKeysResult{DeviceKeys: res.DeviceKeys, MasterKeys: res.MasterKeys, SelfSigningKeys: res.SelfSigningKeys}, nil

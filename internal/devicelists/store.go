@@ -27,6 +27,21 @@ type PutDevice struct {
 	DisplayName *string
 	// Keys, when set, replaces the device keys (a DeviceKeys object).
 	Keys json.RawMessage
+	// FederateDisplayName puts the device's display name into the
+	// m.device_list_update sent to other servers (--federation-device-names;
+	// off by default, as Synapse's allow_device_name_lookup_over_federation).
+	FederateDisplayName bool
+}
+
+// Update is the m.device_list_update content of this change, given the
+// device's display name and keys after it: the name only when it may
+// leave the server.
+func (p PutDevice) Update(displayName string, keys json.RawMessage) DeviceUpdate {
+	u := DeviceUpdate{DeviceID: p.DeviceID, Keys: keys}
+	if p.FederateDisplayName {
+		u.DisplayName = displayName
+	}
+	return u
 }
 
 // Membership is one user's membership of a room as the homeserver reported it.
@@ -205,8 +220,8 @@ type Store interface {
 
 // OutboundStore is what other servers learn of local users' devices: the
 // outbox of device-list EDUs that PutDevice, DeleteDevice and
-// PutCrossSigning fill (for every server sharing an encrypted room with the
-// user, in the transaction of the change), and the snapshot GET
+// PutCrossSigning fill (for every server sharing a room, encrypted or not,
+// with the user, in the transaction of the change), and the snapshot GET
 // /user/devices serves.
 type OutboundStore interface {
 	// PeekOutbox returns up to limit EDUs queued for destination, lowest
@@ -262,6 +277,12 @@ type RemoteStore interface {
 	// FailResync records a failed resync of a stale user: failures and the
 	// time of the next attempt.
 	FailResync(ctx context.Context, userID string, failures int, retryIn time.Duration) error
+	// ResyncIfUnknownDevice marks a tracked remote user stale, due for a
+	// resync now, when the user's cache is fresh and lacks deviceID (a
+	// to-device message named it as its sending device), and reports
+	// whether it did. A user not tracked, or stale already (its backoff
+	// stands), is left alone.
+	ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error)
 	// RemoteDeviceLists returns the cached lists of those of the users
 	// whose cache is fresh and who still share an encrypted room with a
 	// local user.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -126,14 +127,20 @@ type batchEDU struct {
 
 // buildBatch peeks every source and picks at most room EDUs: each source
 // first gets up to its quota, then slots left over go to the sources in
-// order. Within a source, EDUs keep their order.
-func buildBatch(ctx context.Context, destination string, sources []SourceQuota, room int) ([]batchEDU, error) {
+// order. Within a source, EDUs keep their order. EDUs for which skip is true
+// (at most skipped of them per source, so that they cannot crowd out the
+// room) are left out; skip may be nil.
+func buildBatch(ctx context.Context, destination string, sources []SourceQuota, room int, skip func(TxnItem) bool, skipped int) ([]batchEDU, error) {
 	peeked := make([][]SourceEDU, len(sources))
 	taken := make([]int, len(sources))
 	for i, s := range sources {
-		q, err := s.Source.Peek(ctx, destination, room)
+		q, err := s.Source.Peek(ctx, destination, room+skipped)
 		if err != nil {
 			return nil, err
+		}
+		if skip != nil {
+			name := s.Source.Name()
+			q = slices.DeleteFunc(q, func(e SourceEDU) bool { return skip(TxnItem{Source: name, Pos: e.Pos}) })
 		}
 		peeked[i] = q
 		taken[i] = min(len(q), s.Quota, room)

@@ -42,10 +42,16 @@ var ErrNotCanonicalizable = errors.New("JSON cannot be encoded canonically")
 // trailing data are rejected too: each would let two parties read different
 // content under one signature.
 func CanonicalJSON(raw []byte) ([]byte, error) {
+	return appendCanonicalJSON(make([]byte, 0, len(raw)), raw)
+}
+
+// appendCanonicalJSON is CanonicalJSON writing into out (appending), so that
+// a caller can build a larger canonical document around raw in one buffer.
+func appendCanonicalJSON(out, raw []byte) ([]byte, error) {
 	if !utf8.Valid(raw) {
 		return nil, fmt.Errorf("%w: input is not valid UTF-8", ErrNotCanonicalizable)
 	}
-	p := canonicalizer{in: raw, out: make([]byte, 0, len(raw))}
+	p := canonicalizer{in: raw, out: out}
 	p.skipSpace()
 	if err := p.value(0); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotCanonicalizable, err)

@@ -17,12 +17,33 @@ import (
 	"time"
 )
 
-// Defaults of ClientOptions.
+// Defaults of ClientOptions. Every phase of an outbound request has its own
+// deadline, and the request as a whole has one more: a peer that accepts a
+// connection and then never answers (a tarpit) costs a goroutine and a
+// descriptor for at most these times (DESIGN invariant 14).
 const (
 	DefaultMaxResponseBytes = 16 << 20
-	DefaultDialTimeout      = 10 * time.Second
-	DefaultUserAgent        = "todeviced"
+	// DefaultDialTimeout bounds the TCP connect.
+	DefaultDialTimeout = 10 * time.Second
+	// DefaultTLSHandshakeTimeout bounds the TLS handshake. net/http dials
+	// on a goroutine of its own that outlives a cancelled request, so the
+	// handshake needs a limit of its own, not just the request's.
+	DefaultTLSHandshakeTimeout = 10 * time.Second
+	// DefaultResponseHeaderTimeout bounds the wait for the response
+	// headers once the request is written (the receiver processes a whole
+	// transaction before it answers).
+	DefaultResponseHeaderTimeout = 45 * time.Second
+	// DefaultBodyTimeout bounds reading the response body once the
+	// headers arrived.
+	DefaultBodyTimeout = 30 * time.Second
+	// DefaultRequestTimeout bounds a whole request: discovery, connect,
+	// handshake, writing, headers and body.
+	DefaultRequestTimeout = 60 * time.Second
+	DefaultUserAgent      = "todeviced"
 )
+
+// maxResponseHeaderBytes bounds the response headers of another server.
+const maxResponseHeaderBytes = 64 << 10
 
 // maxErrorBodyBytes bounds how much of an error response is read for its
 // errcode; error bodies are small, and a hostile one could be huge.
@@ -96,6 +117,17 @@ type ClientOptions struct {
 	MaxResponseBytes int64
 	// DialTimeout bounds connecting (DefaultDialTimeout).
 	DialTimeout time.Duration
+	// TLSHandshakeTimeout bounds the TLS handshake
+	// (DefaultTLSHandshakeTimeout).
+	TLSHandshakeTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for response headers
+	// (DefaultResponseHeaderTimeout).
+	ResponseHeaderTimeout time.Duration
+	// BodyTimeout bounds reading a response body (DefaultBodyTimeout).
+	BodyTimeout time.Duration
+	// RequestTimeout bounds a whole request (DefaultRequestTimeout); the
+	// caller's context may end it sooner.
+	RequestTimeout time.Duration
 	// UserAgent is sent with every request (DefaultUserAgent).
 	UserAgent string
 	// Now is the clock for Retry-After dates; time.Now when nil.
@@ -114,6 +146,9 @@ type Client struct {
 	tlsConfig  *tls.Config
 	dialer     *net.Dialer
 	http       *http.Client
+	tlsTimeout time.Duration
+	bodyTime   time.Duration
+	reqTimeout time.Duration
 	maxBody    int64
 	userAgent  string
 	now        func() time.Time
@@ -159,11 +194,10 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	if len(c.tlsConfig.NextProtos) == 0 {
 		c.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
 	}
-	dialTimeout := opts.DialTimeout
-	if dialTimeout <= 0 {
-		dialTimeout = DefaultDialTimeout
-	}
-	c.dialer = &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	c.tlsTimeout = orDefault(opts.TLSHandshakeTimeout, DefaultTLSHandshakeTimeout)
+	c.bodyTime = orDefault(opts.BodyTimeout, DefaultBodyTimeout)
+	c.reqTimeout = orDefault(opts.RequestTimeout, DefaultRequestTimeout)
+	c.dialer = &net.Dialer{Timeout: orDefault(opts.DialTimeout, DefaultDialTimeout), KeepAlive: 30 * time.Second}
 	c.http = &http.Client{
 		Transport: &http.Transport{
 			// No proxy: federation traffic goes where discovery says.
@@ -174,10 +208,23 @@ func NewClient(opts ClientOptions) (*Client, error) {
 			MaxIdleConnsPerHost:   8,
 			IdleConnTimeout:       90 * time.Second,
 			ExpectContinueTimeout: time.Second,
+			// Used by net/http only for TLS it does itself; dialTLS
+			// applies c.tlsTimeout to ours.
+			TLSHandshakeTimeout:    c.tlsTimeout,
+			ResponseHeaderTimeout:  orDefault(opts.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
+			MaxResponseHeaderBytes: maxResponseHeaderBytes,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	return c, nil
+}
+
+// orDefault is d, or def when d is not positive.
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 // CloseIdleConnections closes pooled connections that are not in use.
@@ -216,6 +263,8 @@ func (c *Client) Do(ctx context.Context, destination, method, path string, query
 		}
 	}
 
+	ctx, cancel := context.WithTimeout(ctx, c.reqTimeout)
+	defer cancel()
 	dest, err := c.resolver.Resolve(ctx, destination)
 	if err != nil {
 		return fmt.Errorf("sending %s %s to %s: %w", method, path, destination, err)
@@ -260,6 +309,10 @@ func (c *Client) Do(ctx context.Context, destination, method, path string, query
 		return fmt.Errorf("sending %s %s to %s (%s): %w", method, path, destination, dest.URL.Host, err)
 	}
 	defer resp.Body.Close()
+	// The body has a deadline of its own, counted from the headers: a peer
+	// that trickles it cannot hold the request for the whole RequestTimeout.
+	bodyDeadline := time.AfterFunc(c.bodyTime, cancel)
+	defer bodyDeadline.Stop()
 
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		httpErr := c.httpError(resp)
@@ -369,7 +422,13 @@ func (c *Client) dialTLS(ctx context.Context, network, addr string) (net.Conn, e
 	// and send no SNI, which is what the spec asks for IP literals.
 	cfg.ServerName = serverName
 	conn := tls.Client(raw, cfg)
-	if err := conn.HandshakeContext(ctx); err != nil {
+	// The dial runs on net/http's own goroutine, which outlives the
+	// request that started it: without a limit of its own, a peer that
+	// accepts and never answers the handshake would hold it and its
+	// descriptor forever.
+	hctx, cancel := context.WithTimeout(ctx, c.tlsTimeout)
+	defer cancel()
+	if err := conn.HandshakeContext(hctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("TLS handshake with %s for %s: %w", realAddr, serverName, err)
 	}

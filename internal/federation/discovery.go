@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // DefaultFederationPort is the port a server is reached on when nothing says
@@ -34,6 +36,20 @@ const (
 	DefaultWellKnownStaleRetry = 5 * time.Minute
 	DefaultWellKnownTimeout    = 10 * time.Second
 )
+
+// Bounds of discovery, whose input (server names) comes from anyone who can
+// send a request: the cache holds at most DefaultDiscoveryCacheSize names
+// (least recently used evicted), and at most DefaultMaxConcurrentDiscoveries
+// distinct names are looked up at once (concurrent lookups of one name share
+// one fetch). A lookup that cannot start within its timeout fails.
+const (
+	DefaultDiscoveryCacheSize       = 4096
+	DefaultMaxConcurrentDiscoveries = 64
+)
+
+// ErrDiscoveryBusy is wrapped when a name could not be looked up because too
+// many other names were being looked up; nothing is cached for it.
+var ErrDiscoveryBusy = errors.New("too many server name lookups in progress")
 
 // wellKnownStaleGrace is how long past its expiry a good well-known answer
 // may still be used while the server's well-known is temporarily failing, so
@@ -77,8 +93,17 @@ type ResolverOptions struct {
 	// with normal certificate verification that follows redirects (up to
 	// net/http's limit of 10, which also ends loops) is used.
 	WellKnownClient *http.Client
-	// WellKnownTimeout bounds one .well-known fetch (DefaultWellKnownTimeout).
+	// WellKnownTimeout bounds one .well-known fetch (DefaultWellKnownTimeout),
+	// including the wait for a free slot (MaxConcurrent).
 	WellKnownTimeout time.Duration
+	// DialContext connects the default WellKnownClient; a net.Dialer with
+	// DefaultDialTimeout when nil. For tests and special networks.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// CacheSize bounds the .well-known cache (DefaultDiscoveryCacheSize).
+	CacheSize int
+	// MaxConcurrent bounds the distinct names whose .well-known is fetched
+	// at once (DefaultMaxConcurrentDiscoveries).
+	MaxConcurrent int
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// Logger receives discovery decisions at debug level and failures at
@@ -115,8 +140,13 @@ type Resolver struct {
 	now              func() time.Time
 	log              *slog.Logger
 
+	// fetching deduplicates concurrent fetches of one host; slots bounds
+	// fetches of distinct hosts.
+	fetching singleflight.Group
+	slots    chan struct{}
+
 	mu        sync.Mutex
-	wellKnown map[string]wellKnownEntry
+	wellKnown *lru[string, wellKnownEntry]
 }
 
 // wellKnownEntry is a cached .well-known outcome.
@@ -138,7 +168,8 @@ func NewResolver(opts ResolverOptions) (*Resolver, error) {
 		wellKnownTimeout: opts.WellKnownTimeout,
 		now:              opts.Now,
 		log:              opts.Logger,
-		wellKnown:        make(map[string]wellKnownEntry),
+		wellKnown:        newLRU[string, wellKnownEntry](cmp.Or(max(opts.CacheSize, 0), DefaultDiscoveryCacheSize)),
+		slots:            make(chan struct{}, cmp.Or(max(opts.MaxConcurrent, 0), DefaultMaxConcurrentDiscoveries)),
 	}
 	for name, raw := range opts.Overrides {
 		u, err := url.Parse(raw)
@@ -154,19 +185,29 @@ func NewResolver(opts ResolverOptions) (*Resolver, error) {
 	if r.dns == nil {
 		r.dns = net.DefaultResolver
 	}
+	if r.wellKnownTimeout <= 0 {
+		r.wellKnownTimeout = DefaultWellKnownTimeout
+	}
 	if r.wellKnownClient == nil {
+		dial := opts.DialContext
+		if dial == nil {
+			dial = (&net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}).DialContext
+		}
 		r.wellKnownClient = &http.Client{Transport: &http.Transport{
 			// Like the federation client, no proxy: discovery must see
 			// the same network the requests will use.
-			Proxy:               nil,
-			TLSHandshakeTimeout: 10 * time.Second,
-			ForceAttemptHTTP2:   true,
-			MaxIdleConns:        10,
-			IdleConnTimeout:     30 * time.Second,
+			Proxy:       nil,
+			DialContext: dial,
+			// Each phase within the fetch's own timeout, so that the
+			// dial goroutine (which outlives a cancelled request) ends
+			// too.
+			TLSHandshakeTimeout:    min(DefaultTLSHandshakeTimeout, r.wellKnownTimeout),
+			ResponseHeaderTimeout:  r.wellKnownTimeout,
+			MaxResponseHeaderBytes: maxResponseHeaderBytes,
+			ForceAttemptHTTP2:      true,
+			MaxIdleConns:           10,
+			IdleConnTimeout:        30 * time.Second,
 		}}
-	}
-	if r.wellKnownTimeout <= 0 {
-		r.wellKnownTimeout = DefaultWellKnownTimeout
 	}
 	if r.now == nil {
 		r.now = time.Now
@@ -295,21 +336,49 @@ func (r *Resolver) lookupSRV(ctx context.Context, service, host string) (target 
 // error: a failed fetch means "no delegation" (or, for a transient failure,
 // the last good answer for a while).
 func (r *Resolver) lookupWellKnown(ctx context.Context, host string) (string, error) {
+	r.mu.Lock()
+	prev, cached := r.wellKnown.get(host)
+	r.mu.Unlock()
+	if cached && r.now().Before(prev.expires) {
+		return prev.delegated, nil
+	}
+	// One fetch per host however many requests ask; it runs detached from
+	// any one caller (bounded by wellKnownTimeout), so a caller giving up
+	// does not fail the others.
+	ch := r.fetching.DoChan(host, func() (any, error) {
+		return r.refreshWellKnown(host)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return "", fmt.Errorf("fetching .well-known/matrix/server of %s: %w", host, res.Err)
+		}
+		return res.Val.(string), nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("fetching .well-known/matrix/server of %s: %w", host, ctx.Err())
+	}
+}
+
+// refreshWellKnown fetches host's .well-known within a slot of the
+// concurrency bound and caches the outcome.
+func (r *Resolver) refreshWellKnown(host string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.wellKnownTimeout)
+	defer cancel()
+	select {
+	case r.slots <- struct{}{}:
+		defer func() { <-r.slots }()
+	case <-ctx.Done():
+		return "", ErrDiscoveryBusy
+	}
 	now := r.now()
 	r.mu.Lock()
-	prev, cached := r.wellKnown[host]
+	prev, cached := r.wellKnown.get(host)
 	r.mu.Unlock()
 	if cached && now.Before(prev.expires) {
-		return prev.delegated, nil
+		return prev.delegated, nil // another fetch finished meanwhile
 	}
 
 	delegated, ttl, transient, err := r.fetchWellKnown(ctx, host, now)
-	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return "", fmt.Errorf("fetching .well-known/matrix/server of %s: %w", host, ctxErr)
-		}
-	}
-
 	var entry wellKnownEntry
 	switch {
 	case err == nil:
@@ -321,11 +390,14 @@ func (r *Resolver) lookupWellKnown(ctx context.Context, host string) (string, er
 		r.log.Info("fetching .well-known failed; using the previous answer", slog.String("host", host),
 			slog.String("m.server", prev.delegated), slog.Any("error", err))
 	default:
+		// The negative cache: a host without a usable .well-known
+		// (including one that does not answer in time) is not asked
+		// again for DefaultWellKnownErrorTTL.
 		entry = wellKnownEntry{expires: now.Add(DefaultWellKnownErrorTTL)}
 		r.log.Debug("no .well-known delegation", slog.String("host", host), slog.Any("reason", err))
 	}
 	r.mu.Lock()
-	r.wellKnown[host] = entry
+	r.wellKnown.put(host, entry)
 	r.mu.Unlock()
 	return entry.delegated, nil
 }
@@ -334,8 +406,6 @@ func (r *Resolver) lookupWellKnown(ctx context.Context, host string) (string, er
 // transient reports failures worth retrying soon (network errors, 5xx, 429)
 // as opposed to definite answers (404, invalid content).
 func (r *Resolver) fetchWellKnown(ctx context.Context, host string, now time.Time) (delegated string, ttl time.Duration, transient bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, r.wellKnownTimeout)
-	defer cancel()
 	u := url.URL{Scheme: "https", Host: host, Path: "/.well-known/matrix/server"}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {

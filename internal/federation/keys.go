@@ -1,6 +1,7 @@
 package federation
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -36,9 +37,22 @@ const (
 	DefaultKeyFetchTimeout = 30 * time.Second
 )
 
-// keyStatePruneThreshold is the number of servers tracked before the
-// KeyFetcher starts dropping entries that no longer hold anything useful.
-const keyStatePruneThreshold = 4096
+// Bounds of key fetching, whose input (origins in X-Matrix headers) comes
+// from requests that have not proven anything yet.
+const (
+	// DefaultKeyCacheSize bounds the servers whose keys (or last failure)
+	// are remembered; the least recently used is evicted beyond it.
+	DefaultKeyCacheSize = 4096
+	// DefaultMaxConcurrentKeyFetches bounds the distinct servers whose
+	// keys are fetched at once. A lookup that would start one more fails
+	// at once (ErrKeyFetchBusy), without waiting and without being
+	// remembered as the server's failure.
+	DefaultMaxConcurrentKeyFetches = 64
+)
+
+// ErrKeyFetchBusy is wrapped when a key could not be fetched because too many
+// other servers' keys were being fetched.
+var ErrKeyFetchBusy = errors.New("too many key fetches in progress")
 
 // OldVerifyKey is a key a server used to sign with and when it stopped.
 type OldVerifyKey struct {
@@ -142,6 +156,11 @@ type KeyFetcherOptions struct {
 	RefetchInterval time.Duration
 	// FetchTimeout bounds each fetch (DefaultKeyFetchTimeout).
 	FetchTimeout time.Duration
+	// CacheSize bounds the servers remembered (DefaultKeyCacheSize).
+	CacheSize int
+	// MaxConcurrentFetches bounds fetches of distinct servers at once
+	// (DefaultMaxConcurrentKeyFetches).
+	MaxConcurrentFetches int
 }
 
 // KeyFetcher is a KeyResolver that fetches keys directly from each server's
@@ -164,8 +183,10 @@ type KeyFetcher struct {
 	refetchInterval time.Duration
 	fetchTimeout    time.Duration
 
+	slots chan struct{}
+
 	mu      sync.Mutex
-	servers map[string]*serverKeyState
+	servers *lru[string, *serverKeyState]
 }
 
 // serverKeyState is what the fetcher knows about one server. Guarded by
@@ -203,7 +224,8 @@ func NewKeyFetcher(requester Requester, opts KeyFetcherOptions) *KeyFetcher {
 		maxValidity:     opts.MaxKeyValidity,
 		refetchInterval: opts.RefetchInterval,
 		fetchTimeout:    opts.FetchTimeout,
-		servers:         make(map[string]*serverKeyState),
+		servers:         newLRU[string, *serverKeyState](cmp.Or(max(opts.CacheSize, 0), DefaultKeyCacheSize)),
+		slots:           make(chan struct{}, cmp.Or(max(opts.MaxConcurrentFetches, 0), DefaultMaxConcurrentKeyFetches)),
 	}
 	if f.now == nil {
 		f.now = time.Now
@@ -234,10 +256,10 @@ func (f *KeyFetcher) PublicKey(ctx context.Context, serverName, keyID string, at
 	fetched := false
 	for {
 		f.mu.Lock()
-		st := f.servers[serverName]
-		if st == nil {
+		st, ok := f.servers.get(serverName)
+		if !ok {
 			st = &serverKeyState{}
-			f.servers[serverName] = st
+			f.servers.put(serverName, st)
 		}
 		if pub, err, ok := st.lookup(keyID, at); ok {
 			f.mu.Unlock()
@@ -254,12 +276,19 @@ func (f *KeyFetcher) PublicKey(ctx context.Context, serverName, keyID string, at
 				f.mu.Unlock()
 				return nil, fmt.Errorf("looking up key %s of %s: %w", keyID, serverName, err)
 			}
+			select {
+			case f.slots <- struct{}{}:
+			default:
+				f.mu.Unlock()
+				return nil, fmt.Errorf("looking up key %s of %s: %w", keyID, serverName, ErrKeyFetchBusy)
+			}
 			call = &keyFetchCall{done: make(chan struct{})}
 			st.inflight = call
 			st.lastAttempt = now
 			// The fetch runs on its own so that one caller giving up does
 			// not fail the others waiting for it; FetchTimeout bounds it.
-			go f.fetch(ctx, serverName, call)
+			// It keeps st even if the cache evicts it meanwhile.
+			go f.fetch(ctx, serverName, st, call)
 		}
 		f.mu.Unlock()
 
@@ -304,8 +333,9 @@ func (st *serverKeyState) unavailable(keyID string, at time.Time) error {
 }
 
 // fetch downloads and verifies serverName's keys and stores the outcome.
-func (f *KeyFetcher) fetch(parent context.Context, serverName string, call *keyFetchCall) {
+func (f *KeyFetcher) fetch(parent context.Context, serverName string, st *serverKeyState, call *keyFetchCall) {
 	defer close(call.done)
+	defer func() { <-f.slots }()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), f.fetchTimeout)
 	defer cancel()
 
@@ -322,7 +352,6 @@ func (f *KeyFetcher) fetch(parent context.Context, serverName string, call *keyF
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	st := f.servers[serverName]
 	st.inflight = nil
 	st.lastErr = err
 	if err == nil {
@@ -334,32 +363,6 @@ func (f *KeyFetcher) fetch(parent context.Context, serverName string, call *keyF
 		}
 		for id, k := range keys.old {
 			st.old[id] = k
-		}
-	}
-	f.pruneLocked()
-}
-
-// pruneLocked drops servers whose state holds nothing worth keeping, once
-// many are tracked, so that requests naming random origins cannot grow the
-// map without bound.
-func (f *KeyFetcher) pruneLocked() {
-	if len(f.servers) < keyStatePruneThreshold {
-		return
-	}
-	now := f.now()
-	for name, st := range f.servers {
-		if st.inflight != nil || now.Sub(st.lastAttempt) < f.refetchInterval {
-			continue
-		}
-		live := false
-		for _, k := range st.verify {
-			if k.validUntil.After(now) {
-				live = true
-				break
-			}
-		}
-		if !live {
-			delete(f.servers, name)
 		}
 	}
 }

@@ -502,21 +502,57 @@ func TestKeyFetcherRejectsInvalidServerName(t *testing.T) {
 	require.Empty(t, req.calls)
 }
 
-func TestKeyFetcherPrunesUselessState(t *testing.T) {
+func TestKeyFetcherCacheIsBounded(t *testing.T) {
 	clock := newFakeClock()
 	req := &fakeRequester{respond: func(context.Context, string) ([]byte, error) { return nil, errors.New("down") }}
-	f := NewKeyFetcher(req, KeyFetcherOptions{Now: clock.Now})
-	for i := range keyStatePruneThreshold {
+	f := NewKeyFetcher(req, KeyFetcherOptions{Now: clock.Now, CacheSize: 16})
+	for i := range 100 {
 		_, err := f.PublicKey(context.Background(), fmt.Sprintf("s%d.example", i), "ed25519:k", time.Time{})
 		require.Error(t, err)
 	}
-	clock.Advance(DefaultKeyRefetchInterval)
-	_, err := f.PublicKey(context.Background(), "last.example", "ed25519:k", time.Time{})
-	require.Error(t, err)
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	require.Len(t, f.servers, 1, "failed servers are forgotten once the refetch interval passed")
-	require.Contains(t, f.servers, "last.example")
+	require.Equal(t, 16, f.servers.len(), "the least recently used servers are evicted")
+	_, kept := f.servers.get("s99.example")
+	_, evicted := f.servers.get("s0.example")
+	f.mu.Unlock()
+	require.True(t, kept)
+	require.False(t, evicted)
+
+	// The negative cache: a failed server is not fetched again within the
+	// refetch interval, however often it is named.
+	calls := req.count("s99.example")
+	_, err := f.PublicKey(context.Background(), "s99.example", "ed25519:k", time.Time{})
+	require.Error(t, err)
+	require.Equal(t, calls, req.count("s99.example"))
+}
+
+func TestKeyFetcherBoundsConcurrentFetches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		req := &fakeRequester{respond: func(ctx context.Context, _ string) ([]byte, error) {
+			<-release
+			return nil, errors.New("down")
+		}}
+		f := NewKeyFetcher(req, KeyFetcherOptions{MaxConcurrentFetches: 2})
+		errs := make(chan error, 3)
+		for i := range 3 {
+			go func() {
+				_, err := f.PublicKey(context.Background(), fmt.Sprintf("s%d.example", i), "ed25519:k", time.Time{})
+				errs <- err
+			}()
+			synctest.Wait()
+		}
+		// The third distinct server finds both slots taken and fails at once.
+		require.ErrorIs(t, <-errs, ErrKeyFetchBusy)
+		close(release)
+		require.NotErrorIs(t, <-errs, ErrKeyFetchBusy)
+		require.NotErrorIs(t, <-errs, ErrKeyFetchBusy)
+		// The refusal was not remembered as the server's failure.
+		f.mu.Lock()
+		st, _ := f.servers.get("s2.example")
+		f.mu.Unlock()
+		require.True(t, st.lastAttempt.IsZero())
+	})
 }
 
 var _ KeyResolver = (*KeyFetcher)(nil)

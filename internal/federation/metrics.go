@@ -31,6 +31,16 @@ const (
 	DropRecipientNotLocal = "recipient_not_local"
 	// DropDuplicate: an inbound EDU whose (origin, message_id) was seen.
 	DropDuplicate = "duplicate"
+	// DropInvalidID: an inbound EDU whose sender, event type, message id
+	// or a device id is not an identifier every store can hold (NUL or
+	// other control characters, invalid UTF-8, too long).
+	DropInvalidID = "invalid_id"
+	// DropTooDeep: an inbound message whose content is nested deeper than
+	// mxjson.MaxContentDepth.
+	DropTooDeep = "too_deep"
+	// DropPoison: an outbound EDU that, sent alone, kept failing with the
+	// same status while the destination took other transactions.
+	DropPoison = "poison"
 )
 
 // Transaction results: the fixed values of the result label of
@@ -96,7 +106,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.EDUsSent.WithLabelValues(t)
 		m.EDUsReceived.WithLabelValues(t)
 	}
-	for _, r := range []string{DropRejected, DropExpired, DropMalformed, DropSenderNotOrigin, DropRecipientNotLocal, DropDuplicate} {
+	for _, r := range []string{DropRejected, DropExpired, DropMalformed, DropSenderNotOrigin, DropRecipientNotLocal, DropDuplicate,
+		DropInvalidID, DropTooDeep, DropPoison} {
 		m.EDUsDropped.WithLabelValues(r)
 	}
 	for _, r := range []string{ResultOK, ResultRetry, ResultRateLimited, ResultRejected} {

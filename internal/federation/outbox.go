@@ -212,7 +212,7 @@ func (f *Feed) Pull(ctx context.Context, destination string, limit int) (FeedBat
 	if limit < 1 || limit > MaxEDUsPerTxn {
 		limit = MaxEDUsPerTxn
 	}
-	batch, err := buildBatch(ctx, destination, f.sources, limit)
+	batch, err := buildBatch(ctx, destination, f.sources, limit, nil, 0)
 	if err != nil {
 		return FeedBatch{}, fmt.Errorf("reading the outbox of %s: %w", destination, err)
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"unicode/utf8"
 
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
@@ -22,10 +21,6 @@ const (
 	// MaxTxnBytes bounds a /send body: 100 EDUs of 64 KiB and 50 PDUs of
 	// 64 KiB fit with room to spare.
 	MaxTxnBytes = 16 << 20
-	// maxIDBytes bounds message ids and event types of inbound EDUs (the
-	// spec says 32 code points for message ids; established servers are
-	// lenient, and so are we, within what the dedupe key can hold).
-	maxIDBytes = 255
 )
 
 // DeviceListHandler takes the m.device_list_update and m.signing_key_update
@@ -34,6 +29,10 @@ const (
 // the transaction is answered with an error so the origin retries it.
 type DeviceListHandler interface {
 	HandleDeviceListEDU(ctx context.Context, origin, eduType string, content json.RawMessage) error
+	// SendingDevices is shown the messages of each well-formed inbound
+	// to-device EDU before they are stored, so that a sending device
+	// missing from the cache of the sender's list makes it resync.
+	SendingDevices(ctx context.Context, sender, eventType string, messages map[string]map[string]json.RawMessage)
 }
 
 // ReceiverConfig configures a Receiver.
@@ -191,20 +190,29 @@ type directToDeviceJSON struct {
 	Messages  map[string]map[string]json.RawMessage `json:"messages"`
 }
 
+// directToDevice checks an m.direct_to_device EDU. One that no store could
+// hold or no /sync could carry (DESIGN invariants 12 and 13) is dropped and
+// counted, never stored and never an error: an error would answer the whole
+// transaction 5xx, and its origin would retry it, and everything queued
+// behind it, until its TTL. Identifiers follow mxid's validators (the message
+// id is as lenient as established servers, within 255 bytes of text), and
+// each message's content is at most mxjson.MaxContentDepth levels deep.
 func (r *Receiver) directToDevice(ctx context.Context, origin string, content json.RawMessage) (*inbox.RemoteAccept, error) {
 	var c directToDeviceJSON
-	if err := json.Unmarshal(content, &c); err != nil || c.Messages == nil ||
-		c.Type == "" || len(c.Type) > maxIDBytes || c.MessageID == "" || len(c.MessageID) > maxIDBytes ||
-		!utf8.ValidString(c.MessageID) {
+	if err := json.Unmarshal(content, &c); err != nil || c.Messages == nil {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+		return nil, nil
+	}
+	if mxid.ValidateEventType(c.Type) != nil || mxid.ValidateMessageID(c.MessageID) != nil {
+		r.dropped(ctx, origin, EDUDirectToDevice, DropInvalidID)
 		return nil, nil
 	}
 	sender, err := mxid.ParseUserID(c.Sender)
 	if err != nil {
-		r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+		r.dropped(ctx, origin, EDUDirectToDevice, DropInvalidID)
 		return nil, nil
 	}
-	if sender.Server != origin {
+	if !mxid.SameServer(sender.Server, origin) {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropSenderNotOrigin)
 		return nil, nil
 	}
@@ -215,8 +223,24 @@ func (r *Receiver) directToDevice(ctx context.Context, origin string, content js
 			return nil, nil
 		}
 		for deviceID, content := range devices {
+			if mxid.ValidateDeviceID(deviceID) != nil {
+				r.dropped(ctx, origin, EDUDirectToDevice, DropInvalidID)
+				return nil, nil
+			}
+			if len(content) == 0 || content[0] != '{' {
+				r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+				return nil, nil
+			}
+			if err := mxjson.Check(content, mxjson.MaxContentDepth); err != nil {
+				reason := DropMalformed
+				if errors.Is(err, mxjson.ErrTooDeep) {
+					reason = DropTooDeep
+				}
+				r.dropped(ctx, origin, EDUDirectToDevice, reason)
+				return nil, nil
+			}
 			var buf bytes.Buffer
-			if deviceID == "" || len(content) == 0 || content[0] != '{' || json.Compact(&buf, content) != nil {
+			if err := json.Compact(&buf, content); err != nil {
 				r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
 				return nil, nil
 			}
@@ -228,6 +252,9 @@ func (r *Receiver) directToDevice(ctx context.Context, origin string, content js
 	if errors.Is(err, inbox.ErrRecipientNotLocal) {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropRecipientNotLocal)
 		return nil, nil
+	}
+	if err == nil && r.cfg.DeviceLists != nil {
+		r.cfg.DeviceLists.SendingDevices(ctx, c.Sender, c.Type, msgs)
 	}
 	return ra, err
 }

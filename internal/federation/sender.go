@@ -87,6 +87,7 @@ type Sender struct {
 
 	mu       sync.Mutex
 	dests    map[string]*destState
+	splits   map[string]*splitState
 	pending  map[string]struct{}
 	sweepAll bool
 	stopped  bool
@@ -141,6 +142,7 @@ func NewSender(cfg SenderConfig) (*Sender, error) {
 	return &Sender{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics, ids: newTxnIDs(), holder: holder,
 		kick: make(chan struct{}, 1), dests: map[string]*destState{}, pending: map[string]struct{}{},
+		splits: map[string]*splitState{},
 	}, nil
 }
 
@@ -354,8 +356,10 @@ func (s *Sender) drain(ctx context.Context, d string) time.Duration {
 	}()
 
 	failures := acq.Failures
+	sp := s.splitFor(d)
+	defer s.forgetSplit(d, sp)
 	for lctx.Err() == nil {
-		t, types, err := s.nextTxn(lctx, l)
+		t, types, err := s.nextTxn(lctx, l, sp)
 		if err != nil {
 			if lctx.Err() != nil || errors.Is(err, ErrLeaseLost) {
 				return 0
@@ -370,7 +374,7 @@ func (s *Sender) drain(ctx context.Context, d string) time.Duration {
 			s.drop(lctx, l, t, types, DropExpired)
 			continue
 		}
-		wait, ok := s.attempt(lctx, l, t, types, &failures)
+		wait, ok := s.attempt(lctx, l, t, types, &failures, sp)
 		if !ok {
 			return wait
 		}
@@ -404,7 +408,10 @@ func (s *Sender) renew(ctx context.Context, cancel context.CancelFunc, l Lease, 
 
 // nextTxn returns the stored transaction, or stores a new one from the
 // sources, or nil when nothing is queued. types counts its EDUs by type.
-func (s *Sender) nextTxn(ctx context.Context, l Lease) (*StoredTxn, map[string]int, error) {
+// While a split is being worked through, new transactions are at most
+// sp.room() EDUs, EDUs set aside are left out, and once the destination has
+// taken a transaction, the oldest EDU set aside is sent alone (see split.go).
+func (s *Sender) nextTxn(ctx context.Context, l Lease, sp *splitState) (*StoredTxn, map[string]int, error) {
 	for ctx.Err() == nil {
 		t, err := s.cfg.Store.StoredTxn(ctx, l.Destination)
 		if err != nil {
@@ -413,29 +420,15 @@ func (s *Sender) nextTxn(ctx context.Context, l Lease) (*StoredTxn, map[string]i
 		if t != nil {
 			return t, eduTypes(t.EDUs), nil
 		}
-		batch, err := buildBatch(ctx, l.Destination, s.cfg.Sources, MaxEDUsPerTxn)
+		room, confirming := sp.room(), false
+		var keep func(TxnItem) bool
+		if sp.confirm && len(sp.aside) > 0 {
+			first := sp.aside[0].item
+			room, keep, confirming = 1, func(it TxnItem) bool { return it == first }, true
+		}
+		t, types, bad, err := s.composeTxn(ctx, l, room, sp, keep)
 		if err != nil {
 			return nil, nil, err
-		}
-		if len(batch) == 0 {
-			return nil, nil, nil
-		}
-		t = &StoredTxn{Destination: l.Destination, ID: s.ids.next(), OriginServerTS: s.cfg.Now().UnixMilli()}
-		types := map[string]int{}
-		var edus []json.RawMessage
-		var bad []TxnItem
-		for _, e := range batch {
-			item := TxnItem{Source: e.source, Pos: e.Pos}
-			// The signature covers the canonical form of the whole body:
-			// one EDU that has none (a float in a client's content) would
-			// make every attempt fail and hold up the destination forever.
-			if _, err := CanonicalJSON(e.EDU); err != nil {
-				bad = append(bad, item)
-				continue
-			}
-			edus = append(edus, e.EDU)
-			t.Items = append(t.Items, item)
-			types[e.Type]++
 		}
 		if len(bad) > 0 {
 			if err := s.dropUnsignable(ctx, l, bad); err != nil {
@@ -443,13 +436,24 @@ func (s *Sender) nextTxn(ctx context.Context, l Lease) (*StoredTxn, map[string]i
 			}
 			continue
 		}
-		t.EDUs = encodeEDUList(edus)
+		if t == nil {
+			if confirming {
+				// Gone meanwhile (expired): nothing left to confirm.
+				sp.aside = sp.aside[1:]
+				sp.confirm = len(sp.aside) > 0
+				continue
+			}
+			return nil, nil, nil
+		}
 		err = s.cfg.Store.SaveTxn(ctx, l, t)
 		if errors.Is(err, ErrTxnExists) {
 			continue
 		}
 		if err != nil {
 			return nil, nil, err
+		}
+		if confirming {
+			sp.confirmID = t.ID
 		}
 		return t, types, nil
 	}
@@ -475,7 +479,7 @@ func (s *Sender) dropUnsignable(ctx context.Context, l Lease, bad []TxnItem) err
 
 // attempt sends the transaction once. ok is true when the destination took
 // it; otherwise wait is the backoff.
-func (s *Sender) attempt(ctx context.Context, l Lease, t *StoredTxn, types map[string]int, failures *int) (wait time.Duration, ok bool) {
+func (s *Sender) attempt(ctx context.Context, l Lease, t *StoredTxn, types map[string]int, failures *int, sp *splitState) (wait time.Duration, ok bool) {
 	body := transactionBody(s.cfg.ServerName, t)
 	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)
@@ -499,13 +503,15 @@ func (s *Sender) attempt(ctx context.Context, l Lease, t *StoredTxn, types map[s
 			s.m.EDUsSent.WithLabelValues(eduTypeLabel(typ)).Add(float64(n))
 		}
 		*failures = 0
+		sp.base = 0
+		sp.succeeded(t.ID)
 		return 0, true
 	}
 	if ctx.Err() != nil {
 		return 0, false // stopping, or the lease was lost: not the destination's fault
 	}
 
-	result, reject, status := ResultRetry, 0, 0
+	result, status := ResultRetry, 0
 	var retryAfter time.Duration
 	var he *HTTPError
 	if errors.As(err, &he) {
@@ -514,16 +520,31 @@ func (s *Sender) attempt(ctx context.Context, l Lease, t *StoredTxn, types map[s
 		case he.Status == http.StatusTooManyRequests:
 			result, retryAfter = ResultRateLimited, he.RetryAfter
 		case countsAsRejection(he.Status):
-			result, reject = ResultRejected, he.Status
+			result = ResultRejected
 		}
 	}
 	s.m.Transactions.WithLabelValues(result).Inc()
 	*failures++
-	wait = s.cfg.Backoff.Delay(*failures)
+	// The exponent counts failures since the transaction last changed
+	// (a split restarts it; see split.go).
+	wait = s.cfg.Backoff.Delay(max(*failures-sp.base, 1))
+	// The streak RecordFailure will count (the store's rule), known now so
+	// that a transaction about to be split or given up is not also made
+	// to wait its full backoff.
+	same := 0
+	if status != 0 {
+		same = 1
+		if t.LastStatus == status {
+			same = t.SameStatus + 1
+		}
+	}
+	if sp.replaces(t, types, status, same) {
+		wait = s.cfg.Backoff.Delay(1)
+	}
 	if retryAfter > 0 {
 		wait = retryAfter
 	}
-	same, rerr := s.cfg.Store.RecordFailure(ctx, l, FailedAttempt{TxnID: t.ID, RejectStatus: reject, Wait: wait})
+	same, rerr := s.cfg.Store.RecordFailure(ctx, l, FailedAttempt{TxnID: t.ID, Status: status, Wait: wait})
 	if rerr != nil {
 		if !errors.Is(rerr, ErrLeaseLost) && ctx.Err() == nil {
 			s.log.ErrorContext(ctx, "recording federation failure failed", "destination", l.Destination, "err", rerr)
@@ -532,7 +553,10 @@ func (s *Sender) attempt(ctx context.Context, l Lease, t *StoredTxn, types map[s
 	}
 	s.log.WarnContext(ctx, "sending federation transaction failed", "destination", l.Destination, "txn_id", t.ID,
 		"status", status, "failures", *failures, "retry_in", wait.String(), "err", err)
-	if reject != 0 && same >= RejectAfter {
+	if s.afterFailure(ctx, l, t, types, status, same, *failures, sp) {
+		return 0, true
+	}
+	if countsAsRejection(status) && same >= RejectAfter {
 		s.drop(ctx, l, t, types, DropRejected)
 	}
 	return wait, false

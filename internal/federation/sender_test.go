@@ -211,6 +211,24 @@ func (m *memStore) finish(l Lease, txnID string, ok bool) (int, error) {
 	return m.src.delete(l.Destination, t.Items), nil
 }
 
+func (m *memStore) ReplaceTxn(_ context.Context, l Lease, txnID string, t *StoredTxn) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.holds(l) {
+		return ErrLeaseLost
+	}
+	old := m.txns[l.Destination]
+	if old == nil || old.ID != txnID {
+		return ErrNoTxn
+	}
+	if t == nil {
+		delete(m.txns, l.Destination)
+		return nil
+	}
+	m.txns[l.Destination] = &memTxn{StoredTxn: *t, created: old.created}
+	return nil
+}
+
 func (m *memStore) CompleteTxn(_ context.Context, l Lease, txnID string) (int, error) {
 	return m.finish(l, txnID, true)
 }
@@ -234,14 +252,14 @@ func (m *memStore) RecordFailure(_ context.Context, l Lease, f FailedAttempt) (i
 	d.retryAt = time.Now().Add(f.Wait)
 	t.Attempts++
 	switch {
-	case f.RejectStatus == 0:
+	case f.Status == 0:
 		t.SameStatus = 0
-	case t.LastStatus == f.RejectStatus:
+	case t.LastStatus == f.Status:
 		t.SameStatus++
 	default:
 		t.SameStatus = 1
 	}
-	t.LastStatus = f.RejectStatus
+	t.LastStatus = f.Status
 	return t.SameStatus, nil
 }
 
@@ -273,6 +291,8 @@ type attempt struct {
 // fakeClient answers sends with answer(i), i counting from 0.
 type fakeClient struct {
 	answer func(i int) error
+	// byBody, when set, answers instead of answer, seeing the body.
+	byBody func(body string) error
 
 	mu       sync.Mutex
 	attempts []attempt
@@ -286,6 +306,9 @@ func (c *fakeClient) Do(_ context.Context, destination, method, path string, _ u
 	c.mu.Unlock()
 	if method != http.MethodPut {
 		panic("unexpected " + method)
+	}
+	if c.byBody != nil {
+		return c.byBody(string(body.(json.RawMessage)))
 	}
 	return c.answer(i)
 }
@@ -554,14 +577,14 @@ func TestBuildBatchReservesSlots(t *testing.T) {
 	}
 	sources := []SourceQuota{{Source: todevice, Quota: ToDeviceQuota}, {Source: lists, Quota: ReservedDeviceListEDUs}}
 
-	batch, err := buildBatch(ctx, "b.test", sources, MaxEDUsPerTxn)
+	batch, err := buildBatch(ctx, "b.test", sources, MaxEDUsPerTxn, nil, 0)
 	require.NoError(t, err)
 	require.Len(t, batch, MaxEDUsPerTxn, "spare reserved slots go to whoever has more")
 
 	for i := range 30 {
 		lists.add("b.test", 1000+i)
 	}
-	batch, err = buildBatch(ctx, "b.test", sources, MaxEDUsPerTxn)
+	batch, err = buildBatch(ctx, "b.test", sources, MaxEDUsPerTxn, nil, 0)
 	require.NoError(t, err)
 	require.Len(t, batch, MaxEDUsPerTxn)
 	bySource := map[string]int{}
@@ -574,7 +597,7 @@ func TestBuildBatchReservesSlots(t *testing.T) {
 	require.Equal(t, map[string]int{"mem": ToDeviceQuota, "lists": ReservedDeviceListEDUs}, bySource,
 		"to-device messages never crowd out the reserved slots")
 
-	batch, err = buildBatch(ctx, "c.test", sources, MaxEDUsPerTxn)
+	batch, err = buildBatch(ctx, "c.test", sources, MaxEDUsPerTxn, nil, 0)
 	require.NoError(t, err)
 	require.Empty(t, batch)
 }

@@ -78,10 +78,10 @@ type StoredTxn struct {
 // FailedAttempt is what RecordFailure records.
 type FailedAttempt struct {
 	TxnID string
-	// RejectStatus is the HTTP status when the destination refused the
-	// transaction in a way that counts towards dropping it (see
-	// countsAsRejection), 0 otherwise; a 0 ends the streak.
-	RejectStatus int
+	// Status is the HTTP status the destination answered, 0 when no answer
+	// arrived; a 0 ends the streak. The sender decides what a streak of a
+	// status means (dropping a rejected transaction, splitting one).
+	Status int
 	// Wait is the backoff: no attempt starts before it has passed.
 	Wait time.Duration
 }
@@ -113,9 +113,19 @@ type Store interface {
 	// DropTxn gives a transaction up (fenced): like CompleteTxn, but the
 	// backoff stays as it is.
 	DropTxn(ctx context.Context, l Lease, txnID string) (int, error)
+	// ReplaceTxn replaces the stored transaction txnID by t (fenced, in
+	// one database transaction): t has a new id and its own EDUs and
+	// items, its attempts and streak start at zero, and it keeps the
+	// replaced transaction's age, so the message TTL still counts from
+	// the first store. Outbox rows the old one covered and t does not are
+	// left queued, uncovered, at their positions. A nil t only removes the
+	// stored transaction (its rows stay queued). ErrNoTxn when txnID is
+	// not the stored transaction.
+	ReplaceTxn(ctx context.Context, l Lease, txnID string, t *StoredTxn) error
 	// RecordFailure records a failed attempt (fenced): the destination's
 	// failures grow by one and its next attempt waits f.Wait; the stored
-	// transaction's rejection streak grows or ends. It returns the streak.
+	// transaction's streak of one status grows or ends. It returns the
+	// streak.
 	RecordFailure(ctx context.Context, l Lease, f FailedAttempt) (sameStatus int, err error)
 
 	// TxnDestinations lists the destinations with a stored transaction.

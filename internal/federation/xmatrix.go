@@ -3,7 +3,6 @@ package federation
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -245,45 +244,61 @@ func SignRequest(req *http.Request, origin, destination string, key SigningKey, 
 }
 
 // requestSigningPayload is the canonical JSON the X-Matrix signature covers:
-// {"method","uri","origin","destination","content"}, with content (the
-// parsed body) only when there is a body.
+// {"content","destination","method","origin","uri"} (keys in canonical
+// order), with content (the body) only when there is a body. It is written
+// into one buffer, the body canonicalized in place: the only copy of a
+// request body that signing or verifying makes (objects whose keys arrive
+// out of order are sorted through a scratch buffer the size of that object).
 func requestSigningPayload(method, uri, origin, destination string, body []byte) ([]byte, error) {
-	obj := map[string]any{
-		"method":      method,
-		"uri":         uri,
-		"origin":      origin,
-		"destination": destination,
-	}
+	out := make([]byte, 0, len(body)+len(method)+len(uri)+len(origin)+len(destination)+64)
+	out = append(out, '{')
 	if len(body) > 0 {
-		obj["content"] = json.RawMessage(body)
+		out = append(out, `"content":`...)
+		var err error
+		if out, err = appendCanonicalJSON(out, body); err != nil {
+			return nil, fmt.Errorf("request body: %w", err)
+		}
+		out = append(out, ',')
 	}
-	encoded, err := json.Marshal(obj)
-	if err != nil {
-		// Only an invalid body can fail here; Marshal validates RawMessage.
-		return nil, fmt.Errorf("request body is not valid JSON: %w", err)
+	// Header values and the request target may carry bytes that are not
+	// UTF-8; encoding/json, which signers use, writes U+FFFD for them.
+	for i, f := range [...]struct{ name, value string }{
+		{"destination", destination}, {"method", method}, {"origin", origin}, {"uri", uri},
+	} {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = appendCanonicalString(out, []byte(f.name))
+		out = append(out, ':')
+		out = appendCanonicalString(out, []byte(strings.ToValidUTF8(f.value, "\uFFFD")))
 	}
-	canonical, err := CanonicalJSON(encoded)
-	if err != nil {
-		return nil, fmt.Errorf("request body: %w", err)
-	}
-	return canonical, nil
+	return append(out, '}'), nil
 }
 
-// VerifyRequest authenticates an inbound federation request addressed to
-// ourName and returns the server name of its origin. body is the complete
-// request body (the caller reads it, bounded, before calling).
-//
-// Every Authorization header with the X-Matrix scheme is checked (headers of
-// other schemes are ignored). At least one is required, all must name the
-// same origin, and each must carry a valid signature by a key the origin
-// currently publishes: the spec does not say what to do with several headers,
-// and the draft clarification (MSC4029) asks that every key offered be valid,
-// which is also the safe reading. Keys are looked up through keys with a zero
-// time, meaning "valid now".
-//
-// The error wraps ErrMalformedAuth (answer 400) or ErrUnauthorized (answer
-// 401); an error wrapping neither means the context ended first.
-func VerifyRequest(ctx context.Context, r *http.Request, body []byte, ourName string, keys KeyResolver) (origin string, err error) {
+// RequestAuth is the X-Matrix authorization of an inbound request whose
+// headers were checked and whose origin's keys were found, before its body is
+// read: the expensive and unbounded part (a large body) is taken on only for
+// a request that can still be authentic. Verify then checks the signatures.
+type RequestAuth struct {
+	// Origin is the server the request claims to come from; it is proven
+	// only once Verify succeeds.
+	Origin  string
+	ourName string
+	sigs    []checkedSig
+}
+
+type checkedSig struct {
+	keyID string
+	pub   ed25519.PublicKey
+	sig   []byte
+}
+
+// AuthorizeHeaders checks the X-Matrix headers of an inbound request
+// addressed to ourName and looks up the keys they name; see VerifyRequest for
+// the rules. It reads no body. Errors wrap ErrMalformedAuth (answer 400) or
+// ErrUnauthorized (answer 401); an error wrapping neither means the context
+// ended first.
+func AuthorizeHeaders(ctx context.Context, r *http.Request, ourName string, keys KeyResolver) (*RequestAuth, error) {
 	var auths []XMatrixAuth
 	for _, h := range r.Header.Values("Authorization") {
 		scheme, _, _ := strings.Cut(strings.TrimLeft(h, " \t"), " ")
@@ -293,57 +308,100 @@ func VerifyRequest(ctx context.Context, r *http.Request, body []byte, ourName st
 		}
 		auth, err := ParseXMatrix(h)
 		if err != nil {
-			return "", fmt.Errorf("%w: %w", ErrMalformedAuth, err)
+			return nil, fmt.Errorf("%w: %w", ErrMalformedAuth, err)
 		}
 		auths = append(auths, auth)
 	}
 	if len(auths) == 0 {
-		return "", fmt.Errorf("%w: no X-Matrix Authorization header", ErrUnauthorized)
+		return nil, fmt.Errorf("%w: no X-Matrix Authorization header", ErrUnauthorized)
 	}
 
-	origin = auths[0].Origin
+	origin := auths[0].Origin
 	if err := ValidateServerName(origin); err != nil {
-		return "", fmt.Errorf("%w: origin: %w", ErrMalformedAuth, err)
+		return nil, fmt.Errorf("%w: origin: %w", ErrMalformedAuth, err)
+	}
+	if origin == ourName {
+		// We would fetch our own key over the network to check it: a
+		// request naming us as its origin is not one we sent.
+		return nil, fmt.Errorf("%w: request claims to come from this server (%s)", ErrUnauthorized, ourName)
 	}
 	for _, a := range auths[1:] {
 		if a.Origin != origin {
-			return "", fmt.Errorf("%w: X-Matrix headers name different origins %q and %q", ErrUnauthorized, origin, a.Origin)
+			return nil, fmt.Errorf("%w: X-Matrix headers name different origins %q and %q", ErrUnauthorized, origin, a.Origin)
 		}
 	}
+	ra := &RequestAuth{Origin: origin, ourName: ourName}
 	for _, a := range auths {
 		if a.Destination != "" && a.Destination != ourName {
-			return "", fmt.Errorf("%w: request from %s is addressed to %q, not to us (%s)", ErrUnauthorized, origin, a.Destination, ourName)
+			return nil, fmt.Errorf("%w: request from %s is addressed to %q, not to us (%s)", ErrUnauthorized, origin, a.Destination, ourName)
 		}
-	}
-
-	// The signed object is rebuilt from what we received. Older senders
-	// omit destination from the header but still sign it, as us.
-	payload, err := requestSigningPayload(r.Method, requestURI(r), origin, ourName, body)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrMalformedAuth, err)
-	}
-
-	for _, a := range auths {
 		alg, _, _ := strings.Cut(a.KeyID, ":")
 		if alg != algorithmEd25519 {
-			return "", fmt.Errorf("%w: request from %s signed with unsupported key %q", ErrUnauthorized, origin, a.KeyID)
+			return nil, fmt.Errorf("%w: request from %s signed with unsupported key %q", ErrUnauthorized, origin, a.KeyID)
 		}
 		sig, err := DecodeBase64(a.Signature)
 		if err != nil || len(sig) != ed25519.SignatureSize {
-			return "", fmt.Errorf("%w: request from %s: signature for key %s is not a base64 ed25519 signature", ErrUnauthorized, origin, a.KeyID)
+			return nil, fmt.Errorf("%w: request from %s: signature for key %s is not a base64 ed25519 signature", ErrUnauthorized, origin, a.KeyID)
 		}
-		pub, err := keys.PublicKey(ctx, origin, a.KeyID, time.Time{})
+		ra.sigs = append(ra.sigs, checkedSig{keyID: a.KeyID, sig: sig})
+	}
+	for i := range ra.sigs {
+		s := &ra.sigs[i]
+		pub, err := keys.PublicKey(ctx, origin, s.keyID, time.Time{})
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
-				return "", fmt.Errorf("fetching key %s of %s: %w", a.KeyID, origin, ctxErr)
+				return nil, fmt.Errorf("fetching key %s of %s: %w", s.keyID, origin, ctxErr)
 			}
-			return "", fmt.Errorf("%w: fetching key %s of %s: %w", ErrUnauthorized, a.KeyID, origin, err)
+			return nil, fmt.Errorf("%w: fetching key %s of %s: %w", ErrUnauthorized, s.keyID, origin, err)
 		}
-		if !ed25519.Verify(pub, payload, sig) {
-			return "", fmt.Errorf("%w: bad signature from %s with key %s on %s %s", ErrUnauthorized, origin, a.KeyID, r.Method, requestURI(r))
+		s.pub = pub
+	}
+	return ra, nil
+}
+
+// Verify checks the signatures over the request and its complete body (nil
+// for none). The error wraps ErrMalformedAuth (the body is not JSON that can
+// be signed) or ErrUnauthorized.
+func (ra *RequestAuth) Verify(r *http.Request, body []byte) error {
+	// The signed object is rebuilt from what we received. Older senders
+	// omit destination from the header but still sign it, as us.
+	payload, err := requestSigningPayload(r.Method, requestURI(r), ra.Origin, ra.ourName, body)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformedAuth, err)
+	}
+	for _, s := range ra.sigs {
+		if !ed25519.Verify(s.pub, payload, s.sig) {
+			return fmt.Errorf("%w: bad signature from %s with key %s on %s %s", ErrUnauthorized, ra.Origin, s.keyID, r.Method, requestURI(r))
 		}
 	}
-	return origin, nil
+	return nil
+}
+
+// VerifyRequest authenticates an inbound federation request addressed to
+// ourName and returns the server name of its origin. body is the complete
+// request body (the caller reads it, bounded, before calling). It is
+// AuthorizeHeaders followed by Verify; a handler that reads a large body
+// calls them apart, reading the body in between.
+//
+// Every Authorization header with the X-Matrix scheme is checked (headers of
+// other schemes are ignored). At least one is required, all must name the
+// same origin (a valid server name other than ours), and each must carry a
+// valid signature by a key the origin currently publishes: the spec does not
+// say what to do with several headers, and the draft clarification (MSC4029)
+// asks that every key offered be valid, which is also the safe reading. Keys
+// are looked up through keys with a zero time, meaning "valid now".
+//
+// The error wraps ErrMalformedAuth (answer 400) or ErrUnauthorized (answer
+// 401); an error wrapping neither means the context ended first.
+func VerifyRequest(ctx context.Context, r *http.Request, body []byte, ourName string, keys KeyResolver) (origin string, err error) {
+	ra, err := AuthorizeHeaders(ctx, r, ourName, keys)
+	if err != nil {
+		return "", err
+	}
+	if err := ra.Verify(r, body); err != nil {
+		return "", err
+	}
+	return ra.Origin, nil
 }
 
 // requestURI is the request target as the client sent it, which is what it

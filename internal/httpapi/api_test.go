@@ -378,10 +378,34 @@ func TestVersionsAndCORS(t *testing.T) {
 		in := start(t, b)
 		r := in.Do(t, "GET", "/_matrix/client/versions", "", nil)
 		require.Equal(t, 200, r.Status)
-		require.Contains(t, r.JSON(t)["versions"], "v1.12")
+		require.JSONEq(t, `{"versions":[],"unstable_features":{}}`, string(r.Body),
+			"a spec version claims the whole client-server API; standalone todeviced serves a few endpoints of it")
 		r = in.Do(t, "OPTIONS", "/_matrix/client/v3/sync", "", nil)
 		require.Equal(t, http.StatusNoContent, r.Status)
 		require.Equal(t, "*", r.Header.Get("Access-Control-Allow-Origin"))
+	})
+}
+
+// TestMethodNotAllowedSaysAllow: a 405 names the methods the resource has
+// (RFC 9110), through the real router: client, internal and unknown-method
+// cases.
+func TestMethodNotAllowedSaysAllow(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := start(t, b)
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		for _, c := range []struct{ method, path, token, allow string }{
+			{"POST", "/_matrix/client/v3/sendToDevice/m.test/t1", "tok-alice", "PUT, OPTIONS"},
+			{"DELETE", "/_matrix/client/v3/sync", "tok-alice", "GET, OPTIONS"},
+			{"GET", "/_matrix/client/r0/keys/query", "tok-alice", "POST, OPTIONS"},
+			{"POST", "/_matrix/client/versions", "", "GET, OPTIONS"},
+			{"PATCH", "/_todeviced/internal/v1/users/%40bob%3Alocalhost/devices/B1", servertest.Secret, "PUT, DELETE"},
+			{"POST", "/_todeviced/internal/v1/rooms/%21r%3Alocalhost/members", servertest.Secret, "PUT"},
+		} {
+			r := in.Do(t, c.method, c.path, c.token, nil)
+			require.Equal(t, http.StatusMethodNotAllowed, r.Status, "%s %s: %s", c.method, c.path, r.Body)
+			require.Equal(t, "M_UNRECOGNIZED", r.Errcode(t))
+			require.Equal(t, c.allow, r.Header.Get("Allow"), "%s %s", c.method, c.path)
+		}
 	})
 }
 

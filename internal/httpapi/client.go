@@ -24,9 +24,16 @@ func pathParam(r *http.Request, name string) (string, error) {
 	return v, nil
 }
 
+// versions answers GET /_matrix/client/versions. A version in that list
+// claims the whole client-server API of that version (login, rooms,
+// profiles, …), and todeviced serves four endpoints of it, so it claims
+// none: the list is empty and unstable_features too. The endpoints it does
+// serve follow their definition in v1.1 to v1.12 (unchanged for what
+// todeviced does). Behind a homeserver, the homeserver answers /versions.
 func (a *api) versions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
-		"versions": []string{"r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"},
+		"versions":          []string{},
+		"unstable_features": map[string]bool{},
 	})
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
@@ -31,9 +32,16 @@ type FederationConfig struct {
 	Feed *federation.Feed
 	// Version is reported by GET /_matrix/federation/v1/version.
 	Version string
+	// MaxInflightBytes bounds the federation request bodies read before
+	// their signatures are verified (DefaultMaxInflightFederationBytes).
+	MaxInflightBytes int64
 }
 
 func (a *api) federationRoutes(r chi.Router) {
+	a.inflight = &byteBudget{max: a.cfg.Federation.MaxInflightBytes}
+	if a.inflight.max <= 0 {
+		a.inflight.max = DefaultMaxInflightFederationBytes
+	}
 	r.Get(federation.KeyServerPath, a.serverKeys)
 	r.Get("/_matrix/federation/v1/version", a.federationVersion)
 	r.Put("/_matrix/federation/v1/send/{txnId}", a.federationSend)
@@ -67,52 +75,74 @@ func (a *api) federationVersion(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"server": map[string]string{"name": "todeviced", "version": a.cfg.Federation.Version}})
 }
 
-// authenticate checks the X-Matrix authorization of a federation request
-// whose body (nil for none) was read, answering the error itself; ok is
-// false then.
-func (a *api) authenticate(w http.ResponseWriter, r *http.Request, body []byte) (origin string, ok bool) {
+// authorize checks the X-Matrix headers of a federation request and finds
+// the origin's keys, before any body is read: a request that cannot be
+// authentic (malformed header, an invalid origin or ours, another
+// destination, a key that cannot be had) is refused without its body ever
+// being buffered. It answers the error itself; ok is false then.
+func (a *api) authorize(w http.ResponseWriter, r *http.Request) (ra *federation.RequestAuth, ok bool) {
+	ra, err := federation.AuthorizeHeaders(r.Context(), r, a.cfg.ServerName, a.cfg.Federation.Keys)
+	if err != nil {
+		a.refuseAuth(w, r, err)
+		return nil, false
+	}
+	return ra, true
+}
+
+// verify checks the signatures of an authorized request over its body (nil
+// for none), answering the error itself; ok is false then.
+func (a *api) verify(w http.ResponseWriter, r *http.Request, ra *federation.RequestAuth, body []byte) bool {
 	if body != nil && (!utf8.Valid(body) || !json.Valid(body)) {
 		writeError(w, r, a.log, mxerr.New(mxerr.NotJSON, "Content not JSON."))
-		return "", false
+		return false
 	}
-	origin, err := federation.VerifyRequest(r.Context(), r, body, a.cfg.ServerName, a.cfg.Federation.Keys)
+	if err := ra.Verify(r, body); err != nil {
+		a.refuseAuth(w, r, err)
+		return false
+	}
+	return true
+}
+
+func (a *api) refuseAuth(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, federation.ErrMalformedAuth):
 		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
 		writeError(w, r, a.log, mxerr.WithStatus(http.StatusBadRequest, mxerr.Unauthorized, "Malformed X-Matrix authorization."))
-		return "", false
 	case errors.Is(err, federation.ErrUnauthorized):
 		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
 		writeError(w, r, a.log, mxerr.New(mxerr.Unauthorized, "Request not authorized."))
-		return "", false
-	case err != nil:
+	default:
 		writeError(w, r, a.log, err)
-		return "", false
 	}
-	return origin, true
 }
 
-// federationSend is PUT /_matrix/federation/v1/send/{txnId}: authenticate
-// (X-Matrix), then let the receiver process the transaction.
+// federationSend is PUT /_matrix/federation/v1/send/{txnId}: check the
+// X-Matrix headers and the origin's key, read the body within the in-flight
+// budget, verify the signature over it, then let the receiver process the
+// transaction.
 func (a *api) federationSend(w http.ResponseWriter, r *http.Request) {
 	txnID, err := pathParam(r, "txnId")
 	if err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
-	body, err := readBody(w, r, federation.MaxTxnBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
+	if err := mxid.ValidateTxnID(txnID); err != nil {
+		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid transaction id: %v.", err))
 		return
 	}
-	if body == nil {
-		body = []byte{}
-	}
-	origin, ok := a.authenticate(w, r, body)
+	ra, ok := a.authorize(w, r)
 	if !ok {
 		return
 	}
-	resp, err := a.cfg.Federation.Receiver.HandleTransaction(r.Context(), origin, txnID, body)
+	body, release, ok := a.readBoundedBody(w, r, federation.MaxTxnBytes)
+	if !ok {
+		return
+	}
+	defer release()
+	if !a.verify(w, r, ra, body) {
+		return
+	}
+	resp, err := a.cfg.Federation.Receiver.HandleTransaction(r.Context(), ra.Origin, txnID, body)
 	if err != nil {
 		writeError(w, r, a.log, err)
 		return
@@ -218,7 +248,8 @@ func (a *api) feedAck(w http.ResponseWriter, r *http.Request) {
 // federationUserDevices is GET /_matrix/federation/v1/user/devices/{userId}:
 // a local user's whole device list, for a server that resyncs it.
 func (a *api) federationUserDevices(w http.ResponseWriter, r *http.Request) {
-	if _, ok := a.authenticate(w, r, nil); !ok {
+	ra, ok := a.authorize(w, r)
+	if !ok || !a.verify(w, r, ra, nil) {
 		return
 	}
 	a.answerUserDevices(w, r)
@@ -241,15 +272,16 @@ func (a *api) answerUserDevices(w http.ResponseWriter, r *http.Request) {
 // federationUserKeys is POST /_matrix/federation/v1/user/keys/query: the
 // keys of local users, in the shape of the client /keys/query.
 func (a *api) federationUserKeys(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
+	ra, ok := a.authorize(w, r)
+	if !ok {
 		return
 	}
-	if body == nil {
-		body = []byte{}
+	body, release, ok := a.readBoundedBody(w, r, maxInternalBytes)
+	if !ok {
+		return
 	}
-	if _, ok := a.authenticate(w, r, body); !ok {
+	defer release()
+	if !a.verify(w, r, ra, body) {
 		return
 	}
 	a.answerUserKeys(w, r, body)

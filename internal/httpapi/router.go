@@ -8,6 +8,7 @@ package httpapi
 import (
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -68,6 +69,8 @@ type api struct {
 	inbox   *inbox.Service
 	devices *devicelists.Service
 	hub     *wakeup.Hub
+	// inflight bounds unauthenticated federation bodies (inflight.go).
+	inflight *byteBudget
 }
 
 // NewRouter returns the HTTP handler of the API.
@@ -97,8 +100,10 @@ func NewRouter(cfg Config) http.Handler {
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, mxerr.WithStatus(http.StatusNotFound, mxerr.Unrecognized, "Unrecognized request."))
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, a.log, mxerr.WithStatus(http.StatusMethodNotAllowed, mxerr.Unrecognized, "Method not allowed."))
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		// RFC 9110 §15.5.6: a 405 MUST say which methods the resource has.
+		w.Header().Set("Allow", strings.Join(allowedMethods(r, req.URL.EscapedPath()), ", "))
+		writeError(w, req, a.log, mxerr.WithStatus(http.StatusMethodNotAllowed, mxerr.Unrecognized, "Method not allowed."))
 	})
 
 	r.Route("/_matrix/client", func(r chi.Router) {
@@ -136,4 +141,22 @@ func NewRouter(cfg Config) http.Handler {
 		})
 	}
 	return r
+}
+
+// routeMethods are the methods any route of the API is registered for.
+var routeMethods = []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete}
+
+// allowedMethods lists the methods that routes has a route for at path
+// (escaped, as the router matches it), for a 405's Allow header.
+func allowedMethods(routes chi.Routes, path string) []string {
+	var out []string
+	for _, m := range routeMethods {
+		if routes.Match(chi.NewRouteContext(), m, path) {
+			out = append(out, m)
+		}
+	}
+	if strings.HasPrefix(path, "/_matrix/client/") {
+		out = append(out, http.MethodOptions) // answered by the CORS middleware
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -60,6 +61,15 @@ const (
 	FederationOutboxFeed = "feed"
 )
 
+// placeholderSecrets are internal secrets that example files and habit put
+// in place of a real one (compared without case). Whoever can reach the
+// internal API with its secret can create devices and tokens, so todeviced
+// refuses to start with one of these.
+var placeholderSecrets = []string{
+	"change-me", "changeme", "change_me", "change-this", "changethis", "changeit",
+	"replace-me", "replaceme", "secret", "password",
+}
+
 // Config is the whole configuration of a todeviced process.
 type Config struct {
 	Listen                 string
@@ -91,6 +101,16 @@ type Config struct {
 	FederationLeaseTTL   time.Duration
 	FederationBackoffMin time.Duration
 	FederationBackoffMax time.Duration
+	// FederationDeviceNames shows local devices' display names to other
+	// servers (EDUs, /user/devices, /user/keys/query). Off by default, as
+	// Synapse's allow_device_name_lookup_over_federation.
+	FederationDeviceNames bool
+	// FederationRequestTimeout bounds a whole outbound request, key
+	// fetches included (--federation-request-timeout).
+	FederationRequestTimeout time.Duration
+	// FederationInflightBytes bounds unverified federation bodies being
+	// read at once (--federation-inflight-bytes).
+	FederationInflightBytes int64
 }
 
 // Defaults returns the configuration with every default applied.
@@ -106,6 +126,7 @@ func Defaults() Config {
 		LogFormat:       "auto",
 		InboxMaxAge:     DefaultInboxMaxAge,
 		TxnRetention:    24 * time.Hour,
+		SendBurst:       DefaultSendBurst,
 		ShutdownTimeout: DefaultShutdownTimeout,
 		DatabaseTimeout: DefaultDatabaseTimeout,
 
@@ -116,6 +137,9 @@ func Defaults() Config {
 		FederationLeaseTTL:   DefaultFederationLeaseTTL,
 		FederationBackoffMin: DefaultFederationBackoffMin,
 		FederationBackoffMax: DefaultFederationBackoffMax,
+
+		FederationRequestTimeout: federation.DefaultRequestTimeout,
+		FederationInflightBytes:  httpapi.DefaultMaxInflightFederationBytes,
 	}
 }
 
@@ -127,6 +151,11 @@ func (c Config) Validate() error {
 	}
 	if err := mxid.ValidateServerName(c.ServerName); err != nil {
 		errs = append(errs, fmt.Errorf("--server-name: %w", err))
+	}
+	if c.InternalSecret != "" && slices.Contains(placeholderSecrets, strings.ToLower(strings.TrimSpace(c.InternalSecret))) {
+		errs = append(errs, fmt.Errorf("--internal-secret %q is a placeholder, and whoever knows it can create devices and tokens: "+
+			"set a random secret (e.g. TODEVICED_INTERNAL_SECRET=$(openssl rand -hex 32)), or leave it empty to turn the internal API off",
+			c.InternalSecret))
 	}
 	if c.Listen == "" {
 		errs = append(errs, errors.New("--listen must not be empty"))
@@ -172,6 +201,12 @@ func (c Config) Validate() error {
 	if c.FederationBackoffMin <= 0 {
 		errs = append(errs, errors.New("--federation-backoff-min must be positive"))
 	}
+	if c.FederationRequestTimeout <= 0 {
+		errs = append(errs, errors.New("--federation-request-timeout must be positive"))
+	}
+	if c.FederationInflightBytes < 1<<20 {
+		errs = append(errs, errors.New("--federation-inflight-bytes must be at least 1 MiB"))
+	}
 	if c.FederationBackoffMax < c.FederationBackoffMin {
 		errs = append(errs, errors.New("--federation-backoff-max must not be below --federation-backoff-min"))
 	}
@@ -206,6 +241,7 @@ func (c Config) LogAttrs() []any {
 		"migrate", c.Migrate,
 		"federation", c.FederationEnabled(),
 		"federation_outbox", c.FederationOutbox,
+		"federation_device_names", c.FederationDeviceNames,
 		"federation_message_ttl", c.FederationMessageTTL.String(),
 		"inbox_max_age", c.InboxMaxAge.String(),
 		"log_level", c.LogLevel.String(),

@@ -403,3 +403,149 @@ func TestFederationDeviceListFeed(t *testing.T) {
 		require.Equal(t, []string{"A1"}, b.queryKeys(bobTok, alice).devices(alice))
 	})
 }
+
+// TestFederationDeviceNamesHidden: display names stay on their server by
+// default (as Synapse's allow_device_name_lookup_over_federation: false):
+// neither the device-list EDUs nor the answers of /user/devices and
+// /user/keys/query carry them. --federation-device-names (here on b.test)
+// shows them; local clients always see their own server's names.
+func TestFederationDeviceNamesHidden(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, db func() string) {
+		a, b := pair(t, db, func(cfg *server.Config) { cfg.FederationDeviceNames = cfg.ServerName == "b.test" })
+		named := func(n *node, user, device, name, curve string) {
+			n.internal(http.MethodPut, "/users/"+url.PathEscape(user)+"/devices/"+url.PathEscape(device),
+				map[string]any{"display_name": name, "keys": deviceKeys(user, device, curve)})
+		}
+		nameOf := func(a keysAnswer, user, device string) any {
+			unsigned, _ := a.DeviceKeys[user][device]["unsigned"].(map[string]any)
+			return unsigned["device_display_name"]
+		}
+		aliceTok, bobTok := a.device(alice, "A0"), b.device(bob, "B0")
+		named(a, alice, "A1", "Alice's phone", "k1")
+		named(b, bob, "B1", "Bob's laptop", "k1")
+		members := map[string]string{alice: "join", bob: "join"}
+		a.encryptedRoom(sharedRoom, members)
+		b.encryptedRoom(sharedRoom, members)
+		waitUntil(t, "both to fetch the other's device list", func() bool {
+			return a.metric("todeviced_device_list_resyncs_total", "result=ok") >= 1 &&
+				b.metric("todeviced_device_list_resyncs_total", "result=ok") >= 1
+		})
+
+		// Through GET /user/devices (the resync).
+		got := b.queryKeys(bobTok, alice)
+		require.Equal(t, []string{"A1"}, got.devices(alice))
+		require.Nil(t, nameOf(got, alice, "A1"), "a.test hides its names")
+		require.Equal(t, "Bob's laptop", nameOf(a.queryKeys(aliceTok, bob), bob, "B1"), "b.test shows its names")
+		require.Equal(t, "Alice's phone", nameOf(a.queryKeys(aliceTok, alice), alice, "A1"), "local clients see local names")
+
+		// Through m.device_list_update.
+		lists := b.listSyncer(bobTok)
+		named(a, alice, "A2", "Alice's tablet", "k2")
+		lists.waitChanged(alice)
+		got = b.queryKeys(bobTok, alice)
+		require.Equal(t, []string{"A1", "A2"}, got.devices(alice))
+		require.Nil(t, nameOf(got, alice, "A2"))
+		named(b, bob, "B2", "Bob's phone", "k2")
+		waitUntil(t, "a.test to apply Bob's update", func() bool {
+			return slices.Contains(a.queryKeys(aliceTok, bob).devices(bob), "B2")
+		})
+		require.Equal(t, "Bob's phone", nameOf(a.queryKeys(aliceTok, bob), bob, "B2"))
+
+		// Asked directly, signed as the other server.
+		for _, c := range []struct {
+			from, to *node
+			user     string
+			name     string // "" hidden
+		}{{b, a, alice, ""}, {a, b, bob, "Bob's laptop"}} {
+			cl := signedClient(t, c.from.name, loadKey(t, c.from), c.to)
+			var devs json.RawMessage
+			require.NoError(t, cl.Do(testCtx(t), c.to.name, http.MethodGet, "/_matrix/federation/v1/user/devices/"+url.PathEscape(c.user), nil, nil, &devs))
+			var keys json.RawMessage
+			require.NoError(t, cl.Do(testCtx(t), c.to.name, http.MethodPost, "/_matrix/federation/v1/user/keys/query", nil,
+				map[string]any{"device_keys": map[string][]string{c.user: {}}}, &keys))
+			internalDevs := c.to.internal(http.MethodGet, "/federation/user/devices/"+url.PathEscape(c.user), nil)
+			for what, body := range map[string][]byte{"/user/devices": devs, "/user/keys/query": keys, "internal /user/devices": internalDevs} {
+				if c.name == "" {
+					require.NotContains(t, string(body), "display_name", "%s of %s", what, c.to.name)
+					require.NotContains(t, string(body), "Alice's", "%s of %s", what, c.to.name)
+				} else {
+					require.Contains(t, string(body), c.name, "%s of %s", what, c.to.name)
+				}
+			}
+		}
+	})
+}
+
+// TestFederationUnknownSendingDeviceResyncs: a to-device message from a
+// remote user that names a sending device B's cache of the user's list
+// lacks (here A's update about it was lost on the way) makes B resync the list at
+// once, as Synapse does; a message naming a known device does not.
+func TestFederationUnknownSendingDeviceResyncs(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, db func() string) {
+		a, b := pair(t, db, func(cfg *server.Config) {
+			if cfg.ServerName != "a.test" {
+				return
+			}
+			// A's transactions to B are lost (answered 200 unseen); its
+			// key fetches get through.
+			target, err := url.Parse(cfg.FederationDestinations["b.test"])
+			require.NoError(t, err)
+			proxy := httputil.NewSingleHostReverseProxy(target)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
+					_, _ = io.Copy(io.Discard, r.Body)
+					w.Header().Set("Content-Type", "application/json")
+					_, _ = w.Write([]byte(`{"pdus":{}}`))
+					return
+				}
+				proxy.ServeHTTP(w, r)
+			}))
+			t.Cleanup(srv.Close)
+			cfg.FederationDestinations["b.test"] = srv.URL
+		})
+		a.device(alice, "A0")
+		a.putKeys(alice, "A0", "k0")
+		bobTok := b.device(bob, "B1")
+		members := map[string]string{alice: "join", bob: "join"}
+		a.encryptedRoom(sharedRoom, members)
+		b.encryptedRoom(sharedRoom, members)
+		waitUntil(t, "B to fetch Alice's device list", func() bool {
+			return b.metric("todeviced_device_list_resyncs_total", "result=ok") >= 1
+		})
+		a.putKeys(alice, "A1", "k1")
+		a.idleLists() // the update about A1 is lost on the way
+		require.Equal(t, []string{"A0"}, b.queryKeys(bobTok, alice).devices(alice))
+
+		keyRequest := func(id, device string) map[string]any {
+			return map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+				"sender": alice, "type": "m.room_key_request", "message_id": id,
+				"messages": map[string]any{bob: map[string]any{"*": map[string]any{
+					"action": "request", "request_id": id, "requesting_device_id": device,
+				}}},
+			}}
+		}
+		fresh := func() bool {
+			l, err := b.srv.Backend().Devices().RemoteDeviceLists(testCtx(t), []string{alice})
+			require.NoError(t, err)
+			_, ok := l[alice]
+			return ok
+		}
+
+		// A known sending device leaves the cache alone (the check runs
+		// before the EDU is answered).
+		b.internal(http.MethodPost, "/federation/edus", map[string]any{"origin": a.name, "edus": []any{keyRequest("m1", "A0")}})
+		require.True(t, fresh(), "A0 is in the cache: no resync")
+
+		// An unknown one makes B fetch the list again, and A1 shows up.
+		b.internal(http.MethodPost, "/federation/edus", map[string]any{"origin": a.name, "edus": []any{keyRequest("m2", "A1")}})
+		waitUntil(t, "B to resync Alice's list", func() bool {
+			return b.metric("todeviced_device_list_resyncs_total", "result=ok") >= 2
+		})
+		require.Equal(t, []string{"A0", "A1"}, b.queryKeys(bobTok, alice).devices(alice))
+		require.Equal(t, 0.0, b.metric("todeviced_device_list_updates_received_total", "result=applied"),
+			"the resync, not an update, brought A1")
+		require.Len(t, b.syncer(bobTok).collect(2), 2, "both requests were delivered")
+	})
+}

@@ -135,6 +135,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
 	})
 	s.devices = devicelists.New(backend.Devices(), cfg.ServerName, log, devicelists.NewMetrics(reg))
+	s.devices.SetFederationDeviceNames(cfg.FederationDeviceNames)
 	if cfg.UpstreamAuthURL != "" {
 		s.devices.SetUpstream(devicelists.NewUpstream(cfg.UpstreamAuthURL, nil, nil))
 	}
@@ -179,7 +180,7 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 	}
 	client, err := federation.NewClient(federation.ClientOptions{
 		ServerName: cfg.ServerName, Key: key, Resolver: res, InsecureSkipVerify: cfg.FederationTLSInsecure,
-		UserAgent: "todeviced/" + opts.Version,
+		UserAgent: "todeviced/" + opts.Version, RequestTimeout: cfg.FederationRequestTimeout,
 	})
 	if err != nil {
 		return nil, err
@@ -194,9 +195,12 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: s.inbox,
 			DeviceLists: s.deviceFed, Metrics: s.fedMetrics, Logger: log,
 		}),
-		Keys:        federation.NewKeyFetcher(client, federation.KeyFetcherOptions{Logger: log}),
-		KeyResponse: newKeyServer(cfg.ServerName, key).response,
-		Version:     opts.Version,
+		Keys: federation.NewKeyFetcher(client, federation.KeyFetcherOptions{
+			Logger: log, FetchTimeout: min(federation.DefaultKeyFetchTimeout, cfg.FederationRequestTimeout),
+		}),
+		MaxInflightBytes: cfg.FederationInflightBytes,
+		KeyResponse:      newKeyServer(cfg.ServerName, key).response,
+		Version:          opts.Version,
 	}
 	// The device-list outbox comes first: its reserved slots are taken
 	// before to-device messages fill the rest (also in a small feed pull).

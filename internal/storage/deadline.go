@@ -279,6 +279,10 @@ func (t timedDevices) RemoteUserCount(ctx context.Context) (int, error) {
 	return call1(t.d, ctx, t.s.RemoteUserCount)
 }
 
+func (t timedDevices) ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.ResyncIfUnknownDevice(ctx, userID, deviceID) })
+}
+
 // timedFederation is a federation.Store whose every call has a deadline.
 type timedFederation struct {
 	s federation.Store
@@ -307,6 +311,10 @@ func (t timedFederation) StoredTxn(ctx context.Context, destination string) (*fe
 
 func (t timedFederation) SaveTxn(ctx context.Context, l federation.Lease, txn *federation.StoredTxn) error {
 	return t.d.run(ctx, func(ctx context.Context) error { return t.s.SaveTxn(ctx, l, txn) })
+}
+
+func (t timedFederation) ReplaceTxn(ctx context.Context, l federation.Lease, txnID string, txn *federation.StoredTxn) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.ReplaceTxn(ctx, l, txnID, txn) })
 }
 
 func (t timedFederation) CompleteTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {

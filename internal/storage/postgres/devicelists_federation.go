@@ -22,12 +22,14 @@ import (
 // order, as stream positions do, and the cache of a remote user changes
 // under the same lock as the memberships that decide whether it is kept.
 
-// remoteServersSQL lists the servers of the remote users sharing an
-// encrypted room with the local user $1: where its device-list EDUs go. A
-// user id's server is everything after its first ':' (localparts have none).
+// remoteServersSQL lists the servers of the remote users sharing a room,
+// encrypted or not, with the local user $1: where its device-list EDUs go.
+// The server-server spec wants every server sharing a room told, so a server
+// that cached the list through a plaintext room does not keep stale keys
+// once the room becomes encrypted. A user id's server is everything after
+// its first ':' (localparts have none).
 const remoteServersSQL = `
 	SELECT DISTINCT substr(m2.user_id, strpos(m2.user_id, ':') + 1) FROM room_members m1
-	JOIN encrypted_rooms e ON e.room_id = m1.room_id
 	JOIN room_members m2 ON m2.room_id = m1.room_id
 	WHERE m1.user_id = $1 AND m1.membership IN ` + sharingSQL + `
 	  AND m2.membership IN ` + sharingSQL + ` AND NOT m2.is_local
@@ -56,8 +58,8 @@ func (db *DB) readTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	return pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
 }
 
-// queueOutbound queues edu for every server sharing an encrypted room with
-// the local user and returns their outbox wake-up keys. The caller holds
+// queueOutbound queues edu for every server sharing a room with the local
+// user and returns their outbox wake-up keys. The caller holds
 // the stream lock.
 func (s *deviceStore) queueOutbound(ctx context.Context, tx pgx.Tx, userID, eduType string, edu []byte) ([]wakeup.Key, error) {
 	rows, err := tx.Query(ctx, remoteServersSQL, userID)
@@ -89,7 +91,7 @@ func (s *deviceStore) queueOutbound(ctx context.Context, tx pgx.Tx, userID, eduT
 
 // localDeviceChanged records a change of a local user's device: a stream
 // position, the user's new head, and an m.device_list_update naming the
-// previous head for every server sharing an encrypted room with the user.
+// previous head for every server sharing a room with the user.
 // It returns whom to wake.
 func (s *deviceStore) localDeviceChanged(ctx context.Context, tx pgx.Tx, userID string, d devicelists.DeviceUpdate) ([]wakeup.Key, error) {
 	pos, wake, err := s.deviceChanged(ctx, tx, userID)
@@ -565,6 +567,20 @@ func (s *deviceStore) FailResync(ctx context.Context, userID string, failures in
 		return fmt.Errorf("recording failed resync: %w", err)
 	}
 	return nil
+}
+
+// ResyncIfUnknownDevice is one statement: the row lock orders it with the
+// writers of the cache, and a resync it makes due needlessly (a racing
+// update brought the device) costs one fetch, never a wrong cache.
+func (s *deviceStore) ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error) {
+	tag, err := s.db.pool.Exec(ctx, `
+		UPDATE remote_device_lists SET stale = true, retry_at = now(), failures = 0, updated_at = now()
+		WHERE user_id = $1 AND NOT stale
+		  AND NOT EXISTS (SELECT 1 FROM remote_devices WHERE user_id = $1 AND device_id = $2)`, userID, deviceID)
+	if err != nil {
+		return false, fmt.Errorf("marking remote device list stale: %w", err)
+	}
+	return tag.RowsAffected() > 0, nil
 }
 
 func (s *deviceStore) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]devicelists.RemoteDeviceList, error) {

@@ -74,9 +74,7 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 		if !changed {
 			return nil
 		}
-		if wake, err = s.localDeviceChanged(ctx, tx, p.UserID, devicelists.DeviceUpdate{
-			DeviceID: p.DeviceID, DisplayName: d.DisplayName, Keys: nowKeys,
-		}); err != nil {
+		if wake, err = s.localDeviceChanged(ctx, tx, p.UserID, p.Update(d.DisplayName, nowKeys)); err != nil {
 			return err
 		}
 		return notifyKeys(ctx, tx, wake)

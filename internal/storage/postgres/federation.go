@@ -171,6 +171,52 @@ func (s *federationStore) SaveTxn(ctx context.Context, l federation.Lease, t *fe
 	})
 }
 
+func (s *federationStore) ReplaceTxn(ctx context.Context, l federation.Lease, txnID string, t *federation.StoredTxn) error {
+	return s.db.inTx(ctx, func(tx pgx.Tx) error {
+		if err := fence(ctx, tx, l); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM federation_txn_items WHERE destination = $1`, l.Destination); err != nil {
+			return fmt.Errorf("replacing transaction items for %s: %w", l.Destination, err)
+		}
+		if t == nil {
+			tag, err := tx.Exec(ctx, `DELETE FROM federation_txns WHERE destination = $1 AND txn_id = $2`, l.Destination, txnID)
+			if err != nil {
+				return fmt.Errorf("removing stored transaction for %s: %w", l.Destination, err)
+			}
+			if tag.RowsAffected() == 0 {
+				return federation.ErrNoTxn
+			}
+			return nil
+		}
+		// An update in place keeps created_at: the TTL counts from the
+		// first store, however often the transaction is split.
+		tag, err := tx.Exec(ctx, `
+			UPDATE federation_txns SET txn_id = $3, edus = $4, origin_server_ts = $5,
+				attempts = 0, last_status = 0, same_status = 0
+			WHERE destination = $1 AND txn_id = $2`,
+			l.Destination, txnID, t.ID, []byte(t.EDUs), t.OriginServerTS)
+		if err != nil {
+			return fmt.Errorf("replacing stored transaction for %s: %w", l.Destination, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return federation.ErrNoTxn
+		}
+		sources := make([]string, len(t.Items))
+		positions := make([]int64, len(t.Items))
+		for i, it := range t.Items {
+			sources[i], positions[i] = it.Source, it.Pos
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO federation_txn_items (destination, source, pos)
+			SELECT $1, s, p FROM unnest($2::text[], $3::bigint[]) AS i(s, p)`,
+			l.Destination, sources, positions); err != nil {
+			return fmt.Errorf("storing transaction items for %s: %w", l.Destination, err)
+		}
+		return nil
+	})
+}
+
 func (s *federationStore) CompleteTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {
 	return s.finishTxn(ctx, l, txnID, true)
 }
@@ -264,7 +310,7 @@ func (s *federationStore) RecordFailure(ctx context.Context, l federation.Lease,
 				same_status = CASE WHEN $3 = 0 THEN 0 WHEN last_status = $3 THEN same_status + 1 ELSE 1 END,
 				last_status = $3
 			WHERE destination = $1 AND txn_id = $2
-			RETURNING same_status`, l.Destination, f.TxnID, f.RejectStatus).Scan(&same)
+			RETURNING same_status`, l.Destination, f.TxnID, f.Status).Scan(&same)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return federation.ErrNoTxn
 		}

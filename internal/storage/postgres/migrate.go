@@ -26,13 +26,19 @@ type MigrationStatus struct {
 	Applied bool
 }
 
-func provider(url string) (*goose.Provider, *sql.DB, error) {
+func provider(ctx context.Context, url string) (*goose.Provider, *sql.DB, error) {
 	cc, err := pgx.ParseConfig(url)
 	if err != nil {
 		return nil, nil, fmt.Errorf("parsing database URL: %w", err)
 	}
 	cc.RuntimeParams["application_name"] = "todeviced-migrate"
 	db := stdlib.OpenDB(*cc)
+	// Connect first, so that an unreachable server is reported as such
+	// rather than as a failure of the migration library.
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, nil, connecting(&cc.Config, err)
+	}
 	fsys, err := fs.Sub(schema.Postgres, "postgres")
 	if err != nil {
 		db.Close()
@@ -54,7 +60,7 @@ func provider(url string) (*goose.Provider, *sql.DB, error) {
 // Migrate applies pending migrations under the advisory lock and returns how
 // many it applied. url must reach PostgreSQL directly (session lock).
 func Migrate(ctx context.Context, url string, log *slog.Logger) (int, error) {
-	p, db, err := provider(url)
+	p, db, err := provider(ctx, url)
 	if err != nil {
 		return 0, err
 	}
@@ -71,7 +77,7 @@ func Migrate(ctx context.Context, url string, log *slog.Logger) (int, error) {
 
 // Status lists every known migration and whether it is applied.
 func Status(ctx context.Context, url string) ([]MigrationStatus, error) {
-	p, db, err := provider(url)
+	p, db, err := provider(ctx, url)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"strconv"
 	"sync/atomic"
@@ -156,9 +157,19 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
 			return nil, errors.New("the database has no todeviced schema: run `todeviced migrate` or start with --migrate")
 		}
+		var connErr *pgconn.ConnectError
+		if errors.As(err, &connErr) {
+			return nil, connecting(&cfg.ConnConfig.Config, err)
+		}
 		return nil, fmt.Errorf("reading database epoch: %w", err)
 	}
 	return db, nil
+}
+
+// connecting names the server a failed first connection was for: its host
+// and port, never the URL (which may hold a password).
+func connecting(cc *pgconn.Config, err error) error {
+	return fmt.Errorf("connecting to PostgreSQL at %s: %w", net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))), err)
 }
 
 // Start begins listening for wake-up notifications on a direct connection.

@@ -20,12 +20,12 @@ import (
 // commit in order, as stream positions do, and the cache of a remote user
 // changes in turn with the memberships that decide whether it is kept.
 
-// remoteServersSQL lists the servers of the remote users sharing an
-// encrypted room with the local user (the parameter): where its device-list
-// EDUs go. A user id's server is everything after its first ':'.
+// remoteServersSQL lists the servers of the remote users sharing a room,
+// encrypted or not, with the local user (the parameter): where its
+// device-list EDUs go (the spec wants every server sharing a room told). A
+// user id's server is everything after its first ':'.
 const remoteServersSQL = `
 	SELECT DISTINCT substr(m2.user_id, instr(m2.user_id, ':') + 1) FROM room_members m1
-	JOIN encrypted_rooms e ON e.room_id = m1.room_id
 	JOIN room_members m2 ON m2.room_id = m1.room_id
 	WHERE m1.user_id = ? AND m1.membership IN ` + sharingSQL + `
 	  AND m2.membership IN ` + sharingSQL + ` AND m2.is_local = 0
@@ -54,8 +54,8 @@ func inList(values []string) (string, []any) {
 	return placeholders(1, len(values)), args
 }
 
-// queueOutbound queues edu for every server sharing an encrypted room with
-// the local user and returns their outbox wake-up keys.
+// queueOutbound queues edu for every server sharing a room with the local
+// user and returns their outbox wake-up keys.
 func (s *deviceStore) queueOutbound(ctx context.Context, tx *sql.Tx, now int64, userID, eduType string, edu []byte) ([]wakeup.Key, error) {
 	dests, err := queryStrings(ctx, tx, remoteServersSQL, userID)
 	if err != nil {
@@ -82,7 +82,7 @@ func (s *deviceStore) queueOutbound(ctx context.Context, tx *sql.Tx, now int64, 
 
 // localDeviceChanged records a change of a local user's device: a stream
 // position, the user's new head, and an m.device_list_update naming the
-// previous head for every server sharing an encrypted room with the user.
+// previous head for every server sharing a room with the user.
 func (s *deviceStore) localDeviceChanged(ctx context.Context, tx *sql.Tx, now int64, userID string, d devicelists.DeviceUpdate) ([]wakeup.Key, error) {
 	pos, wake, err := s.deviceChanged(ctx, tx, now, userID)
 	if err != nil {
@@ -607,6 +607,44 @@ func (s *deviceStore) FailResync(ctx context.Context, userID string, failures in
 		return fmt.Errorf("recording failed resync: %w", err)
 	}
 	return nil
+}
+
+// unknownDeviceSQL finds a fresh cache of user ?1 that lacks device ?2.
+const unknownDeviceSQL = `user_id = ?1 AND stale = 0
+	AND NOT EXISTS (SELECT 1 FROM remote_devices WHERE user_id = ?1 AND device_id = ?2)`
+
+// ResyncIfUnknownDevice reads first, so that the common case (the device
+// is known) does not wait for the writer's turn, then writes with the same
+// condition.
+func (s *deviceStore) ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error) {
+	var unknown bool
+	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM remote_device_lists WHERE `+unknownDeviceSQL+`)`,
+			userID, deviceID).Scan(&unknown)
+	})
+	if err != nil {
+		return false, fmt.Errorf("reading remote device list: %w", err)
+	}
+	if !unknown {
+		return false, nil
+	}
+	var marked bool
+	err = s.db.write(ctx, func(tx *sql.Tx) error {
+		now := micros(time.Now())
+		res, err := tx.ExecContext(ctx, `
+			UPDATE remote_device_lists SET stale = 1, retry_at = ?3, failures = 0, updated_at = ?3
+			WHERE `+unknownDeviceSQL, userID, deviceID, now)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		marked = n > 0
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("marking remote device list stale: %w", err)
+	}
+	return marked, nil
 }
 
 func (s *deviceStore) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]devicelists.RemoteDeviceList, error) {

@@ -88,9 +88,7 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 		if !changed {
 			return nil
 		}
-		wake, err = s.localDeviceChanged(ctx, tx, now, p.UserID, devicelists.DeviceUpdate{
-			DeviceID: p.DeviceID, DisplayName: d.DisplayName, Keys: nowKeys,
-		})
+		wake, err = s.localDeviceChanged(ctx, tx, now, p.UserID, p.Update(d.DisplayName, nowKeys))
 		return err
 	})
 	if err != nil {

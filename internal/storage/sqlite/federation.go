@@ -205,6 +205,52 @@ func (s *federationStore) SaveTxn(ctx context.Context, l federation.Lease, t *fe
 	})
 }
 
+func (s *federationStore) ReplaceTxn(ctx context.Context, l federation.Lease, txnID string, t *federation.StoredTxn) error {
+	return s.db.write(ctx, func(tx *sql.Tx) error {
+		if err := fence(ctx, tx, l); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM federation_txn_items WHERE destination = ?`, l.Destination); err != nil {
+			return fmt.Errorf("replacing transaction items for %s: %w", l.Destination, err)
+		}
+		var r sql.Result
+		var err error
+		if t == nil {
+			r, err = tx.ExecContext(ctx, `DELETE FROM federation_txns WHERE destination = ? AND txn_id = ?`, l.Destination, txnID)
+		} else {
+			// An update in place keeps created_at: the TTL counts from
+			// the first store, however often the transaction is split.
+			r, err = tx.ExecContext(ctx, `
+				UPDATE federation_txns SET txn_id = ?, edus = ?, origin_server_ts = ?,
+					attempts = 0, last_status = 0, same_status = 0
+				WHERE destination = ? AND txn_id = ?`,
+				t.ID, []byte(t.EDUs), t.OriginServerTS, l.Destination, txnID)
+		}
+		if err != nil {
+			return fmt.Errorf("replacing stored transaction for %s: %w", l.Destination, err)
+		}
+		if n, err := r.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return federation.ErrNoTxn
+		}
+		if t == nil {
+			return nil
+		}
+		for chunk := range slices.Chunk(t.Items, maxRowsPerStatement) {
+			args := make([]any, 0, 3*len(chunk))
+			for _, it := range chunk {
+				args = append(args, l.Destination, it.Source, it.Pos)
+			}
+			if _, err := tx.ExecContext(ctx, `
+				INSERT INTO federation_txn_items (destination, source, pos) VALUES `+placeholders(len(chunk), 3), args...); err != nil {
+				return fmt.Errorf("storing transaction items for %s: %w", l.Destination, err)
+			}
+		}
+		return nil
+	})
+}
+
 func (s *federationStore) CompleteTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {
 	return s.finishTxn(ctx, l, txnID, true)
 }
@@ -304,7 +350,7 @@ func (s *federationStore) RecordFailure(ctx context.Context, l federation.Lease,
 				same_status = CASE WHEN ?1 = 0 THEN 0 WHEN last_status = ?1 THEN same_status + 1 ELSE 1 END,
 				last_status = ?1
 			WHERE destination = ?2 AND txn_id = ?3
-			RETURNING same_status`, f.RejectStatus, l.Destination, f.TxnID).Scan(&same)
+			RETURNING same_status`, f.Status, l.Destination, f.TxnID).Scan(&same)
 		if errors.Is(err, sql.ErrNoRows) {
 			return federation.ErrNoTxn
 		}

@@ -65,7 +65,7 @@ func crossKey(user, usage, key string) json.RawMessage {
 }
 
 // testDeviceListOutbox: a change of a local user's devices queues one
-// m.device_list_update per server sharing an encrypted room with the user,
+// m.device_list_update per server sharing a room with the user,
 // in the transaction of the change, each naming the user's previous update;
 // cross-signing changes queue m.signing_key_update; a change that rolls
 // back queues nothing.
@@ -105,12 +105,12 @@ func testDeviceListOutbox(t *testing.T, e *Env) {
 	require.Equal(t, h1, u.Content.StreamID, "stream_id is the device-list position of the change")
 	require.Empty(t, u.Content.PrevID, "the user's first update names no prev_id")
 	require.False(t, u.Content.Deleted)
-	require.Equal(t, name, u.Content.DisplayName)
+	require.Empty(t, u.Content.DisplayName, "display names stay on this server unless the operator opts in")
 	require.JSONEq(t, string(keysFor(alice, "A1", "k1")), string(u.Content.Keys))
-	for _, d := range []string{other, "third.test"} {
-		_, none := peekDL(t, b, d)
-		require.Empty(t, none, "%s shares no encrypted room with Alice", d)
-	}
+	_, plain := peekDL(t, b, other)
+	require.Len(t, plain, 1, "%s shares a plaintext room with Alice: it is told too", other)
+	_, none := peekDL(t, b, "third.test")
+	require.Empty(t, none, "third.test left the room: it shares none with Alice")
 
 	putDevice(t, dl, alice, "A1", keysFor(alice, "A1", "k2"))
 	h2 := head(t, dl)
@@ -153,12 +153,12 @@ func testDeviceListOutbox(t *testing.T, e *Env) {
 	require.Len(t, got, 5)
 	require.Equal(t, []int64{h3}, got[4].Content.PrevID, "the rolled-back change is no link of the chain")
 
-	// Users sharing no encrypted room with a remote user queue nothing;
-	// neither does a remote user's membership.
+	// Users sharing no room with a remote user queue nothing; neither does
+	// a remote user's membership.
 	putDevice(t, dl, carol, "C1", keysFor(carol, "C1", "k"))
 	dests, err := b.Devices().OutboxDestinations(ctx(t))
 	require.NoError(t, err)
-	require.Equal(t, []string{remote}, dests)
+	require.Equal(t, []string{other, remote}, dests)
 
 	// Once the remote server shares no room any more, nothing more goes
 	// there.
@@ -167,6 +167,66 @@ func testDeviceListOutbox(t *testing.T, e *Env) {
 	putDevice(t, dl, alice, "A3", keysFor(alice, "A3", "k"))
 	_, got = peekDL(t, b, remote)
 	require.Len(t, got, 5)
+}
+
+// testDeviceListOutboxAnyRoom: the server-server spec sends
+// m.device_list_update to every server sharing a room with the user, not
+// only an encrypted one: a server that cached Alice's list through a
+// plaintext room must hear of her new device before that room turns
+// encrypted. Local clients still count encrypted rooms only.
+func testDeviceListOutboxAnyRoom(t *testing.T, e *Env) {
+	const (
+		eve   = "@eve:d.test"
+		frank = "@frank:e.test"
+	)
+	b := e.Open(Options{})
+	dl := lists(b)
+	require.NoError(t, dl.SetRoomEncrypted(ctx(t), roomE))
+	member(t, dl, roomPlain, alice, "join")
+	member(t, dl, roomPlain, eve, "join")
+	member(t, dl, roomPlain, bob, "join")
+	member(t, dl, roomE, alice, "join")
+	member(t, dl, roomE, frank, "join")
+	from := head(t, dl)
+
+	putDevice(t, dl, alice, "A1", keysFor(alice, "A1", "k1"))
+	for _, d := range []string{"d.test", "e.test"} {
+		_, got := peekDL(t, b, d)
+		require.Len(t, got, 1, "%s shares a room with Alice: her new device is queued for it", d)
+		require.Equal(t, alice, got[0].Content.UserID)
+		require.Equal(t, "A1", got[0].Content.DeviceID)
+	}
+	dests, err := b.Devices().OutboxDestinations(ctx(t))
+	require.NoError(t, err)
+	require.Equal(t, []string{"d.test", "e.test"}, dests)
+
+	// Cross-signing changes go the same way.
+	require.NoError(t, dl.PutCrossSigning(ctx(t), alice, devicelists.CrossSigningKeys{Master: crossKey(alice, "master", "M")}))
+	_, got := peekDL(t, b, "d.test")
+	require.Len(t, got, 2)
+	require.Equal(t, devicelists.EDUSigningKeyUpdate, got[1].Type)
+
+	// Bob shares only the plaintext room with Alice: her change is not his
+	// client's business (device_lists.changed counts encrypted rooms).
+	require.NotContains(t, changes(t, dl, bob, from, head(t, dl)).Changed, alice)
+
+	// Once Eve leaves, d.test hears nothing more.
+	member(t, dl, roomPlain, eve, "leave")
+	putDevice(t, dl, alice, "A2", keysFor(alice, "A2", "k2"))
+	_, got = peekDL(t, b, "d.test")
+	require.Len(t, got, 2)
+	_, got = peekDL(t, b, "e.test")
+	require.Len(t, got, 3)
+
+	// With --federation-device-names the EDU carries the display name.
+	named := lists(b)
+	named.SetFederationDeviceNames(true)
+	name := "Alice's tablet"
+	_, _, err = named.PutDevice(ctx(t), alice, "A3", "", &name, keysFor(alice, "A3", "k3"))
+	require.NoError(t, err)
+	_, got = peekDL(t, b, "e.test")
+	require.Len(t, got, 4)
+	require.Equal(t, name, got[3].Content.DisplayName)
 }
 
 // testDeviceListOutboxExactDelete: the sender's fenced finish and the feed's
@@ -340,6 +400,44 @@ func claim(t *testing.T, b storage.Backend) []string {
 		out = append(out, j.UserID)
 	}
 	return out
+}
+
+// testResyncIfUnknownDevice: a to-device message naming a device the fresh
+// cache of its sender lacks makes a resync due now; a known device, a user
+// stale already (its backoff stands) or one not tracked change nothing.
+func testResyncIfUnknownDevice(t *testing.T, e *Env) {
+	b := e.Open(Options{})
+	dl := lists(b)
+	s := b.Devices()
+	require.NoError(t, dl.SetRoomEncrypted(ctx(t), roomE))
+	member(t, dl, roomE, alice, "join")
+	member(t, dl, roomE, ritaR, "join")
+	require.Equal(t, []string{ritaR}, claim(t, b))
+	_, err := s.CompleteResync(ctx(t), rdl(5, "R1"))
+	require.NoError(t, err)
+	_, fresh := cachedDevices(t, b, ritaR)
+	require.True(t, fresh)
+
+	marked, err := s.ResyncIfUnknownDevice(ctx(t), ritaR, "R1")
+	require.NoError(t, err)
+	require.False(t, marked, "R1 is cached")
+	require.Empty(t, claim(t, b))
+
+	marked, err = s.ResyncIfUnknownDevice(ctx(t), ritaR, "R2")
+	require.NoError(t, err)
+	require.True(t, marked, "R2 is not cached")
+	_, fresh = cachedDevices(t, b, ritaR)
+	require.False(t, fresh, "a stale cache is not answered from")
+	require.Equal(t, []string{ritaR}, claim(t, b), "the resync is due now")
+	require.NoError(t, s.FailResync(ctx(t), ritaR, 3, time.Hour))
+	marked, err = s.ResyncIfUnknownDevice(ctx(t), ritaR, "R3")
+	require.NoError(t, err)
+	require.False(t, marked, "stale already: the backoff stands")
+	require.Empty(t, claim(t, b))
+
+	marked, err = s.ResyncIfUnknownDevice(ctx(t), olafO, "O1")
+	require.NoError(t, err)
+	require.False(t, marked, "nobody local shares a room with Olaf: not tracked")
 }
 
 // testRemoteDeviceListUpdates: the cache of a remote user is tracked from

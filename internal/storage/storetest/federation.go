@@ -167,7 +167,7 @@ func testFencing(t *testing.T, e *Env) {
 	q := queueRemote(t, b, remote, 1, 2, 3)
 	old := acquire(t, s, remote, "old", leaseFor)
 	require.NoError(t, s.SaveTxn(ctx(t), old, storedTxn("t1", q[:2])))
-	_, err := s.RecordFailure(ctx(t), old, federation.FailedAttempt{TxnID: "t1", RejectStatus: 400})
+	_, err := s.RecordFailure(ctx(t), old, federation.FailedAttempt{TxnID: "t1", Status: 400})
 	require.NoError(t, err)
 
 	cur := stealAfterExpiry(t, s, old, "new")
@@ -176,7 +176,7 @@ func testFencing(t *testing.T, e *Env) {
 	require.ErrorIs(t, err, federation.ErrLeaseLost)
 	_, err = s.DropTxn(ctx(t), old, "t1")
 	require.ErrorIs(t, err, federation.ErrLeaseLost)
-	_, err = s.RecordFailure(ctx(t), old, federation.FailedAttempt{TxnID: "t1", RejectStatus: 400, Wait: time.Hour})
+	_, err = s.RecordFailure(ctx(t), old, federation.FailedAttempt{TxnID: "t1", Status: 400, Wait: time.Hour})
 	require.ErrorIs(t, err, federation.ErrLeaseLost)
 	require.ErrorIs(t, s.SaveTxn(ctx(t), old, storedTxn("t2", q[2:])), federation.ErrLeaseLost)
 
@@ -224,7 +224,7 @@ func testStoredTxnRoundTrip(t *testing.T, e *Env) {
 
 	// The rejection streak counts the same status in a row.
 	for i, tc := range []struct{ status, same int }{{400, 1}, {400, 2}, {0, 0}, {400, 1}, {403, 1}, {403, 2}} {
-		same, err := s.RecordFailure(ctx(t), l, federation.FailedAttempt{TxnID: want.ID, RejectStatus: tc.status, Wait: time.Hour})
+		same, err := s.RecordFailure(ctx(t), l, federation.FailedAttempt{TxnID: want.ID, Status: tc.status, Wait: time.Hour})
 		require.NoError(t, err)
 		require.Equal(t, tc.same, same, "attempt %d (status %d)", i, tc.status)
 	}
@@ -290,7 +290,7 @@ func testCompleteDeletesExactlyTheRows(t *testing.T, e *Env) {
 
 	// A drop deletes exactly its rows too, and keeps the backoff.
 	require.NoError(t, s.SaveTxn(ctx(t), l, storedTxn("t2", rest[:1])))
-	_, err = s.RecordFailure(ctx(t), l, federation.FailedAttempt{TxnID: "t2", RejectStatus: 400, Wait: time.Hour})
+	_, err = s.RecordFailure(ctx(t), l, federation.FailedAttempt{TxnID: "t2", Status: 400, Wait: time.Hour})
 	require.NoError(t, err)
 	n, err = s.DropTxn(ctx(t), l, "t2")
 	require.NoError(t, err)
@@ -622,4 +622,62 @@ func testInboundBatch(t *testing.T, e *Env) {
 	require.EqualValues(t, 20, stored.Load(), "every message id stored once")
 	evs, _ = drain(t, svc, dev, inbox.Position{NID: dev.NID})
 	require.Len(t, evs, 20)
+}
+
+// testReplaceTxn: a split replaces the stored transaction atomically and
+// fenced (invariant 8): the new one has its own id, EDUs and items, a fresh
+// streak and the old one's age; the EDUs it leaves out stay queued, and
+// completing it deletes exactly its own rows.
+func testReplaceTxn(t *testing.T, e *Env) {
+	b := e.Open(Options{})
+	s := b.Federation()
+	q := queueRemote(t, b, remote, 0, 1, 2, 3)
+	l := acquire(t, s, remote, "h1", leaseFor)
+	require.NoError(t, s.SaveTxn(ctx(t), l, storedTxn("t1", q)))
+	for range 3 {
+		_, err := s.RecordFailure(ctx(t), l, federation.FailedAttempt{TxnID: "t1", Status: 500, Wait: time.Microsecond})
+		require.NoError(t, err)
+	}
+	before, err := s.StoredTxn(ctx(t), remote)
+	require.NoError(t, err)
+
+	require.ErrorIs(t, s.ReplaceTxn(ctx(t), l, "t-other", storedTxn("t2", q[:2])), federation.ErrNoTxn)
+	half := storedTxn("t2", q[:2])
+	half.OriginServerTS = 1_700_000_000_999
+	require.NoError(t, s.ReplaceTxn(ctx(t), l, "t1", half))
+	got, err := s.StoredTxn(ctx(t), remote)
+	require.NoError(t, err)
+	require.Equal(t, "t2", got.ID)
+	require.JSONEq(t, string(half.EDUs), string(got.EDUs))
+	require.Equal(t, half.OriginServerTS, got.OriginServerTS)
+	require.ElementsMatch(t, half.Items, got.Items)
+	require.Zero(t, got.Attempts)
+	require.Zero(t, got.SameStatus)
+	require.GreaterOrEqual(t, got.Age, before.Age, "the replacement keeps the first store's age (the TTL counts from it)")
+
+	// A lost lease changes nothing.
+	l2 := stealAfterExpiry(t, s, l, "h2")
+	require.ErrorIs(t, s.ReplaceTxn(ctx(t), l, "t2", storedTxn("t3", q[:1])), federation.ErrLeaseLost)
+	got, err = s.StoredTxn(ctx(t), remote)
+	require.NoError(t, err)
+	require.Equal(t, "t2", got.ID)
+
+	n, err := s.CompleteTxn(ctx(t), l2, "t2")
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	rest, err := b.Inbox().PeekOutbox(ctx(t), remote, 10)
+	require.NoError(t, err)
+	require.Equal(t, positions(q[2:]), positions(rest), "the EDUs left out stay queued, unchanged")
+	require.Equal(t, q[2].EDU, rest[0].EDU)
+
+	// Replacing by nothing removes the stored transaction and keeps its rows.
+	require.NoError(t, s.SaveTxn(ctx(t), l2, storedTxn("t4", rest)))
+	require.NoError(t, s.ReplaceTxn(ctx(t), l2, "t4", nil))
+	got, err = s.StoredTxn(ctx(t), remote)
+	require.NoError(t, err)
+	require.Nil(t, got)
+	still, err := b.Inbox().PeekOutbox(ctx(t), remote, 10)
+	require.NoError(t, err)
+	require.Equal(t, positions(rest), positions(still))
+	require.ErrorIs(t, s.ReplaceTxn(ctx(t), l2, "t4", nil), federation.ErrNoTxn)
 }
