@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
@@ -83,12 +84,8 @@ func NewToken() string {
 
 // CheckLocalDevice validates a local user id and device id.
 func (r *Service) CheckLocalDevice(userID, deviceID string) error {
-	uid, err := mxid.ParseUserID(userID)
-	if err != nil {
-		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
-	}
-	if uid.Server != r.serverName {
-		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
+	if _, err := r.requireLocal(userID); err != nil {
+		return err
 	}
 	if deviceID == "" || len(deviceID) > MaxDeviceIDBytes {
 		return mxerr.New(mxerr.InvalidParam, "Device id must be 1 to %d bytes.", MaxDeviceIDBytes)
@@ -125,6 +122,10 @@ func (r *Service) PutDevice(ctx context.Context, userID, deviceID, token string,
 		p.TokenHash = HashToken(token)
 	}
 	d, created, err := r.store.PutDevice(ctx, p)
+	if errors.Is(err, ErrTokenInUse) {
+		return Device{}, false, mxerr.WithStatus(http.StatusConflict, mxerr.InvalidParam,
+			"This access_token is held by another device: delete that device or give it another token first.")
+	}
 	if err != nil {
 		return Device{}, false, fmt.Errorf("storing device: %w", err)
 	}

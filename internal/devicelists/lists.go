@@ -30,11 +30,11 @@ const (
 // 12 on drop the ":server" suffix, so only the sigil is required.
 func CheckRoomID(roomID string) error {
 	if len(roomID) < 2 || roomID[0] != '!' || len(roomID) > MaxRoomIDBytes {
-		return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", roomID)
+		return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", mxjson.Quote(roomID))
 	}
 	for i := 1; i < len(roomID); i++ {
 		if c := roomID[i]; c < 0x21 || c > 0x7e {
-			return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", roomID)
+			return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", mxjson.Quote(roomID))
 		}
 	}
 	return nil
@@ -92,12 +92,8 @@ type CrossSigningKeys struct {
 // the user (m.signing_key_update); remote users' keys come from
 // their servers, never through here.
 func (r *Service) PutCrossSigning(ctx context.Context, userID string, k CrossSigningKeys) error {
-	uid, err := mxid.ParseUserID(userID)
-	if err != nil {
-		return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
-	}
-	if uid.Server != r.serverName {
-		return mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
+	if _, err := r.requireLocal(userID); err != nil {
+		return err
 	}
 	keys := map[string]json.RawMessage{}
 	for typ, raw := range map[string]json.RawMessage{MasterKey: k.Master, SelfSigningKey: k.SelfSigning, UserSigningKey: k.UserSigning} {
@@ -157,19 +153,23 @@ func (r *Service) SetMemberships(ctx context.Context, roomID string, members map
 	for userID, u := range members {
 		uid, err := mxid.ParseUserID(userID)
 		if err != nil {
-			return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
+			return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 		}
 		switch u.Membership {
 		case "join", "invite", "knock", "leave", "ban":
 		case "":
-			return mxerr.New(mxerr.MissingParam, "Missing membership for %q.", userID)
+			return mxerr.New(mxerr.MissingParam, "Missing membership for %q.", mxjson.Quote(userID))
 		default:
-			return mxerr.New(mxerr.InvalidParam, "Unknown membership %q for %q.", u.Membership, userID)
+			return mxerr.New(mxerr.InvalidParam, "Unknown membership %q for %q.", mxjson.Quote(u.Membership), mxjson.Quote(userID))
 		}
 		if u.StreamOrdering == nil {
-			return mxerr.New(mxerr.MissingParam, "Missing stream_ordering for %q.", userID)
+			return mxerr.New(mxerr.MissingParam, "Missing stream_ordering for %q.", mxjson.Quote(userID))
 		}
-		ms = append(ms, Membership{UserID: userID, Membership: u.Membership, StreamOrdering: *u.StreamOrdering, Local: uid.Server == r.serverName})
+		local, err := r.isLocal(userID, uid)
+		if err != nil {
+			return err
+		}
+		ms = append(ms, Membership{UserID: userID, Membership: u.Membership, StreamOrdering: *u.StreamOrdering, Local: local})
 	}
 	// A fixed order keeps concurrent bulk imports from deadlocking.
 	sort.Slice(ms, func(i, j int) bool { return ms[i].UserID < ms[j].UserID })
@@ -305,22 +305,25 @@ func (r *Service) QueryKeys(ctx context.Context, requester string, q KeysQuery) 
 		if err != nil {
 			return res, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
 		}
-		if uid.Server != r.serverName && mxid.SameServer(uid.Server, r.serverName) {
-			return res, mxerr.New(mxerr.InvalidParam, "User id %q names this server as %q; use %q.", userID, uid.Server, r.serverName)
+		isLocal, err := r.isLocal(userID, uid)
+		if err != nil {
+			return res, err
 		}
 		for _, d := range devices {
 			if err := mxid.ValidateDeviceID(d); err != nil {
 				return res, mxerr.New(mxerr.InvalidParam, "Invalid device id %q of %s: %v.", mxjson.Quote(d), userID, err)
 			}
 		}
-		if uid.Server == r.serverName {
+		if isLocal {
 			local[userID] = devices
 			continue
 		}
-		if remote[uid.Server] == nil {
-			remote[uid.Server] = map[string][]string{}
+		// One query per server: DNS names ignore case.
+		dest := strings.ToLower(uid.Server)
+		if remote[dest] == nil {
+			remote[dest] = map[string][]string{}
 		}
-		remote[uid.Server][userID] = devices
+		remote[dest][userID] = devices
 	}
 	if err := r.localKeys(ctx, requester, local, true, &res); err != nil {
 		return res, err

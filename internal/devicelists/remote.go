@@ -15,7 +15,6 @@ import (
 
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
 )
 
@@ -606,12 +605,8 @@ type UserDevices struct {
 // master and self-signing keys, and as stream_id the user's last
 // m.device_list_update (which the next one names as prev_id).
 func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, error) {
-	uid, err := mxid.ParseUserID(userID)
-	if err != nil {
-		return UserDevices{}, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", userID, err)
-	}
-	if uid.Server != r.serverName {
-		return UserDevices{}, mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", userID, r.serverName)
+	if _, err := r.requireLocal(userID); err != nil {
+		return UserDevices{}, err
 	}
 	l, err := r.store.UserDeviceList(ctx, userID)
 	if err != nil {

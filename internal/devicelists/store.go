@@ -143,10 +143,16 @@ const (
 // ErrNotFound is returned for a device or token that does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrTokenInUse is returned by PutDevice when another live device holds the
+// access token.
+var ErrTokenInUse = errors.New("access token held by another device")
+
 // Store is the persistence of the device registry.
 type Store interface {
 	// PutDevice creates the device or updates it. A token already held by
-	// another device moves to this one: the homeserver's latest word wins.
+	// another live device is refused with ErrTokenInUse, changing nothing:
+	// silently taking it from the first device would log that device out
+	// behind the homeserver's back, and is always a homeserver bug.
 	PutDevice(ctx context.Context, p PutDevice) (d Device, created bool, err error)
 
 	// DeleteDevice turns the device into a tombstone in one transaction:

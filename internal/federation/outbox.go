@@ -14,6 +14,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Housekeeping defaults.
@@ -206,7 +207,7 @@ func (f *Feed) Destinations(ctx context.Context) ([]string, error) {
 // Pull returns up to limit of the oldest EDUs queued for destination.
 func (f *Feed) Pull(ctx context.Context, destination string, limit int) (FeedBatch, error) {
 	if err := ValidateServerName(destination); err != nil {
-		return FeedBatch{}, mxerr.New(mxerr.InvalidParam, "Invalid destination %q: %v.", destination, err)
+		return FeedBatch{}, mxerr.New(mxerr.InvalidParam, "Invalid destination %q: %v.", mxjson.Quote(destination), err)
 	}
 	if limit < 1 || limit > MaxEDUsPerTxn {
 		limit = MaxEDUsPerTxn

@@ -95,7 +95,7 @@ func (r *Receiver) HandleTransaction(ctx context.Context, origin, txnID string, 
 		return nil, mxerr.New(mxerr.BadJSON, "Malformed transaction: %v.", err)
 	}
 	if txn.Origin != nil && *txn.Origin != origin {
-		return nil, mxerr.New(mxerr.Forbidden, "The transaction's origin %q is not the server that signed the request.", *txn.Origin)
+		return nil, mxerr.New(mxerr.Forbidden, "The transaction's origin %q is not the server that signed the request.", mxjson.Quote(*txn.Origin))
 	}
 	if len(txn.PDUs) > MaxPDUsPerTxn || len(txn.EDUs) > MaxEDUsPerTxn {
 		return nil, mxerr.New(mxerr.BadJSON, "A transaction carries at most %d PDUs and %d EDUs.", MaxPDUsPerTxn, MaxEDUsPerTxn)

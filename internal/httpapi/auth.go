@@ -15,18 +15,24 @@ type ctxKey int
 
 const deviceKey ctxKey = iota
 
-// bearer returns the access token of a request: the Authorization header,
-// or the deprecated access_token query parameter that older clients send.
+// bearer returns the access token of a client request: the Authorization
+// header, or the deprecated access_token query parameter that older clients
+// send (the spec still allows it).
 func bearer(r *http.Request) (string, bool) {
 	if h := r.Header.Get("Authorization"); h != "" {
-		scheme, tok, ok := strings.Cut(h, " ")
-		if ok && strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(tok) != "" {
-			return strings.TrimSpace(tok), true
-		}
-		return "", false
+		return authorizationBearer(h)
 	}
 	if tok := r.URL.Query().Get("access_token"); tok != "" {
 		return tok, true
+	}
+	return "", false
+}
+
+// authorizationBearer parses an "Authorization: Bearer <token>" header.
+func authorizationBearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	if ok && strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(tok) != "" {
+		return strings.TrimSpace(tok), true
 	}
 	return "", false
 }
@@ -57,12 +63,19 @@ func deviceFrom(r *http.Request) devicelists.Device {
 }
 
 // requireInternal checks the internal API's shared secret in constant time.
+// The secret is taken only from the Authorization header: a query parameter
+// lands in the access logs of every proxy on the way, and whoever reads them
+// could then act as the homeserver.
 func (a *api) requireInternal(next http.Handler) http.Handler {
 	secret := []byte(a.cfg.InternalSecret)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := bearer(r)
+		tok, ok := authorizationBearer(r.Header.Get("Authorization"))
 		if !ok {
-			writeError(w, r, a.log, mxerr.New(mxerr.MissingToken, "Missing internal secret."))
+			e := mxerr.New(mxerr.MissingToken, "Missing internal secret: send it as Authorization: Bearer.")
+			if r.URL.Query().Has("access_token") {
+				e = mxerr.New(mxerr.MissingToken, "The internal secret is accepted only in the Authorization header, not as access_token.")
+			}
+			writeError(w, r, a.log, e)
 			return
 		}
 		if subtle.ConstantTimeCompare([]byte(tok), secret) != 1 {

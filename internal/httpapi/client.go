@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"time"
 
@@ -46,6 +47,9 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, mxerr.New(mxerr.TooLarge, "Request body is larger than %d bytes.", limit)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, mxerr.WithStatus(http.StatusRequestTimeout, mxerr.Unknown, "The request body did not arrive in time.")
 		}
 		return nil, mxerr.New(mxerr.NotJSON, "Reading request body: %v.", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // maxInternalEDUs bounds one internal POST /federation/edus.
@@ -167,7 +168,7 @@ func (a *api) internalEDUs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := federation.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
-		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid origin %q.", b.Origin))
+		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid origin %q.", mxjson.Quote(b.Origin)))
 		return
 	}
 	if len(b.EDUs) > maxInternalEDUs {

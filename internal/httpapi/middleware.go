@@ -144,3 +144,27 @@ func escapedRouting(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// bodyDeadline gives a request that has a body until d to deliver it. The
+// server's own deadlines cover only the headers: without this, a client
+// sending a byte a second holds a connection and a goroutine for as long as
+// it likes, before authentication has refused it or after (the server reads
+// what a handler left unread, to reuse the connection). A request without a
+// body — every long-poll — is untouched.
+//
+// The deadline is the connection's read deadline on HTTP/1 and the stream's
+// on HTTP/2. It ends with the body: on HTTP/1 the server lifts it itself
+// once the body has been read to its end (before it starts watching the
+// connection for a client that leaves), and on HTTP/2 it only ever applies
+// to reads of the body. So a handler still at work when it passes is never
+// cancelled by it.
+func bodyDeadline(d time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Body != nil && r.Body != http.NoBody {
+				_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -39,12 +40,19 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	e, ok := mxerr.As(err)
 	if !ok {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		switch {
+		case errors.As(err, &mbe):
 			e = mxerr.New(mxerr.TooLarge, "Request body is larger than %d bytes.", mbe.Limit)
-		} else {
-			if r.Context().Err() != nil {
-				return // the client went away; nobody to answer
-			}
+		case r.Context().Err() != nil:
+			return // the client went away; nobody to answer
+		case errors.Is(err, context.DeadlineExceeded):
+			// A database call (or an outbound call) ran out of time: the
+			// request's own context has no deadline. Nothing is known to have
+			// happened, so the client retries; a retried send is deduplicated
+			// by its transaction id.
+			log.WarnContext(r.Context(), "request timed out", "method", r.Method, "route", routePattern(r), "err", err)
+			e = mxerr.New(mxerr.Unavailable, "The server's database did not answer in time; try again.")
+		default:
 			log.ErrorContext(r.Context(), "request failed", "method", r.Method, "route", routePattern(r), "err", err)
 			e = mxerr.New(mxerr.Unknown, "Internal server error.")
 		}

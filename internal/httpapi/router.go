@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -28,6 +29,11 @@ const (
 	maxInternalBytes = 4 << 20
 	// MaxSyncTimeout caps a long-poll; clients ask for 30 s in practice.
 	MaxSyncTimeout = 5 * 60 * 1000
+	// DefaultBodyTimeout is how long a request's body may take to arrive,
+	// from the end of its headers (--request-body-timeout): a 16 MiB send
+	// needs about 2.3 Mbit/s, and a client dribbling bytes to hold a
+	// connection and a goroutine open is cut off.
+	DefaultBodyTimeout = time.Minute
 )
 
 // Config is what the router needs.
@@ -36,6 +42,9 @@ type Config struct {
 	// InternalSecret enables the internal API; empty turns it off (404).
 	InternalSecret string
 	MaxSendBytes   int64
+	// BodyTimeout bounds the time a request body takes to arrive (0:
+	// DefaultBodyTimeout).
+	BodyTimeout time.Duration
 	// SendRate limits sendToDevice requests per sending device (requests a
 	// second, with SendBurst saved up); 0 turns the limit off.
 	SendRate  float64
@@ -75,6 +84,9 @@ func NewRouter(cfg Config) http.Handler {
 	if cfg.MaxSendBytes <= 0 {
 		cfg.MaxSendBytes = DefaultMaxSendBytes
 	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
 	if cfg.PurgeDeleted == nil {
 		cfg.PurgeDeleted = func() {}
 	}
@@ -84,7 +96,7 @@ func NewRouter(cfg Config) http.Handler {
 	}
 
 	r := chi.NewRouter()
-	r.Use(escapedRouting, observe(a.log, cfg.Metrics))
+	r.Use(escapedRouting, observe(a.log, cfg.Metrics), bodyDeadline(cfg.BodyTimeout))
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, mxerr.WithStatus(http.StatusNotFound, mxerr.Unrecognized, "Unrecognized request."))
 	})

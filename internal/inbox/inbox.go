@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
@@ -164,6 +165,9 @@ func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit
 	if err != nil {
 		if errors.Is(err, ErrDeviceGone) {
 			return Batch{}, 0, err
+		}
+		if errors.Is(err, ErrNotIssued) {
+			return Batch{}, 0, mxerr.New(mxerr.InvalidParam, "The since token's to-device position %d was never issued.", since.Hi)
 		}
 		return Batch{}, 0, fmt.Errorf("syncing inbox: %w", err)
 	}

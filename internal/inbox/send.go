@@ -95,10 +95,12 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 		sort.Strings(deviceIDs)
 		if !local {
 			// Forwarded as given: "*" stays unexpanded for the remote server.
-			if remote[uid.Server] == nil {
-				remote[uid.Server] = Messages{}
+			// One destination per server: DNS names ignore case.
+			dest := strings.ToLower(uid.Server)
+			if remote[dest] == nil {
+				remote[dest] = Messages{}
 			}
-			remote[uid.Server][userID] = devices
+			remote[dest][userID] = devices
 			continue
 		}
 		for _, deviceID := range deviceIDs {

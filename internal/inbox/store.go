@@ -84,7 +84,10 @@ type Message struct {
 }
 
 // SyncQuery acknowledges the device's messages in (AckLo, AckHi] and fetches
-// up to Limit messages above AckHi, oldest first.
+// up to Limit messages above AckHi, oldest first. An AckHi above the highest
+// position the inbox ever issued (to any device) is refused with
+// ErrNotIssued before anything is deleted: no such since was handed out, and
+// honouring it would delete messages never delivered and hide the next ones.
 type SyncQuery struct {
 	Device Recipient
 	AckLo  int64
@@ -170,6 +173,10 @@ type Backlog struct {
 // ErrDeviceGone is returned by Sync when the device was deleted.
 var ErrDeviceGone = errors.New("device deleted")
 
+// ErrNotIssued is returned by Sync when AckHi is above every position the
+// inbox has issued: a since this server never handed out.
+var ErrNotIssued = errors.New("inbox position never issued")
+
 // Store is the persistence the inbox needs. Each method is one atomic unit;
 // backends implement it in sql/<dialect> terms and are checked by the shared
 // conformance suite (internal/storage/storetest).
@@ -185,7 +192,9 @@ type Store interface {
 	Accept(ctx context.Context, a *Accept) (AcceptResult, error)
 
 	// Sync acknowledges and fetches as SyncQuery says. It returns
-	// ErrDeviceGone if the device no longer exists.
+	// ErrDeviceGone if the device no longer exists, and ErrNotIssued (having
+	// deleted nothing) for an AckHi above every position issued; that check
+	// rides in the sync's own round trip.
 	Sync(ctx context.Context, q SyncQuery) (SyncResult, error)
 
 	// PurgeDevice deletes up to limit inbox rows of a deleted device with a

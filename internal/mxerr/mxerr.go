@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+	"unicode/utf8"
 )
 
 // Code is a Matrix errcode.
@@ -42,15 +43,33 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
 
-// New returns an error with the status the spec gives code.
+// MaxMessage bounds an error message in bytes. Messages quote client input
+// through mxjson.Quote (a short prefix); this is the backstop for a caller
+// that forgot, so a hostile megabyte is never echoed back.
+const MaxMessage = 512
+
+// New returns an error with the status the spec gives code. Quote client
+// input with mxjson.Quote.
 func New(code Code, format string, args ...any) *Error {
-	return &Error{Status: statusOf(code), Code: code, Message: fmt.Sprintf(format, args...)}
+	return &Error{Status: statusOf(code), Code: code, Message: bounded(fmt.Sprintf(format, args...))}
 }
 
 // WithStatus returns an error with an explicit status, for codes whose status
 // depends on context (M_UNRECOGNIZED is 404 or 405).
 func WithStatus(status int, code Code, format string, args ...any) *Error {
-	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+	return &Error{Status: status, Code: code, Message: bounded(fmt.Sprintf(format, args...))}
+}
+
+// bounded cuts a message to MaxMessage bytes at a rune boundary.
+func bounded(s string) string {
+	if len(s) <= MaxMessage {
+		return s
+	}
+	cut := MaxMessage
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // As reports whether err is (or wraps) a Matrix error and returns it.

@@ -29,6 +29,12 @@ const (
 	// once before --send-rate-limit applies: room key shares come in bursts
 	// when a user opens a busy room.
 	DefaultSendBurst = 100
+	// DefaultDatabaseTimeout bounds every database call (see
+	// storage.DefaultCallTimeout).
+	DefaultDatabaseTimeout = storage.DefaultCallTimeout
+	// DefaultRequestBodyTimeout is how long a request body may take to
+	// arrive (see httpapi.DefaultBodyTimeout).
+	DefaultRequestBodyTimeout = httpapi.DefaultBodyTimeout
 	// DefaultShutdownTimeout is how long in-flight requests get to finish.
 	DefaultShutdownTimeout = 15 * time.Second
 	// DefaultFederationOutbox: todeviced sends its EDUs itself.
@@ -71,6 +77,8 @@ type Config struct {
 	DatabaseURL            string
 	DatabaseDirectURL      string
 	DatabaseMaxConns       int
+	DatabaseTimeout        time.Duration
+	RequestBodyTimeout     time.Duration
 	ServerName             string
 	InternalSecret         string
 	UpstreamAuthURL        string
@@ -120,6 +128,9 @@ func Defaults() Config {
 		TxnRetention:    24 * time.Hour,
 		SendBurst:       DefaultSendBurst,
 		ShutdownTimeout: DefaultShutdownTimeout,
+		DatabaseTimeout: DefaultDatabaseTimeout,
+
+		RequestBodyTimeout: DefaultRequestBodyTimeout,
 
 		FederationOutbox:     DefaultFederationOutbox,
 		FederationMessageTTL: DefaultFederationMessageTTL,
@@ -157,6 +168,12 @@ func (c Config) Validate() error {
 	}
 	if c.SendRateLimit < 0 || c.SendBurst < 0 {
 		errs = append(errs, errors.New("--send-rate-limit and --send-burst must not be negative"))
+	}
+	if c.RequestBodyTimeout <= 0 {
+		errs = append(errs, errors.New("--request-body-timeout must be positive"))
+	}
+	if c.DatabaseTimeout <= 0 {
+		errs = append(errs, errors.New("--database-timeout must be positive"))
 	}
 	if c.DatabaseMaxConns < 0 {
 		errs = append(errs, errors.New("--database-max-conns must not be negative"))
@@ -217,6 +234,7 @@ func (c Config) LogAttrs() []any {
 	return []any{
 		"listen", c.Listen, "metrics_listen", c.MetricsListen,
 		"database_url", storage.Redact(c.DatabaseURL),
+		"database_timeout", c.DatabaseTimeout.String(),
 		"server_name", c.ServerName,
 		"internal_api", c.InternalSecret != "",
 		"upstream_auth", c.UpstreamAuthURL,

@@ -106,7 +106,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 
 	backend, err := storage.Open(ctx, storage.Options{
 		URL: cfg.DatabaseURL, DirectURL: cfg.DatabaseDirectURL, MaxConns: int32(cfg.DatabaseMaxConns),
-		Migrate: cfg.Migrate, Hub: s.hub, Logger: log, InboxHooks: opts.InboxHooks,
+		Migrate: cfg.Migrate, Hub: s.hub, Logger: log, InboxHooks: opts.InboxHooks, CallTimeout: cfg.DatabaseTimeout,
 		// This process serves: on SQLite no second server may share the file.
 		Exclusive: true,
 		OnListenerState: func(up bool) {
@@ -153,7 +153,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
-		SendRate: cfg.SendRateLimit, SendBurst: cfg.SendBurst,
+		BodyTimeout: cfg.RequestBodyTimeout,
+		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
 		Inbox: s.inbox, Devices: s.devices, Hub: s.hub, Logger: log, Metrics: httpapi.NewMetrics(reg),
 		PurgeDeleted: s.kickPurge, Federation: fed,
 	})

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
@@ -49,6 +50,9 @@ type Options struct {
 	Exclusive bool
 	Hub       *wakeup.Hub
 	Logger    *slog.Logger
+	// CallTimeout bounds every call of the inbox, device-list and
+	// federation stores (--database-timeout); 0 leaves them unbounded.
+	CallTimeout time.Duration
 	// InboxHooks and DeviceListHooks are for tests.
 	InboxHooks      inbox.Hooks
 	DeviceListHooks devicelists.Hooks
@@ -81,25 +85,31 @@ func Open(ctx context.Context, opts Options) (Backend, error) {
 		db, err := postgres.Open(ctx, postgres.Options{
 			URL: opts.URL, DirectURL: opts.DirectURL, MaxConns: opts.MaxConns, Migrate: opts.Migrate,
 			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, DeviceListHooks: opts.DeviceListHooks,
-			OnListenerState: opts.OnListenerState,
+			OnListenerState: opts.OnListenerState, CallTimeout: opts.CallTimeout,
 		})
 		if err != nil {
 			return nil, err
 		}
-		return pgBackend{db}, nil
+		return pgBackend{db, deadline(opts.CallTimeout)}, nil
 	case "sqlite":
 		path, err := sqlite.ParseURL(opts.URL)
 		if err != nil {
 			return nil, fmt.Errorf("--database-url: %w", err)
 		}
+		// A statement waiting for another process's lock gives up with the
+		// call that waits for it.
+		busy := sqlite.DefaultBusyTimeout
+		if opts.CallTimeout > 0 {
+			busy = min(busy, opts.CallTimeout)
+		}
 		db, err := sqlite.Open(ctx, sqlite.Options{
-			Path: path, Migrate: opts.Migrate, Exclusive: opts.Exclusive, MaxReaders: int(opts.MaxConns),
+			Path: path, Migrate: opts.Migrate, Exclusive: opts.Exclusive, MaxReaders: int(opts.MaxConns), BusyTimeout: busy,
 			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, DeviceListHooks: opts.DeviceListHooks,
 		})
 		if err != nil {
 			return nil, err
 		}
-		return sqliteBackend{db}, nil
+		return sqliteBackend{db, deadline(opts.CallTimeout)}, nil
 	}
 	return nil, fmt.Errorf("--database-url: the %s backend is not available in this build", kind)
 }
@@ -171,16 +181,59 @@ func Status(ctx context.Context, url, directURL string) ([]MigrationStatus, erro
 	return nil, fmt.Errorf("--database-url: the %s backend is not available in this build", kind)
 }
 
-type pgBackend struct{ *postgres.DB }
+type pgBackend struct {
+	*postgres.DB
+	d deadline
+}
 
 func (pgBackend) Kind() string { return "postgres" }
+
+func (b pgBackend) Inbox() inbox.Store         { return timedStores(b.d).inbox(b.DB.Inbox()) }
+func (b pgBackend) Devices() devicelists.Store { return timedStores(b.d).devices(b.DB.Devices()) }
+func (b pgBackend) Federation() federation.Store {
+	return timedStores(b.d).federation(b.DB.Federation())
+}
 
 // Postgres returns the PostgreSQL handle (tests and benchmarks use its pool).
 func (b pgBackend) Postgres() *postgres.DB { return b.DB }
 
-type sqliteBackend struct{ *sqlite.DB }
+type sqliteBackend struct {
+	*sqlite.DB
+	d deadline
+}
 
 func (sqliteBackend) Kind() string { return "sqlite" }
+
+func (b sqliteBackend) Inbox() inbox.Store         { return timedStores(b.d).inbox(b.DB.Inbox()) }
+func (b sqliteBackend) Devices() devicelists.Store { return timedStores(b.d).devices(b.DB.Devices()) }
+func (b sqliteBackend) Federation() federation.Store {
+	return timedStores(b.d).federation(b.DB.Federation())
+}
+
+// timedStores wraps a backend's stores so every call has a deadline (none
+// when it is 0).
+type timedStores deadline
+
+func (d timedStores) inbox(s inbox.Store) inbox.Store {
+	if d <= 0 {
+		return s
+	}
+	return timedInbox{s, deadline(d)}
+}
+
+func (d timedStores) devices(s devicelists.Store) devicelists.Store {
+	if d <= 0 {
+		return s
+	}
+	return timedDevices{s, deadline(d)}
+}
+
+func (d timedStores) federation(s federation.Store) federation.Store {
+	if d <= 0 {
+		return s
+	}
+	return timedFederation{s, deadline(d)}
+}
 
 // SQLite returns the SQLite handle (tests and benchmarks use it).
 func (b sqliteBackend) SQLite() *sqlite.DB { return b.DB }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/wakeup"
@@ -23,11 +24,17 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
 		created, wake = false, nil
 		if p.TokenHash != nil {
-			if _, err := tx.Exec(ctx, `
-				UPDATE devices SET token_hash = NULL
-				WHERE token_hash = $1 AND NOT (user_id = $2 AND device_id = $3)`,
-				p.TokenHash, p.UserID, p.DeviceID); err != nil {
-				return fmt.Errorf("revoking token from another device: %w", err)
+			// Two devices given one token at once: the unique index stops
+			// the second (mapped to ErrTokenInUse below).
+			var taken bool
+			if err := tx.QueryRow(ctx, `
+				SELECT EXISTS (SELECT 1 FROM devices
+					WHERE token_hash = $1 AND NOT (user_id = $2 AND device_id = $3))`,
+				p.TokenHash, p.UserID, p.DeviceID).Scan(&taken); err != nil {
+				return fmt.Errorf("checking the token is free: %w", err)
+			}
+			if taken {
+				return devicelists.ErrTokenInUse
 			}
 		}
 		var oldName *string
@@ -72,6 +79,9 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 		}
 		return notifyKeys(ctx, tx, wake)
 	})
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "devices_token_hash" {
+		err = devicelists.ErrTokenInUse
+	}
 	if err != nil {
 		return devicelists.Device{}, false, err
 	}

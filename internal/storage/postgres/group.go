@@ -131,13 +131,13 @@ func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptR
 		for leading && !isDone(q.done) {
 			group := aq.take()
 			if leading = group != nil; leading {
-				s.writeGroup(gctx, group)
+				s.writeGroupTimed(gctx, group)
 			}
 		}
 		if leading && aq.handOff() {
 			go func() {
 				for group := aq.take(); group != nil; group = aq.take() {
-					s.writeGroup(gctx, group)
+					s.writeGroupTimed(gctx, group)
 				}
 			}()
 		}
@@ -159,6 +159,19 @@ func isDone(c chan struct{}) bool {
 	default:
 		return false
 	}
+}
+
+// writeGroupTimed is writeGroup with a deadline of its own
+// (Options.CallTimeout): the leader writing it is a request, and a frozen
+// database must not hold that request, nor the sends riding in the group,
+// past --database-timeout.
+func (s *inboxStore) writeGroupTimed(ctx context.Context, group []*queuedAccept) {
+	if d := s.db.opts.CallTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	s.writeGroup(ctx, group)
 }
 
 // writeGroup writes a group and finishes each of its sends.

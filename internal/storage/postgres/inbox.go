@@ -390,6 +390,11 @@ func (d lockedDevices) expand(msgs []inbox.LocalMessage, sender, typ string, out
 	return unknown, 0 // rows is set on the way out
 }
 
+// issuedInboxSQL is the highest inbox position ever issued: the identity
+// sequence's last value (0 before the first). Sequences never go back, not
+// when rows are deleted, nor at a restart.
+const issuedInboxSQL = `(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM device_inbox_pos_seq)`
+
 // Sync acknowledges and fetches in one pipelined round trip (an implicit
 // transaction). The acknowledgement deletes only (AckLo, AckHi]: everything
 // at or below AckLo was deleted before that position was handed out, so the
@@ -400,10 +405,24 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 	if q.DeviceListHead {
 		b.Queue(streamStateSQL)
 	}
+	// A since above every position issued is refused, and deletes nothing:
+	// the check is part of the acknowledging DELETE (or, with nothing to
+	// acknowledge, a statement of its own), in the same round trip.
 	ack := q.AckHi > q.AckLo
+	check := !ack && q.AckHi > 0
 	if ack {
-		b.Queue(`DELETE FROM device_inbox WHERE user_id = $1 AND device_nid = $2 AND pos > $3 AND pos <= $4`,
+		b.Queue(`
+			WITH issued AS (SELECT `+issuedInboxSQL+` AS pos),
+			acked AS (
+				DELETE FROM device_inbox
+				WHERE user_id = $1 AND device_nid = $2 AND pos > $3 AND pos <= $4
+				  AND $4 <= (SELECT pos FROM issued)
+				RETURNING 1
+			)
+			SELECT $4 <= (SELECT pos FROM issued), (SELECT count(*) FROM acked)`,
 			q.Device.UserID, q.Device.NID, q.AckLo, q.AckHi)
+	} else if check {
+		b.Queue(`SELECT $1::bigint <= `+issuedInboxSQL, q.AckHi)
 	}
 	b.Queue(`SELECT EXISTS (SELECT 1 FROM devices WHERE nid = $1 AND deleted_at IS NULL)`, q.Device.NID)
 	b.Queue(`
@@ -420,12 +439,18 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 			return res, fmt.Errorf("reading the device-list head: %w", err)
 		}
 	}
+	issued := true
 	if ack {
-		tag, err := br.Exec()
-		if err != nil {
+		if err := br.QueryRow().Scan(&issued, &res.Acked); err != nil {
 			return res, fmt.Errorf("acknowledging messages: %w", err)
 		}
-		res.Acked = int(tag.RowsAffected())
+	} else if check {
+		if err := br.QueryRow().Scan(&issued); err != nil {
+			return res, fmt.Errorf("checking the since position: %w", err)
+		}
+	}
+	if !issued {
+		return inbox.SyncResult{}, inbox.ErrNotIssued
 	}
 	var live bool
 	if err := br.QueryRow().Scan(&live); err != nil {

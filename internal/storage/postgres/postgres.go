@@ -53,6 +53,13 @@ type Options struct {
 	// InboxWrite chooses how Accept writes inbox rows (benchmarks compare
 	// them); the zero value is the default, WriteAuto.
 	InboxWrite WriteStrategy
+	// CallTimeout is --database-timeout. The storage package puts it on
+	// every store call; here it bounds each group of sends written together
+	// (a group outlives the request that started it, so it cannot take that
+	// request's deadline) and becomes the pool's statement_timeout (unless
+	// the URL sets one), so a statement stuck behind a lock ends on the
+	// server too, not only in the client that gave up on it.
+	CallTimeout time.Duration
 }
 
 // WriteStrategy is a way of writing a fan-out's inbox rows.
@@ -133,6 +140,12 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		cfg.MaxConns = opts.MaxConns
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "todeviced"
+	if _, set := cfg.ConnConfig.RuntimeParams["statement_timeout"]; !set && opts.CallTimeout > 0 {
+		// A little longer than the client's deadline, so the client gives up
+		// first (and answers 503) while the server still ends the statement
+		// it left behind.
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt((opts.CallTimeout + time.Second).Milliseconds(), 10)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating connection pool: %w", err)

@@ -36,11 +36,17 @@ func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (d
 		d, created, wake = devicelists.Device{UserID: p.UserID, DeviceID: p.DeviceID}, false, nil
 		now := micros(time.Now())
 		if token != nil {
-			if _, err := tx.ExecContext(ctx, `
-				UPDATE devices SET token_hash = NULL
-				WHERE token_hash = ? AND NOT (user_id = ? AND device_id = ?)`,
-				token, p.UserID, p.DeviceID); err != nil {
-				return fmt.Errorf("revoking token from another device: %w", err)
+			// Writers take turns, so nobody takes the token between the
+			// check and the write.
+			var taken bool
+			if err := tx.QueryRowContext(ctx, `
+				SELECT EXISTS (SELECT 1 FROM devices
+					WHERE token_hash = ? AND NOT (user_id = ? AND device_id = ?))`,
+				token, p.UserID, p.DeviceID).Scan(&taken); err != nil {
+				return fmt.Errorf("checking the token is free: %w", err)
+			}
+			if taken {
+				return devicelists.ErrTokenInUse
 			}
 		}
 		var dn, oldName sql.NullString

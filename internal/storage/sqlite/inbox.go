@@ -264,6 +264,9 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 	var res inbox.SyncResult
 	if q.AckHi > q.AckLo {
 		err := s.db.write(ctx, func(tx *sql.Tx) error {
+			if err := checkIssued(ctx, tx, q.AckHi); err != nil {
+				return err
+			}
 			r, err := tx.ExecContext(ctx, `
 				DELETE FROM device_inbox
 				WHERE user_id = ? AND device_nid = ? AND pos > ? AND pos <= ?`,
@@ -280,6 +283,11 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 		}
 	}
 	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		if q.AckHi > 0 && q.AckHi <= q.AckLo {
+			if err := checkIssued(ctx, tx, q.AckHi); err != nil {
+				return err
+			}
+		}
 		if q.DeviceListHead {
 			var pruned int64
 			if err := tx.QueryRowContext(ctx, streamStateSQL).Scan(&res.DeviceListHead, &pruned); err != nil {
@@ -325,6 +333,21 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 		res.Messages, res.More = res.Messages[:q.Limit], true
 	}
 	return res, nil
+}
+
+// checkIssued refuses a since position above every inbox position ever
+// issued: AUTOINCREMENT records the highest in sqlite_sequence, which never
+// goes back, not when rows are deleted.
+func checkIssued(ctx context.Context, tx *sql.Tx, pos int64) error {
+	var issued int64
+	if err := tx.QueryRowContext(ctx,
+		`SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'device_inbox'), 0)`).Scan(&issued); err != nil {
+		return fmt.Errorf("checking the since position: %w", err)
+	}
+	if pos > issued {
+		return inbox.ErrNotIssued
+	}
+	return nil
 }
 
 func (s *inboxStore) PurgeDevice(ctx context.Context, d inbox.Recipient, after int64, limit int) (int, int64, error) {

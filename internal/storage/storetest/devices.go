@@ -53,14 +53,29 @@ func testDeviceRegistry(t *testing.T, e *Env) {
 	require.ErrorIs(t, err, devicelists.ErrNotFound)
 }
 
-func testTokenMoves(t *testing.T, e *Env) {
+func testTokenHeldByAnotherDevice(t *testing.T, e *Env) {
 	b := e.Open(Options{})
 	s := b.Devices()
 	_, _, err := s.PutDevice(ctx(t), devicelists.PutDevice{UserID: bob, DeviceID: "B1", TokenHash: devicelists.HashToken("shared")})
 	require.NoError(t, err)
 	_, _, err = s.PutDevice(ctx(t), devicelists.PutDevice{UserID: alice, DeviceID: "A1", TokenHash: devicelists.HashToken("shared")})
-	require.NoError(t, err)
+	require.ErrorIs(t, err, devicelists.ErrTokenInUse, "a token held by another device is refused")
+	_, err = s.Device(ctx(t), alice, "A1")
+	require.ErrorIs(t, err, devicelists.ErrNotFound, "the refused put created nothing")
 	got, err := s.DeviceByToken(ctx(t), devicelists.HashToken("shared"))
 	require.NoError(t, err)
-	require.Equal(t, alice, got.UserID, "the homeserver's latest word wins")
+	require.Equal(t, bob, got.UserID, "the first device keeps its token")
+
+	// The same device may be given its token again, and a token becomes free
+	// when its device gets another one or is deleted.
+	_, _, err = s.PutDevice(ctx(t), devicelists.PutDevice{UserID: bob, DeviceID: "B1", TokenHash: devicelists.HashToken("shared")})
+	require.NoError(t, err)
+	_, _, err = s.PutDevice(ctx(t), devicelists.PutDevice{UserID: bob, DeviceID: "B1", TokenHash: devicelists.HashToken("other")})
+	require.NoError(t, err)
+	_, _, err = s.PutDevice(ctx(t), devicelists.PutDevice{UserID: alice, DeviceID: "A1", TokenHash: devicelists.HashToken("shared")})
+	require.NoError(t, err)
+	_, err = s.DeleteDevice(ctx(t), alice, "A1")
+	require.NoError(t, err)
+	_, _, err = s.PutDevice(ctx(t), devicelists.PutDevice{UserID: carol, DeviceID: "C1", TokenHash: devicelists.HashToken("shared")})
+	require.NoError(t, err)
 }

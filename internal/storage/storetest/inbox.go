@@ -15,6 +15,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/storage"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
@@ -457,6 +458,49 @@ func testAckIsNextSince(t *testing.T, e *Env) {
 	require.NoError(t, err)
 	require.Equal(t, 2, res.Acked)
 	require.Len(t, res.Messages, 3)
+}
+
+// A since above every position the inbox issued is refused before anything
+// is deleted: honouring it would delete messages never delivered and hide
+// those sent next.
+func testSinceNeverIssued(t *testing.T, e *Env) {
+	b := e.Open(Options{})
+	svc := Service(b, server)
+	dev := mkDevice(t, b, bob, "B1")
+	other := mkDevice(t, b, carol, "C1")
+	for i := range 3 {
+		accept(t, b, txn(alice, "A1", "m.test", fmt.Sprint(i)), to(bob, "B1", content(i)))
+	}
+	accept(t, b, txn(alice, "A1", "m.test", "carol"), to(carol, "C1", content(99)))
+	first, err := svc.Sync(ctx(t), dev, inbox.Position{NID: dev.NID}, 1)
+	require.NoError(t, err)
+	require.Equal(t, []int{0}, eventNs(t, first.Events))
+	// Carol's message holds the highest position issued so far.
+	top, err := svc.Sync(ctx(t), other, inbox.Position{NID: other.NID}, 100)
+	require.NoError(t, err)
+	highest := top.Next.Hi
+
+	for _, since := range []inbox.Position{
+		{NID: dev.NID, Lo: first.Next.Lo, Hi: 99_999_999}, // acknowledges a range
+		{NID: dev.NID, Lo: 99_999_999, Hi: 99_999_999},    // acknowledges nothing, reads above
+		{NID: dev.NID, Lo: 0, Hi: highest + 1},
+	} {
+		_, err := b.Inbox().Sync(ctx(t), inbox.SyncQuery{Device: dev, AckLo: since.Lo, AckHi: since.Hi, Limit: 100})
+		require.ErrorIs(t, err, inbox.ErrNotIssued, "since %+v", since)
+		_, err = svc.Sync(ctx(t), dev, since, 100)
+		e, ok := mxerr.As(err)
+		require.True(t, ok, "the service answers a Matrix error: %v", err)
+		require.Equal(t, mxerr.InvalidParam, e.Code)
+	}
+	all, err := svc.Sync(ctx(t), dev, inbox.Position{NID: dev.NID}, 100)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 1, 2}, eventNs(t, all.Events), "nothing was deleted")
+
+	// The highest position issued is a valid since, though another device's
+	// message holds it: it acknowledges everything of this device below it.
+	res, err := b.Inbox().Sync(ctx(t), inbox.SyncQuery{Device: dev, AckLo: 0, AckHi: highest, Limit: 100})
+	require.NoError(t, err)
+	require.Equal(t, 3, res.Acked)
 }
 
 func testRecipients(t *testing.T, e *Env) {

@@ -1,0 +1,350 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/inbox"
+)
+
+// DefaultCallTimeout bounds every store call (--database-timeout): a
+// healthy database answers the slowest of them (a 64-send group accept, a
+// 5 000-row expiry batch) in well under a second, and a client retrying a
+// request is better served by a fast 503 than by a request that hangs while
+// the database is frozen, unreachable or locked.
+const DefaultCallTimeout = 5 * time.Second
+
+// TimeoutError is what a store call returns when its deadline passed: it is
+// context.DeadlineExceeded to errors.Is (so the HTTP layer answers 503
+// M_UNAVAILABLE), and unwraps to what the backend returned.
+type TimeoutError struct {
+	Timeout time.Duration
+	Err     error
+}
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("database call took longer than --database-timeout (%s): %v", e.Timeout, e.Err)
+}
+
+func (e *TimeoutError) Unwrap() error { return e.Err }
+
+// Is makes a timed-out call context.DeadlineExceeded, whatever the driver
+// returned (SQLite reports an interrupted statement, pgx a closed
+// connection).
+func (e *TimeoutError) Is(target error) bool { return target == context.DeadlineExceeded }
+
+// deadline gives each store call a context that ends after d. Every call of
+// the inbox, device-list and federation stores is one database transaction
+// (or one pipelined round trip), so the deadline bounds exactly one database
+// call; a long-poll makes a call per check, each with its own deadline, and
+// waits between them without one. A frozen database (a stopped server, a
+// lost network, a lock held elsewhere) never answers: only a client-side
+// deadline ends the wait.
+type deadline time.Duration
+
+func (d deadline) run(ctx context.Context, fn func(context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(d))
+	defer cancel()
+	err := fn(cctx)
+	if err != nil && cctx.Err() == context.DeadlineExceeded {
+		return &TimeoutError{Timeout: time.Duration(d), Err: err}
+	}
+	return err
+}
+
+func call1[T any](d deadline, ctx context.Context, fn func(context.Context) (T, error)) (T, error) {
+	var v T
+	err := d.run(ctx, func(ctx context.Context) (err error) {
+		v, err = fn(ctx)
+		return err
+	})
+	return v, err
+}
+
+func call2[T, U any](d deadline, ctx context.Context, fn func(context.Context) (T, U, error)) (T, U, error) {
+	var v T
+	var w U
+	err := d.run(ctx, func(ctx context.Context) (err error) {
+		v, w, err = fn(ctx)
+		return err
+	})
+	return v, w, err
+}
+
+// timedInbox is an inbox.Store whose every call has a deadline.
+type timedInbox struct {
+	s inbox.Store
+	d deadline
+}
+
+var _ inbox.Store = timedInbox{}
+
+func (t timedInbox) Epoch() string { return t.s.Epoch() }
+
+func (t timedInbox) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptResult, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (inbox.AcceptResult, error) { return t.s.Accept(ctx, a) })
+}
+
+func (t timedInbox) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncResult, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (inbox.SyncResult, error) { return t.s.Sync(ctx, q) })
+}
+
+func (t timedInbox) PurgeDevice(ctx context.Context, d inbox.Recipient, after int64, limit int) (int, int64, error) {
+	return call2(t.d, ctx, func(ctx context.Context) (int, int64, error) { return t.s.PurgeDevice(ctx, d, after, limit) })
+}
+
+func (t timedInbox) PruneTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.PruneTxns(ctx, cutoff, limit) })
+}
+
+func (t timedInbox) ExpireMessages(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.ExpireMessages(ctx, cutoff, limit) })
+}
+
+func (t timedInbox) Backlog(ctx context.Context) (inbox.Backlog, error) {
+	return call1(t.d, ctx, t.s.Backlog)
+}
+
+func (t timedInbox) PeekOutbox(ctx context.Context, destination string, limit int) ([]inbox.QueuedEDU, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]inbox.QueuedEDU, error) { return t.s.PeekOutbox(ctx, destination, limit) })
+}
+
+func (t timedInbox) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAccept) ([]inbox.AcceptResult, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]inbox.AcceptResult, error) { return t.s.AcceptRemote(ctx, batch) })
+}
+
+func (t timedInbox) PruneInboundDedupe(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.PruneInboundDedupe(ctx, cutoff, limit) })
+}
+
+func (t timedInbox) DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.DeleteOutbox(ctx, destination, positions) })
+}
+
+func (t timedInbox) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]inbox.DestinationCount, error) {
+		return t.s.ExpireOutbox(ctx, cutoff, limit)
+	})
+}
+
+func (t timedInbox) OutboxDestinations(ctx context.Context) ([]string, error) {
+	return call1(t.d, ctx, t.s.OutboxDestinations)
+}
+
+func (t timedInbox) OutboxBacklog(ctx context.Context) (inbox.Backlog, error) {
+	return call1(t.d, ctx, t.s.OutboxBacklog)
+}
+
+// timedDevices is a devicelists.Store whose every call has a deadline.
+type timedDevices struct {
+	s devicelists.Store
+	d deadline
+}
+
+var _ devicelists.Store = timedDevices{}
+
+func (t timedDevices) PutDevice(ctx context.Context, p devicelists.PutDevice) (devicelists.Device, bool, error) {
+	return call2(t.d, ctx, func(ctx context.Context) (devicelists.Device, bool, error) { return t.s.PutDevice(ctx, p) })
+}
+
+func (t timedDevices) DeleteDevice(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.Device, error) { return t.s.DeleteDevice(ctx, userID, deviceID) })
+}
+
+func (t timedDevices) DeviceByToken(ctx context.Context, tokenHash []byte) (devicelists.Device, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.Device, error) { return t.s.DeviceByToken(ctx, tokenHash) })
+}
+
+func (t timedDevices) Device(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.Device, error) { return t.s.Device(ctx, userID, deviceID) })
+}
+
+func (t timedDevices) UserDevices(ctx context.Context, userID string) ([]devicelists.Device, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.Device, error) { return t.s.UserDevices(ctx, userID) })
+}
+
+func (t timedDevices) Tombstones(ctx context.Context, limit int) ([]devicelists.Device, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.Device, error) { return t.s.Tombstones(ctx, limit) })
+}
+
+func (t timedDevices) ForgetTombstone(ctx context.Context, nid int64) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.ForgetTombstone(ctx, nid) })
+}
+
+func (t timedDevices) PutCrossSigning(ctx context.Context, userID string, keys map[string]json.RawMessage) (bool, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.PutCrossSigning(ctx, userID, keys) })
+}
+
+func (t timedDevices) SetRoomEncrypted(ctx context.Context, roomID string) (bool, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.SetRoomEncrypted(ctx, roomID) })
+}
+
+func (t timedDevices) SetMemberships(ctx context.Context, roomID string, ms []devicelists.Membership) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.SetMemberships(ctx, roomID, ms) })
+}
+
+func (t timedDevices) StreamState(ctx context.Context) (devicelists.StreamState, error) {
+	return call1(t.d, ctx, t.s.StreamState)
+}
+
+func (t timedDevices) Changes(ctx context.Context, userID string, from, to int64) (devicelists.Changes, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.Changes, error) { return t.s.Changes(ctx, userID, from, to) })
+}
+
+func (t timedDevices) SharedUsers(ctx context.Context, userID string) ([]string, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]string, error) { return t.s.SharedUsers(ctx, userID) })
+}
+
+func (t timedDevices) LocalKeys(ctx context.Context, query map[string][]string) ([]devicelists.DeviceKeys, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.DeviceKeys, error) { return t.s.LocalKeys(ctx, query) })
+}
+
+func (t timedDevices) CrossSigning(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (map[string]map[string]json.RawMessage, error) {
+		return t.s.CrossSigning(ctx, userIDs)
+	})
+}
+
+func (t timedDevices) PruneStream(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.PruneStream(ctx, cutoff, limit) })
+}
+
+func (t timedDevices) PeekOutbox(ctx context.Context, destination string, limit int) ([]devicelists.QueuedEDU, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.QueuedEDU, error) {
+		return t.s.PeekOutbox(ctx, destination, limit)
+	})
+}
+
+func (t timedDevices) OutboxDestinations(ctx context.Context) ([]string, error) {
+	return call1(t.d, ctx, t.s.OutboxDestinations)
+}
+
+func (t timedDevices) DeleteOutbox(ctx context.Context, destination string, positions []int64) (map[string]int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (map[string]int, error) {
+		return t.s.DeleteOutbox(ctx, destination, positions)
+	})
+}
+
+func (t timedDevices) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]devicelists.DestinationCount, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.DestinationCount, error) {
+		return t.s.ExpireOutbox(ctx, cutoff, limit)
+	})
+}
+
+func (t timedDevices) OutboxBacklog(ctx context.Context) (devicelists.Backlog, error) {
+	return call1(t.d, ctx, t.s.OutboxBacklog)
+}
+
+func (t timedDevices) UserDeviceList(ctx context.Context, userID string) (devicelists.UserDeviceList, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.UserDeviceList, error) { return t.s.UserDeviceList(ctx, userID) })
+}
+
+func (t timedDevices) ApplyRemoteUpdate(ctx context.Context, u devicelists.RemoteUpdate) (devicelists.RemoteOutcome, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.RemoteOutcome, error) { return t.s.ApplyRemoteUpdate(ctx, u) })
+}
+
+func (t timedDevices) ApplyRemoteSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) (devicelists.RemoteOutcome, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.RemoteOutcome, error) {
+		return t.s.ApplyRemoteSigningKeys(ctx, userID, keys)
+	})
+}
+
+func (t timedDevices) ClaimResyncs(ctx context.Context, limit int, lease time.Duration) ([]devicelists.ResyncJob, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.ResyncJob, error) { return t.s.ClaimResyncs(ctx, limit, lease) })
+}
+
+func (t timedDevices) CompleteResync(ctx context.Context, l devicelists.RemoteDeviceList) (devicelists.ResyncResult, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.ResyncResult, error) { return t.s.CompleteResync(ctx, l) })
+}
+
+func (t timedDevices) FailResync(ctx context.Context, userID string, failures int, retryIn time.Duration) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.FailResync(ctx, userID, failures, retryIn) })
+}
+
+func (t timedDevices) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]devicelists.RemoteDeviceList, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (map[string]devicelists.RemoteDeviceList, error) {
+		return t.s.RemoteDeviceLists(ctx, userIDs)
+	})
+}
+
+func (t timedDevices) SweepRemoteUsers(ctx context.Context, after string, limit int) (string, int, error) {
+	return call2(t.d, ctx, func(ctx context.Context) (string, int, error) { return t.s.SweepRemoteUsers(ctx, after, limit) })
+}
+
+func (t timedDevices) RemoteUserCount(ctx context.Context) (int, error) {
+	return call1(t.d, ctx, t.s.RemoteUserCount)
+}
+
+func (t timedDevices) ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.ResyncIfUnknownDevice(ctx, userID, deviceID) })
+}
+
+// timedFederation is a federation.Store whose every call has a deadline.
+type timedFederation struct {
+	s federation.Store
+	d deadline
+}
+
+var _ federation.Store = timedFederation{}
+
+func (t timedFederation) AcquireLease(ctx context.Context, destination, holder string, ttl time.Duration) (federation.Acquisition, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (federation.Acquisition, error) {
+		return t.s.AcquireLease(ctx, destination, holder, ttl)
+	})
+}
+
+func (t timedFederation) RenewLease(ctx context.Context, l federation.Lease, ttl time.Duration) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.RenewLease(ctx, l, ttl) })
+}
+
+func (t timedFederation) ReleaseLease(ctx context.Context, l federation.Lease) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.ReleaseLease(ctx, l) })
+}
+
+func (t timedFederation) StoredTxn(ctx context.Context, destination string) (*federation.StoredTxn, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (*federation.StoredTxn, error) { return t.s.StoredTxn(ctx, destination) })
+}
+
+func (t timedFederation) SaveTxn(ctx context.Context, l federation.Lease, txn *federation.StoredTxn) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.SaveTxn(ctx, l, txn) })
+}
+
+func (t timedFederation) ReplaceTxn(ctx context.Context, l federation.Lease, txnID string, txn *federation.StoredTxn) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.ReplaceTxn(ctx, l, txnID, txn) })
+}
+
+func (t timedFederation) CompleteTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.CompleteTxn(ctx, l, txnID) })
+}
+
+func (t timedFederation) DropTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.DropTxn(ctx, l, txnID) })
+}
+
+func (t timedFederation) RecordFailure(ctx context.Context, l federation.Lease, f federation.FailedAttempt) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.RecordFailure(ctx, l, f) })
+}
+
+func (t timedFederation) TxnDestinations(ctx context.Context) ([]string, error) {
+	return call1(t.d, ctx, t.s.TxnDestinations)
+}
+
+func (t timedFederation) BackingOff(ctx context.Context) (int, error) {
+	return call1(t.d, ctx, t.s.BackingOff)
+}
+
+func (t timedFederation) InboundTxn(ctx context.Context, origin, txnID string) ([]byte, bool, error) {
+	return call2(t.d, ctx, func(ctx context.Context) ([]byte, bool, error) { return t.s.InboundTxn(ctx, origin, txnID) })
+}
+
+func (t timedFederation) RecordInboundTxn(ctx context.Context, origin, txnID string, response []byte) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.RecordInboundTxn(ctx, origin, txnID, response) })
+}
+
+func (t timedFederation) PruneInboundTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.PruneInboundTxns(ctx, cutoff, limit) })
+}
