@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
@@ -52,6 +53,10 @@ var (
 
 // Main runs the package's tests and then removes what testdb created
 // process-wide (the template database, a container). Use it from TestMain.
+//
+// It also fails a passing run that leaves goroutines behind (goleak): every
+// package whose tests start servers, pools or background jobs uses it, and
+// a goroutine that outlives its test is a leak in the code or the test.
 func Main(m *testing.M) int {
 	code := m.Run()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -63,6 +68,12 @@ func Main(m *testing.M) int {
 	}
 	if container != nil {
 		_ = testcontainers.TerminateContainer(container)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "testdb: goroutines left behind: %v\n", err)
+			code = 1
+		}
 	}
 	return code
 }
