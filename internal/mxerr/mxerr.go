@@ -9,7 +9,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
-	"unicode/utf8"
+
+	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Code is a Matrix errcode.
@@ -61,16 +62,7 @@ func WithStatus(status int, code Code, format string, args ...any) *Error {
 }
 
 // bounded cuts a message to MaxMessage bytes at a rune boundary.
-func bounded(s string) string {
-	if len(s) <= MaxMessage {
-		return s
-	}
-	cut := MaxMessage
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
-}
+func bounded(s string) string { return mxjson.Cut(s, MaxMessage) }
 
 // As reports whether err is (or wraps) a Matrix error and returns it.
 func As(err error) (*Error, bool) {

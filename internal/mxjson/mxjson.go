@@ -301,13 +301,16 @@ const MaxQuote = 64
 
 // Quote returns s for an error message: at most MaxQuote bytes of it (cut at
 // a rune boundary, with "…" when cut), so a hostile megabyte is never echoed.
-func Quote(s string) string {
-	if len(s) <= MaxQuote {
+func Quote(s string) string { return Cut(s, MaxQuote) }
+
+// Cut returns at most n bytes of s, cut at a rune boundary, with "…" added
+// when anything was cut.
+func Cut(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	cut := MaxQuote
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
-	return s[:cut] + "…"
+	return s[:n] + "…"
 }
