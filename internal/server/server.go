@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/inbox"
@@ -155,7 +156,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
 		BodyTimeout: cfg.RequestBodyTimeout,
 		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
-		Inbox: s.inbox, Devices: s.devices, Hub: s.hub, Logger: log, Metrics: httpapi.NewMetrics(reg),
+		Inbox: s.inbox, Devices: s.devices, Logger: log, Metrics: httpapi.NewMetrics(reg),
+		Sync:         devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub}),
 		PurgeDeleted: s.kickPurge, Federation: fed,
 	})
 	s.metrics = s.metricsMux()
