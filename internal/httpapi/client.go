@@ -109,16 +109,3 @@ func parseTimeout(s string) (time.Duration, error) {
 	}
 	return time.Duration(min(ms, MaxSyncTimeout)) * time.Millisecond, nil
 }
-
-func parseCount(s string) (int64, bool) {
-	if s == "" || len(s) > 19 {
-		return 0, false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, false
-		}
-	}
-	v, err := strconv.ParseInt(s, 10, 64)
-	return v, err == nil
-}

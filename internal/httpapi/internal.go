@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxjson"
@@ -157,38 +158,41 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, err)
 		return
 	}
-	rec := inbox.Recipient{UserID: dev.UserID, NID: dev.NID}
-	since := inbox.Position{NID: dev.NID}
+	req := devicesync.Request{
+		Device:   inbox.Recipient{UserID: dev.UserID, NID: dev.NID},
+		ToDevice: inbox.Position{NID: dev.NID},
+		Limit:    limit,
+		Timeout:  timeout,
+	}
 	if s := q.Get("to_device_since"); s != "" {
-		if since, err = inbox.ParseToken(a.inbox.Epoch(), rec, s); err != nil {
+		if req.ToDevice, err = devicesync.ParseToDevice(a.devsync.Epoch(), req.Device, s); err != nil {
 			writeError(w, r, a.log, err)
 			return
 		}
 	}
-	var dl dlSince
 	if s := q.Get("device_lists_since"); s != "" {
-		if dl, err = parseDLToken(a.inbox.Epoch(), s); err != nil {
+		if req.Lists, err = devicesync.ParseLists(a.devsync.Epoch(), s); err != nil {
 			writeError(w, r, a.log, err)
 			return
 		}
 	}
-	res, err := a.longPoll(r.Context(), userID, rec, since, dl, limit, timeout)
+	res, err := a.devsync.Sync(r.Context(), req)
 	if err != nil {
-		if errors.Is(err, inbox.ErrDeviceGone) {
+		if errors.Is(err, devicesync.ErrDeviceGone) {
 			err = mxerr.New(mxerr.NotFound, "The device was deleted.")
 		}
 		writeError(w, r, a.log, err)
 		return
 	}
-	lists := internalDeviceLists{Changed: []string{}, Left: []string{}, NextBatch: formatDLToken(a.inbox.Epoch(), res.dlNext)}
-	if res.lists != nil {
-		lists.Changed, lists.Left = res.lists.Changed, res.lists.Left
+	lists := internalDeviceLists{Changed: []string{}, Left: []string{}, NextBatch: res.ListsToken()}
+	if res.Lists != nil {
+		lists.Changed, lists.Left = res.Lists.Changed, res.Lists.Left
 	}
 	writeJSON(w, http.StatusOK, internalSyncBody{
 		ToDevice: internalToDevice{
-			Events:    nonNilEvents(res.batch.Events),
-			NextBatch: inbox.FormatToken(a.inbox.Epoch(), res.batch.Next),
-			Limited:   res.batch.Limited,
+			Events:    res.ToDevice.Events,
+			NextBatch: res.ToDeviceToken(),
+			Limited:   res.ToDevice.Limited,
 		},
 		DeviceLists: lists,
 	})
@@ -280,12 +284,12 @@ func (a *api) internalKeyChanges(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "user_id, from and to are required."))
 		return
 	}
-	from, err := parseDLToken(a.inbox.Epoch(), q.Get("from"))
+	from, err := devicesync.ParseLists(a.devsync.Epoch(), q.Get("from"))
 	if err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
-	to, err := parseDLToken(a.inbox.Epoch(), q.Get("to"))
+	to, err := devicesync.ParseLists(a.devsync.Epoch(), q.Get("to"))
 	if err != nil {
 		writeError(w, r, a.log, err)
 		return
@@ -293,15 +297,9 @@ func (a *api) internalKeyChanges(w http.ResponseWriter, r *http.Request) {
 	a.answerKeyChanges(w, r, userID, from, to)
 }
 
-// answerKeyChanges computes the changes between two device-list positions.
-func (a *api) answerKeyChanges(w http.ResponseWriter, r *http.Request, userID string, from, to dlSince) {
-	var c devicelists.Changes
-	var err error
-	if from.everyone || to.everyone {
-		c, err = a.devices.Everyone(r.Context(), userID)
-	} else {
-		c, err = a.devices.Changes(r.Context(), userID, from.pos, to.pos)
-	}
+// answerKeyChanges writes the changes between two device-list positions.
+func (a *api) answerKeyChanges(w http.ResponseWriter, r *http.Request, userID string, from, to devicesync.ListsSince) {
+	c, err := a.devsync.KeyChanges(r.Context(), userID, from, to)
 	if err != nil {
 		writeError(w, r, a.log, err)
 		return

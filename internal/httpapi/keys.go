@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
 )
@@ -18,17 +19,17 @@ func (a *api) keyChanges(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec := inbox.Recipient{UserID: dev.UserID, NID: dev.NID}
-	_, from, err := a.parseClientToken(rec, q.Get("from"))
+	from, err := devicesync.ParseToken(a.devsync.Epoch(), rec, q.Get("from"))
 	if err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
-	_, to, err := a.parseClientToken(rec, q.Get("to"))
+	to, err := devicesync.ParseToken(a.devsync.Epoch(), rec, q.Get("to"))
 	if err != nil {
 		writeError(w, r, a.log, err)
 		return
 	}
-	a.answerKeyChanges(w, r, dev.UserID, from, to)
+	a.answerKeyChanges(w, r, dev.UserID, from.Lists, to.Lists)
 }
 
 // keysQuery answers POST /_matrix/client/v3/keys/query.

@@ -14,9 +14,9 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
 // Request limits.
@@ -51,7 +51,8 @@ type Config struct {
 	SendBurst int
 	Inbox     *inbox.Service
 	Devices   *devicelists.Service
-	Hub       *wakeup.Hub
+	// Sync answers the client and internal /sync and /keys/changes.
+	Sync *devicesync.Service
 	// PurgeDeleted is called after a device is deleted, to start purging
 	// its inbox in the background.
 	PurgeDeleted func()
@@ -68,7 +69,7 @@ type api struct {
 	log     *slog.Logger
 	inbox   *inbox.Service
 	devices *devicelists.Service
-	hub     *wakeup.Hub
+	devsync *devicesync.Service
 	// inflight bounds unauthenticated federation bodies (inflight.go).
 	inflight *byteBudget
 }
@@ -90,7 +91,7 @@ func NewRouter(cfg Config) http.Handler {
 	if cfg.PurgeDeleted == nil {
 		cfg.PurgeDeleted = func() {}
 	}
-	a := &api{cfg: cfg, log: cfg.Logger, inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub}
+	a := &api{cfg: cfg, log: cfg.Logger, inbox: cfg.Inbox, devices: cfg.Devices, devsync: cfg.Sync}
 	if cfg.SendRate > 0 {
 		a.limit = newLimiter(cfg.SendRate, cfg.SendBurst, nil)
 	}

@@ -11,17 +11,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/inbox"
@@ -32,19 +29,6 @@ import (
 // http2MaxStreams lets one HTTP/2 connection carry this many requests, most
 // of them long-polls waiting.
 const http2MaxStreams = 1000
-
-// Background job intervals.
-const (
-	housekeepEvery = 10 * time.Minute
-	backlogEvery   = 15 * time.Second
-	purgeSweep     = time.Minute
-	// readyEvery refreshes todeviced_database_ready between /readyz probes,
-	// so the metric (and its alert) works where nothing probes /readyz.
-	readyEvery = 15 * time.Second
-	// readyTimeout bounds the readiness check: a database slower than this
-	// is as good as unreachable to a client.
-	readyTimeout = 2 * time.Second
-)
 
 // Server is one todeviced process.
 type Server struct {
@@ -155,7 +139,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
 		BodyTimeout: cfg.RequestBodyTimeout,
 		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
-		Inbox: s.inbox, Devices: s.devices, Hub: s.hub, Logger: log, Metrics: httpapi.NewMetrics(reg),
+		Inbox: s.inbox, Devices: s.devices, Logger: log, Metrics: httpapi.NewMetrics(reg),
+		Sync:         devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub}),
 		PurgeDeleted: s.kickPurge, Federation: fed,
 	})
 	s.metrics = s.metricsMux()
@@ -199,7 +184,7 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 			Logger: log, FetchTimeout: min(federation.DefaultKeyFetchTimeout, cfg.FederationRequestTimeout),
 		}),
 		MaxInflightBytes: cfg.FederationInflightBytes,
-		KeyResponse:      newKeyServer(cfg.ServerName, key).response,
+		KeyResponse:      federation.NewKeyResponseCache(cfg.ServerName, key).Response,
 		Version:          opts.Version,
 	}
 	// The device-list outbox comes first: its reserved slots are taken
@@ -229,39 +214,6 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 	return fed, nil
 }
 
-// keyValidity is how long our published key response is valid; it is
-// re-signed when half of that has passed.
-const keyValidity = 24 * time.Hour
-
-// keyServer caches the self-signed GET /_matrix/key/v2/server body.
-type keyServer struct {
-	name string
-	key  federation.SigningKey
-
-	mu    sync.Mutex
-	body  []byte
-	fresh time.Time
-}
-
-func newKeyServer(name string, key federation.SigningKey) *keyServer {
-	return &keyServer{name: name, key: key}
-}
-
-func (k *keyServer) response() ([]byte, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	now := time.Now()
-	if k.body != nil && now.Before(k.fresh) {
-		return k.body, nil
-	}
-	body, err := federation.ServerKeyResponse(k.name, k.key, nil, keyValidity, now)
-	if err != nil {
-		return nil, err
-	}
-	k.body, k.fresh = body, now.Add(keyValidity/2)
-	return body, nil
-}
-
 // Handler is the client, federation and internal API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
@@ -282,82 +234,6 @@ func (s *Server) Backend() storage.Backend { return s.backend }
 
 // Registry holds the server's metrics.
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
-
-// Start runs the background jobs: the wake-up listener, the purge of deleted
-// devices' inboxes and housekeeping.
-func (s *Server) Start(ctx context.Context) {
-	ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
-	s.backend.Start(ctx)
-	s.kickPurge() // finish purges a previous process left undone
-	s.goJob(ctx, "purge", purgeSweep, s.purgeDeleted, s.purgeKick)
-	s.goJob(ctx, "housekeeping", housekeepEvery, s.inbox.Housekeep, nil)
-	s.goJob(ctx, "device-list-pruning", housekeepEvery, func(ctx context.Context) error {
-		return s.devices.PruneStream(ctx, devicelists.DefaultStreamRetention)
-	}, nil)
-	s.goJob(ctx, "backlog", backlogEvery, s.inbox.RefreshBacklog, nil)
-	s.goJob(ctx, "readiness", readyEvery, func(ctx context.Context) error {
-		_ = s.checkDatabase(ctx) // the gauge reports it; the failing jobs log it
-		return nil
-	}, nil)
-	s.goJob(ctx, "federation-housekeeping", housekeepEvery, s.housekeeper.Housekeep, nil)
-	s.goJob(ctx, "federation-gauges", backlogEvery, s.housekeeper.RefreshGauges, nil)
-	if s.sender != nil {
-		s.jobs.Go(func() { s.sender.Run(ctx) })
-	}
-	if s.deviceFed != nil {
-		s.jobs.Go(func() { s.deviceFed.RunResync(ctx) })
-		s.goJob(ctx, "device-list-sweep", housekeepEvery, s.deviceFed.SweepRemote, nil)
-		s.goJob(ctx, "device-list-gauges", backlogEvery, s.deviceFed.RefreshGauges, nil)
-	}
-}
-
-func (s *Server) goJob(ctx context.Context, name string, every time.Duration, fn func(context.Context) error, kick <-chan struct{}) {
-	s.jobs.Add(1)
-	go func() {
-		defer s.jobs.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			if err := fn(ctx); err != nil && ctx.Err() == nil {
-				s.log.ErrorContext(ctx, "background job failed", "job", name, "err", err)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			case <-kick:
-			}
-		}
-	}()
-}
-
-func (s *Server) kickPurge() {
-	select {
-	case s.purgeKick <- struct{}{}:
-	default:
-	}
-}
-
-// purgeDeleted empties the inboxes of deleted devices, then forgets them.
-func (s *Server) purgeDeleted(ctx context.Context) error {
-	for {
-		tombs, err := s.devices.Tombstones(ctx, 100)
-		if err != nil {
-			return err
-		}
-		for _, d := range tombs {
-			if err := s.inbox.PurgeDevice(ctx, inbox.Recipient{UserID: d.UserID, NID: d.NID}); err != nil {
-				return err
-			}
-			if err := s.devices.ForgetTombstone(ctx, d.NID); err != nil {
-				return err
-			}
-		}
-		if len(tombs) < 100 {
-			return nil
-		}
-	}
-}
 
 // Close answers waiting long-polls, stops the background jobs and closes
 // the database.
@@ -444,105 +320,4 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 		return serveErr
 	}
 	return nil
-}
-
-// metrics of the process itself.
-type serverMetrics struct {
-	longPolls   prometheus.Gauge
-	listenerUp  prometheus.Gauge
-	inboxMaxAge prometheus.Gauge
-	dbReady     prometheus.Gauge
-}
-
-func newMetrics(reg prometheus.Registerer, version, databaseURL string) *serverMetrics {
-	if version == "" {
-		version = "dev"
-	}
-	backend, _ := storage.Kind(databaseURL) // validated already
-	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "todeviced_build_info",
-		Help:        "Always 1; its labels say which build runs, on which backend (join on it to label other series).",
-		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "backend": backend},
-	})
-	buildInfo.Set(1)
-	m := &serverMetrics{
-		longPolls: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "todeviced_longpolls_active",
-			Help: "Sync requests waiting for messages or device-list changes.",
-		}),
-		listenerUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "todeviced_listener_up",
-			Help: "1 when the wake-up listener (LISTEN/NOTIFY) is connected; while 0, waiters fall back to polling.",
-		}),
-		inboxMaxAge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "todeviced_inbox_max_age_seconds",
-			Help: "--inbox-max-age: messages pending longer are dropped (0: kept forever). Alerts compare the oldest pending message with it.",
-		}),
-		dbReady: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "todeviced_database_ready",
-			Help: "1 when the database answers and its schema is migrated (what /readyz checks), refreshed every 15 s.",
-		}),
-	}
-	reg.MustRegister(buildInfo, m.longPolls, m.listenerUp, m.inboxMaxAge, m.dbReady,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return m
-}
-
-// checkDatabase is the readiness check: the database answers and every
-// migration this binary knows is applied (two cheap queries). Only the
-// database decides readiness. The wake-up listener does not: polling covers
-// for it, and a LISTEN flap must not take every replica out of service at
-// once; todeviced_listener_up and its alert watch it instead.
-func (s *Server) checkDatabase(parent context.Context) error {
-	ctx, cancel := context.WithTimeout(parent, readyTimeout)
-	defer cancel()
-	err := s.backend.Ping(ctx)
-	if err != nil {
-		err = fmt.Errorf("database unreachable: %w", err)
-	} else if n, perr := s.backend.Pending(ctx); perr != nil {
-		err = fmt.Errorf("reading migration state: %w", perr)
-	} else if n > 0 {
-		err = fmt.Errorf("%d migration(s) pending: run todeviced migrate", n)
-	}
-	if err != nil {
-		if parent.Err() == nil { // a prober that gave up says nothing about the database
-			s.m.dbReady.Set(0)
-		}
-		return err
-	}
-	s.m.dbReady.Set(1)
-	return nil
-}
-
-func (s *Server) metricsMux() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
-	if s.cfg.Pprof {
-		// Profiling on the metrics listener only, never on the API: it is
-		// for operators chasing CPU or memory, and exposes internals.
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		if s.draining.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("shutting down\n"))
-			return
-		}
-		if err := s.checkDatabase(r.Context()); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	return mux
 }

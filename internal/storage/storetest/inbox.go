@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/storage"
@@ -362,7 +363,7 @@ func testPositionsNeverReused(t *testing.T, e *Env) {
 	}
 	evs, pos := drain(t, svc, old, inbox.Position{NID: old.NID})
 	require.Len(t, evs, 3)
-	oldToken := inbox.FormatToken(svc.Epoch(), pos)
+	oldToken := devicesync.FormatToDevice(svc.Epoch(), pos)
 
 	_, err := b.Devices().DeleteDevice(ctx(t), bob, "B1")
 	require.NoError(t, err)
@@ -382,7 +383,7 @@ func testPositionsNeverReused(t *testing.T, e *Env) {
 	require.Greater(t, res.Messages[0].Pos, pos.Hi, "positions must grow past every earlier one")
 
 	// And the old token, parsed for the new device, is an initial sync.
-	p, err := inbox.ParseToken(svc.Epoch(), renewed, oldToken)
+	p, err := devicesync.ParseToDevice(svc.Epoch(), renewed, oldToken)
 	require.NoError(t, err)
 	require.Equal(t, inbox.Position{NID: renewed.NID}, p)
 	evs, _ = drain(t, svc, renewed, p)
@@ -397,7 +398,7 @@ func testEpochChangesWhenRecreated(t *testing.T, e *Env) {
 		accept(t, b, txn(alice, "A1", "m.test", fmt.Sprint(i)), to(bob, "B1", content(i)))
 	}
 	_, pos := drain(t, svc, dev, inbox.Position{NID: dev.NID})
-	oldEpoch, oldToken := svc.Epoch(), inbox.FormatToken(svc.Epoch(), pos)
+	oldEpoch, oldToken := svc.Epoch(), devicesync.FormatToDevice(svc.Epoch(), pos)
 	b.Close()
 
 	e.h.Recreate(t, e.URL)
@@ -408,7 +409,7 @@ func testEpochChangesWhenRecreated(t *testing.T, e *Env) {
 	for i := range 3 {
 		accept(t, b2, txn(alice, "A1", "m.test", fmt.Sprint(i)), to(bob, "B1", content(10+i)))
 	}
-	p, err := inbox.ParseToken(svc2.Epoch(), dev2, oldToken)
+	p, err := devicesync.ParseToDevice(svc2.Epoch(), dev2, oldToken)
 	require.NoError(t, err)
 	require.Equal(t, inbox.Position{NID: dev2.NID}, p, "a token of another epoch acknowledges nothing")
 	evs, _ := drain(t, svc2, dev2, p)
@@ -791,13 +792,13 @@ func testRestartKeepsEpochAndPositions(t *testing.T, e *Env) {
 	require.NoError(t, err)
 	require.NoError(t, svc.PurgeDevice(ctx(t), gone))
 	require.NoError(t, b.Devices().ForgetTombstone(ctx(t), gone.NID))
-	epoch, token := svc.Epoch(), inbox.FormatToken(svc.Epoch(), pos)
+	epoch, token := svc.Epoch(), devicesync.FormatToDevice(svc.Epoch(), pos)
 	b.Close()
 
 	b2 := e.Open(Options{})
 	svc2 := Service(b2, server)
 	require.Equal(t, epoch, svc2.Epoch(), "reopening the same database keeps its epoch")
-	p, err := inbox.ParseToken(svc2.Epoch(), dev, token)
+	p, err := devicesync.ParseToDevice(svc2.Epoch(), dev, token)
 	require.NoError(t, err)
 	require.Equal(t, pos, p, "a token from before the restart still acknowledges")
 

@@ -1,0 +1,161 @@
+// Package devicesync is one device's sync: the to-device messages of its
+// inbox and the device-list changes its user must hear of, from a since to
+// the next. It owns the tokens that carry those positions (both halves of
+// the client /sync token, one parser and one digit reader), the order of a
+// sync (acknowledge what the since says was delivered, then fetch), the
+// long-poll (register with the wake-up hub, check again, wait until woken
+// or timed out) and the device-list answer (changed and left since a
+// position, everyone for a position of another epoch).
+//
+// The client /sync, the internal /sync, /keys/changes and a sliding-sync
+// extension only parse their parameters into a Request or ListsSince and
+// write the Result as JSON: the rules live here once.
+package devicesync
+
+import (
+	"context"
+	"time"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+// ErrDeviceGone is returned by Sync when the device was deleted (before or
+// while it waited). Each API answers it in its own words.
+var ErrDeviceGone = inbox.ErrDeviceGone
+
+// Config is what a Service syncs from.
+type Config struct {
+	Inbox   *inbox.Service
+	Devices *devicelists.Service
+	Hub     *wakeup.Hub
+}
+
+// Service answers syncs. It is safe for concurrent use.
+type Service struct {
+	inbox   *inbox.Service
+	devices *devicelists.Service
+	hub     *wakeup.Hub
+}
+
+// New returns a sync service.
+func New(cfg Config) *Service {
+	return &Service{inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub}
+}
+
+// Epoch is the database epoch every token carries.
+func (s *Service) Epoch() string { return s.inbox.Epoch() }
+
+// Request is one device's sync.
+type Request struct {
+	// Device is the syncing device.
+	Device inbox.Recipient
+	// ToDevice is the to-device since: what it covers is acknowledged
+	// (deleted) before anything is read. Its zero value (or a position of
+	// another device) is an initial sync of the inbox.
+	ToDevice inbox.Position
+	// Lists is the device-list since; its zero value asks for no
+	// device-list answer.
+	Lists ListsSince
+	// Limit bounds the to-device events returned (inbox.DefaultSyncLimit
+	// when 0 or larger).
+	Limit int
+	// Timeout is how long to wait for something new; 0 answers at once.
+	Timeout time.Duration
+}
+
+// Result is what a sync found, and where the next one starts.
+type Result struct {
+	epoch string
+	// ToDevice holds the events (never nil), whether more are pending
+	// (Limited) and the next to-device position (ToDevice.Next).
+	ToDevice inbox.Batch
+	// Lists is nil when the request's Lists was not incremental; otherwise
+	// changed and left, each sorted and never nil.
+	Lists *devicelists.Changes
+	// ListsHead is the device-list position the answer covers: the next
+	// device-list since.
+	ListsHead int64
+}
+
+// Token is the next client /sync token.
+func (r Result) Token() string { return FormatToken(r.epoch, r.ToDevice.Next, r.ListsHead) }
+
+// ToDeviceToken is the next to-device since, alone.
+func (r Result) ToDeviceToken() string { return FormatToDevice(r.epoch, r.ToDevice.Next) }
+
+// ListsToken is the next device-list since, alone.
+func (r Result) ListsToken() string { return FormatLists(r.epoch, r.ListsHead) }
+
+// Sync acknowledges req.ToDevice and returns the device's pending messages
+// and, for an incremental req.Lists, its user's device-list changes. With
+// nothing new it waits, up to req.Timeout, for a wake-up of the device's
+// inbox or of the user's device lists, and checks again; it also returns
+// empty when the hub closes (shutdown) and with ctx.Err() when ctx ends.
+//
+// Only the first check acknowledges; later ones read from the acknowledged
+// position, so a since is acknowledged once however long the wait. A since
+// above every position issued is refused (M_INVALID_PARAM) by the store's
+// sync query before it deletes anything.
+func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
+	pos, dl := req.ToDevice, req.Lists
+	res := Result{epoch: s.Epoch()}
+	keys := []wakeup.Key{wakeup.DeviceKey(req.Device.NID), wakeup.UserKey(req.Device.UserID)}
+	_, err := s.hub.Poll(ctx, req.Timeout, keys, func(ctx context.Context) (bool, error) {
+		// The device-list head is read with the inbox, before it, in one
+		// round trip, so the answer never claims a position whose changes
+		// it did not include.
+		b, head, err := s.inbox.SyncAndHead(ctx, req.Device, pos, req.Limit)
+		if err != nil {
+			return false, err
+		}
+		pos = b.Next
+		res.ToDevice = b
+		res.ListsHead = head
+		found := len(b.Events) > 0
+		if dl.Incremental {
+			var c devicelists.Changes
+			if c, dl, err = s.listChanges(ctx, req.Device.UserID, dl, head); err != nil {
+				return false, err
+			}
+			res.Lists = &c
+			found = found || len(c.Changed)+len(c.Left) > 0
+		}
+		return found, nil
+	})
+	if res.ToDevice.Events == nil {
+		res.ToDevice.Events = []inbox.Event{}
+	}
+	return res, err
+}
+
+// listChanges answers an incremental device-list since up to head, and
+// returns where the next check of the same long-poll starts.
+func (s *Service) listChanges(ctx context.Context, userID string, dl ListsSince, head int64) (devicelists.Changes, ListsSince, error) {
+	switch {
+	case dl.Everyone:
+		c, err := s.devices.Everyone(ctx, userID)
+		return c, ListsAt(head), err
+	case head != dl.Pos:
+		c, err := s.devices.Changes(ctx, userID, dl.Pos, head)
+		if err == nil && len(c.Changed)+len(c.Left) == 0 {
+			// Nothing for us below head: later checks start there.
+			dl = ListsAt(head)
+		}
+		return c, dl, err
+	default:
+		return devicelists.Changes{Changed: []string{}, Left: []string{}}, dl, nil
+	}
+}
+
+// KeyChanges answers /keys/changes: the users whose devices changed between
+// two device-list positions. A position of another epoch makes the answer
+// everyone the user shares an encrypted room with; a position never issued
+// is M_INVALID_PARAM.
+func (s *Service) KeyChanges(ctx context.Context, userID string, from, to ListsSince) (devicelists.Changes, error) {
+	if from.Everyone || to.Everyone {
+		return s.devices.Everyone(ctx, userID)
+	}
+	return s.devices.Changes(ctx, userID, from.Pos, to.Pos)
+}
