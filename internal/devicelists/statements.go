@@ -41,7 +41,6 @@ type Queries interface {
 	Tombstones(ctx context.Context, limit int) ([]Device, error)
 	ForgetTombstone(ctx context.Context, nid int64) error
 	StreamState(ctx context.Context) (StreamState, error)
-	Changes(ctx context.Context, userID string, from, to int64) (Changes, error)
 	SharedUsers(ctx context.Context, userID string) ([]string, error)
 	LocalKeys(ctx context.Context, query map[string][]string) ([]DeviceKeys, error)
 	CrossSigning(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error)
@@ -53,7 +52,6 @@ type Queries interface {
 	ClaimResyncs(ctx context.Context, limit int, lease time.Duration) ([]ResyncJob, error)
 	FailResync(ctx context.Context, userID string, failures int, retryIn time.Duration) error
 	ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error)
-	RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]RemoteDeviceList, error)
 	RemoteUserCount(ctx context.Context) (int, error)
 }
 
@@ -102,8 +100,21 @@ type Tx interface {
 	QueueOutbound(ctx context.Context, destinations []string, eduType string, edu []byte) error
 	// PutCrossSigningKey stores a key and reports whether it changed.
 	PutCrossSigningKey(ctx context.Context, userID, keyType string, key json.RawMessage) (bool, error)
-	// CrossSigningKeys reads a user's master and self-signing keys.
-	CrossSigningKeys(ctx context.Context, userID string) (map[string]json.RawMessage, error)
+	// CrossSigningOf reads the master and self-signing keys of the users.
+	CrossSigningOf(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error)
+
+	// SharedWith lists the user and every user sharing an encrypted room
+	// with them.
+	SharedWith(ctx context.Context, userID string) ([]string, error)
+	// DeviceChanges lists the users among shared (SharedWith userID) whose
+	// devices changed in the positions (from, to].
+	DeviceChanges(ctx context.Context, userID string, shared []string, from, to int64) ([]string, error)
+	// RoomChanges lists the membership and encryption changes in the
+	// positions (from, to] of the rooms the user is or was in.
+	RoomChanges(ctx context.Context, userID string, from, to int64) ([]StreamEntry, error)
+	// RoomMembers lists the members of the rooms, whatever their
+	// membership, each once.
+	RoomMembers(ctx context.Context, roomIDs []string) ([]string, error)
 
 	// MarkRoomEncrypted records a room's encryption and reports whether
 	// it is new.
@@ -148,6 +159,13 @@ type Tx interface {
 	// SetRemoteApplied stores a tracked user's stream_id and the ids
 	// applied.
 	SetRemoteApplied(ctx context.Context, userID string, streamID int64, applied []int64) error
+	// FreshRemoteLists returns, of the users, those whose cache is fresh
+	// and who share an encrypted room with a local user, with their
+	// stream_id (no devices).
+	FreshRemoteLists(ctx context.Context, userIDs []string) ([]RemoteDeviceList, error)
+	// RemoteDevicesOf reads the cached devices of the users, by user and
+	// device id.
+	RemoteDevicesOf(ctx context.Context, userIDs []string) ([]DeviceKeys, error)
 	// RemoteDevices reads a user's cached devices, by device id.
 	RemoteDevices(ctx context.Context, userID string) ([]DeviceKeys, error)
 	// ReplaceRemoteList writes a snapshot over the cached devices and
@@ -178,6 +196,14 @@ type MembershipChange struct {
 	// Before is the membership replaced, "" when there was none.
 	Before string
 	Now    string
+}
+
+// StreamEntry is a membership or encryption change in the device-list
+// stream.
+type StreamEntry struct {
+	Kind   string // "membership" or "encryption"
+	UserID string // "" for encryption
+	RoomID string
 }
 
 // TrackedUser is a tracked remote user as the sweep sees it.

@@ -40,6 +40,12 @@ func (s *store) appendStream(ctx context.Context, tx Tx, kind, userID, roomID st
 	return pos, nil
 }
 
+// crossSigningKeys reads a user's master and self-signing keys.
+func crossSigningKeys(ctx context.Context, tx Tx, userID string) (map[string]json.RawMessage, error) {
+	cs, err := tx.CrossSigningOf(ctx, []string{userID})
+	return cs[userID], err
+}
+
 // userKeys are the wake-up keys of users.
 func userKeys(users []string) []wakeup.Key {
 	keys := make([]wakeup.Key, len(users))
@@ -223,7 +229,7 @@ func (s *store) PutCrossSigning(ctx context.Context, userID string, keys map[str
 		if err != nil || !public {
 			return wake, err
 		}
-		cs, err := tx.CrossSigningKeys(ctx, userID)
+		cs, err := crossSigningKeys(ctx, tx, userID)
 		if err != nil {
 			return nil, err
 		}
@@ -365,7 +371,7 @@ func (s *store) UserDeviceList(ctx context.Context, userID string) (UserDeviceLi
 		if l.Devices, err = tx.LiveDeviceKeys(ctx, userID); err != nil {
 			return err
 		}
-		cs, err := tx.CrossSigningKeys(ctx, userID)
+		cs, err := crossSigningKeys(ctx, tx, userID)
 		l.MasterKey, l.SelfSigningKey = cs[MasterKey], cs[SelfSigningKey]
 		return err
 	})
@@ -489,7 +495,7 @@ func (s *store) CompleteResync(ctx context.Context, l RemoteDeviceList) (ResyncR
 		if err != nil {
 			return nil, err
 		}
-		cs, err := tx.CrossSigningKeys(ctx, l.UserID)
+		cs, err := crossSigningKeys(ctx, tx, l.UserID)
 		if err != nil {
 			return nil, err
 		}
@@ -544,4 +550,112 @@ func (s *store) SweepRemoteUsers(ctx context.Context, after string, limit int) (
 		return "", 0, fmt.Errorf("sweeping remote device lists: %w", err)
 	}
 	return next, dropped, nil
+}
+
+// Changes computes changed/left for userID over (from, to], in one read
+// snapshot:
+//   - users sharing an encrypted room with userID now whose devices changed,
+//     and userID itself if its own devices changed;
+//   - for membership and encryption changes in rooms userID is or was in:
+//     the users concerned (every member, when userID's own membership or the
+//     room's encryption changed) go to changed if they share an encrypted
+//     room with userID now, else to left.
+func (s *store) Changes(ctx context.Context, userID string, from, to int64) (Changes, error) {
+	var out Changes
+	err := s.db.Read(ctx, func(tx Tx) error {
+		sharedUsers, err := tx.SharedWith(ctx, userID)
+		if err != nil {
+			return err
+		}
+		shared := make(map[string]bool, len(sharedUsers))
+		for _, u := range sharedUsers {
+			shared[u] = true
+		}
+		changed := map[string]bool{}
+		left := map[string]bool{}
+		devChanged, err := tx.DeviceChanges(ctx, userID, sharedUsers, from, to)
+		if err != nil {
+			return err
+		}
+		for _, u := range devChanged {
+			changed[u] = true
+		}
+		entries, err := tx.RoomChanges(ctx, userID, from, to)
+		if err != nil {
+			return err
+		}
+		var candidates, wholeRooms []string
+		seenRoom := map[string]bool{}
+		for _, e := range entries {
+			if e.Kind == "encryption" || e.UserID == userID {
+				if !seenRoom[e.RoomID] {
+					seenRoom[e.RoomID] = true
+					wholeRooms = append(wholeRooms, e.RoomID)
+				}
+			} else {
+				candidates = append(candidates, e.UserID)
+			}
+		}
+		if len(wholeRooms) > 0 {
+			members, err := tx.RoomMembers(ctx, wholeRooms)
+			if err != nil {
+				return err
+			}
+			candidates = append(candidates, members...)
+		}
+		for _, u := range candidates {
+			if u == userID {
+				continue
+			}
+			if shared[u] {
+				changed[u] = true
+			} else {
+				left[u] = true
+			}
+		}
+		for u := range left {
+			delete(changed, u)
+		}
+		out = ChangesOf(changed, left)
+		return nil
+	})
+	if err != nil {
+		return Changes{}, err
+	}
+	return out, nil
+}
+
+func (s *store) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]RemoteDeviceList, error) {
+	out := map[string]RemoteDeviceList{}
+	err := s.db.Read(ctx, func(tx Tx) error {
+		lists, err := tx.FreshRemoteLists(ctx, userIDs)
+		if err != nil || len(lists) == 0 {
+			return err
+		}
+		fresh := make([]string, len(lists))
+		for i, l := range lists {
+			fresh[i] = l.UserID
+			out[l.UserID] = l
+		}
+		devices, err := tx.RemoteDevicesOf(ctx, fresh)
+		if err != nil {
+			return err
+		}
+		for _, d := range devices {
+			l := out[d.UserID]
+			l.Devices = append(l.Devices, d)
+			out[d.UserID] = l
+		}
+		cs, err := tx.CrossSigningOf(ctx, fresh)
+		for u, keys := range cs {
+			l := out[u]
+			l.MasterKey, l.SelfSigningKey = keys[MasterKey], keys[SelfSigningKey]
+			out[u] = l
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading remote device lists: %w", err)
+	}
+	return out, nil
 }

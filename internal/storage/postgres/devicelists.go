@@ -183,113 +183,51 @@ func (s *deviceStore) StreamState(ctx context.Context) (devicelists.StreamState,
 	return st, err
 }
 
-// Changes computes changed/left for userID over (from, to]:
-//   - users sharing an encrypted room with userID now whose devices changed,
-//     and userID itself if its own devices changed;
-//   - for membership and encryption changes in rooms userID is or was in:
-//     the users concerned (every member, when userID's own membership or the
-//     room's encryption changed) go to changed if they share an encrypted
-//     room with userID now, else to left.
-func (s *deviceStore) Changes(ctx context.Context, userID string, from, to int64) (devicelists.Changes, error) {
-	shared, err := s.sharedSet(ctx, userID)
-	if err != nil {
-		return devicelists.Changes{}, err
-	}
-	changed := map[string]bool{}
-	left := map[string]bool{}
-
-	rows, err := s.db.pool.Query(ctx, `
-		SELECT DISTINCT user_id FROM device_list_stream
-		WHERE pos > $1 AND pos <= $2 AND kind = 'device' AND user_id = ANY($3)`,
-		from, to, setKeys(shared))
-	if err != nil {
-		return devicelists.Changes{}, fmt.Errorf("reading device changes: %w", err)
-	}
-	devChanged, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return devicelists.Changes{}, err
-	}
-	for _, u := range devChanged {
-		changed[u] = true
-	}
-
-	rows, err = s.db.pool.Query(ctx, `
-		SELECT s.kind, coalesce(s.user_id, ''), s.room_id FROM device_list_stream s
-		WHERE s.pos > $1 AND s.pos <= $2 AND s.kind IN ('membership', 'encryption')
-		  AND s.room_id IN (SELECT room_id FROM room_members WHERE user_id = $3)`, from, to, userID)
-	if err != nil {
-		return devicelists.Changes{}, fmt.Errorf("reading membership changes: %w", err)
-	}
-	var candidates []string
-	var wholeRooms []string
-	for rows.Next() {
-		var kind, user, room string
-		if err := rows.Scan(&kind, &user, &room); err != nil {
-			rows.Close()
-			return devicelists.Changes{}, err
-		}
-		if kind == "encryption" || user == userID {
-			wholeRooms = append(wholeRooms, room)
-		} else {
-			candidates = append(candidates, user)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return devicelists.Changes{}, err
-	}
-	if len(wholeRooms) > 0 {
-		rows, err := s.db.pool.Query(ctx, `SELECT DISTINCT user_id FROM room_members WHERE room_id = ANY($1)`, wholeRooms)
-		if err != nil {
-			return devicelists.Changes{}, fmt.Errorf("reading room members: %w", err)
-		}
-		members, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return devicelists.Changes{}, err
-		}
-		candidates = append(candidates, members...)
-	}
-	for _, u := range candidates {
-		if u == userID {
-			continue
-		}
-		if shared[u] {
-			changed[u] = true
-		} else {
-			left[u] = true
-		}
-	}
-	for u := range left {
-		delete(changed, u)
-	}
-	return devicelists.ChangesOf(changed, left), nil
-}
-
-// sharedSet is SharedUsers as a set.
-func (s *deviceStore) sharedSet(ctx context.Context, userID string) (map[string]bool, error) {
-	users, err := s.SharedUsers(ctx, userID)
-	if err != nil {
-		return nil, err
-	}
-	set := make(map[string]bool, len(users))
-	for _, u := range users {
-		set[u] = true
-	}
-	return set, nil
-}
+// sharedUsersSQL selects the user $1 and every user sharing an encrypted
+// room with them.
+const sharedUsersSQL = `
+	SELECT $1::text
+	UNION
+	SELECT m2.user_id FROM room_members m1
+	JOIN encrypted_rooms e ON e.room_id = m1.room_id
+	JOIN room_members m2 ON m2.room_id = m1.room_id
+	WHERE m1.user_id = $1 AND m1.membership IN ` + sharingSQL + ` AND m2.membership IN ` + sharingSQL
 
 func (s *deviceStore) SharedUsers(ctx context.Context, userID string) ([]string, error) {
-	rows, err := s.db.pool.Query(ctx, `
-		SELECT $1::text
-		UNION
-		SELECT m2.user_id FROM room_members m1
-		JOIN encrypted_rooms e ON e.room_id = m1.room_id
-		JOIN room_members m2 ON m2.room_id = m1.room_id
-		WHERE m1.user_id = $1 AND m1.membership IN `+sharingSQL+` AND m2.membership IN `+sharingSQL+`
-		ORDER BY 1`, userID)
+	rows, err := s.db.pool.Query(ctx, sharedUsersSQL+` ORDER BY 1`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("listing users sharing a room: %w", err)
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+func (t deviceTx) SharedWith(ctx context.Context, userID string) ([]string, error) {
+	return t.strings(ctx, "listing users sharing a room", sharedUsersSQL, userID)
+}
+
+func (t deviceTx) DeviceChanges(ctx context.Context, _ string, shared []string, from, to int64) ([]string, error) {
+	return t.strings(ctx, "reading device changes", `
+		SELECT DISTINCT user_id FROM device_list_stream
+		WHERE pos > $1 AND pos <= $2 AND kind = 'device' AND user_id = ANY($3)`, from, to, shared)
+}
+
+func (t deviceTx) RoomChanges(ctx context.Context, userID string, from, to int64) ([]devicelists.StreamEntry, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT s.kind, coalesce(s.user_id, ''), s.room_id FROM device_list_stream s
+		WHERE s.pos > $1 AND s.pos <= $2 AND s.kind IN ('membership', 'encryption')
+		  AND s.room_id IN (SELECT room_id FROM room_members WHERE user_id = $3)`, from, to, userID)
+	if err != nil {
+		return nil, fmt.Errorf("reading membership changes: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[devicelists.StreamEntry])
+	if err != nil {
+		return nil, fmt.Errorf("reading membership changes: %w", err)
+	}
+	return out, nil
+}
+
+func (t deviceTx) RoomMembers(ctx context.Context, roomIDs []string) ([]string, error) {
+	return t.strings(ctx, "reading room members", `SELECT DISTINCT user_id FROM room_members WHERE room_id = ANY($1)`, roomIDs)
 }
 
 func (s *deviceStore) LocalKeys(ctx context.Context, query map[string][]string) ([]devicelists.DeviceKeys, error) {
@@ -347,12 +285,4 @@ func (s *deviceStore) CrossSigning(ctx context.Context, userIDs []string) (map[s
 		out[u][t] = k
 	}
 	return out, rows.Err()
-}
-
-func setKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }

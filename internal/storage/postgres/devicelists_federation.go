@@ -63,18 +63,21 @@ func (t deviceTx) QueueOutbound(ctx context.Context, destinations []string, eduT
 	return nil
 }
 
-func (t deviceTx) CrossSigningKeys(ctx context.Context, userID string) (map[string]json.RawMessage, error) {
+func (t deviceTx) CrossSigningOf(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error) {
 	rows, err := t.tx.Query(ctx, `
-		SELECT key_type, key_json FROM cross_signing_keys
-		WHERE user_id = $1 AND key_type IN ('master', 'self_signing')`, userID)
+		SELECT user_id, key_type, key_json FROM cross_signing_keys
+		WHERE user_id = ANY($1) AND key_type IN ('master', 'self_signing')`, userIDs)
 	if err != nil {
 		return nil, fmt.Errorf("reading cross-signing keys: %w", err)
 	}
-	out := map[string]json.RawMessage{}
-	var kt string
+	out := map[string]map[string]json.RawMessage{}
+	var u, kt string
 	var k []byte
-	_, err = pgx.ForEachRow(rows, []any{&kt, &k}, func() error {
-		out[kt] = bytes.Clone(k)
+	_, err = pgx.ForEachRow(rows, []any{&u, &kt, &k}, func() error {
+		if out[u] == nil {
+			out[u] = map[string]json.RawMessage{}
+		}
+		out[u][kt] = bytes.Clone(k)
 		return nil
 	})
 	if err != nil {
@@ -376,72 +379,28 @@ func (s *deviceStore) ResyncIfUnknownDevice(ctx context.Context, userID, deviceI
 	return tag.RowsAffected() > 0, nil
 }
 
-func (s *deviceStore) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]devicelists.RemoteDeviceList, error) {
-	out := map[string]devicelists.RemoteDeviceList{}
-	err := s.db.readTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `
-			SELECT d.user_id, d.stream_id FROM remote_device_lists d
-			WHERE d.user_id = ANY($1) AND NOT d.stale AND `+sharedWithLocal("d.user_id"), userIDs)
-		if err != nil {
-			return err
-		}
-		var fresh []string
-		var u string
-		var sid int64
-		if _, err := pgx.ForEachRow(rows, []any{&u, &sid}, func() error {
-			fresh = append(fresh, u)
-			out[u] = devicelists.RemoteDeviceList{UserID: u, StreamID: sid}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if len(fresh) == 0 {
-			return nil
-		}
-		rows, err = tx.Query(ctx, `
-			SELECT user_id, device_id, coalesce(display_name, ''), keys FROM remote_devices
-			WHERE user_id = ANY($1) ORDER BY user_id, device_id`, fresh)
-		if err != nil {
-			return err
-		}
-		var d devicelists.DeviceKeys
-		var keys []byte
-		if _, err := pgx.ForEachRow(rows, []any{&d.UserID, &d.DeviceID, &d.DisplayName, &keys}, func() error {
-			l := out[d.UserID]
-			dk := d
-			if keys != nil {
-				dk.Keys = bytes.Clone(keys)
-			}
-			l.Devices = append(l.Devices, dk)
-			out[d.UserID] = l
-			return nil
-		}); err != nil {
-			return err
-		}
-		rows, err = tx.Query(ctx, `
-			SELECT user_id, key_type, key_json FROM cross_signing_keys
-			WHERE user_id = ANY($1) AND key_type IN ('master', 'self_signing')`, fresh)
-		if err != nil {
-			return err
-		}
-		var t string
-		var k []byte
-		_, err = pgx.ForEachRow(rows, []any{&u, &t, &k}, func() error {
-			l := out[u]
-			if t == devicelists.MasterKey {
-				l.MasterKey = bytes.Clone(k)
-			} else {
-				l.SelfSigningKey = bytes.Clone(k)
-			}
-			out[u] = l
-			return nil
-		})
-		return err
-	})
+func (t deviceTx) FreshRemoteLists(ctx context.Context, userIDs []string) ([]devicelists.RemoteDeviceList, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT d.user_id, d.stream_id FROM remote_device_lists d
+		WHERE d.user_id = ANY($1) AND NOT d.stale AND `+sharedWithLocal("d.user_id"), userIDs)
 	if err != nil {
-		return nil, fmt.Errorf("reading remote device lists: %w", err)
+		return nil, err
 	}
-	return out, nil
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (devicelists.RemoteDeviceList, error) {
+		var l devicelists.RemoteDeviceList
+		err := r.Scan(&l.UserID, &l.StreamID)
+		return l, err
+	})
+}
+
+func (t deviceTx) RemoteDevicesOf(ctx context.Context, userIDs []string) ([]devicelists.DeviceKeys, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT user_id, device_id, coalesce(display_name, ''), keys FROM remote_devices
+		WHERE user_id = ANY($1) ORDER BY user_id, device_id`, userIDs)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[devicelists.DeviceKeys])
 }
 
 // DropRemote forgets the cached lists of the users.

@@ -232,95 +232,60 @@ func (s *deviceStore) StreamState(ctx context.Context) (devicelists.StreamState,
 	return st, nil
 }
 
-// Changes computes changed/left for userID over (from, to], as the
-// PostgreSQL backend does, in one read snapshot:
-//   - users sharing an encrypted room with userID now whose devices changed,
-//     and userID itself if its own devices changed;
-//   - for membership and encryption changes in rooms userID is or was in:
-//     the users concerned (every member, when userID's own membership or the
-//     room's encryption changed) go to changed if they share an encrypted
-//     room with userID now, else to left.
-func (s *deviceStore) Changes(ctx context.Context, userID string, from, to int64) (devicelists.Changes, error) {
-	var out devicelists.Changes
-	err := s.db.read(ctx, func(tx *sql.Tx) error {
-		sharedUsers, err := queryStrings(ctx, tx, sharedUsersSQL, userID, userID)
-		if err != nil {
-			return fmt.Errorf("listing users sharing a room: %w", err)
-		}
-		shared := make(map[string]bool, len(sharedUsers))
-		for _, u := range sharedUsers {
-			shared[u] = true
-		}
-		changed := map[string]bool{}
-		left := map[string]bool{}
+func (t deviceTx) SharedWith(ctx context.Context, userID string) ([]string, error) {
+	users, err := queryStrings(ctx, t.tx, sharedUsersSQL, userID, userID)
+	if err != nil {
+		return nil, fmt.Errorf("listing users sharing a room: %w", err)
+	}
+	return users, nil
+}
 
-		// The shared users again, as a subquery: no list of parameters to
-		// build, and the (user_id, pos) index is probed per user.
-		devChanged, err := queryStrings(ctx, tx, `
-			WITH shared(user_id) AS (`+sharedUsersSQL+`)
-			SELECT DISTINCT user_id FROM device_list_stream
-			WHERE pos > ? AND pos <= ? AND kind = 'device' AND user_id IN (SELECT user_id FROM shared)`,
-			userID, userID, from, to)
-		if err != nil {
-			return fmt.Errorf("reading device changes: %w", err)
-		}
-		for _, u := range devChanged {
-			changed[u] = true
-		}
+// DeviceChanges takes the shared users again as a subquery: no list of
+// parameters to build, and the (user_id, pos) index is probed per user.
+func (t deviceTx) DeviceChanges(ctx context.Context, userID string, _ []string, from, to int64) ([]string, error) {
+	users, err := queryStrings(ctx, t.tx, `
+		WITH shared(user_id) AS (`+sharedUsersSQL+`)
+		SELECT DISTINCT user_id FROM device_list_stream
+		WHERE pos > ? AND pos <= ? AND kind = 'device' AND user_id IN (SELECT user_id FROM shared)`,
+		userID, userID, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("reading device changes: %w", err)
+	}
+	return users, nil
+}
 
-		rows, err := tx.QueryContext(ctx, `
-			SELECT s.kind, coalesce(s.user_id, ''), s.room_id FROM device_list_stream s
-			WHERE s.pos > ? AND s.pos <= ? AND s.kind IN ('membership', 'encryption')
-			  AND s.room_id IN (SELECT room_id FROM room_members WHERE user_id = ?)`, from, to, userID)
-		if err != nil {
-			return fmt.Errorf("reading membership changes: %w", err)
+func (t deviceTx) RoomChanges(ctx context.Context, userID string, from, to int64) ([]devicelists.StreamEntry, error) {
+	rows, err := t.tx.QueryContext(ctx, `
+		SELECT s.kind, coalesce(s.user_id, ''), s.room_id FROM device_list_stream s
+		WHERE s.pos > ? AND s.pos <= ? AND s.kind IN ('membership', 'encryption')
+		  AND s.room_id IN (SELECT room_id FROM room_members WHERE user_id = ?)`, from, to, userID)
+	if err != nil {
+		return nil, fmt.Errorf("reading membership changes: %w", err)
+	}
+	defer rows.Close()
+	var out []devicelists.StreamEntry
+	for rows.Next() {
+		var e devicelists.StreamEntry
+		if err := rows.Scan(&e.Kind, &e.UserID, &e.RoomID); err != nil {
+			return nil, fmt.Errorf("reading membership changes: %w", err)
 		}
-		var candidates, wholeRooms []string
-		seenRoom := map[string]bool{}
-		for rows.Next() {
-			var kind, user, room string
-			if err := rows.Scan(&kind, &user, &room); err != nil {
-				rows.Close()
-				return fmt.Errorf("reading membership changes: %w", err)
-			}
-			if kind == "encryption" || user == userID {
-				if !seenRoom[room] {
-					seenRoom[room] = true
-					wholeRooms = append(wholeRooms, room)
-				}
-			} else {
-				candidates = append(candidates, user)
-			}
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("reading membership changes: %w", err)
-		}
-		err = eachChunk(wholeRooms, func(in string, args []any) error {
-			members, err := queryStrings(ctx, tx, `SELECT DISTINCT user_id FROM room_members WHERE room_id IN `+in, args...)
-			candidates = append(candidates, members...)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("reading room members: %w", err)
-		}
-		for _, u := range candidates {
-			if u == userID {
-				continue
-			}
-			if shared[u] {
-				changed[u] = true
-			} else {
-				left[u] = true
-			}
-		}
-		for u := range left {
-			delete(changed, u)
-		}
-		out = devicelists.ChangesOf(changed, left)
-		return nil
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading membership changes: %w", err)
+	}
+	return out, nil
+}
+
+func (t deviceTx) RoomMembers(ctx context.Context, roomIDs []string) ([]string, error) {
+	var out []string
+	err := eachChunk(roomIDs, func(in string, args []any) error {
+		members, err := queryStrings(ctx, t.tx, `SELECT DISTINCT user_id FROM room_members WHERE room_id IN `+in, args...)
+		out = append(out, members...)
+		return err
 	})
 	if err != nil {
-		return devicelists.Changes{}, err
+		return nil, fmt.Errorf("reading room members: %w", err)
 	}
 	return out, nil
 }

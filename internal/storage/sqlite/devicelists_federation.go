@@ -91,29 +91,33 @@ func (t deviceTx) PutCrossSigningKey(ctx context.Context, userID, keyType string
 	return n > 0, nil
 }
 
-func (t deviceTx) CrossSigningKeys(ctx context.Context, userID string) (map[string]json.RawMessage, error) {
-	return crossSigningOf(ctx, t.tx, userID)
-}
-
-// crossSigningOf reads a user's master and self-signing keys.
-func crossSigningOf(ctx context.Context, q queryer, userID string) (map[string]json.RawMessage, error) {
-	rows, err := q.QueryContext(ctx, `
-		SELECT key_type, key_json FROM cross_signing_keys
-		WHERE user_id = ? AND key_type IN ('master', 'self_signing')`, userID)
+func (t deviceTx) CrossSigningOf(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error) {
+	out := map[string]map[string]json.RawMessage{}
+	err := eachChunk(userIDs, func(in string, args []any) error {
+		rows, err := t.tx.QueryContext(ctx, `
+			SELECT user_id, key_type, key_json FROM cross_signing_keys
+			WHERE user_id IN `+in+` AND key_type IN ('master', 'self_signing')`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var u, kt string
+			var k []byte
+			if err := rows.Scan(&u, &kt, &k); err != nil {
+				return err
+			}
+			if out[u] == nil {
+				out[u] = map[string]json.RawMessage{}
+			}
+			out[u][kt] = k
+		}
+		return rows.Err()
+	})
 	if err != nil {
 		return nil, fmt.Errorf("reading cross-signing keys: %w", err)
 	}
-	defer rows.Close()
-	out := map[string]json.RawMessage{}
-	for rows.Next() {
-		var t string
-		var k []byte
-		if err := rows.Scan(&t, &k); err != nil {
-			return nil, fmt.Errorf("reading cross-signing keys: %w", err)
-		}
-		out[t] = k
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 func (s *deviceStore) PeekOutbox(ctx context.Context, destination string, limit int) ([]devicelists.QueuedEDU, error) {
@@ -490,42 +494,53 @@ func (s *deviceStore) ResyncIfUnknownDevice(ctx context.Context, userID, deviceI
 	return marked, nil
 }
 
-func (s *deviceStore) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]devicelists.RemoteDeviceList, error) {
-	out := map[string]devicelists.RemoteDeviceList{}
-	err := s.db.read(ctx, func(tx *sql.Tx) error {
-		var fresh []string
-		err := eachChunk(userIDs, func(in string, args []any) error {
-			users, err := queryStrings(ctx, tx, `
-				SELECT d.user_id FROM remote_device_lists d
-				WHERE d.user_id IN `+in+` AND d.stale = 0 AND `+sharedWithLocal("d.user_id"), args...)
-			fresh = append(fresh, users...)
-			return err
-		})
+func (t deviceTx) FreshRemoteLists(ctx context.Context, userIDs []string) ([]devicelists.RemoteDeviceList, error) {
+	var out []devicelists.RemoteDeviceList
+	err := eachChunk(userIDs, func(in string, args []any) error {
+		rows, err := t.tx.QueryContext(ctx, `
+			SELECT d.user_id, d.stream_id FROM remote_device_lists d
+			WHERE d.user_id IN `+in+` AND d.stale = 0 AND `+sharedWithLocal("d.user_id"), args...)
 		if err != nil {
 			return err
 		}
-		for _, u := range fresh {
-			l := devicelists.RemoteDeviceList{UserID: u}
-			if err := tx.QueryRowContext(ctx, `SELECT stream_id FROM remote_device_lists WHERE user_id = ?`, u).Scan(&l.StreamID); err != nil {
+		defer rows.Close()
+		for rows.Next() {
+			var l devicelists.RemoteDeviceList
+			if err := rows.Scan(&l.UserID, &l.StreamID); err != nil {
 				return err
 			}
-			if l.Devices, err = deviceKeysOf(ctx, tx, `
-				SELECT device_id, display_name, keys FROM remote_devices WHERE user_id = ?`, u); err != nil {
-				return err
-			}
-			cs, err := crossSigningOf(ctx, tx, u)
-			if err != nil {
-				return err
-			}
-			l.MasterKey, l.SelfSigningKey = cs[devicelists.MasterKey], cs[devicelists.SelfSigningKey]
-			out[u] = l
+			out = append(out, l)
 		}
-		return nil
+		return rows.Err()
 	})
-	if err != nil {
-		return nil, fmt.Errorf("reading remote device lists: %w", err)
-	}
-	return out, nil
+	return out, err
+}
+
+// RemoteDevicesOf orders by user and device id in byte order (SQLite's
+// BINARY collation).
+func (t deviceTx) RemoteDevicesOf(ctx context.Context, userIDs []string) ([]devicelists.DeviceKeys, error) {
+	var out []devicelists.DeviceKeys
+	err := eachChunk(userIDs, func(in string, args []any) error {
+		rows, err := t.tx.QueryContext(ctx, `
+			SELECT user_id, device_id, display_name, keys FROM remote_devices
+			WHERE user_id IN `+in+` ORDER BY user_id, device_id`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var d devicelists.DeviceKeys
+			var name sql.NullString
+			var keys []byte
+			if err := rows.Scan(&d.UserID, &d.DeviceID, &name, &keys); err != nil {
+				return err
+			}
+			d.DisplayName, d.Keys = name.String, keys
+			out = append(out, d)
+		}
+		return rows.Err()
+	})
+	return out, err
 }
 
 // DropRemote forgets the cached lists of the users.
