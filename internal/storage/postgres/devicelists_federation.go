@@ -15,11 +15,6 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 )
 
-// The federation half of device lists. The transactions that queue outbox
-// rows or take a stream position hold the device-list stream lock
-// (deviceListLockID): outbox positions of a destination therefore commit in
-// order, as stream positions do.
-
 // remoteServersSQL lists the servers of the remote users sharing a room,
 // encrypted or not, with the local user $1: where its device-list EDUs go.
 // The server-server spec wants every server sharing a room told, so a server
@@ -326,8 +321,6 @@ func (s *deviceStore) ClaimResyncs(ctx context.Context, limit int, lease time.Du
 	})
 }
 
-// ReplaceRemoteList writes a snapshot over the cached devices and
-// cross-signing keys.
 func (t deviceTx) ReplaceRemoteList(ctx context.Context, l devicelists.RemoteDeviceList) error {
 	ids := make([]string, len(l.Devices))
 	keys := make([][]byte, len(l.Devices))
@@ -403,7 +396,6 @@ func (t deviceTx) RemoteDevicesOf(ctx context.Context, userIDs []string) ([]devi
 	return pgx.CollectRows(rows, pgx.RowToStructByPos[devicelists.DeviceKeys])
 }
 
-// DropRemote forgets the cached lists of the users.
 func (t deviceTx) DropRemote(ctx context.Context, users []string) error {
 	if len(users) == 0 {
 		return nil
@@ -436,11 +428,6 @@ func (s *deviceStore) RemoteUserCount(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// TrackRemote starts tracking (stale, due now) remote users of an
-// encrypted room who share it with a local user: every remote member when
-// all is set (a local user started sharing, or the room became encrypted),
-// else only the given users (who started sharing). Users tracked already
-// keep their cache.
 func (t deviceTx) TrackRemote(ctx context.Context, roomID string, all bool, users []string) error {
 	_, err := t.tx.Exec(ctx, `
 		INSERT INTO remote_device_lists (user_id, retry_at)
@@ -456,10 +443,6 @@ func (t deviceTx) TrackRemote(ctx context.Context, roomID string, all bool, user
 	return nil
 }
 
-// UnsharedRemote lists the tracked remote users who share no encrypted
-// room with a local user any more: every remote member of the room when
-// all is set (a local user stopped sharing it), else only the given users
-// (who stopped sharing it).
 func (t deviceTx) UnsharedRemote(ctx context.Context, roomID string, all bool, users []string) ([]string, error) {
 	return t.strings(ctx, "finding remote users no longer shared", `
 		SELECT c.user_id FROM (

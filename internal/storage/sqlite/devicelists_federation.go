@@ -13,10 +13,6 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 )
 
-// The federation half of device lists. Every write holds the writer's
-// turn, so outbox positions of a destination commit in order, as stream
-// positions do.
-
 // remoteServersSQL lists the servers of the remote users sharing a room,
 // encrypted or not, with the local user (the parameter): where its
 // device-list EDUs go (the spec wants every server sharing a room told). A
@@ -403,8 +399,6 @@ func (s *deviceStore) ClaimResyncs(ctx context.Context, limit int, lease time.Du
 	return out, nil
 }
 
-// ReplaceRemoteList writes a snapshot over the cached devices and
-// cross-signing keys.
 func (t deviceTx) ReplaceRemoteList(ctx context.Context, l devicelists.RemoteDeviceList) error {
 	tx := t.tx
 	if _, err := tx.ExecContext(ctx, `DELETE FROM remote_devices WHERE user_id = ?`, l.UserID); err != nil {
@@ -543,7 +537,6 @@ func (t deviceTx) RemoteDevicesOf(ctx context.Context, userIDs []string) ([]devi
 	return out, err
 }
 
-// DropRemote forgets the cached lists of the users.
 func (t deviceTx) DropRemote(ctx context.Context, users []string) error {
 	tx := t.tx
 	return eachChunk(users, func(in string, args []any) error {
@@ -583,11 +576,6 @@ func (s *deviceStore) RemoteUserCount(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// TrackRemote starts tracking (stale, due now) remote users of an
-// encrypted room who share it with a local user: every remote member when
-// all is set (a local user started sharing, or the room became encrypted),
-// else only the given users (who started sharing). Users tracked already
-// keep their cache.
 func (t deviceTx) TrackRemote(ctx context.Context, roomID string, all bool, users []string) error {
 	in, uargs := inList(users)
 	args := append([]any{roomID, all, t.now}, uargs...)
@@ -605,10 +593,6 @@ func (t deviceTx) TrackRemote(ctx context.Context, roomID string, all bool, user
 	return nil
 }
 
-// UnsharedRemote lists the tracked remote users who share no encrypted
-// room with a local user any more: every remote member of the room when
-// all is set (a local user stopped sharing it), else only the given users
-// (who stopped sharing it).
 func (t deviceTx) UnsharedRemote(ctx context.Context, roomID string, all bool, users []string) ([]string, error) {
 	candidates := slices.Clone(users)
 	if all {
