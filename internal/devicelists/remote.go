@@ -7,14 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/url"
 	"slices"
 	"sync"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/federation"
-	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxid"
 )
 
@@ -44,11 +40,13 @@ const (
 
 // FederationConfig configures the federation half of device lists.
 type FederationConfig struct {
-	// Client sends signed requests to other servers (a *federation.Client).
-	Client federation.Requester
-	// Backoff spaces the retries of a resync that failed (while the
-	// user's server is down). Zero values take the federation defaults.
-	Backoff federation.Backoff
+	// Remote asks other servers (the wiring fills it with the signed
+	// federation client).
+	Remote Remote
+	// RetryDelay spaces the retries of a resync that failed (while the
+	// user's server is down): the wait after the given number of failures
+	// in a row. Nil waits DefaultResyncPoll.
+	RetryDelay func(failures int) time.Duration
 	// PollInterval (DefaultResyncPoll).
 	PollInterval time.Duration
 	// Concurrency (DefaultResyncConcurrency).
@@ -58,7 +56,7 @@ type FederationConfig struct {
 }
 
 // Federation is the federation half of device lists: it takes other
-// servers' device-list EDUs (a federation.DeviceListHandler), keeps the
+// servers' device-list EDUs (federation's DeviceListHandler), keeps the
 // cache of remote users' device lists fresh (the resync worker), and
 // answers key queries for remote users from that cache or their server (a
 // RemoteKeys).
@@ -74,7 +72,9 @@ type Federation struct {
 // queried through it, and membership changes kick its resync worker (run
 // it with RunResync).
 func (r *Service) EnableFederation(cfg FederationConfig) *Federation {
-	cfg.Backoff = cfg.Backoff.WithDefaults()
+	if cfg.RetryDelay == nil {
+		cfg.RetryDelay = func(int) time.Duration { return DefaultResyncPoll }
+	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = DefaultResyncPoll
 	}
@@ -119,7 +119,7 @@ type signingKeyUpdateJSON struct {
 }
 
 // HandleDeviceListEDU takes an m.device_list_update or m.signing_key_update
-// from the authenticated origin (federation.DeviceListHandler). EDUs about
+// from the authenticated origin (federation's DeviceListHandler). EDUs about
 // users of another server, or malformed ones, are dropped and counted; an
 // error means storing failed and the origin should retry.
 func (f *Federation) HandleDeviceListEDU(ctx context.Context, origin, eduType string, content json.RawMessage) error {
@@ -163,7 +163,7 @@ var sendingDeviceFields = map[string]string{
 const maxSendingDevices = 4
 
 // SendingDevices looks at the to-device messages a remote sender sent
-// (federation.DeviceListHandler): when one names a sending device that the
+// (federation's DeviceListHandler): when one names a sending device that the
 // cached list of the sender lacks, that list is stale (an update was lost,
 // or has not arrived yet), so it is resynced now, as Synapse does, instead
 // of at the user's next update. The messages are delivered either way; a
@@ -364,8 +364,8 @@ func (f *Federation) ResyncDue(ctx context.Context) {
 // answered reports whether a request's error came with an answer (the
 // server is up, it just did not like the request).
 func answered(err error) bool {
-	var he *federation.HTTPError
-	return errors.As(err, &he) || errors.Is(err, federation.ErrBadResponse)
+	var se *StatusError
+	return errors.As(err, &se) || errors.Is(err, ErrBadResponse)
 }
 
 func serverOf(userID string) string {
@@ -378,7 +378,7 @@ func (f *Federation) failed(ctx context.Context, j ResyncJob, err error) {
 		return // stopping: the claim lapses and another round retries
 	}
 	f.m.resyncs.WithLabelValues(ResyncFailed).Inc()
-	wait := f.cfg.Backoff.Delay(j.Failures + 1)
+	wait := f.cfg.RetryDelay(j.Failures + 1)
 	f.log.WarnContext(ctx, "device-list resync failed", "user_id", j.UserID, "failures", j.Failures+1,
 		"retry_in", wait.String(), "err", err)
 	if err := f.svc.store.FailResync(ctx, j.UserID, j.Failures+1, wait); err != nil && ctx.Err() == nil {
@@ -391,15 +391,18 @@ func (f *Federation) failed(ctx context.Context, j ResyncJob, err error) {
 func (f *Federation) resync(ctx context.Context, j ResyncJob) error {
 	server := serverOf(j.UserID)
 	rctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
-	var resp userDevicesJSON
-	err := f.cfg.Client.Do(rctx, server, http.MethodGet, UserDevicesPath+url.PathEscape(j.UserID), nil, nil, &resp)
+	body, err := f.cfg.Remote.UserDevices(rctx, server, j.UserID)
 	cancel()
 	if err != nil {
 		return err
 	}
+	var resp userDevicesJSON
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadResponse, err)
+	}
 	l, err := snapshot(j.UserID, resp)
 	if err != nil {
-		return fmt.Errorf("%w: %w", federation.ErrBadResponse, err)
+		return fmt.Errorf("%w: %w", ErrBadResponse, err)
 	}
 	res, err := f.svc.store.CompleteResync(ctx, l)
 	if err != nil {
@@ -412,7 +415,7 @@ func (f *Federation) resync(ctx context.Context, j ResyncJob) error {
 	if res.StillStale {
 		// An update newer than the snapshot came in meanwhile: fetch again,
 		// after a pause so that a busy user cannot keep us fetching.
-		wait := f.cfg.Backoff.Delay(1)
+		wait := f.cfg.RetryDelay(1)
 		if err := f.svc.store.FailResync(ctx, j.UserID, 0, wait); err != nil {
 			return fmt.Errorf("rescheduling the resync of %s: %w", j.UserID, err)
 		}
@@ -553,10 +556,13 @@ func (f *Federation) QueryKeys(ctx context.Context, server string, query map[str
 	if len(missing) == 0 {
 		return res, nil
 	}
-	var resp RemoteKeysResult
-	if err := f.cfg.Client.Do(ctx, server, http.MethodPost, UserKeysPath, nil,
-		map[string]any{"device_keys": missing}, &resp); err != nil {
+	body, err := f.cfg.Remote.QueryKeys(ctx, server, missing)
+	if err != nil {
 		return res, err
+	}
+	var resp RemoteKeysResult
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return res, fmt.Errorf("%w: %w", ErrBadResponse, err)
 	}
 	for u, devs := range resp.DeviceKeys {
 		if _, asked := missing[u]; !asked {
@@ -644,57 +650,4 @@ func (r *Service) QueryLocalKeys(ctx context.Context, query map[string][]string)
 		return RemoteKeysResult{}, err
 	}
 	return RemoteKeysResult{DeviceKeys: res.DeviceKeys, MasterKeys: res.MasterKeys, SelfSigningKeys: res.SelfSigningKeys}, nil
-}
-
-// ---------------------------------------------------------------------------
-// The outbox as a federation EDU source.
-// ---------------------------------------------------------------------------
-
-// Outbox is the device-list outbox as the federation sender and feed drain
-// it (a federation.Outbox).
-type Outbox struct{ Store Store }
-
-// Name implements federation.EDUSource.
-func (Outbox) Name() string { return OutboxSource }
-
-// Peek implements federation.EDUSource.
-func (o Outbox) Peek(ctx context.Context, destination string, limit int) ([]federation.SourceEDU, error) {
-	q, err := o.Store.PeekOutbox(ctx, destination, limit)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]federation.SourceEDU, len(q))
-	for i, e := range q {
-		out[i] = federation.SourceEDU{Pos: e.Pos, Type: e.Type, EDU: e.EDU}
-	}
-	return out, nil
-}
-
-// Destinations implements federation.EDUSource.
-func (o Outbox) Destinations(ctx context.Context) ([]string, error) {
-	return o.Store.OutboxDestinations(ctx)
-}
-
-// Delete implements federation.Outbox.
-func (o Outbox) Delete(ctx context.Context, destination string, positions []int64) (map[string]int, error) {
-	return o.Store.DeleteOutbox(ctx, destination, positions)
-}
-
-// Expire implements federation.Outbox.
-func (o Outbox) Expire(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
-	counts, err := o.Store.ExpireOutbox(ctx, cutoff, limit)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]inbox.DestinationCount, len(counts))
-	for i, c := range counts {
-		out[i] = inbox.DestinationCount{Destination: c.Destination, Count: c.Count}
-	}
-	return out, nil
-}
-
-// Backlog implements federation.Outbox.
-func (o Outbox) Backlog(ctx context.Context) (inbox.Backlog, error) {
-	b, err := o.Store.OutboxBacklog(ctx)
-	return inbox.Backlog{Pending: b.Pending, Oldest: b.Oldest}, err
 }

@@ -125,7 +125,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	s.fedMetrics = federation.NewMetrics(reg)
 	s.housekeeper = federation.NewHousekeeper(federation.HousekeeperConfig{
-		Store: backend.Federation(), Outbox: backend.Inbox(), More: []federation.Outbox{devicelists.Outbox{Store: backend.Devices()}},
+		Store: backend.Federation(), Outbox: backend.Inbox(), More: []federation.Outbox{deviceListOutbox{backend.Devices()}},
 		Metrics: s.fedMetrics, Logger: log, MessageTTL: cfg.FederationMessageTTL,
 	})
 	var fed *httpapi.FederationConfig
@@ -174,7 +174,9 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 	backoff := federation.Backoff{Min: cfg.FederationBackoffMin, Max: cfg.FederationBackoffMax}
 	// Device lists: remote users' keys are queried, their updates taken and
 	// their lists resynced through the signed client.
-	s.deviceFed = s.devices.EnableFederation(devicelists.FederationConfig{Client: client, Backoff: backoff})
+	s.deviceFed = s.devices.EnableFederation(devicelists.FederationConfig{
+		Remote: deviceListRemote{client}, RetryDelay: backoff.WithDefaults().Delay,
+	})
 	fed := &httpapi.FederationConfig{
 		Receiver: federation.NewReceiver(federation.ReceiverConfig{
 			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: s.inbox,
@@ -190,7 +192,7 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 	// The device-list outbox comes first: its reserved slots are taken
 	// before to-device messages fill the rest (also in a small feed pull).
 	sources := []federation.SourceQuota{
-		{Source: devicelists.Outbox{Store: s.backend.Devices()}, Quota: federation.ReservedDeviceListEDUs},
+		{Source: deviceListOutbox{s.backend.Devices()}, Quota: federation.ReservedDeviceListEDUs},
 		{Source: federation.ToDeviceOutbox{Store: s.backend.Inbox()}, Quota: federation.ToDeviceQuota},
 	}
 	switch cfg.FederationOutbox {

@@ -13,14 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
-	"github.com/todeviced/todeviced/internal/wakeup"
 )
-
-// The federation half of device lists. Every transaction here that queues
-// outbox rows or takes a stream position holds the device-list stream lock
-// (deviceListLockID): outbox positions of a destination therefore commit in
-// order, as stream positions do, and the cache of a remote user changes
-// under the same lock as the memberships that decide whether it is kept.
 
 // remoteServersSQL lists the servers of the remote users sharing a room,
 // encrypted or not, with the local user $1: where its device-list EDUs go.
@@ -45,107 +38,41 @@ func sharedWithLocal(col string) string {
 		  AND sl.is_local AND sl.membership IN ` + sharingSQL + `)`
 }
 
-func lockStream(ctx context.Context, tx pgx.Tx) error {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, deviceListLockID); err != nil {
-		return fmt.Errorf("locking the device-list stream: %w", err)
-	}
-	return nil
-}
-
 // readTx runs fn in a read-only snapshot: all its statements see the same
 // commits.
 func (db *DB) readTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	return pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
 }
 
-// queueOutbound queues edu for every server sharing a room with the local
-// user and returns their outbox wake-up keys. The caller holds
-// the stream lock.
-func (s *deviceStore) queueOutbound(ctx context.Context, tx pgx.Tx, userID, eduType string, edu []byte) ([]wakeup.Key, error) {
-	rows, err := tx.Query(ctx, remoteServersSQL, userID)
-	if err != nil {
-		return nil, fmt.Errorf("finding servers sharing a room: %w", err)
-	}
-	dests, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("finding servers sharing a room: %w", err)
-	}
-	if len(dests) == 0 {
-		return nil, nil
-	}
-	if _, err := tx.Exec(ctx, `
+func (t deviceTx) RemoteServers(ctx context.Context, userID string) ([]string, error) {
+	return t.strings(ctx, "finding servers sharing a room", remoteServersSQL, userID)
+}
+
+func (t deviceTx) QueueOutbound(ctx context.Context, destinations []string, eduType string, edu []byte) error {
+	if _, err := t.tx.Exec(ctx, `
 		INSERT INTO device_list_outbox (destination, edu_type, edu)
 		SELECT d, $2, $3 FROM unnest($1::text[]) WITH ORDINALITY AS t(d, n) ORDER BY n`,
-		dests, eduType, edu); err != nil {
-		return nil, fmt.Errorf("queueing %s: %w", eduType, err)
+		destinations, eduType, edu); err != nil {
+		return fmt.Errorf("queueing %s: %w", eduType, err)
 	}
-	keys := make([]wakeup.Key, len(dests))
-	for i, d := range dests {
-		keys[i] = wakeup.OutboxKey(d)
-	}
-	if h := s.db.opts.DeviceListHooks.AfterOutboxQueue; h != nil {
-		return keys, h(ctx, userID, eduType)
-	}
-	return keys, nil
+	return nil
 }
 
-// localDeviceChanged records a change of a local user's device: a stream
-// position, the user's new head, and an m.device_list_update naming the
-// previous head for every server sharing a room with the user.
-// It returns whom to wake.
-func (s *deviceStore) localDeviceChanged(ctx context.Context, tx pgx.Tx, userID string, d devicelists.DeviceUpdate) ([]wakeup.Key, error) {
-	pos, wake, err := s.deviceChanged(ctx, tx, userID)
-	if err != nil {
-		return nil, err
-	}
-	var prev int64
-	err = tx.QueryRow(ctx, `SELECT stream_id FROM device_list_heads WHERE user_id = $1`, userID).Scan(&prev)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("reading device-list head: %w", err)
-	}
-	if _, err := tx.Exec(ctx, `
-		INSERT INTO device_list_heads (user_id, stream_id) VALUES ($1, $2)
-		ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id`, userID, pos); err != nil {
-		return nil, fmt.Errorf("storing device-list head: %w", err)
-	}
-	edu, err := devicelists.DeviceListUpdateEDU(userID, pos, prev, d)
-	if err != nil {
-		return nil, err
-	}
-	out, err := s.queueOutbound(ctx, tx, userID, devicelists.EDUDeviceListUpdate, edu)
-	if err != nil {
-		return nil, err
-	}
-	return append(wake, out...), nil
-}
-
-// queueSigningKeys queues an m.signing_key_update of the local user's
-// current master and self-signing keys.
-func (s *deviceStore) queueSigningKeys(ctx context.Context, tx pgx.Tx, userID string) ([]wakeup.Key, error) {
-	keys, err := crossSigningOf(ctx, tx, userID)
-	if err != nil {
-		return nil, err
-	}
-	edu, err := devicelists.SigningKeyUpdateEDU(userID, keys[devicelists.MasterKey], keys[devicelists.SelfSigningKey])
-	if err != nil {
-		return nil, err
-	}
-	return s.queueOutbound(ctx, tx, userID, devicelists.EDUSigningKeyUpdate, edu)
-}
-
-// crossSigningOf reads a user's master and self-signing keys.
-func crossSigningOf(ctx context.Context, q pgx.Tx, userID string) (map[string]json.RawMessage, error) {
-	rows, err := q.Query(ctx, `
-		SELECT key_type, key_json FROM cross_signing_keys
-		WHERE user_id = $1 AND key_type IN ('master', 'self_signing')`, userID)
+func (t deviceTx) CrossSigningOf(ctx context.Context, userIDs []string) (map[string]map[string]json.RawMessage, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT user_id, key_type, key_json FROM cross_signing_keys
+		WHERE user_id = ANY($1) AND key_type IN ('master', 'self_signing')`, userIDs)
 	if err != nil {
 		return nil, fmt.Errorf("reading cross-signing keys: %w", err)
 	}
-	out := map[string]json.RawMessage{}
-	var t string
+	out := map[string]map[string]json.RawMessage{}
+	var u, kt string
 	var k []byte
-	_, err = pgx.ForEachRow(rows, []any{&t, &k}, func() error {
-		out[t] = bytes.Clone(k)
+	_, err = pgx.ForEachRow(rows, []any{&u, &kt, &k}, func() error {
+		if out[u] == nil {
+			out[u] = map[string]json.RawMessage{}
+		}
+		out[u][kt] = bytes.Clone(k)
 		return nil
 	})
 	if err != nil {
@@ -251,36 +178,6 @@ func (s *deviceStore) OutboxBacklog(ctx context.Context) (devicelists.Backlog, e
 	return b, nil
 }
 
-func (s *deviceStore) UserDeviceList(ctx context.Context, userID string) (devicelists.UserDeviceList, error) {
-	l := devicelists.UserDeviceList{UserID: userID}
-	err := s.db.readTx(ctx, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `SELECT stream_id FROM device_list_heads WHERE user_id = $1`, userID).Scan(&l.StreamID)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		rows, err := tx.Query(ctx, `
-			SELECT device_id, coalesce(display_name, ''), keys FROM devices
-			WHERE user_id = $1 AND deleted_at IS NULL AND keys IS NOT NULL`, userID)
-		if err != nil {
-			return err
-		}
-		l.Devices, err = collectDeviceKeys(rows, userID)
-		if err != nil {
-			return err
-		}
-		cs, err := crossSigningOf(ctx, tx, userID)
-		if err != nil {
-			return err
-		}
-		l.MasterKey, l.SelfSigningKey = cs[devicelists.MasterKey], cs[devicelists.SelfSigningKey]
-		return nil
-	})
-	if err != nil {
-		return devicelists.UserDeviceList{}, fmt.Errorf("reading the device list of %s: %w", userID, err)
-	}
-	return l, nil
-}
-
 // collectDeviceKeys reads (device_id, display name, keys) rows of one user,
 // sorted by device id in byte order.
 func collectDeviceKeys(rows pgx.Rows, userID string) ([]devicelists.DeviceKeys, error) {
@@ -301,10 +198,9 @@ func collectDeviceKeys(rows pgx.Rows, userID string) ([]devicelists.DeviceKeys, 
 // The remote cache.
 // ---------------------------------------------------------------------------
 
-// remoteState reads and locks a tracked user's row.
-func remoteState(ctx context.Context, tx pgx.Tx, userID string) (devicelists.RemoteState, bool, error) {
+func (t deviceTx) RemoteState(ctx context.Context, userID string) (devicelists.RemoteState, bool, error) {
 	var st devicelists.RemoteState
-	err := tx.QueryRow(ctx, `
+	err := t.tx.QueryRow(ctx, `
 		SELECT stream_id, applied_ids, stale FROM remote_device_lists WHERE user_id = $1 FOR UPDATE`,
 		userID).Scan(&st.StreamID, &st.AppliedIDs, &st.Stale)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -316,27 +212,31 @@ func remoteState(ctx context.Context, tx pgx.Tx, userID string) (devicelists.Rem
 	return st, true, nil
 }
 
-// trackIfShared starts tracking an untracked user who shares an encrypted
-// room with a local user: stale, due now, with seen as the newest stream_id
-// seen. Anyone else is ignored.
-func trackIfShared(ctx context.Context, tx pgx.Tx, userID string, seen int64) (devicelists.RemoteOutcome, error) {
-	tag, err := tx.Exec(ctx, `
+func (t deviceTx) RemoteSeen(ctx context.Context, userID string) (int64, bool, error) {
+	var seen int64
+	err := t.tx.QueryRow(ctx, `SELECT seen_stream_id FROM remote_device_lists WHERE user_id = $1 FOR UPDATE`, userID).Scan(&seen)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("reading remote device-list state: %w", err)
+	}
+	return seen, true, nil
+}
+
+func (t deviceTx) TrackIfShared(ctx context.Context, userID string, seen int64) (bool, error) {
+	tag, err := t.tx.Exec(ctx, `
 		INSERT INTO remote_device_lists (user_id, seen_stream_id, retry_at)
 		SELECT $1, $2, now() WHERE `+sharedWithLocal("$1::text")+`
 		ON CONFLICT DO NOTHING`, userID, seen)
 	if err != nil {
-		return "", fmt.Errorf("tracking remote user: %w", err)
+		return false, fmt.Errorf("tracking remote user: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
-		return devicelists.RemoteIgnored, nil
-	}
-	return devicelists.RemoteResync, nil
+	return tag.RowsAffected() > 0, nil
 }
 
-// markStale makes a resync due (now, unless one is due already: its backoff
-// stands) and remembers the stream_id that could not be applied.
-func markStale(ctx context.Context, tx pgx.Tx, userID string, seen int64) error {
-	_, err := tx.Exec(ctx, `
+func (t deviceTx) MarkStale(ctx context.Context, userID string, seen int64) error {
+	_, err := t.tx.Exec(ctx, `
 		UPDATE remote_device_lists SET
 			seen_stream_id = greatest(seen_stream_id, $2),
 			retry_at = CASE WHEN stale THEN retry_at ELSE now() END,
@@ -349,107 +249,58 @@ func markStale(ctx context.Context, tx pgx.Tx, userID string, seen int64) error 
 	return nil
 }
 
-func (s *deviceStore) ApplyRemoteUpdate(ctx context.Context, u devicelists.RemoteUpdate) (devicelists.RemoteOutcome, error) {
-	var out devicelists.RemoteOutcome
-	var wake []wakeup.Key
-	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		out, wake = "", nil
-		if err := lockStream(ctx, tx); err != nil {
-			return err
-		}
-		st, tracked, err := remoteState(ctx, tx, u.UserID)
-		if err != nil {
-			return err
-		}
-		if !tracked {
-			out, err = trackIfShared(ctx, tx, u.UserID, u.StreamID)
-			return err
-		}
-		out = devicelists.DecideRemoteUpdate(st, u)
-		switch out {
-		case devicelists.RemoteResync:
-			return markStale(ctx, tx, u.UserID, u.StreamID)
-		case devicelists.RemoteApplied:
-		default:
-			return nil
-		}
-		if u.Deleted {
-			_, err = tx.Exec(ctx, `DELETE FROM remote_devices WHERE user_id = $1 AND device_id = $2`, u.UserID, u.DeviceID)
-		} else {
-			var name *string
-			if u.DisplayName != "" {
-				name = &u.DisplayName
-			}
-			_, err = tx.Exec(ctx, `
-				INSERT INTO remote_devices (user_id, device_id, keys, display_name) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (user_id, device_id) DO UPDATE SET keys = excluded.keys, display_name = excluded.display_name`,
-				u.UserID, u.DeviceID, []byte(u.Keys), name)
-		}
-		if err != nil {
-			return fmt.Errorf("updating remote device: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `
-			UPDATE remote_device_lists SET stream_id = $2, applied_ids = $3, updated_at = now() WHERE user_id = $1`,
-			u.UserID, u.StreamID, devicelists.PushApplied(st.AppliedIDs, u.StreamID)); err != nil {
-			return fmt.Errorf("updating remote device-list state: %w", err)
-		}
-		if _, wake, err = s.deviceChanged(ctx, tx, u.UserID); err != nil {
-			return err
-		}
-		return notifyKeys(ctx, tx, wake)
-	})
-	if err != nil {
-		return "", err
+func (t deviceTx) UpsertRemoteDevice(ctx context.Context, d devicelists.DeviceKeys) error {
+	var name *string
+	if d.DisplayName != "" {
+		name = &d.DisplayName
 	}
-	s.db.wakeLocal(wake)
-	return out, nil
+	if _, err := t.tx.Exec(ctx, `
+		INSERT INTO remote_devices (user_id, device_id, keys, display_name) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (user_id, device_id) DO UPDATE SET keys = excluded.keys, display_name = excluded.display_name`,
+		d.UserID, d.DeviceID, []byte(d.Keys), name); err != nil {
+		return fmt.Errorf("updating remote device: %w", err)
+	}
+	return nil
 }
 
-func (s *deviceStore) ApplyRemoteSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) (devicelists.RemoteOutcome, error) {
-	var out devicelists.RemoteOutcome
-	var wake []wakeup.Key
-	types := make([]string, 0, len(keys))
-	for t := range keys {
-		types = append(types, t)
+func (t deviceTx) DeleteRemoteDevice(ctx context.Context, userID, deviceID string) error {
+	if _, err := t.tx.Exec(ctx, `DELETE FROM remote_devices WHERE user_id = $1 AND device_id = $2`, userID, deviceID); err != nil {
+		return fmt.Errorf("updating remote device: %w", err)
 	}
-	slices.Sort(types)
-	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		out, wake = devicelists.RemoteIgnored, nil
-		if err := lockStream(ctx, tx); err != nil {
-			return err
-		}
-		if _, tracked, err := remoteState(ctx, tx, userID); err != nil {
-			return err
-		} else if !tracked {
-			out, err = trackIfShared(ctx, tx, userID, 0)
-			return err
-		}
-		changed := false
-		for _, t := range types {
-			tag, err := tx.Exec(ctx, `
-				INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
-				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json
-				WHERE cross_signing_keys.key_json <> excluded.key_json`, userID, t, []byte(keys[t]))
-			if err != nil {
-				return fmt.Errorf("storing remote %s key: %w", t, err)
-			}
-			changed = changed || tag.RowsAffected() > 0
-		}
-		if !changed {
-			return nil // a replay
-		}
-		out = devicelists.RemoteApplied
-		var err error
-		if _, wake, err = s.deviceChanged(ctx, tx, userID); err != nil {
-			return err
-		}
-		return notifyKeys(ctx, tx, wake)
-	})
+	return nil
+}
+
+func (t deviceTx) SetRemoteApplied(ctx context.Context, userID string, streamID int64, applied []int64) error {
+	if _, err := t.tx.Exec(ctx, `
+		UPDATE remote_device_lists SET stream_id = $2, applied_ids = $3, updated_at = now() WHERE user_id = $1`,
+		userID, streamID, applied); err != nil {
+		return fmt.Errorf("updating remote device-list state: %w", err)
+	}
+	return nil
+}
+
+func (t deviceTx) RemoteDevices(ctx context.Context, userID string) ([]devicelists.DeviceKeys, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT device_id, coalesce(display_name, ''), keys FROM remote_devices WHERE user_id = $1`, userID)
 	if err != nil {
-		return "", err
+		return nil, fmt.Errorf("reading remote devices: %w", err)
 	}
-	s.db.wakeLocal(wake)
-	return out, nil
+	old, err := collectDeviceKeys(rows, userID)
+	if err != nil {
+		return nil, fmt.Errorf("reading remote devices: %w", err)
+	}
+	return old, nil
+}
+
+func (t deviceTx) FinishResync(ctx context.Context, userID string, streamID int64, stale bool) error {
+	if _, err := t.tx.Exec(ctx, `
+		UPDATE remote_device_lists SET stream_id = $2, applied_ids = '{}', stale = $3, seen_stream_id = 0,
+			failures = CASE WHEN $3 THEN failures ELSE 0 END,
+			retry_at = CASE WHEN $3 THEN retry_at END, updated_at = now()
+		WHERE user_id = $1`, userID, streamID, stale); err != nil {
+		return fmt.Errorf("updating remote device-list state: %w", err)
+	}
+	return nil
 }
 
 // ClaimResyncs skips rows another replica is claiming at the same moment.
@@ -470,69 +321,7 @@ func (s *deviceStore) ClaimResyncs(ctx context.Context, limit int, lease time.Du
 	})
 }
 
-func (s *deviceStore) CompleteResync(ctx context.Context, l devicelists.RemoteDeviceList) (devicelists.ResyncResult, error) {
-	var res devicelists.ResyncResult
-	var wake []wakeup.Key
-	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		res, wake = devicelists.ResyncResult{}, nil
-		if err := lockStream(ctx, tx); err != nil {
-			return err
-		}
-		var seen int64
-		err := tx.QueryRow(ctx, `SELECT seen_stream_id FROM remote_device_lists WHERE user_id = $1 FOR UPDATE`, l.UserID).Scan(&seen)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil // dropped meanwhile
-		}
-		if err != nil {
-			return fmt.Errorf("reading remote device-list state: %w", err)
-		}
-		res.Tracked = true
-		res.StillStale = l.StreamID < seen
-		rows, err := tx.Query(ctx, `
-			SELECT device_id, coalesce(display_name, ''), keys FROM remote_devices WHERE user_id = $1`, l.UserID)
-		if err != nil {
-			return fmt.Errorf("reading remote devices: %w", err)
-		}
-		old, err := collectDeviceKeys(rows, l.UserID)
-		if err != nil {
-			return fmt.Errorf("reading remote devices: %w", err)
-		}
-		cs, err := crossSigningOf(ctx, tx, l.UserID)
-		if err != nil {
-			return err
-		}
-		res.Changed = !devicelists.SameDevices(old, l.Devices) ||
-			!bytes.Equal(cs[devicelists.MasterKey], l.MasterKey) || !bytes.Equal(cs[devicelists.SelfSigningKey], l.SelfSigningKey)
-		if res.Changed {
-			if err := replaceRemoteList(ctx, tx, l); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.Exec(ctx, `
-			UPDATE remote_device_lists SET stream_id = $2, applied_ids = '{}', stale = $3, seen_stream_id = 0,
-				failures = CASE WHEN $3 THEN failures ELSE 0 END,
-				retry_at = CASE WHEN $3 THEN retry_at END, updated_at = now()
-			WHERE user_id = $1`, l.UserID, l.StreamID, res.StillStale); err != nil {
-			return fmt.Errorf("updating remote device-list state: %w", err)
-		}
-		if !res.Changed {
-			return nil
-		}
-		if _, wake, err = s.deviceChanged(ctx, tx, l.UserID); err != nil {
-			return err
-		}
-		return notifyKeys(ctx, tx, wake)
-	})
-	if err != nil {
-		return devicelists.ResyncResult{}, err
-	}
-	s.db.wakeLocal(wake)
-	return res, nil
-}
-
-// replaceRemoteList writes a snapshot over the cached devices and
-// cross-signing keys.
-func replaceRemoteList(ctx context.Context, tx pgx.Tx, l devicelists.RemoteDeviceList) error {
+func (t deviceTx) ReplaceRemoteList(ctx context.Context, l devicelists.RemoteDeviceList) error {
 	ids := make([]string, len(l.Devices))
 	keys := make([][]byte, len(l.Devices))
 	names := make([]*string, len(l.Devices))
@@ -553,7 +342,7 @@ func replaceRemoteList(ctx context.Context, tx pgx.Tx, l devicelists.RemoteDevic
 			b.Queue(`INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)`, l.UserID, t, []byte(k))
 		}
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("replacing remote device list: %w", err)
 	}
 	return nil
@@ -583,76 +372,31 @@ func (s *deviceStore) ResyncIfUnknownDevice(ctx context.Context, userID, deviceI
 	return tag.RowsAffected() > 0, nil
 }
 
-func (s *deviceStore) RemoteDeviceLists(ctx context.Context, userIDs []string) (map[string]devicelists.RemoteDeviceList, error) {
-	out := map[string]devicelists.RemoteDeviceList{}
-	err := s.db.readTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `
-			SELECT d.user_id, d.stream_id FROM remote_device_lists d
-			WHERE d.user_id = ANY($1) AND NOT d.stale AND `+sharedWithLocal("d.user_id"), userIDs)
-		if err != nil {
-			return err
-		}
-		var fresh []string
-		var u string
-		var sid int64
-		if _, err := pgx.ForEachRow(rows, []any{&u, &sid}, func() error {
-			fresh = append(fresh, u)
-			out[u] = devicelists.RemoteDeviceList{UserID: u, StreamID: sid}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if len(fresh) == 0 {
-			return nil
-		}
-		rows, err = tx.Query(ctx, `
-			SELECT user_id, device_id, coalesce(display_name, ''), keys FROM remote_devices
-			WHERE user_id = ANY($1) ORDER BY user_id, device_id`, fresh)
-		if err != nil {
-			return err
-		}
-		var d devicelists.DeviceKeys
-		var keys []byte
-		if _, err := pgx.ForEachRow(rows, []any{&d.UserID, &d.DeviceID, &d.DisplayName, &keys}, func() error {
-			l := out[d.UserID]
-			dk := d
-			if keys != nil {
-				dk.Keys = bytes.Clone(keys)
-			}
-			l.Devices = append(l.Devices, dk)
-			out[d.UserID] = l
-			return nil
-		}); err != nil {
-			return err
-		}
-		rows, err = tx.Query(ctx, `
-			SELECT user_id, key_type, key_json FROM cross_signing_keys
-			WHERE user_id = ANY($1) AND key_type IN ('master', 'self_signing')`, fresh)
-		if err != nil {
-			return err
-		}
-		var t string
-		var k []byte
-		_, err = pgx.ForEachRow(rows, []any{&u, &t, &k}, func() error {
-			l := out[u]
-			if t == devicelists.MasterKey {
-				l.MasterKey = bytes.Clone(k)
-			} else {
-				l.SelfSigningKey = bytes.Clone(k)
-			}
-			out[u] = l
-			return nil
-		})
-		return err
-	})
+func (t deviceTx) FreshRemoteLists(ctx context.Context, userIDs []string) ([]devicelists.RemoteDeviceList, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT d.user_id, d.stream_id FROM remote_device_lists d
+		WHERE d.user_id = ANY($1) AND NOT d.stale AND `+sharedWithLocal("d.user_id"), userIDs)
 	if err != nil {
-		return nil, fmt.Errorf("reading remote device lists: %w", err)
+		return nil, err
 	}
-	return out, nil
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (devicelists.RemoteDeviceList, error) {
+		var l devicelists.RemoteDeviceList
+		err := r.Scan(&l.UserID, &l.StreamID)
+		return l, err
+	})
 }
 
-// dropRemote forgets the cached lists of the users.
-func dropRemote(ctx context.Context, tx pgx.Tx, users []string) error {
+func (t deviceTx) RemoteDevicesOf(ctx context.Context, userIDs []string) ([]devicelists.DeviceKeys, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT user_id, device_id, coalesce(display_name, ''), keys FROM remote_devices
+		WHERE user_id = ANY($1) ORDER BY user_id, device_id`, userIDs)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[devicelists.DeviceKeys])
+}
+
+func (t deviceTx) DropRemote(ctx context.Context, users []string) error {
 	if len(users) == 0 {
 		return nil
 	}
@@ -660,50 +404,20 @@ func dropRemote(ctx context.Context, tx pgx.Tx, users []string) error {
 	b.Queue(`DELETE FROM remote_devices WHERE user_id = ANY($1)`, users)
 	b.Queue(`DELETE FROM cross_signing_keys WHERE user_id = ANY($1)`, users)
 	b.Queue(`DELETE FROM remote_device_lists WHERE user_id = ANY($1)`, users)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("dropping remote device lists: %w", err)
 	}
 	return nil
 }
 
-func (s *deviceStore) SweepRemoteUsers(ctx context.Context, after string, limit int) (string, int, error) {
-	var next string
-	var dropped int
-	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		next, dropped = "", 0
-		if err := lockStream(ctx, tx); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, `
-			SELECT d.user_id, `+sharedWithLocal("d.user_id")+` FROM remote_device_lists d
-			WHERE d.user_id > $1 ORDER BY d.user_id LIMIT $2`, after, limit)
-		if err != nil {
-			return err
-		}
-		var victims []string
-		var u string
-		var shared bool
-		n := 0
-		if _, err := pgx.ForEachRow(rows, []any{&u, &shared}, func() error {
-			n++
-			next = u
-			if !shared {
-				victims = append(victims, u)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if n < limit {
-			next = ""
-		}
-		dropped = len(victims)
-		return dropRemote(ctx, tx, victims)
-	})
+func (t deviceTx) RemoteUsersAfter(ctx context.Context, after string, limit int) ([]devicelists.TrackedUser, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT d.user_id, `+sharedWithLocal("d.user_id")+` FROM remote_device_lists d
+		WHERE d.user_id > $1 ORDER BY d.user_id LIMIT $2`, after, limit)
 	if err != nil {
-		return "", 0, fmt.Errorf("sweeping remote device lists: %w", err)
+		return nil, err
 	}
-	return next, dropped, nil
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[devicelists.TrackedUser])
 }
 
 func (s *deviceStore) RemoteUserCount(ctx context.Context) (int, error) {
@@ -714,13 +428,8 @@ func (s *deviceStore) RemoteUserCount(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// trackRemote starts tracking (stale, due now) remote users of an
-// encrypted room who share it with a local user: every remote member when
-// all is set (a local user started sharing, or the room became encrypted),
-// else only the given users (who started sharing). Users tracked already
-// keep their cache.
-func trackRemote(ctx context.Context, tx pgx.Tx, roomID string, all bool, users []string) error {
-	_, err := tx.Exec(ctx, `
+func (t deviceTx) TrackRemote(ctx context.Context, roomID string, all bool, users []string) error {
+	_, err := t.tx.Exec(ctx, `
 		INSERT INTO remote_device_lists (user_id, retry_at)
 		SELECT DISTINCT m.user_id, now() FROM room_members m
 		WHERE m.room_id = $1 AND NOT m.is_local AND m.membership IN `+sharingSQL+`
@@ -734,24 +443,12 @@ func trackRemote(ctx context.Context, tx pgx.Tx, roomID string, all bool, users 
 	return nil
 }
 
-// untrackRemote drops the caches of remote users who share no encrypted
-// room with a local user any more: every remote member of the room when
-// all is set (a local user stopped sharing it), else only the given users
-// (who stopped sharing it).
-func untrackRemote(ctx context.Context, tx pgx.Tx, roomID string, all bool, users []string) error {
-	rows, err := tx.Query(ctx, `
+func (t deviceTx) UnsharedRemote(ctx context.Context, roomID string, all bool, users []string) ([]string, error) {
+	return t.strings(ctx, "finding remote users no longer shared", `
 		SELECT c.user_id FROM (
 			SELECT user_id FROM room_members WHERE $2 AND room_id = $1 AND NOT is_local
 			UNION SELECT unnest($3::text[])
 		) c
 		WHERE EXISTS (SELECT 1 FROM remote_device_lists d WHERE d.user_id = c.user_id)
 		  AND NOT `+sharedWithLocal("c.user_id"), roomID, all, users)
-	if err != nil {
-		return fmt.Errorf("finding remote users no longer shared: %w", err)
-	}
-	victims, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("finding remote users no longer shared: %w", err)
-	}
-	return dropRemote(ctx, tx, victims)
 }

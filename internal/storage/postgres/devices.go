@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,113 +12,135 @@ import (
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
+// deviceStore is the devicelists.DB of PostgreSQL: transactions and the
+// calls of one statement. deviceTx holds the statements run inside a
+// transaction; devicelists writes the transactions themselves.
 type deviceStore struct{ db *DB }
 
-// PutDevice creates or updates a device. A new device, or a change of its
-// keys or display name, is a device-list change of its user.
-func (s *deviceStore) PutDevice(ctx context.Context, p devicelists.PutDevice) (devicelists.Device, bool, error) {
-	d := devicelists.Device{UserID: p.UserID, DeviceID: p.DeviceID}
-	var created bool
+// deviceTx is devicelists.Tx on a pgx transaction.
+type deviceTx struct{ tx pgx.Tx }
+
+var (
+	_ devicelists.DB = (*deviceStore)(nil)
+	_ devicelists.Tx = deviceTx{}
+)
+
+// Write sends the NOTIFYs inside the transaction, so other replicas hear of
+// it as it commits, and wakes this replica's waiters after.
+func (s *deviceStore) Write(ctx context.Context, fn func(devicelists.Tx) ([]wakeup.Key, error)) error {
 	var wake []wakeup.Key
 	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		created, wake = false, nil
-		if p.TokenHash != nil {
-			// Two devices given one token at once: the unique index stops
-			// the second (mapped to ErrTokenInUse below).
-			var taken bool
-			if err := tx.QueryRow(ctx, `
-				SELECT EXISTS (SELECT 1 FROM devices
-					WHERE token_hash = $1 AND NOT (user_id = $2 AND device_id = $3))`,
-				p.TokenHash, p.UserID, p.DeviceID).Scan(&taken); err != nil {
-				return fmt.Errorf("checking the token is free: %w", err)
-			}
-			if taken {
-				return devicelists.ErrTokenInUse
-			}
-		}
-		var oldName *string
-		var oldKeys []byte
-		err := tx.QueryRow(ctx, `
-			SELECT display_name, keys FROM devices
-			WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL FOR UPDATE`,
-			p.UserID, p.DeviceID).Scan(&oldName, &oldKeys)
-		existed := err == nil
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		var keys []byte
-		if p.Keys != nil {
-			keys = p.Keys
-		}
-		var name *string
-		var nowKeys []byte
-		err = tx.QueryRow(ctx, `
-			INSERT INTO devices (user_id, device_id, token_hash, display_name, keys)
-			VALUES ($1, $2, $3, $4, $6)
-			ON CONFLICT (user_id, device_id) WHERE deleted_at IS NULL DO UPDATE SET
-				token_hash = coalesce(excluded.token_hash, devices.token_hash),
-				display_name = CASE WHEN $5 THEN excluded.display_name ELSE devices.display_name END,
-				keys = CASE WHEN $7 THEN excluded.keys ELSE devices.keys END
-			RETURNING nid, display_name, keys, xmax = 0`,
-			p.UserID, p.DeviceID, p.TokenHash, p.DisplayName, p.DisplayName != nil, keys, p.Keys != nil).Scan(&d.NID, &name, &nowKeys, &created)
-		if err != nil {
-			return err
-		}
-		if name != nil {
-			d.DisplayName = *name
-		}
-		changed := !existed ||
-			(p.Keys != nil && !bytes.Equal(oldKeys, p.Keys)) ||
-			(p.DisplayName != nil && (oldName == nil || *oldName != *p.DisplayName))
-		if !changed {
-			return nil
-		}
-		if wake, err = s.localDeviceChanged(ctx, tx, p.UserID, p.Update(d.DisplayName, nowKeys)); err != nil {
+		var err error
+		if wake, err = fn(deviceTx{tx}); err != nil {
 			return err
 		}
 		return notifyKeys(ctx, tx, wake)
 	})
-	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "devices_token_hash" {
-		err = devicelists.ErrTokenInUse
-	}
 	if err != nil {
-		return devicelists.Device{}, false, err
+		return err
 	}
 	s.db.wakeLocal(wake)
-	return d, created, nil
+	return nil
 }
 
-func (s *deviceStore) DeleteDevice(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
-	d := devicelists.Device{UserID: userID, DeviceID: deviceID}
-	var wake []wakeup.Key
-	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		wake = nil
-		var name *string
-		err := tx.QueryRow(ctx, `
-			UPDATE devices SET deleted_at = now(), token_hash = NULL
-			WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL
-			RETURNING nid, display_name`, userID, deviceID).Scan(&d.NID, &name)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return devicelists.ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		if name != nil {
-			d.DisplayName = *name
-		}
-		wake, err = s.localDeviceChanged(ctx, tx, userID, devicelists.DeviceUpdate{DeviceID: deviceID, Deleted: true})
-		if err != nil {
-			return err
-		}
-		wake = append(wake, wakeup.DeviceKey(d.NID))
-		return notifyKeys(ctx, tx, wake)
-	})
-	if err != nil {
-		return devicelists.Device{}, err
+// Read runs fn in a read-only repeatable-read snapshot.
+func (s *deviceStore) Read(ctx context.Context, fn func(devicelists.Tx) error) error {
+	return s.db.readTx(ctx, func(tx pgx.Tx) error { return fn(deviceTx{tx}) })
+}
+
+func (t deviceTx) TokenTaken(ctx context.Context, tokenHash []byte, userID, deviceID string) (bool, error) {
+	var taken bool
+	if err := t.tx.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM devices
+			WHERE token_hash = $1 AND NOT (user_id = $2 AND device_id = $3))`,
+		tokenHash, userID, deviceID).Scan(&taken); err != nil {
+		return false, fmt.Errorf("checking the token is free: %w", err)
 	}
-	s.db.wakeLocal(wake)
-	return d, nil
+	return taken, nil
+}
+
+func (t deviceTx) LiveDevice(ctx context.Context, userID, deviceID string) (devicelists.StoredDevice, bool, error) {
+	var d devicelists.StoredDevice
+	err := t.tx.QueryRow(ctx, `
+		SELECT nid, display_name, keys FROM devices
+		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL FOR UPDATE`,
+		userID, deviceID).Scan(&d.NID, &d.DisplayName, &d.Keys)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return d, false, nil
+	}
+	if err != nil {
+		return d, false, fmt.Errorf("looking up device: %w", err)
+	}
+	return d, true, nil
+}
+
+// UpsertDevice is one upsert whatever old says: "created" comes from xmax,
+// and two devices given one token at once are stopped by the unique index.
+func (t deviceTx) UpsertDevice(ctx context.Context, p devicelists.PutDevice, _ *devicelists.StoredDevice) (devicelists.StoredDevice, bool, error) {
+	var d devicelists.StoredDevice
+	var created bool
+	var keys []byte
+	if p.Keys != nil {
+		keys = p.Keys
+	}
+	err := t.tx.QueryRow(ctx, `
+		INSERT INTO devices (user_id, device_id, token_hash, display_name, keys)
+		VALUES ($1, $2, $3, $4, $6)
+		ON CONFLICT (user_id, device_id) WHERE deleted_at IS NULL DO UPDATE SET
+			token_hash = coalesce(excluded.token_hash, devices.token_hash),
+			display_name = CASE WHEN $5 THEN excluded.display_name ELSE devices.display_name END,
+			keys = CASE WHEN $7 THEN excluded.keys ELSE devices.keys END
+		RETURNING nid, display_name, keys, xmax = 0`,
+		p.UserID, p.DeviceID, p.TokenHash, p.DisplayName, p.DisplayName != nil, keys, p.Keys != nil,
+	).Scan(&d.NID, &d.DisplayName, &d.Keys, &created)
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "devices_token_hash" {
+		return d, false, devicelists.ErrTokenInUse
+	}
+	return d, created, err
+}
+
+func (t deviceTx) TombstoneDevice(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
+	d := devicelists.Device{UserID: userID, DeviceID: deviceID}
+	var name *string
+	err := t.tx.QueryRow(ctx, `
+		UPDATE devices SET deleted_at = now(), token_hash = NULL
+		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL
+		RETURNING nid, display_name`, userID, deviceID).Scan(&d.NID, &name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return d, devicelists.ErrNotFound
+	}
+	if name != nil {
+		d.DisplayName = *name
+	}
+	return d, err
+}
+
+func (t deviceTx) LiveDeviceKeys(ctx context.Context, userID string) ([]devicelists.DeviceKeys, error) {
+	rows, err := t.tx.Query(ctx, `
+		SELECT device_id, coalesce(display_name, ''), keys FROM devices
+		WHERE user_id = $1 AND deleted_at IS NULL AND keys IS NOT NULL`, userID)
+	if err != nil {
+		return nil, err
+	}
+	return collectDeviceKeys(rows, userID)
+}
+
+func (t deviceTx) Head(ctx context.Context, userID string) (int64, error) {
+	var head int64
+	err := t.tx.QueryRow(ctx, `SELECT stream_id FROM device_list_heads WHERE user_id = $1`, userID).Scan(&head)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("reading device-list head: %w", err)
+	}
+	return head, nil
+}
+
+func (t deviceTx) SetHead(ctx context.Context, userID string, pos int64) error {
+	if _, err := t.tx.Exec(ctx, `
+		INSERT INTO device_list_heads (user_id, stream_id) VALUES ($1, $2)
+		ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id`, userID, pos); err != nil {
+		return fmt.Errorf("storing device-list head: %w", err)
+	}
+	return nil
 }
 
 func scanDevice(row pgx.Row) (devicelists.Device, error) {

@@ -210,7 +210,9 @@ func (db *DB) Ping(ctx context.Context) error { return db.pool.Ping(ctx) }
 func (db *DB) Inbox() inbox.Store { return &inboxStore{db: db, hooks: db.opts.InboxHooks} }
 
 // Devices returns the device registry store.
-func (db *DB) Devices() devicelists.Store { return &deviceStore{db: db} }
+func (db *DB) Devices() devicelists.Store {
+	return devicelists.NewStore(&deviceStore{db: db}, db.opts.DeviceListHooks)
+}
 
 // Federation returns the federation store.
 func (db *DB) Federation() federation.Store { return &federationStore{db: db} }

@@ -7,11 +7,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
-	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
 // The device-list stream needs no lock of its own, where PostgreSQL takes an
@@ -74,11 +72,11 @@ func eachChunk(values []string, fn func(in string, args []any) error) error {
 	return nil
 }
 
-// appendStream takes the next device-list position. The caller holds the
-// writer's turn, which is all the ordering the stream needs (see above).
-// now is the transaction's clock reading, so created_at follows positions
-// and pruning by position prunes by age.
-func (s *deviceStore) appendStream(ctx context.Context, tx *sql.Tx, now int64, kind, userID, roomID string) (int64, error) {
+// LockStream does nothing: the writer's turn is all the ordering the
+// stream needs (see above).
+func (deviceTx) LockStream(context.Context) error { return nil }
+
+func (t deviceTx) AppendStream(ctx context.Context, kind, userID, roomID string) (int64, error) {
 	var u, r any // NULL unless given
 	if userID != "" {
 		u = userID
@@ -87,21 +85,16 @@ func (s *deviceStore) appendStream(ctx context.Context, tx *sql.Tx, now int64, k
 		r = roomID
 	}
 	var pos int64
-	if err := tx.QueryRowContext(ctx, `
+	if err := t.tx.QueryRowContext(ctx, `
 		INSERT INTO device_list_stream (kind, user_id, room_id, created_at) VALUES (?, ?, ?, ?) RETURNING pos`,
-		kind, u, r, now).Scan(&pos); err != nil {
+		kind, u, r, t.now).Scan(&pos); err != nil {
 		return 0, fmt.Errorf("appending to the device-list stream: %w", err)
-	}
-	if h := s.db.opts.DeviceListHooks.AfterStreamAppend; h != nil {
-		return pos, h(ctx, kind, userID, roomID)
 	}
 	return pos, nil
 }
 
-// sharersOf returns the wake-up keys of the local users who share an
-// encrypted room with userID, and of userID itself.
-func sharersOf(ctx context.Context, tx *sql.Tx, userID string) ([]wakeup.Key, error) {
-	users, err := queryStrings(ctx, tx, `
+func (t deviceTx) LocalSharers(ctx context.Context, userID string) ([]string, error) {
+	users, err := queryStrings(ctx, t.tx, `
 		SELECT DISTINCT m2.user_id FROM room_members m1
 		JOIN encrypted_rooms e ON e.room_id = m1.room_id
 		JOIN room_members m2 ON m2.room_id = m1.room_id
@@ -110,193 +103,63 @@ func sharersOf(ctx context.Context, tx *sql.Tx, userID string) ([]wakeup.Key, er
 	if err != nil {
 		return nil, fmt.Errorf("finding users sharing a room: %w", err)
 	}
-	keys := []wakeup.Key{wakeup.UserKey(userID)}
-	for _, u := range users {
-		if u != userID {
-			keys = append(keys, wakeup.UserKey(u))
-		}
-	}
-	return keys, nil
+	return users, nil
 }
 
-// roomLocals returns the wake-up keys of the local members of a room
-// (whatever their membership: a leaver must learn whom to forget).
-func roomLocals(ctx context.Context, tx *sql.Tx, roomID string) ([]wakeup.Key, error) {
-	users, err := queryStrings(ctx, tx, `SELECT user_id FROM room_members WHERE room_id = ? AND is_local = 1`, roomID)
+func (t deviceTx) RoomLocals(ctx context.Context, roomID string) ([]string, error) {
+	users, err := queryStrings(ctx, t.tx, `SELECT user_id FROM room_members WHERE room_id = ? AND is_local = 1`, roomID)
 	if err != nil {
 		return nil, fmt.Errorf("finding local members: %w", err)
 	}
-	keys := make([]wakeup.Key, len(users))
-	for i, u := range users {
-		keys[i] = wakeup.UserKey(u)
-	}
-	return keys, nil
+	return users, nil
 }
 
-// deviceChanged records a change of userID's devices (local or remote) and
-// returns the position and whom to wake once the transaction commits.
-func (s *deviceStore) deviceChanged(ctx context.Context, tx *sql.Tx, now int64, userID string) (int64, []wakeup.Key, error) {
-	pos, err := s.appendStream(ctx, tx, now, "device", userID, "")
+// MarkRoomEncrypted writes pos as 0, as the PostgreSQL backend does.
+func (t deviceTx) MarkRoomEncrypted(ctx context.Context, roomID string) (bool, error) {
+	r, err := t.tx.ExecContext(ctx, `INSERT INTO encrypted_rooms (room_id) VALUES (?) ON CONFLICT DO NOTHING`, roomID)
 	if err != nil {
-		return 0, nil, err
+		return false, fmt.Errorf("recording encryption: %w", err)
 	}
-	keys, err := sharersOf(ctx, tx, userID)
-	return pos, keys, err
-}
-
-func (s *deviceStore) PutCrossSigning(ctx context.Context, userID string, keys map[string]json.RawMessage) (bool, error) {
-	var changed bool
-	var wake []wakeup.Key
-	types := make([]string, 0, len(keys))
-	for t := range keys {
-		types = append(types, t)
-	}
-	sort.Strings(types)
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		changed, wake = false, nil
-		now := micros(time.Now())
-		public := false // the master or self-signing key changed: other servers are told
-		for _, t := range types {
-			n, err := putCrossSigningKey(ctx, tx, userID, t, keys[t])
-			if err != nil {
-				return err
-			}
-			if n > 0 {
-				changed = true
-				public = public || t != devicelists.UserSigningKey
-			}
-		}
-		if !changed {
-			return nil
-		}
-		var err error
-		if _, wake, err = s.deviceChanged(ctx, tx, now, userID); err != nil {
-			return err
-		}
-		if public {
-			out, err := s.queueSigningKeys(ctx, tx, now, userID)
-			if err != nil {
-				return err
-			}
-			wake = append(wake, out...)
-		}
-		return nil
-	})
+	n, err := r.RowsAffected()
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("recording encryption: %w", err)
 	}
-	s.db.wake(wake)
-	return changed, nil
+	return n > 0, nil
 }
 
-func (s *deviceStore) SetRoomEncrypted(ctx context.Context, roomID string) (bool, error) {
-	var changed bool
-	var wake []wakeup.Key
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		changed, wake = false, nil
-		// pos is written as 0, as the PostgreSQL backend writes it.
-		r, err := tx.ExecContext(ctx, `
-			INSERT INTO encrypted_rooms (room_id) VALUES (?) ON CONFLICT DO NOTHING`, roomID)
+func (t deviceTx) RoomEncrypted(ctx context.Context, roomID string) (bool, error) {
+	var encrypted bool
+	if err := t.tx.QueryRowContext(ctx,
+		`SELECT EXISTS (SELECT 1 FROM encrypted_rooms WHERE room_id = ?)`, roomID).Scan(&encrypted); err != nil {
+		return false, fmt.Errorf("checking room encryption: %w", err)
+	}
+	return encrypted, nil
+}
+
+// UpsertMemberships reads the stored memberships of the updated users, then
+// upserts the updates, a chunk at a time; the upsert's WHERE ignores an
+// update whose stream ordering is not newer than the stored one, and
+// RETURNING names the rows it did change. Writers take turns, so nothing
+// changes the rows between the read and the upsert.
+func (t deviceTx) UpsertMemberships(ctx context.Context, roomID string, ms []devicelists.Membership) ([]devicelists.MembershipChange, error) {
+	var out []devicelists.MembershipChange
+	for chunk := range slices.Chunk(ms, maxRowsPerStatement) {
+		before, err := memberships(ctx, t.tx, roomID, chunk)
 		if err != nil {
-			return fmt.Errorf("recording encryption: %w", err)
+			return nil, fmt.Errorf("reading memberships: %w", err)
 		}
-		if n, err := r.RowsAffected(); err != nil {
-			return fmt.Errorf("recording encryption: %w", err)
-		} else if n == 0 {
-			return nil // already encrypted: no change
-		}
-		changed = true
-		now := micros(time.Now())
-		if _, err := s.appendStream(ctx, tx, now, "encryption", "", roomID); err != nil {
-			return err
-		}
-		if err := trackRemote(ctx, tx, now, roomID, true, nil); err != nil {
-			return err
-		}
-		wake, err = roomLocals(ctx, tx, roomID)
-		return err
-	})
-	if err != nil {
-		return false, err
-	}
-	s.db.wake(wake)
-	return changed, nil
-}
-
-// SetMemberships reads the stored memberships of the updated users, then
-// upserts the updates; the upsert's WHERE ignores an update whose stream
-// ordering is not newer than the stored one, and RETURNING names the rows
-// it did change. Writers take turns, so nothing changes the rows between
-// the read and the upsert.
-func (s *deviceStore) SetMemberships(ctx context.Context, roomID string, ms []devicelists.Membership) (int, error) {
-	if len(ms) == 0 {
-		return 0, nil
-	}
-	var applied int
-	var wake []wakeup.Key
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		applied, wake = 0, nil
-		now := micros(time.Now())
-		var encrypted bool
-		if err := tx.QueryRowContext(ctx,
-			`SELECT EXISTS (SELECT 1 FROM encrypted_rooms WHERE room_id = ?)`, roomID).Scan(&encrypted); err != nil {
-			return fmt.Errorf("checking room encryption: %w", err)
-		}
-		var changes []devicelists.SharingChange
-		for chunk := range slices.Chunk(ms, maxRowsPerStatement) {
-			before, err := memberships(ctx, tx, roomID, chunk)
-			if err != nil {
-				return fmt.Errorf("reading memberships: %w", err)
-			}
-			after, err := upsertMemberships(ctx, tx, roomID, chunk)
-			if err != nil {
-				return fmt.Errorf("storing memberships: %w", err)
-			}
-			// In the caller's order (by user), as the positions are taken.
-			for _, m := range chunk {
-				cur, ok := after[m.UserID]
-				if !ok {
-					continue // not newer than the stored membership
-				}
-				applied++
-				was, existed := before[m.UserID]
-				if encrypted && (existed && devicelists.Sharing(was)) != devicelists.Sharing(cur) {
-					changes = append(changes, devicelists.SharingChange{UserID: m.UserID, Local: m.Local, Sharing: devicelists.Sharing(cur)})
-				}
-			}
-		}
-		if len(changes) == 0 {
-			return nil
-		}
-		for _, c := range changes {
-			if _, err := s.appendStream(ctx, tx, now, "membership", c.UserID, roomID); err != nil {
-				return err
-			}
-			wake = append(wake, wakeup.UserKey(c.UserID))
-		}
-		t := devicelists.TrackingOf(changes)
-		if t.AllStart || len(t.Start) > 0 {
-			if err := trackRemote(ctx, tx, now, roomID, t.AllStart, t.Start); err != nil {
-				return err
-			}
-		}
-		if t.AllStop || len(t.Stop) > 0 {
-			if err := untrackRemote(ctx, tx, roomID, t.AllStop, t.Stop); err != nil {
-				return err
-			}
-		}
-		locals, err := roomLocals(ctx, tx, roomID)
+		after, err := upsertMemberships(ctx, t.tx, roomID, chunk)
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("storing memberships: %w", err)
 		}
-		wake = append(wake, locals...)
-		return nil
-	})
-	if err != nil {
-		return 0, err
+		// In the caller's order (by user), as the positions are taken.
+		for _, m := range chunk {
+			if cur, ok := after[m.UserID]; ok {
+				out = append(out, devicelists.MembershipChange{UserID: m.UserID, Before: before[m.UserID], Now: cur})
+			}
+		}
 	}
-	s.db.wake(wake)
-	return applied, nil
+	return out, nil
 }
 
 // memberships returns the stored memberships of room of the users in ms.
@@ -369,95 +232,60 @@ func (s *deviceStore) StreamState(ctx context.Context) (devicelists.StreamState,
 	return st, nil
 }
 
-// Changes computes changed/left for userID over (from, to], as the
-// PostgreSQL backend does, in one read snapshot:
-//   - users sharing an encrypted room with userID now whose devices changed,
-//     and userID itself if its own devices changed;
-//   - for membership and encryption changes in rooms userID is or was in:
-//     the users concerned (every member, when userID's own membership or the
-//     room's encryption changed) go to changed if they share an encrypted
-//     room with userID now, else to left.
-func (s *deviceStore) Changes(ctx context.Context, userID string, from, to int64) (devicelists.Changes, error) {
-	var out devicelists.Changes
-	err := s.db.read(ctx, func(tx *sql.Tx) error {
-		sharedUsers, err := queryStrings(ctx, tx, sharedUsersSQL, userID, userID)
-		if err != nil {
-			return fmt.Errorf("listing users sharing a room: %w", err)
-		}
-		shared := make(map[string]bool, len(sharedUsers))
-		for _, u := range sharedUsers {
-			shared[u] = true
-		}
-		changed := map[string]bool{}
-		left := map[string]bool{}
+func (t deviceTx) SharedWith(ctx context.Context, userID string) ([]string, error) {
+	users, err := queryStrings(ctx, t.tx, sharedUsersSQL, userID, userID)
+	if err != nil {
+		return nil, fmt.Errorf("listing users sharing a room: %w", err)
+	}
+	return users, nil
+}
 
-		// The shared users again, as a subquery: no list of parameters to
-		// build, and the (user_id, pos) index is probed per user.
-		devChanged, err := queryStrings(ctx, tx, `
-			WITH shared(user_id) AS (`+sharedUsersSQL+`)
-			SELECT DISTINCT user_id FROM device_list_stream
-			WHERE pos > ? AND pos <= ? AND kind = 'device' AND user_id IN (SELECT user_id FROM shared)`,
-			userID, userID, from, to)
-		if err != nil {
-			return fmt.Errorf("reading device changes: %w", err)
-		}
-		for _, u := range devChanged {
-			changed[u] = true
-		}
+// DeviceChanges takes the shared users again as a subquery: no list of
+// parameters to build, and the (user_id, pos) index is probed per user.
+func (t deviceTx) DeviceChanges(ctx context.Context, userID string, _ []string, from, to int64) ([]string, error) {
+	users, err := queryStrings(ctx, t.tx, `
+		WITH shared(user_id) AS (`+sharedUsersSQL+`)
+		SELECT DISTINCT user_id FROM device_list_stream
+		WHERE pos > ? AND pos <= ? AND kind = 'device' AND user_id IN (SELECT user_id FROM shared)`,
+		userID, userID, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("reading device changes: %w", err)
+	}
+	return users, nil
+}
 
-		rows, err := tx.QueryContext(ctx, `
-			SELECT s.kind, coalesce(s.user_id, ''), s.room_id FROM device_list_stream s
-			WHERE s.pos > ? AND s.pos <= ? AND s.kind IN ('membership', 'encryption')
-			  AND s.room_id IN (SELECT room_id FROM room_members WHERE user_id = ?)`, from, to, userID)
-		if err != nil {
-			return fmt.Errorf("reading membership changes: %w", err)
+func (t deviceTx) RoomChanges(ctx context.Context, userID string, from, to int64) ([]devicelists.StreamEntry, error) {
+	rows, err := t.tx.QueryContext(ctx, `
+		SELECT s.kind, coalesce(s.user_id, ''), s.room_id FROM device_list_stream s
+		WHERE s.pos > ? AND s.pos <= ? AND s.kind IN ('membership', 'encryption')
+		  AND s.room_id IN (SELECT room_id FROM room_members WHERE user_id = ?)`, from, to, userID)
+	if err != nil {
+		return nil, fmt.Errorf("reading membership changes: %w", err)
+	}
+	defer rows.Close()
+	var out []devicelists.StreamEntry
+	for rows.Next() {
+		var e devicelists.StreamEntry
+		if err := rows.Scan(&e.Kind, &e.UserID, &e.RoomID); err != nil {
+			return nil, fmt.Errorf("reading membership changes: %w", err)
 		}
-		var candidates, wholeRooms []string
-		seenRoom := map[string]bool{}
-		for rows.Next() {
-			var kind, user, room string
-			if err := rows.Scan(&kind, &user, &room); err != nil {
-				rows.Close()
-				return fmt.Errorf("reading membership changes: %w", err)
-			}
-			if kind == "encryption" || user == userID {
-				if !seenRoom[room] {
-					seenRoom[room] = true
-					wholeRooms = append(wholeRooms, room)
-				}
-			} else {
-				candidates = append(candidates, user)
-			}
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("reading membership changes: %w", err)
-		}
-		err = eachChunk(wholeRooms, func(in string, args []any) error {
-			members, err := queryStrings(ctx, tx, `SELECT DISTINCT user_id FROM room_members WHERE room_id IN `+in, args...)
-			candidates = append(candidates, members...)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("reading room members: %w", err)
-		}
-		for _, u := range candidates {
-			if u == userID {
-				continue
-			}
-			if shared[u] {
-				changed[u] = true
-			} else {
-				left[u] = true
-			}
-		}
-		for u := range left {
-			delete(changed, u)
-		}
-		out = devicelists.ChangesOf(changed, left)
-		return nil
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading membership changes: %w", err)
+	}
+	return out, nil
+}
+
+func (t deviceTx) RoomMembers(ctx context.Context, roomIDs []string) ([]string, error) {
+	var out []string
+	err := eachChunk(roomIDs, func(in string, args []any) error {
+		members, err := queryStrings(ctx, t.tx, `SELECT DISTINCT user_id FROM room_members WHERE room_id IN `+in, args...)
+		out = append(out, members...)
+		return err
 	})
 	if err != nil {
-		return devicelists.Changes{}, err
+		return nil, fmt.Errorf("reading room members: %w", err)
 	}
 	return out, nil
 }
@@ -577,46 +405,36 @@ func (s *deviceStore) CrossSigning(ctx context.Context, userIDs []string) (map[s
 	return out, nil
 }
 
-// PruneStream deletes the oldest positions created before cutoff and raises
-// the pruning point to the newest one deleted. It holds the writer's turn,
-// so no position can commit below the new pruning point meanwhile; and
-// AUTOINCREMENT never hands a pruned position out again, so the head (which
-// StreamState takes from the pruning point once the stream is empty) never
-// goes back.
-func (s *deviceStore) PruneStream(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	var n int
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		n = 0
-		var top int64
-		err := func() error {
-			rows, err := tx.QueryContext(ctx, `
-				DELETE FROM device_list_stream WHERE pos IN (
-					SELECT pos FROM (SELECT pos, created_at FROM device_list_stream ORDER BY pos LIMIT ?)
-					WHERE created_at < ?)
-				RETURNING pos`, limit, micros(cutoff))
-			if err != nil {
-				return err
-			}
-			defer rows.Close()
-			for rows.Next() {
-				var pos int64
-				if err := rows.Scan(&pos); err != nil {
-					return err
-				}
-				n++
-				top = max(top, pos)
-			}
-			return rows.Err()
-		}()
-		if err != nil || n == 0 {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `
-			UPDATE meta SET device_list_pruned_below = max(device_list_pruned_below, ?)`, top)
-		return err
-	})
+// PruneOldest deletes the oldest positions created before cutoff. The
+// writer's turn keeps any position from committing below the new pruning
+// point meanwhile; and AUTOINCREMENT never hands a pruned position out
+// again, so the head (which StreamState takes from the pruning point once
+// the stream is empty) never goes back.
+func (t deviceTx) PruneOldest(ctx context.Context, cutoff time.Time, limit int) (int, int64, error) {
+	rows, err := t.tx.QueryContext(ctx, `
+		DELETE FROM device_list_stream WHERE pos IN (
+			SELECT pos FROM (SELECT pos, created_at FROM device_list_stream ORDER BY pos LIMIT ?)
+			WHERE created_at < ?)
+		RETURNING pos`, limit, micros(cutoff))
 	if err != nil {
-		return 0, fmt.Errorf("pruning the device-list stream: %w", err)
+		return 0, 0, err
 	}
-	return n, nil
+	defer rows.Close()
+	var n int
+	var top int64
+	for rows.Next() {
+		var pos int64
+		if err := rows.Scan(&pos); err != nil {
+			return 0, 0, err
+		}
+		n++
+		top = max(top, pos)
+	}
+	return n, top, rows.Err()
+}
+
+func (t deviceTx) RaisePrunedBelow(ctx context.Context, pos int64) error {
+	_, err := t.tx.ExecContext(ctx, `
+		UPDATE meta SET device_list_pruned_below = max(device_list_pruned_below, ?)`, pos)
+	return err
 }

@@ -333,7 +333,9 @@ func (db *DB) Ping(ctx context.Context) error {
 func (db *DB) Inbox() inbox.Store { return &inboxStore{db: db, hooks: db.opts.InboxHooks} }
 
 // Devices returns the device registry store.
-func (db *DB) Devices() devicelists.Store { return &deviceStore{db: db} }
+func (db *DB) Devices() devicelists.Store {
+	return devicelists.NewStore(&deviceStore{db: db}, db.opts.DeviceListHooks)
+}
 
 // WaitingWriters reports how many writers are queued for the writer
 // connection (tests use it to see a writer blocked behind another).
