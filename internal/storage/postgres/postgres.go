@@ -213,7 +213,7 @@ func (db *DB) Inbox() inbox.Store { return &inboxStore{db: db, hooks: db.opts.In
 func (db *DB) Devices() devicelists.Store { return &deviceStore{db: db} }
 
 // Federation returns the federation store.
-func (db *DB) Federation() federation.Store { return &federationStore{db: db} }
+func (db *DB) Federation() federation.Store { return federation.NewStore(db.FederationDB()) }
 
 // inTx runs fn in a transaction, retrying a few times when PostgreSQL aborts
 // it for a deadlock or a serialization failure (both safe to retry, since
