@@ -7,8 +7,9 @@
 //
 // # Sender
 //
-// Sender drains EDU sources (EDUSource; ToDeviceOutbox is the inbox's
-// outbox, devicelists.Outbox the device lists') to their destinations: a goroutine per destination with work,
+// Sender drains EDU sources (EDUSource, in federation's own types; the
+// wiring adapts the inbox's to-device outbox and the device lists' to it) to
+// their destinations: a goroutine per destination with work,
 // started by wake-ups (wakeup.Hub.Observe hears every OutboxKey) and a
 // periodic sweep. Store holds what it needs to be correct across replicas
 // and restarts: a lease per destination judged by the database clock, with
@@ -28,14 +29,14 @@
 // homeserver hands over (HandleEDUs): replays are answered from a record,
 // PDUs each get an error (PDUEventIDs names them), m.direct_to_device EDUs
 // of wrong senders or for other servers' users are dropped and counted, the
-// rest are stored through inbox.Service.AcceptRemote, deduplicated by
+// rest are stored through a ToDeviceInbox (the inbox), deduplicated by
 // (origin, message_id) in the database transaction that stores them.
 // Device-list EDUs go to a DeviceListHandler (devicelists.Federation).
 //
 // # Feed and housekeeping
 //
-// Feed hands the outboxes (Outbox: the to-device one, ToDeviceOutbox, and
-// the device lists', devicelists.Outbox) to a homeserver that sends
+// Feed hands the outboxes (Outbox: the to-device one and the device
+// lists') to a homeserver that sends
 // federation traffic itself, mixed by the sender's quotas (pull, then
 // acknowledge exactly the rows pulled). Housekeeper expires EDUs of every
 // outbox past the TTL, prunes the inbound transaction record and refreshes

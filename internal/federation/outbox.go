@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxjson"
 )
@@ -31,7 +30,7 @@ const (
 type HousekeeperConfig struct {
 	Store Store
 	// Outbox is the to-device outbox.
-	Outbox inbox.Store
+	Outbox Outbox
 	// More are further outboxes (the device lists'), expired and measured
 	// like Outbox.
 	More    []Outbox
@@ -76,7 +75,7 @@ func NewHousekeeper(cfg HousekeeperConfig) *Housekeeper {
 
 // outboxes are the to-device outbox and the others.
 func (h *Housekeeper) outboxes() []Outbox {
-	return append([]Outbox{ToDeviceOutbox{Store: h.cfg.Outbox}}, h.cfg.More...)
+	return append([]Outbox{h.cfg.Outbox}, h.cfg.More...)
 }
 
 // Housekeep expires old outbox EDUs and prunes old inbound transaction

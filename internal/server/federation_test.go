@@ -415,14 +415,14 @@ func TestFederationHousekeepingExpiresAndMeasures(t *testing.T) {
 		m := federation.NewMetrics(nil)
 		later := time.Now().Add(federation.DefaultMessageTTL + 24*time.Hour)
 		h := federation.NewHousekeeper(federation.HousekeeperConfig{
-			Store: a.srv.Backend().Federation(), Outbox: a.srv.Backend().Inbox(), Metrics: m,
+			Store: a.srv.Backend().Federation(), Outbox: server.ToDeviceOutbox(a.srv.Backend().Inbox()), Metrics: m,
 		})
 		require.NoError(t, h.RefreshGauges(testCtx(t)))
 		require.Equal(t, 3.0, testutil.ToFloat64(m.OutboxEDUs))
 		require.Greater(t, testutil.ToFloat64(m.OutboxOldestAge), 0.0)
 
 		h = federation.NewHousekeeper(federation.HousekeeperConfig{
-			Store: a.srv.Backend().Federation(), Outbox: a.srv.Backend().Inbox(), Metrics: m,
+			Store: a.srv.Backend().Federation(), Outbox: server.ToDeviceOutbox(a.srv.Backend().Inbox()), Metrics: m,
 			Now: func() time.Time { return later },
 		})
 		require.NoError(t, h.Housekeep(testCtx(t)))

@@ -141,7 +141,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	s.fedMetrics = federation.NewMetrics(reg)
 	s.housekeeper = federation.NewHousekeeper(federation.HousekeeperConfig{
-		Store: backend.Federation(), Outbox: backend.Inbox(), More: []federation.Outbox{devicelists.Outbox{Store: backend.Devices()}},
+		Store: backend.Federation(), Outbox: toDeviceOutbox{backend.Inbox()}, More: []federation.Outbox{deviceListOutbox{backend.Devices()}},
 		Metrics: s.fedMetrics, Logger: log, MessageTTL: cfg.FederationMessageTTL,
 	})
 	var fed *httpapi.FederationConfig
@@ -192,7 +192,7 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 	s.deviceFed = s.devices.EnableFederation(devicelists.FederationConfig{Client: client, Backoff: backoff})
 	fed := &httpapi.FederationConfig{
 		Receiver: federation.NewReceiver(federation.ReceiverConfig{
-			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: s.inbox,
+			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: toDeviceInbox{cfg.ServerName, s.inbox},
 			DeviceLists: s.deviceFed, Metrics: s.fedMetrics, Logger: log,
 		}),
 		Keys: federation.NewKeyFetcher(client, federation.KeyFetcherOptions{
@@ -205,8 +205,8 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 	// The device-list outbox comes first: its reserved slots are taken
 	// before to-device messages fill the rest (also in a small feed pull).
 	sources := []federation.SourceQuota{
-		{Source: devicelists.Outbox{Store: s.backend.Devices()}, Quota: federation.ReservedDeviceListEDUs},
-		{Source: federation.ToDeviceOutbox{Store: s.backend.Inbox()}, Quota: federation.ToDeviceQuota},
+		{Source: deviceListOutbox{s.backend.Devices()}, Quota: federation.ReservedDeviceListEDUs},
+		{Source: toDeviceOutbox{s.backend.Inbox()}, Quota: federation.ToDeviceQuota},
 	}
 	switch cfg.FederationOutbox {
 	case FederationOutboxFeed:
