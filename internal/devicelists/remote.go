@@ -15,6 +15,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/mxid"
 )
 
@@ -44,11 +45,11 @@ const (
 
 // FederationConfig configures the federation half of device lists.
 type FederationConfig struct {
-	// Client sends signed requests to other servers (a *federation.Client).
-	Client federation.Requester
+	// Client sends signed requests to other servers (a *matrixfed.Client).
+	Client matrixfed.Requester
 	// Backoff spaces the retries of a resync that failed (while the
 	// user's server is down). Zero values take the federation defaults.
-	Backoff federation.Backoff
+	Backoff matrixfed.Backoff
 	// PollInterval (DefaultResyncPoll).
 	PollInterval time.Duration
 	// Concurrency (DefaultResyncConcurrency).
@@ -364,8 +365,8 @@ func (f *Federation) ResyncDue(ctx context.Context) {
 // answered reports whether a request's error came with an answer (the
 // server is up, it just did not like the request).
 func answered(err error) bool {
-	var he *federation.HTTPError
-	return errors.As(err, &he) || errors.Is(err, federation.ErrBadResponse)
+	var he *matrixfed.HTTPError
+	return errors.As(err, &he) || errors.Is(err, matrixfed.ErrBadResponse)
 }
 
 func serverOf(userID string) string {
@@ -399,7 +400,7 @@ func (f *Federation) resync(ctx context.Context, j ResyncJob) error {
 	}
 	l, err := snapshot(j.UserID, resp)
 	if err != nil {
-		return fmt.Errorf("%w: %w", federation.ErrBadResponse, err)
+		return fmt.Errorf("%w: %w", matrixfed.ErrBadResponse, err)
 	}
 	res, err := f.svc.store.CompleteResync(ctx, l)
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/storage"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
@@ -62,7 +63,7 @@ type Server struct {
 	fedMetrics  *federation.Metrics
 	housekeeper *federation.Housekeeper
 	sender      *federation.Sender      // nil unless federation sends itself
-	client      *federation.Client      // nil while federation is off
+	client      *matrixfed.Client       // nil while federation is off
 	deviceFed   *devicelists.Federation // nil while federation is off
 
 	purgeKick chan struct{}
@@ -167,18 +168,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 // and the sender or the outbox feed.
 func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) {
 	cfg, log := s.cfg, s.log
-	key, created, err := federation.LoadOrCreateSigningKey(cfg.SigningKey)
+	key, created, err := matrixfed.LoadOrCreateSigningKey(cfg.SigningKey)
 	if err != nil {
 		return nil, fmt.Errorf("--signing-key: %w", err)
 	}
 	if created {
 		log.Info("created a new signing key", "path", cfg.SigningKey, "key_id", key.ServerKeyID)
 	}
-	res, err := federation.NewResolver(federation.ResolverOptions{Overrides: cfg.FederationDestinations, Logger: log})
+	res, err := matrixfed.NewResolver(matrixfed.ResolverOptions{Overrides: cfg.FederationDestinations, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("--federation-destinations: %w", err)
 	}
-	client, err := federation.NewClient(federation.ClientOptions{
+	client, err := matrixfed.NewClient(matrixfed.ClientOptions{
 		ServerName: cfg.ServerName, Key: key, Resolver: res, InsecureSkipVerify: cfg.FederationTLSInsecure,
 		UserAgent: "todeviced/" + opts.Version, RequestTimeout: cfg.FederationRequestTimeout,
 	})
@@ -186,7 +187,7 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 		return nil, err
 	}
 	s.client = client
-	backoff := federation.Backoff{Min: cfg.FederationBackoffMin, Max: cfg.FederationBackoffMax}
+	backoff := matrixfed.Backoff{Min: cfg.FederationBackoffMin, Max: cfg.FederationBackoffMax}
 	// Device lists: remote users' keys are queried, their updates taken and
 	// their lists resynced through the signed client.
 	s.deviceFed = s.devices.EnableFederation(devicelists.FederationConfig{Client: client, Backoff: backoff})
@@ -195,8 +196,8 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: toDeviceInbox{cfg.ServerName, s.inbox},
 			DeviceLists: s.deviceFed, Metrics: s.fedMetrics, Logger: log,
 		}),
-		Keys: federation.NewKeyFetcher(client, federation.KeyFetcherOptions{
-			Logger: log, FetchTimeout: min(federation.DefaultKeyFetchTimeout, cfg.FederationRequestTimeout),
+		Keys: matrixfed.NewKeyFetcher(client, matrixfed.KeyFetcherOptions{
+			Logger: log, FetchTimeout: min(matrixfed.DefaultKeyFetchTimeout, cfg.FederationRequestTimeout),
 		}),
 		MaxInflightBytes: cfg.FederationInflightBytes,
 		KeyResponse:      newKeyServer(cfg.ServerName, key).response,
@@ -236,14 +237,14 @@ const keyValidity = 24 * time.Hour
 // keyServer caches the self-signed GET /_matrix/key/v2/server body.
 type keyServer struct {
 	name string
-	key  federation.SigningKey
+	key  matrixfed.SigningKey
 
 	mu    sync.Mutex
 	body  []byte
 	fresh time.Time
 }
 
-func newKeyServer(name string, key federation.SigningKey) *keyServer {
+func newKeyServer(name string, key matrixfed.SigningKey) *keyServer {
 	return &keyServer{name: name, key: key}
 }
 
@@ -254,7 +255,7 @@ func (k *keyServer) response() ([]byte, error) {
 	if k.body != nil && now.Before(k.fresh) {
 		return k.body, nil
 	}
-	body, err := federation.ServerKeyResponse(k.name, k.key, nil, keyValidity, now)
+	body, err := matrixfed.ServerKeyResponse(k.name, k.key, nil, keyValidity, now)
 	if err != nil {
 		return nil, err
 	}
