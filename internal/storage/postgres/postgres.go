@@ -207,7 +207,9 @@ func (db *DB) Epoch() string { return db.epoch }
 func (db *DB) Ping(ctx context.Context) error { return db.pool.Ping(ctx) }
 
 // Inbox returns the inbox store.
-func (db *DB) Inbox() inbox.Store { return &inboxStore{db: db, hooks: db.opts.InboxHooks} }
+func (db *DB) Inbox() inbox.Store {
+	return &inboxStore{Upkeep: inbox.NewUpkeep(inboxDB{db}), db: db, hooks: db.opts.InboxHooks}
+}
 
 // Devices returns the device registry store.
 func (db *DB) Devices() devicelists.Store { return &deviceStore{db: db} }
