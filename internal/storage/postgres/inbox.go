@@ -3,6 +3,7 @@ package postgres
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -286,13 +287,8 @@ func (s *inboxStore) commit(ctx context.Context, c *txConn, b *pgx.Batch, writes
 	return nil
 }
 
-type recipientKey struct{ user, device string }
-
 // lockedDevices are the live devices lockDevices found and locked.
-type lockedDevices struct {
-	found  map[recipientKey]int64
-	byUser map[string][]int64 // in nid order
-}
+type lockedDevices struct{ *inbox.Recipients }
 
 // lockDevicesSQL selects the live devices a list of messages addresses and
 // locks them in nid order, so overlapping fan-outs cannot deadlock.
@@ -343,15 +339,14 @@ func lockDevices(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (loc
 
 func collectLocked(rows pgx.Rows) (lockedDevices, error) {
 	defer rows.Close()
-	d := lockedDevices{found: map[recipientKey]int64{}, byUser: map[string][]int64{}}
+	d := lockedDevices{inbox.NewRecipients(0)}
 	for rows.Next() {
 		var nid int64
-		var k recipientKey
-		if err := rows.Scan(&nid, &k.user, &k.device); err != nil {
+		var user, device string
+		if err := rows.Scan(&nid, &user, &device); err != nil {
 			return lockedDevices{}, err
 		}
-		d.found[k] = nid
-		d.byUser[k.user] = append(d.byUser[k.user], nid)
+		d.Add(nid, user, device)
 	}
 	if err := rows.Err(); err != nil {
 		return lockedDevices{}, fmt.Errorf("locking recipient devices: %w", err)
@@ -364,32 +359,14 @@ func collectLocked(rows pgx.Rows) (lockedDevices, error) {
 // no device and how many rows it appended.
 func (d lockedDevices) expand(msgs []inbox.LocalMessage, sender, typ string, out *recipientRows) (unknown, rows int) {
 	before := len(out.nids)
-	defer func() { rows = len(out.nids) - before }()
-	add := func(user string, nid int64, content []byte) {
+	unknown = d.Expand(msgs, func(user string, nid int64, content json.RawMessage) {
 		out.users = append(out.users, user)
 		out.nids = append(out.nids, nid)
 		out.senders = append(out.senders, sender)
 		out.types = append(out.types, typ)
 		out.contents = append(out.contents, content)
-	}
-	for _, m := range msgs {
-		if m.DeviceID == inbox.AllDevices {
-			nids := d.byUser[m.UserID]
-			if len(nids) == 0 {
-				unknown++
-			}
-			for _, nid := range nids {
-				add(m.UserID, nid, m.Content)
-			}
-			continue
-		}
-		if nid, ok := d.found[recipientKey{m.UserID, m.DeviceID}]; ok {
-			add(m.UserID, nid, m.Content)
-		} else {
-			unknown++
-		}
-	}
-	return unknown, 0 // rows is set on the way out
+	})
+	return unknown, len(out.nids) - before
 }
 
 // issuedInboxSQL is the highest inbox position ever issued: the identity

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -185,31 +186,14 @@ func resolveRecipients(ctx context.Context, tx *sql.Tx, msgs []inbox.LocalMessag
 	}
 	slices.SortFunc(devices, func(a, b device) int { return cmp.Compare(a.nid, b.nid) })
 
-	found := make(map[key]int64, len(devices))
-	byUser := map[string][]int64{}
+	recipients := inbox.NewRecipients(len(devices))
 	for _, d := range devices {
-		found[d.key] = d.nid
-		byUser[d.user] = append(byUser[d.user], d.nid)
+		recipients.Add(d.nid, d.user, d.device)
 	}
 	var out []inboxRow
-	unknown := 0
-	for _, m := range msgs {
-		if m.DeviceID == inbox.AllDevices {
-			nids := byUser[m.UserID]
-			if len(nids) == 0 {
-				unknown++
-			}
-			for _, nid := range nids {
-				out = append(out, inboxRow{m.UserID, nid, m.Content})
-			}
-			continue
-		}
-		if nid, ok := found[key{m.UserID, m.DeviceID}]; ok {
-			out = append(out, inboxRow{m.UserID, nid, m.Content})
-		} else {
-			unknown++
-		}
-	}
+	unknown := recipients.Expand(msgs, func(user string, nid int64, content json.RawMessage) {
+		out = append(out, inboxRow{user, nid, content})
+	})
 	return out, unknown, nil
 }
 
