@@ -40,10 +40,8 @@ type conn interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// fedQueries implements federation.Queries. Its tables are federation's;
-// the outbox rows a transaction covers are deleted with their owner's own
-// statement (the inbox's deleteOutboxRows, devicelists'
-// deleteDeviceListOutboxRows).
+// fedQueries implements federation.Queries. Its tables are federation's,
+// and the outbox rows a stored transaction covers (outboxTables).
 type fedQueries struct{ c conn }
 
 // micros passes a duration to SQL as a whole number of microseconds, the
@@ -215,19 +213,20 @@ func (q fedQueries) DeleteTxnItems(ctx context.Context, destination string) erro
 	return err
 }
 
+// outboxTables are the outboxes whose rows stored transactions cover, by
+// EDU source.
+var outboxTables = map[string]string{inbox.OutboxSource: "todevice_outbox", devicelists.OutboxSource: "device_list_outbox"}
+
+// DeleteOutboxRows deletes exactly the listed positions of one destination,
+// never a range, in the fenced transaction that finishes a stored one.
 func (q fedQueries) DeleteOutboxRows(ctx context.Context, source, destination string, positions []int64) (int, error) {
-	switch source {
-	case inbox.OutboxSource:
-		return deleteOutboxRows(ctx, q.c, destination, positions)
-	case devicelists.OutboxSource:
-		counts, err := deleteDeviceListOutboxRows(ctx, q.c, destination, positions)
-		n := 0
-		for _, c := range counts {
-			n += c
-		}
-		return n, err
+	table, ok := outboxTables[source]
+	if !ok {
+		return 0, federation.ErrUnknownSource
 	}
-	return 0, federation.ErrUnknownSource
+	tag, err := q.c.Exec(ctx, `DELETE FROM `+table+` WHERE destination = $1 AND pos = ANY($2::bigint[])`,
+		destination, positions)
+	return int(tag.RowsAffected()), err
 }
 
 func (q fedQueries) TxnDestinations(ctx context.Context) ([]string, error) {

@@ -225,19 +225,18 @@ func (q fedQueries) DeleteTxnItems(ctx context.Context, destination string) erro
 	return err
 }
 
+// outboxTables are the outboxes whose rows stored transactions cover, by
+// EDU source.
+var outboxTables = map[string]string{inbox.OutboxSource: "todevice_outbox", devicelists.OutboxSource: "device_list_outbox"}
+
+// DeleteOutboxRows deletes exactly the listed positions of one destination,
+// never a range, in the fenced transaction that finishes a stored one.
 func (q fedQueries) DeleteOutboxRows(ctx context.Context, source, destination string, positions []int64) (int, error) {
-	switch source {
-	case inbox.OutboxSource:
-		return deleteOutboxRows(ctx, q.tx, destination, positions)
-	case devicelists.OutboxSource:
-		counts, err := deleteDeviceListOutboxRows(ctx, q.tx, destination, positions)
-		n := 0
-		for _, c := range counts {
-			n += c
-		}
-		return n, err
+	table, ok := outboxTables[source]
+	if !ok {
+		return 0, federation.ErrUnknownSource
 	}
-	return 0, federation.ErrUnknownSource
+	return deleteRowsAt(ctx, q.tx, table, destination, positions)
 }
 
 func (q fedQueries) TxnDestinations(ctx context.Context) ([]string, error) {

@@ -388,10 +388,11 @@ func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAcce
 	return results, nil
 }
 
-// deleteOutboxRows is the one statement that removes sent EDUs from the
-// outbox: exactly the listed positions of one destination, never a range.
-// The federation store runs it inside its fenced transaction.
-func deleteOutboxRows(ctx context.Context, tx *sql.Tx, destination string, positions []int64) (int, error) {
+// deleteRowsAt is the one statement that removes sent EDUs from an outbox
+// table (todevice_outbox, device_list_outbox): exactly the listed positions
+// of one destination, never a range, a statement per maxRowsPerStatement
+// positions.
+func deleteRowsAt(ctx context.Context, tx *sql.Tx, table, destination string, positions []int64) (int, error) {
 	total := 0
 	for chunk := range slices.Chunk(positions, maxRowsPerStatement) {
 		args := make([]any, 0, len(chunk)+1)
@@ -399,7 +400,7 @@ func deleteOutboxRows(ctx context.Context, tx *sql.Tx, destination string, posit
 		for _, p := range chunk {
 			args = append(args, p)
 		}
-		r, err := tx.ExecContext(ctx, `DELETE FROM todevice_outbox WHERE destination = ? AND pos IN `+placeholders(1, len(chunk)), args...)
+		r, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE destination = ? AND pos IN `+placeholders(1, len(chunk)), args...)
 		if err != nil {
 			return 0, fmt.Errorf("deleting outbox rows: %w", err)
 		}

@@ -139,7 +139,7 @@ func (q inboxQueries) PeekOutbox(ctx context.Context, destination string, limit 
 }
 
 func (q inboxQueries) DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error) {
-	return deleteOutboxRows(ctx, q.tx, destination, positions)
+	return deleteRowsAt(ctx, q.tx, "todevice_outbox", destination, positions)
 }
 
 func (q inboxQueries) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]string, error) {
