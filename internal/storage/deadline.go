@@ -38,9 +38,10 @@ func (e *TimeoutError) Unwrap() error { return e.Err }
 func (e *TimeoutError) Is(target error) bool { return target == context.DeadlineExceeded }
 
 // deadline gives each store call a context that ends after d. Every call of
-// the inbox, device-list and federation stores is one database transaction
-// (or one pipelined round trip), so the deadline bounds exactly one database
-// call; a long-poll makes a call per check, each with its own deadline, and
+// the inbox and device-list stores is one database transaction (or one
+// pipelined round trip), and the federation store's use cases each make one
+// call of their federation.Database (timedFederationDB), so the deadline
+// bounds exactly one database call; a long-poll makes a call per check, each with its own deadline, and
 // waits between them without one. A frozen database (a stopped server, a
 // lost network, a lock held elsewhere) never answers: only a client-side
 // deadline ends the wait.
