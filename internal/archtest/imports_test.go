@@ -22,6 +22,7 @@ const (
 	httpLayer   layer = "http"        // internal/httpapi: parses and answers
 	domain      layer = "domain"      // decides: inbox, devicelists, federation, devicesync, wakeup
 	vocabulary  layer = "vocabulary"  // Matrix words: mxerr, mxid, mxjson
+	protocol    layer = "protocol"    // the federation toolkit: internal/matrixfed
 	storage     layer = "storage"     // internal/storage and its backends
 	testSupport layer = "testsupport" // imported by tests only
 	tool        layer = "tool"        // the load generator, repository checks
@@ -43,6 +44,7 @@ var layers = map[string]layer{
 	"internal/mxerr":             vocabulary,
 	"internal/mxid":              vocabulary,
 	"internal/mxjson":            vocabulary,
+	"internal/matrixfed":         protocol,
 	"internal/storage":           storage,
 	"internal/storage/storetest": testSupport,
 	"internal/servertest":        testSupport,
@@ -67,16 +69,6 @@ var domainImports = map[string][]string{
 	"internal/inbox":       {},
 	"internal/devicelists": {"internal/wakeup"},
 	"internal/wakeup":      {},
-}
-
-// knownViolations are edges that break the rules today and are tolerated
-// until the branches removing them merge (issue 13, item 2). Each entry must
-// still exist and still break a rule, so the list can only shrink; when it
-// is empty, delete it.
-var knownViolations = map[edge]string{
-	// The receiver stores to-device EDUs through *inbox.Service and the
-	// outbox contract is inbox-typed.
-	{"internal/federation", "internal/inbox"}: "federation is to reach the inbox through an interface of its own",
 }
 
 type edge struct{ from, to string }
@@ -106,6 +98,21 @@ var rules = []rule{
 	func(from, to string, fl, tl layer) string {
 		if fl == vocabulary && tl != vocabulary {
 			return "vocabulary packages import only vocabulary"
+		}
+		return ""
+	},
+	func(from, to string, fl, tl layer) string {
+		if fl == protocol && tl != vocabulary && tl != protocol {
+			return "the protocol toolkit imports only vocabulary"
+		}
+		return ""
+	},
+	func(from, to string, fl, tl layer) string {
+		// The device lists ask other servers through an interface of their
+		// own (devicelists.Remote) that the wiring fills with the signed
+		// client; the inbox never talks to other servers.
+		if tl == protocol && fl == domain && domainRoot(from) != "internal/federation" {
+			return "among the domain packages only federation uses the protocol toolkit"
 		}
 		return ""
 	},
@@ -264,15 +271,7 @@ func TestImportsFollowTheArchitecture(t *testing.T) {
 		problems = append(problems, fmt.Sprintf("package %s has no layer: add it to layers (and to docs/ARCHITECTURE.md)", p))
 	}
 	for e, why := range bad {
-		if _, known := knownViolations[e]; known {
-			continue
-		}
 		problems = append(problems, fmt.Sprintf("%s imports %s: %s", e.from, e.to, strings.Join(why, "; ")))
-	}
-	for e, plan := range knownViolations {
-		if _, still := bad[e]; !still {
-			problems = append(problems, fmt.Sprintf("known violation %s -> %s (%s) is gone: remove it from knownViolations", e.from, e.to, plan))
-		}
 	}
 	if len(problems) > 0 {
 		slices.Sort(problems)
@@ -290,6 +289,11 @@ func TestRulesCatchForbiddenImports(t *testing.T) {
 		{"internal/devicesync", "internal/server"},
 		{"internal/inbox", "internal/federation"},
 		{"internal/inbox", "internal/devicelists"},
+		{"internal/inbox", "internal/matrixfed"},
+		{"internal/devicelists", "internal/matrixfed"},
+		{"internal/matrixfed", "internal/federation"},
+		{"internal/matrixfed", "internal/wakeup"},
+		{"internal/federation", "internal/inbox"},
 		{"internal/devicelists", "internal/devicesync"},
 		{"internal/wakeup", "internal/inbox"},
 		{"internal/mxjson", "internal/inbox"},

@@ -6,13 +6,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
-
-	"github.com/todeviced/todeviced/internal/inbox"
 )
 
 // Transaction limits.
@@ -61,7 +58,8 @@ type SourceQuota struct {
 
 // Outbox is an EDU source that can also be handed out by the feed (and
 // acknowledged) and that the housekeeper expires and measures: the inbox's
-// to-device outbox (ToDeviceOutbox) and the device-list outbox.
+// to-device outbox and the device-list outbox, adapted in the wiring
+// (internal/server), so that federation knows neither.
 type Outbox interface {
 	EDUSource
 	// Delete deletes exactly the EDUs of destination at the positions and
@@ -70,53 +68,24 @@ type Outbox interface {
 	// Expire deletes up to limit EDUs queued before cutoff, oldest first,
 	// sparing those of stored transactions, and counts them by
 	// destination.
-	Expire(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error)
+	Expire(ctx context.Context, cutoff time.Time, limit int) ([]DestinationCount, error)
 	// Backlog counts the queued EDUs and finds the oldest.
-	Backlog(ctx context.Context) (inbox.Backlog, error)
+	Backlog(ctx context.Context) (Backlog, error)
 }
 
-// ToDeviceOutbox is the inbox's outbox of m.direct_to_device EDUs as an
-// EDUSource.
-type ToDeviceOutbox struct{ Store inbox.Store }
-
-// Name implements EDUSource.
-func (ToDeviceOutbox) Name() string { return inbox.OutboxSource }
-
-// Peek implements EDUSource.
-func (o ToDeviceOutbox) Peek(ctx context.Context, destination string, limit int) ([]SourceEDU, error) {
-	q, err := o.Store.PeekOutbox(ctx, destination, limit)
-	if err != nil {
-		return nil, fmt.Errorf("reading the to-device outbox of %s: %w", destination, err)
-	}
-	out := make([]SourceEDU, len(q))
-	for i, e := range q {
-		out[i] = SourceEDU{Pos: e.Pos, Type: EDUDirectToDevice, EDU: e.EDU}
-	}
-	return out, nil
+// DestinationCount is a number of outbox EDUs of one destination.
+type DestinationCount struct {
+	Destination string
+	Count       int
 }
 
-// Destinations implements EDUSource.
-func (o ToDeviceOutbox) Destinations(ctx context.Context) ([]string, error) {
-	return o.Store.OutboxDestinations(ctx)
-}
-
-// Delete implements Outbox.
-func (o ToDeviceOutbox) Delete(ctx context.Context, destination string, positions []int64) (map[string]int, error) {
-	n, err := o.Store.DeleteOutbox(ctx, destination, positions)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]int{EDUDirectToDevice: n}, nil
-}
-
-// Expire implements Outbox.
-func (o ToDeviceOutbox) Expire(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
-	return o.Store.ExpireOutbox(ctx, cutoff, limit)
-}
-
-// Backlog implements Outbox.
-func (o ToDeviceOutbox) Backlog(ctx context.Context) (inbox.Backlog, error) {
-	return o.Store.OutboxBacklog(ctx)
+// Backlog summarises an outbox.
+type Backlog struct {
+	// Pending is the number of queued EDUs; an outbox may estimate it for
+	// large tables rather than count every row.
+	Pending int64
+	// Oldest is when the oldest EDU was queued (zero if none).
+	Oldest time.Time
 }
 
 // batchEDU is a peeked EDU and the source it came from.

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxjson"
 )
@@ -31,7 +31,7 @@ const (
 type HousekeeperConfig struct {
 	Store Store
 	// Outbox is the to-device outbox.
-	Outbox inbox.Store
+	Outbox Outbox
 	// More are further outboxes (the device lists'), expired and measured
 	// like Outbox.
 	More    []Outbox
@@ -76,7 +76,7 @@ func NewHousekeeper(cfg HousekeeperConfig) *Housekeeper {
 
 // outboxes are the to-device outbox and the others.
 func (h *Housekeeper) outboxes() []Outbox {
-	return append([]Outbox{ToDeviceOutbox{Store: h.cfg.Outbox}}, h.cfg.More...)
+	return append([]Outbox{h.cfg.Outbox}, h.cfg.More...)
 }
 
 // Housekeep expires old outbox EDUs and prunes old inbound transaction
@@ -206,7 +206,7 @@ func (f *Feed) Destinations(ctx context.Context) ([]string, error) {
 
 // Pull returns up to limit of the oldest EDUs queued for destination.
 func (f *Feed) Pull(ctx context.Context, destination string, limit int) (FeedBatch, error) {
-	if err := ValidateServerName(destination); err != nil {
+	if err := matrixfed.ValidateServerName(destination); err != nil {
 		return FeedBatch{}, mxerr.New(mxerr.InvalidParam, "Invalid destination %q: %v.", mxjson.Quote(destination), err)
 	}
 	if limit < 1 || limit > MaxEDUsPerTxn {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+
+	"github.com/todeviced/todeviced/internal/matrixfed"
 )
 
 // pduError is what todeviced answers for every PDU: it holds no rooms.
@@ -97,7 +99,7 @@ func referenceHashID(obj map[string]json.RawMessage, rules redactionRules) (stri
 	if err != nil {
 		return "", err
 	}
-	canonical, err := CanonicalJSON(encoded)
+	canonical, err := matrixfed.CanonicalJSON(encoded)
 	if err != nil {
 		return "", err
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/mxjson"
@@ -35,12 +34,34 @@ type DeviceListHandler interface {
 	SendingDevices(ctx context.Context, sender, eventType string, messages map[string]map[string]json.RawMessage)
 }
 
+// InboundToDevice is one checked m.direct_to_device EDU from another server:
+// every recipient is a user of ours and every content a compact JSON object.
+type InboundToDevice struct {
+	// Origin is the authenticated server the EDU came from; with MessageID
+	// it is the deduplication key.
+	Origin    string
+	MessageID string
+	Sender    string
+	EventType string
+	// Messages are the contents by user and device id ("*": every device).
+	Messages map[string]map[string]json.RawMessage
+}
+
+// ToDeviceInbox stores the to-device messages other servers send: the
+// inbox, adapted in the wiring (internal/server).
+type ToDeviceInbox interface {
+	// AcceptRemote stores the EDUs in one database transaction, in order,
+	// each unless its (origin, message id) was seen before: duplicate[i]
+	// says batch[i] was. An error means nothing was stored.
+	AcceptRemote(ctx context.Context, batch []InboundToDevice) (duplicate []bool, err error)
+}
+
 // ReceiverConfig configures a Receiver.
 type ReceiverConfig struct {
 	// ServerName is ours: EDUs may only address its users.
 	ServerName string
 	Store      Store
-	Inbox      *inbox.Service
+	Inbox      ToDeviceInbox
 	// DeviceLists takes device-list EDUs; nil ignores them.
 	DeviceLists DeviceListHandler
 	Metrics     *Metrics
@@ -133,22 +154,25 @@ func (r *Receiver) HandleTransaction(ctx context.Context, origin, txnID string, 
 // database transaction. An error means storing failed and the whole batch
 // should be retried (what was stored is deduplicated then).
 func (r *Receiver) HandleEDUs(ctx context.Context, origin string, edus []json.RawMessage) error {
-	var accepts []*inbox.RemoteAccept
+	var accepts []InboundToDevice
 	for _, raw := range edus {
-		ra, err := r.handleEDU(ctx, origin, raw)
+		e, err := r.handleEDU(ctx, origin, raw)
 		if err != nil {
 			return err
 		}
-		if ra != nil {
-			accepts = append(accepts, ra)
+		if e != nil {
+			accepts = append(accepts, *e)
 		}
 	}
-	results, err := r.cfg.Inbox.AcceptRemote(ctx, accepts)
+	if len(accepts) == 0 {
+		return nil
+	}
+	duplicates, err := r.cfg.Inbox.AcceptRemote(ctx, accepts)
 	if err != nil {
 		return err
 	}
-	for _, res := range results {
-		if res.Duplicate {
+	for _, dup := range duplicates {
+		if dup {
 			r.m.EDUsDropped.WithLabelValues(DropDuplicate).Inc()
 		}
 	}
@@ -161,7 +185,7 @@ type eduJSON struct {
 }
 
 // handleEDU checks one EDU; a to-device EDU to store comes back.
-func (r *Receiver) handleEDU(ctx context.Context, origin string, raw json.RawMessage) (*inbox.RemoteAccept, error) {
+func (r *Receiver) handleEDU(ctx context.Context, origin string, raw json.RawMessage) (*InboundToDevice, error) {
 	var e eduJSON
 	if err := json.Unmarshal(raw, &e); err != nil {
 		r.m.EDUsReceived.WithLabelValues(eduOther).Inc()
@@ -197,7 +221,7 @@ type directToDeviceJSON struct {
 // behind it, until its TTL. Identifiers follow mxid's validators (the message
 // id is as lenient as established servers, within 255 bytes of text), and
 // each message's content is at most mxjson.MaxContentDepth levels deep.
-func (r *Receiver) directToDevice(ctx context.Context, origin string, content json.RawMessage) (*inbox.RemoteAccept, error) {
+func (r *Receiver) directToDevice(ctx context.Context, origin string, content json.RawMessage) (*InboundToDevice, error) {
 	var c directToDeviceJSON
 	if err := json.Unmarshal(content, &c); err != nil || c.Messages == nil {
 		r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
@@ -216,7 +240,7 @@ func (r *Receiver) directToDevice(ctx context.Context, origin string, content js
 		r.dropped(ctx, origin, EDUDirectToDevice, DropSenderNotOrigin)
 		return nil, nil
 	}
-	msgs := make(inbox.Messages, len(c.Messages))
+	msgs := make(map[string]map[string]json.RawMessage, len(c.Messages))
 	for userID, devices := range c.Messages {
 		if devices == nil {
 			r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
@@ -248,15 +272,17 @@ func (r *Receiver) directToDevice(ctx context.Context, origin string, content js
 		}
 		msgs[userID] = devices
 	}
-	ra, err := inbox.BuildRemoteAccept(r.cfg.ServerName, origin, c.MessageID, c.Sender, c.Type, msgs)
-	if errors.Is(err, inbox.ErrRecipientNotLocal) {
-		r.dropped(ctx, origin, EDUDirectToDevice, DropRecipientNotLocal)
-		return nil, nil
+	// A server may only deliver to its own users.
+	for userID := range msgs {
+		if uid, err := mxid.ParseUserID(userID); err != nil || uid.Server != r.cfg.ServerName {
+			r.dropped(ctx, origin, EDUDirectToDevice, DropRecipientNotLocal)
+			return nil, nil
+		}
 	}
-	if err == nil && r.cfg.DeviceLists != nil {
+	if r.cfg.DeviceLists != nil {
 		r.cfg.DeviceLists.SendingDevices(ctx, c.Sender, c.Type, msgs)
 	}
-	return ra, err
+	return &InboundToDevice{Origin: origin, MessageID: c.MessageID, Sender: c.Sender, EventType: c.Type, Messages: msgs}, nil
 }
 
 // dropped counts and logs an inbound EDU given up (never its content).

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -51,8 +52,8 @@ type SenderConfig struct {
 	// Sources are drained in this order; each gets up to its quota of every
 	// transaction first.
 	Sources []SourceQuota
-	// Client sends the signed requests (a *Client).
-	Client Requester
+	// Client sends the signed requests (a *matrixfed.Client).
+	Client matrixfed.Requester
 	// Hub tells the sender when EDUs are queued (wakeup.OutboxKey); nil
 	// leaves it to the sweep.
 	Hub     *wakeup.Hub
@@ -62,7 +63,7 @@ type SenderConfig struct {
 	// differ between processes.
 	Holder        string
 	LeaseTTL      time.Duration
-	Backoff       Backoff
+	Backoff       matrixfed.Backoff
 	MessageTTL    time.Duration
 	SweepInterval time.Duration
 	SendTimeout   time.Duration
@@ -107,7 +108,7 @@ type destState struct {
 
 // NewSender returns a sender; Run starts it.
 func NewSender(cfg SenderConfig) (*Sender, error) {
-	if err := ValidateServerName(cfg.ServerName); err != nil {
+	if err := matrixfed.ValidateServerName(cfg.ServerName); err != nil {
 		return nil, fmt.Errorf("creating federation sender: %w", err)
 	}
 	if cfg.Store == nil || cfg.Client == nil || len(cfg.Sources) == 0 {
@@ -487,7 +488,7 @@ func (s *Sender) attempt(ctx context.Context, l Lease, t *StoredTxn, types map[s
 	cancel()
 	s.m.SendDuration.Observe(time.Since(start).Seconds())
 
-	if err == nil || errors.Is(err, ErrBadResponse) {
+	if err == nil || errors.Is(err, matrixfed.ErrBadResponse) {
 		// A 2xx is the destination's receipt, whatever the body says.
 		s.m.Transactions.WithLabelValues(ResultOK).Inc()
 		if _, err := s.cfg.Store.CompleteTxn(ctx, l, t.ID); err != nil {
@@ -513,7 +514,7 @@ func (s *Sender) attempt(ctx context.Context, l Lease, t *StoredTxn, types map[s
 
 	result, status := ResultRetry, 0
 	var retryAfter time.Duration
-	var he *HTTPError
+	var he *matrixfed.HTTPError
 	if errors.As(err, &he) {
 		status = he.Status
 		switch {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -340,7 +341,7 @@ func newHarness(t *testing.T, answer func(i int) error, tweak func(*SenderConfig
 	cfg := SenderConfig{
 		ServerName: "a.test", Store: h.store, Sources: []SourceQuota{{Source: h.src, Quota: ToDeviceQuota}},
 		Client: h.client, Hub: h.hub, Metrics: h.m,
-		Backoff: Backoff{Min: time.Second, Max: time.Minute, Rand: maxJitter},
+		Backoff: matrixfed.Backoff{Min: time.Second, Max: time.Minute, Rand: maxJitter},
 	}
 	if tweak != nil {
 		tweak(&cfg)
@@ -368,7 +369,7 @@ func (h *harness) queue(dest string, n int) {
 	h.hub.Wake(wakeup.OutboxKey(dest))
 }
 
-func status(code int) error { return fmt.Errorf("sending: %w", &HTTPError{Status: code}) }
+func status(code int) error { return fmt.Errorf("sending: %w", &matrixfed.HTTPError{Status: code}) }
 
 func TestSenderBacksOffAndIsNotHurriedByNewMessages(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -421,7 +422,7 @@ func TestSenderHonoursRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness(t, func(i int) error {
 			if i == 0 {
-				return fmt.Errorf("sending: %w", &HTTPError{Status: http.StatusTooManyRequests, RetryAfter: 42 * time.Second})
+				return fmt.Errorf("sending: %w", &matrixfed.HTTPError{Status: http.StatusTooManyRequests, RetryAfter: 42 * time.Second})
 			}
 			return nil
 		}, nil)
@@ -553,7 +554,7 @@ func TestSenderWaitsForAnotherHoldersLease(t *testing.T) {
 }
 
 func TestBackoffDelay(t *testing.T) {
-	b := Backoff{Min: time.Second, Max: time.Minute, Rand: maxJitter}
+	b := matrixfed.Backoff{Min: time.Second, Max: time.Minute, Rand: maxJitter}
 	for failures, want := range map[int]time.Duration{
 		0: time.Second, 1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 7: time.Minute, 100: time.Minute,
 	} {
@@ -613,7 +614,7 @@ func TestTransactionBodyAndIDs(t *testing.T) {
 	st := &StoredTxn{EDUs: encodeEDUList([]json.RawMessage{json.RawMessage(`{"a":1}`), json.RawMessage(`{"b":2}`)}), OriginServerTS: 1234}
 	body := transactionBody("a.test", st)
 	require.Equal(t, `{"edus":[{"a":1},{"b":2}],"origin":"a.test","origin_server_ts":1234,"pdus":[]}`, string(body))
-	canonical, err := CanonicalJSON(body)
+	canonical, err := matrixfed.CanonicalJSON(body)
 	require.NoError(t, err)
 	require.Equal(t, string(body), string(canonical), "the body is already canonical")
 	require.Equal(t, "[]", string(encodeEDUList(nil)))

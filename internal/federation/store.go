@@ -49,7 +49,7 @@ type Acquisition struct {
 
 // TxnItem is one outbox position that a stored transaction covers.
 type TxnItem struct {
-	// Source names the outbox (inbox.OutboxSource for to-device EDUs).
+	// Source names the outbox (EDUSource.Name).
 	Source string
 	Pos    int64
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/mxerr"
 	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/mxjson"
@@ -23,8 +24,8 @@ const maxInternalEDUs = 1000
 // when federation is enabled (a server name other than localhost).
 type FederationConfig struct {
 	Receiver *federation.Receiver
-	// Keys authenticates inbound requests (a *federation.KeyFetcher).
-	Keys federation.KeyResolver
+	// Keys authenticates inbound requests (a *matrixfed.KeyFetcher).
+	Keys matrixfed.KeyResolver
 	// KeyResponse returns the self-signed body of GET /_matrix/key/v2/server.
 	KeyResponse func() ([]byte, error)
 	// Feed is the outbox feed for a homeserver that sends everything
@@ -42,7 +43,7 @@ func (a *api) federationRoutes(r chi.Router) {
 	if a.inflight.max <= 0 {
 		a.inflight.max = DefaultMaxInflightFederationBytes
 	}
-	r.Get(federation.KeyServerPath, a.serverKeys)
+	r.Get(matrixfed.KeyServerPath, a.serverKeys)
 	r.Get("/_matrix/federation/v1/version", a.federationVersion)
 	r.Put("/_matrix/federation/v1/send/{txnId}", a.federationSend)
 	r.Get(devicelists.UserDevicesPath+"{userId}", a.federationUserDevices)
@@ -80,8 +81,8 @@ func (a *api) federationVersion(w http.ResponseWriter, r *http.Request) {
 // authentic (malformed header, an invalid origin or ours, another
 // destination, a key that cannot be had) is refused without its body ever
 // being buffered. It answers the error itself; ok is false then.
-func (a *api) authorize(w http.ResponseWriter, r *http.Request) (ra *federation.RequestAuth, ok bool) {
-	ra, err := federation.AuthorizeHeaders(r.Context(), r, a.cfg.ServerName, a.cfg.Federation.Keys)
+func (a *api) authorize(w http.ResponseWriter, r *http.Request) (ra *matrixfed.RequestAuth, ok bool) {
+	ra, err := matrixfed.AuthorizeHeaders(r.Context(), r, a.cfg.ServerName, a.cfg.Federation.Keys)
 	if err != nil {
 		a.refuseAuth(w, r, err)
 		return nil, false
@@ -91,7 +92,7 @@ func (a *api) authorize(w http.ResponseWriter, r *http.Request) (ra *federation.
 
 // verify checks the signatures of an authorized request over its body (nil
 // for none), answering the error itself; ok is false then.
-func (a *api) verify(w http.ResponseWriter, r *http.Request, ra *federation.RequestAuth, body []byte) bool {
+func (a *api) verify(w http.ResponseWriter, r *http.Request, ra *matrixfed.RequestAuth, body []byte) bool {
 	if body != nil && (!utf8.Valid(body) || !json.Valid(body)) {
 		writeError(w, r, a.log, mxerr.New(mxerr.NotJSON, "Content not JSON."))
 		return false
@@ -105,10 +106,10 @@ func (a *api) verify(w http.ResponseWriter, r *http.Request, ra *federation.Requ
 
 func (a *api) refuseAuth(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
-	case errors.Is(err, federation.ErrMalformedAuth):
+	case errors.Is(err, matrixfed.ErrMalformedAuth):
 		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
 		writeError(w, r, a.log, mxerr.WithStatus(http.StatusBadRequest, mxerr.Unauthorized, "Malformed X-Matrix authorization."))
-	case errors.Is(err, federation.ErrUnauthorized):
+	case errors.Is(err, matrixfed.ErrUnauthorized):
 		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
 		writeError(w, r, a.log, mxerr.New(mxerr.Unauthorized, "Request not authorized."))
 	default:
@@ -167,7 +168,7 @@ func (a *api) internalEDUs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'origin'."))
 		return
 	}
-	if err := federation.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
+	if err := matrixfed.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
 		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid origin %q.", mxjson.Quote(b.Origin)))
 		return
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/httpapi"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/storage"
 )
@@ -46,8 +47,8 @@ const (
 	// DefaultFederationLeaseTTL, DefaultFederationBackoffMin and
 	// DefaultFederationBackoffMax are the sender's, documented there.
 	DefaultFederationLeaseTTL   = federation.DefaultLeaseTTL
-	DefaultFederationBackoffMin = federation.DefaultBackoffMin
-	DefaultFederationBackoffMax = federation.DefaultBackoffMax
+	DefaultFederationBackoffMin = matrixfed.DefaultBackoffMin
+	DefaultFederationBackoffMax = matrixfed.DefaultBackoffMax
 )
 
 // Ways out of the federation outbox (--federation-outbox).
@@ -138,7 +139,7 @@ func Defaults() Config {
 		FederationBackoffMin: DefaultFederationBackoffMin,
 		FederationBackoffMax: DefaultFederationBackoffMax,
 
-		FederationRequestTimeout: federation.DefaultRequestTimeout,
+		FederationRequestTimeout: matrixfed.DefaultRequestTimeout,
 		FederationInflightBytes:  httpapi.DefaultMaxInflightFederationBytes,
 	}
 }

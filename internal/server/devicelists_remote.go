@@ -9,14 +9,14 @@ import (
 	"net/url"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
-	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 )
 
 // deviceListRemote is devicelists.Remote over the signed federation client:
 // it sends the two device-list queries and turns the client's errors into
 // devicelists' (a non-2xx answer into a *devicelists.StatusError, an
 // unreadable body into devicelists.ErrBadResponse).
-type deviceListRemote struct{ client federation.Requester }
+type deviceListRemote struct{ client matrixfed.Requester }
 
 var _ devicelists.Remote = deviceListRemote{}
 
@@ -31,13 +31,13 @@ func (r deviceListRemote) QueryKeys(ctx context.Context, server string, deviceKe
 func (r deviceListRemote) do(ctx context.Context, server, method, path string, body any) (json.RawMessage, error) {
 	var out json.RawMessage
 	err := r.client.Do(ctx, server, method, path, nil, body, &out)
-	var he *federation.HTTPError
+	var he *matrixfed.HTTPError
 	switch {
 	case err == nil:
 		return out, nil
 	case errors.As(err, &he):
 		return nil, &devicelists.StatusError{Status: he.Status, Err: err}
-	case errors.Is(err, federation.ErrBadResponse):
+	case errors.Is(err, matrixfed.ErrBadResponse):
 		return nil, fmt.Errorf("%w: %w", devicelists.ErrBadResponse, err)
 	}
 	return nil, err

@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/mxjson"
 	"github.com/todeviced/todeviced/internal/server"
 )
@@ -74,8 +75,8 @@ func bigTxnBody(n int) []byte {
 
 // xMatrix is a well-formed X-Matrix header whose signature is not valid.
 func xMatrix(origin, destination, keyID string) string {
-	return federation.XMatrixAuth{Origin: origin, Destination: destination, KeyID: keyID,
-		Signature: federation.EncodeBase64(make([]byte, 64))}.String()
+	return matrixfed.XMatrixAuth{Origin: origin, Destination: destination, KeyID: keyID,
+		Signature: matrixfed.EncodeBase64(make([]byte, 64))}.String()
 }
 
 // silentListener accepts connections and never answers.
@@ -267,7 +268,7 @@ func TestFederationReceiverDropsWhatItCannotStore(t *testing.T) {
 		// A transaction id no store could hold is refused at the door.
 		err := c.Do(testCtx(t), b.name, http.MethodPut, "/_matrix/federation/v1/send/"+url.PathEscape("t\x00"), nil,
 			txnBody(a.name, nil), nil)
-		var he *federation.HTTPError
+		var he *matrixfed.HTTPError
 		require.ErrorAs(t, err, &he)
 		require.Equal(t, http.StatusBadRequest, he.Status)
 	})

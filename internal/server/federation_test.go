@@ -21,6 +21,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/server"
 )
 
@@ -85,17 +86,17 @@ func TestFederationDestinationDownAndBack(t *testing.T) {
 }
 
 // signedClient talks to b as origin, with key.
-func signedClient(t *testing.T, origin string, key federation.SigningKey, b *node) *federation.Client {
-	res, err := federation.NewResolver(federation.ResolverOptions{Overrides: map[string]string{b.name: b.url}})
+func signedClient(t *testing.T, origin string, key matrixfed.SigningKey, b *node) *matrixfed.Client {
+	res, err := matrixfed.NewResolver(matrixfed.ResolverOptions{Overrides: map[string]string{b.name: b.url}})
 	require.NoError(t, err)
-	c, err := federation.NewClient(federation.ClientOptions{ServerName: origin, Key: key, Resolver: res})
+	c, err := matrixfed.NewClient(matrixfed.ClientOptions{ServerName: origin, Key: key, Resolver: res})
 	require.NoError(t, err)
 	t.Cleanup(c.CloseIdleConnections)
 	return c
 }
 
-func loadKey(t *testing.T, n *node) federation.SigningKey {
-	key, created, err := federation.LoadOrCreateSigningKey(n.cfg.SigningKey)
+func loadKey(t *testing.T, n *node) matrixfed.SigningKey {
+	key, created, err := matrixfed.LoadOrCreateSigningKey(n.cfg.SigningKey)
 	require.NoError(t, err)
 	require.False(t, created)
 	return key
@@ -185,9 +186,9 @@ func TestFederationRefusesWhatIsNotAuthentic(t *testing.T) {
 		a, b := pair(t, db, nil)
 		b1 := b.syncer(b.device(bob, "B1"))
 		key := loadKey(t, a)
-		otherKey, err := federation.GenerateSigningKey()
+		otherKey, err := matrixfed.GenerateSigningKey()
 		require.NoError(t, err)
-		forged, err := federation.NewSigningKey(key.ServerKeyID, otherKey.Private.Seed())
+		forged, err := matrixfed.NewSigningKey(key.ServerKeyID, otherKey.Private.Seed())
 		require.NoError(t, err)
 
 		mustJSON := func(v any) []byte {
@@ -196,9 +197,9 @@ func TestFederationRefusesWhatIsNotAuthentic(t *testing.T) {
 			return b
 		}
 		good := mustJSON(txnBody(a.name, nil, toDeviceEDU(alice, "m1", bob, "B1", 1)))
-		signAs := func(origin, destination string, k federation.SigningKey) func(*http.Request, []byte) {
+		signAs := func(origin, destination string, k matrixfed.SigningKey) func(*http.Request, []byte) {
 			return func(req *http.Request, body []byte) {
-				require.NoError(t, federation.SignRequest(req, origin, destination, k, body))
+				require.NoError(t, matrixfed.SignRequest(req, origin, destination, k, body))
 			}
 		}
 		for _, tc := range []struct {
@@ -222,8 +223,8 @@ func TestFederationRefusesWhatIsNotAuthentic(t *testing.T) {
 			// The header is checked (and the key found) before the body
 			// is read; a well-formed one lets the body be judged.
 			{"not JSON", []byte("{"), func(r *http.Request, _ []byte) {
-				r.Header.Set("Authorization", federation.XMatrixAuth{Origin: a.name, Destination: b.name,
-					KeyID: key.ServerKeyID, Signature: federation.EncodeBase64(make([]byte, 64))}.String())
+				r.Header.Set("Authorization", matrixfed.XMatrixAuth{Origin: a.name, Destination: b.name,
+					KeyID: key.ServerKeyID, Signature: matrixfed.EncodeBase64(make([]byte, 64))}.String())
 			}, 400, "M_NOT_JSON"},
 			{"origin is the receiver", good, signAs(b.name, b.name, key), 401, "M_UNAUTHORIZED"},
 		} {
@@ -383,7 +384,7 @@ func TestFederationKeyServerAndLocalhost(t *testing.T) {
 		require.Equal(t, "a.test", keys.ServerName)
 		key := loadKey(t, a) // created on first start
 		require.Contains(t, keys.VerifyKeys, key.ServerKeyID)
-		require.NoError(t, federation.VerifyJSON("a.test", key.ServerKeyID, key.Public(), body), "self-signed")
+		require.NoError(t, matrixfed.VerifyJSON("a.test", key.ServerKeyID, key.Public(), body), "self-signed")
 		require.Greater(t, keys.ValidUntil, time.Now().Add(time.Hour).UnixMilli())
 		status, _ = a.do(http.MethodGet, "/_todeviced/internal/v1/federation/outbox/destinations", secret, nil)
 		require.Equal(t, http.StatusNotFound, status, "a sending instance has no feed")
@@ -415,14 +416,14 @@ func TestFederationHousekeepingExpiresAndMeasures(t *testing.T) {
 		m := federation.NewMetrics(nil)
 		later := time.Now().Add(federation.DefaultMessageTTL + 24*time.Hour)
 		h := federation.NewHousekeeper(federation.HousekeeperConfig{
-			Store: a.srv.Backend().Federation(), Outbox: a.srv.Backend().Inbox(), Metrics: m,
+			Store: a.srv.Backend().Federation(), Outbox: server.ToDeviceOutbox(a.srv.Backend().Inbox()), Metrics: m,
 		})
 		require.NoError(t, h.RefreshGauges(testCtx(t)))
 		require.Equal(t, 3.0, testutil.ToFloat64(m.OutboxEDUs))
 		require.Greater(t, testutil.ToFloat64(m.OutboxOldestAge), 0.0)
 
 		h = federation.NewHousekeeper(federation.HousekeeperConfig{
-			Store: a.srv.Backend().Federation(), Outbox: a.srv.Backend().Inbox(), Metrics: m,
+			Store: a.srv.Backend().Federation(), Outbox: server.ToDeviceOutbox(a.srv.Backend().Inbox()), Metrics: m,
 			Now: func() time.Time { return later },
 		})
 		require.NoError(t, h.Housekeep(testCtx(t)))
@@ -459,7 +460,7 @@ func TestFederationStorageFailureIsRetried(t *testing.T) {
 				txnBody(a.name, nil, toDeviceEDU(alice, "m1", bob, "B1", 1)), nil)
 		}
 
-		var he *federation.HTTPError
+		var he *matrixfed.HTTPError
 		require.ErrorAs(t, put(), &he)
 		require.Equal(t, http.StatusInternalServerError, he.Status, "lost work is never answered 200")
 		require.Empty(t, b1.once(0))

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/testdb"
 )
 
@@ -51,7 +51,7 @@ func FuzzFederationSend(f *testing.F) {
 		return "sqlite:" + filepath.Join(dir, "db"+string(rune('0'+n)))
 	}
 	a, b := pair(f, db, nil)
-	key, _, err := federation.LoadOrCreateSigningKey(a.cfg.SigningKey)
+	key, _, err := matrixfed.LoadOrCreateSigningKey(a.cfg.SigningKey)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func FuzzFederationSend(f *testing.F) {
 			return
 		}
 		req.Header.Set("Content-Type", "application/json")
-		if federation.SignRequest(req, "a.test", "b.test", key, body) == nil {
+		if matrixfed.SignRequest(req, "a.test", "b.test", key, body) == nil {
 			resp, err := client.Do(req)
 			if err != nil {
 				t.Fatalf("signed /send: %v", err)

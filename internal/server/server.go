@@ -22,6 +22,7 @@ import (
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/storage"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
@@ -46,7 +47,7 @@ type Server struct {
 	fedMetrics  *federation.Metrics
 	housekeeper *federation.Housekeeper
 	sender      *federation.Sender      // nil unless federation sends itself
-	client      *federation.Client      // nil while federation is off
+	client      *matrixfed.Client       // nil while federation is off
 	deviceFed   *devicelists.Federation // nil while federation is off
 
 	purgeKick chan struct{}
@@ -125,7 +126,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	s.fedMetrics = federation.NewMetrics(reg)
 	s.housekeeper = federation.NewHousekeeper(federation.HousekeeperConfig{
-		Store: backend.Federation(), Outbox: backend.Inbox(), More: []federation.Outbox{deviceListOutbox{backend.Devices()}},
+		Store: backend.Federation(), Outbox: toDeviceOutbox{backend.Inbox()}, More: []federation.Outbox{deviceListOutbox{backend.Devices()}},
 		Metrics: s.fedMetrics, Logger: log, MessageTTL: cfg.FederationMessageTTL,
 	})
 	var fed *httpapi.FederationConfig
@@ -152,18 +153,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 // and the sender or the outbox feed.
 func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) {
 	cfg, log := s.cfg, s.log
-	key, created, err := federation.LoadOrCreateSigningKey(cfg.SigningKey)
+	key, created, err := matrixfed.LoadOrCreateSigningKey(cfg.SigningKey)
 	if err != nil {
 		return nil, fmt.Errorf("--signing-key: %w", err)
 	}
 	if created {
 		log.Info("created a new signing key", "path", cfg.SigningKey, "key_id", key.ServerKeyID)
 	}
-	res, err := federation.NewResolver(federation.ResolverOptions{Overrides: cfg.FederationDestinations, Logger: log})
+	res, err := matrixfed.NewResolver(matrixfed.ResolverOptions{Overrides: cfg.FederationDestinations, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("--federation-destinations: %w", err)
 	}
-	client, err := federation.NewClient(federation.ClientOptions{
+	client, err := matrixfed.NewClient(matrixfed.ClientOptions{
 		ServerName: cfg.ServerName, Key: key, Resolver: res, InsecureSkipVerify: cfg.FederationTLSInsecure,
 		UserAgent: "todeviced/" + opts.Version, RequestTimeout: cfg.FederationRequestTimeout,
 	})
@@ -171,7 +172,7 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 		return nil, err
 	}
 	s.client = client
-	backoff := federation.Backoff{Min: cfg.FederationBackoffMin, Max: cfg.FederationBackoffMax}
+	backoff := matrixfed.Backoff{Min: cfg.FederationBackoffMin, Max: cfg.FederationBackoffMax}
 	// Device lists: remote users' keys are queried, their updates taken and
 	// their lists resynced through the signed client.
 	s.deviceFed = s.devices.EnableFederation(devicelists.FederationConfig{
@@ -179,21 +180,21 @@ func (s *Server) newFederation(opts Options) (*httpapi.FederationConfig, error) 
 	})
 	fed := &httpapi.FederationConfig{
 		Receiver: federation.NewReceiver(federation.ReceiverConfig{
-			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: s.inbox,
+			ServerName: cfg.ServerName, Store: s.backend.Federation(), Inbox: toDeviceInbox{cfg.ServerName, s.inbox},
 			DeviceLists: s.deviceFed, Metrics: s.fedMetrics, Logger: log,
 		}),
-		Keys: federation.NewKeyFetcher(client, federation.KeyFetcherOptions{
-			Logger: log, FetchTimeout: min(federation.DefaultKeyFetchTimeout, cfg.FederationRequestTimeout),
+		Keys: matrixfed.NewKeyFetcher(client, matrixfed.KeyFetcherOptions{
+			Logger: log, FetchTimeout: min(matrixfed.DefaultKeyFetchTimeout, cfg.FederationRequestTimeout),
 		}),
 		MaxInflightBytes: cfg.FederationInflightBytes,
-		KeyResponse:      federation.NewKeyResponseCache(cfg.ServerName, key).Response,
+		KeyResponse:      matrixfed.NewKeyResponseCache(cfg.ServerName, key).Response,
 		Version:          opts.Version,
 	}
 	// The device-list outbox comes first: its reserved slots are taken
 	// before to-device messages fill the rest (also in a small feed pull).
 	sources := []federation.SourceQuota{
 		{Source: deviceListOutbox{s.backend.Devices()}, Quota: federation.ReservedDeviceListEDUs},
-		{Source: federation.ToDeviceOutbox{Store: s.backend.Inbox()}, Quota: federation.ToDeviceQuota},
+		{Source: toDeviceOutbox{s.backend.Inbox()}, Quota: federation.ToDeviceQuota},
 	}
 	switch cfg.FederationOutbox {
 	case FederationOutboxFeed:

@@ -38,9 +38,10 @@ func (e *TimeoutError) Unwrap() error { return e.Err }
 func (e *TimeoutError) Is(target error) bool { return target == context.DeadlineExceeded }
 
 // deadline gives each store call a context that ends after d. Every call of
-// the inbox, device-list and federation stores is one database transaction
-// (or one pipelined round trip), so the deadline bounds exactly one database
-// call; a long-poll makes a call per check, each with its own deadline, and
+// the inbox and device-list stores is one database transaction (or one
+// pipelined round trip), and the federation store's use cases each make one
+// call of their federation.Database (timedFederationDB), so the deadline
+// bounds exactly one database call; a long-poll makes a call per check, each with its own deadline, and
 // waits between them without one. A frozen database (a stopped server, a
 // lost network, a lock held elsewhere) never answers: only a client-side
 // deadline ends the wait.
@@ -283,68 +284,22 @@ func (t timedDevices) ResyncIfUnknownDevice(ctx context.Context, userID, deviceI
 	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.ResyncIfUnknownDevice(ctx, userID, deviceID) })
 }
 
-// timedFederation is a federation.Store whose every call has a deadline.
-type timedFederation struct {
-	s federation.Store
-	d deadline
+// timedFederationDB is a federation.Database whose every call (one
+// transaction, or the statements of one use case on the pool) has a
+// deadline.
+type timedFederationDB struct {
+	db federation.Database
+	d  deadline
 }
 
-var _ federation.Store = timedFederation{}
-
-func (t timedFederation) AcquireLease(ctx context.Context, destination, holder string, ttl time.Duration) (federation.Acquisition, error) {
-	return call1(t.d, ctx, func(ctx context.Context) (federation.Acquisition, error) {
-		return t.s.AcquireLease(ctx, destination, holder, ttl)
-	})
+func (t timedFederationDB) InTx(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.db.InTx(ctx, fn) })
 }
 
-func (t timedFederation) RenewLease(ctx context.Context, l federation.Lease, ttl time.Duration) error {
-	return t.d.run(ctx, func(ctx context.Context) error { return t.s.RenewLease(ctx, l, ttl) })
+func (t timedFederationDB) Each(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.db.Each(ctx, fn) })
 }
 
-func (t timedFederation) ReleaseLease(ctx context.Context, l federation.Lease) error {
-	return t.d.run(ctx, func(ctx context.Context) error { return t.s.ReleaseLease(ctx, l) })
-}
-
-func (t timedFederation) StoredTxn(ctx context.Context, destination string) (*federation.StoredTxn, error) {
-	return call1(t.d, ctx, func(ctx context.Context) (*federation.StoredTxn, error) { return t.s.StoredTxn(ctx, destination) })
-}
-
-func (t timedFederation) SaveTxn(ctx context.Context, l federation.Lease, txn *federation.StoredTxn) error {
-	return t.d.run(ctx, func(ctx context.Context) error { return t.s.SaveTxn(ctx, l, txn) })
-}
-
-func (t timedFederation) ReplaceTxn(ctx context.Context, l federation.Lease, txnID string, txn *federation.StoredTxn) error {
-	return t.d.run(ctx, func(ctx context.Context) error { return t.s.ReplaceTxn(ctx, l, txnID, txn) })
-}
-
-func (t timedFederation) CompleteTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {
-	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.CompleteTxn(ctx, l, txnID) })
-}
-
-func (t timedFederation) DropTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {
-	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.DropTxn(ctx, l, txnID) })
-}
-
-func (t timedFederation) RecordFailure(ctx context.Context, l federation.Lease, f federation.FailedAttempt) (int, error) {
-	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.RecordFailure(ctx, l, f) })
-}
-
-func (t timedFederation) TxnDestinations(ctx context.Context) ([]string, error) {
-	return call1(t.d, ctx, t.s.TxnDestinations)
-}
-
-func (t timedFederation) BackingOff(ctx context.Context) (int, error) {
-	return call1(t.d, ctx, t.s.BackingOff)
-}
-
-func (t timedFederation) InboundTxn(ctx context.Context, origin, txnID string) ([]byte, bool, error) {
-	return call2(t.d, ctx, func(ctx context.Context) ([]byte, bool, error) { return t.s.InboundTxn(ctx, origin, txnID) })
-}
-
-func (t timedFederation) RecordInboundTxn(ctx context.Context, origin, txnID string, response []byte) error {
-	return t.d.run(ctx, func(ctx context.Context) error { return t.s.RecordInboundTxn(ctx, origin, txnID, response) })
-}
-
-func (t timedFederation) PruneInboundTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.PruneInboundTxns(ctx, cutoff, limit) })
+func (t timedFederationDB) Read(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.db.Read(ctx, fn) })
 }

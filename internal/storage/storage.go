@@ -191,7 +191,7 @@ func (pgBackend) Kind() string { return "postgres" }
 func (b pgBackend) Inbox() inbox.Store         { return timedStores(b.d).inbox(b.DB.Inbox()) }
 func (b pgBackend) Devices() devicelists.Store { return timedStores(b.d).devices(b.DB.Devices()) }
 func (b pgBackend) Federation() federation.Store {
-	return timedStores(b.d).federation(b.DB.Federation())
+	return federation.NewStore(timedStores(b.d).federation(b.DB.FederationDB()))
 }
 
 // Postgres returns the PostgreSQL handle (tests and benchmarks use its pool).
@@ -207,7 +207,7 @@ func (sqliteBackend) Kind() string { return "sqlite" }
 func (b sqliteBackend) Inbox() inbox.Store         { return timedStores(b.d).inbox(b.DB.Inbox()) }
 func (b sqliteBackend) Devices() devicelists.Store { return timedStores(b.d).devices(b.DB.Devices()) }
 func (b sqliteBackend) Federation() federation.Store {
-	return timedStores(b.d).federation(b.DB.Federation())
+	return federation.NewStore(timedStores(b.d).federation(b.DB.FederationDB()))
 }
 
 // timedStores wraps a backend's stores so every call has a deadline (none
@@ -228,11 +228,11 @@ func (d timedStores) devices(s devicelists.Store) devicelists.Store {
 	return timedDevices{s, deadline(d)}
 }
 
-func (d timedStores) federation(s federation.Store) federation.Store {
+func (d timedStores) federation(db federation.Database) federation.Database {
 	if d <= 0 {
-		return s
+		return db
 	}
-	return timedFederation{s, deadline(d)}
+	return timedFederationDB{db, deadline(d)}
 }
 
 // SQLite returns the SQLite handle (tests and benchmarks use it).

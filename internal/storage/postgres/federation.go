@@ -3,21 +3,46 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 )
 
-// federationStore implements federation.Store. Its tables are federation's;
-// the outbox rows a transaction covers are deleted with their owner's own
-// statement (the inbox's deleteOutboxRows, devicelists'
-// deleteDeviceListOutboxRows) inside the fenced transaction.
-type federationStore struct{ db *DB }
+// FederationDB returns the federation store's statements and runner
+// (federation.NewStore writes the use cases on them).
+func (db *DB) FederationDB() federation.Database { return fedDB{db} }
+
+// fedDB runs the federation statements: in a transaction (retried after a
+// deadlock), or on the pool.
+type fedDB struct{ db *DB }
+
+func (d fedDB) InTx(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
+	return d.db.inTx(ctx, func(tx pgx.Tx) error { return fn(ctx, fedQueries{tx}) })
+}
+
+func (d fedDB) Each(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
+	return fn(ctx, fedQueries{d.db.pool})
+}
+
+func (d fedDB) Read(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
+	return fn(ctx, fedQueries{d.db.pool})
+}
+
+// conn is a pool or a transaction.
+type conn interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// fedQueries implements federation.Queries. Its tables are federation's,
+// and the outbox rows a stored transaction covers (outboxTables).
+type fedQueries struct{ c conn }
 
 // micros passes a duration to SQL as a whole number of microseconds, the
 // resolution of timestamptz.
@@ -30,11 +55,26 @@ func msDuration(ms float64) time.Duration {
 	return time.Duration(ms * float64(time.Millisecond))
 }
 
-func (s *federationStore) AcquireLease(ctx context.Context, destination, holder string, ttl time.Duration) (federation.Acquisition, error) {
-	a := federation.Acquisition{Lease: federation.Lease{Destination: destination, Holder: holder}}
+// affected is whether a statement matched a row.
+func affected(tag pgconn.CommandTag, err error) (bool, error) {
+	return err == nil && tag.RowsAffected() > 0, err
+}
+
+// scanFound scans a row that may not exist.
+func scanFound(row pgx.Row, dest ...any) (bool, error) {
+	err := row.Scan(dest...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (q fedQueries) AcquireLease(ctx context.Context, destination, holder string, ttl time.Duration) (int64, int, bool, error) {
+	var gen int64
+	var failures int
 	// ON CONFLICT DO UPDATE locks the row, so concurrent acquirers queue and
 	// re-check the condition one after the other: one wins.
-	err := s.db.pool.QueryRow(ctx, `
+	ok, err := scanFound(q.c.QueryRow(ctx, `
 		INSERT INTO federation_destinations AS d (destination, lease_holder, lease_generation, lease_until)
 		VALUES ($1, $2, 1, now() + $3 * interval '1 microsecond')
 		ON CONFLICT (destination) DO UPDATE SET
@@ -44,330 +84,182 @@ func (s *federationStore) AcquireLease(ctx context.Context, destination, holder 
 		WHERE (d.lease_holder IS NULL OR d.lease_until <= now())
 		  AND (d.retry_at IS NULL OR d.retry_at <= now())
 		RETURNING d.lease_generation, d.failures`,
-		destination, holder, micros(ttl)).Scan(&a.Lease.Generation, &a.Failures)
-	if err == nil {
-		a.Acquired = true
-		return a, nil
-	}
-	if !errors.Is(err, pgx.ErrNoRows) {
-		return a, fmt.Errorf("acquiring lease of %s: %w", destination, err)
-	}
+		destination, holder, micros(ttl)), &gen, &failures)
+	return gen, failures, ok, err
+}
+
+func (q fedQueries) LeaseState(ctx context.Context, destination string) (time.Duration, time.Duration, int, error) {
 	var leaseMS, retryMS float64
-	err = s.db.pool.QueryRow(ctx, `
+	var failures int
+	err := q.c.QueryRow(ctx, `
 		SELECT CASE WHEN lease_holder IS NOT NULL
 		            THEN coalesce(extract(epoch FROM lease_until - now()) * 1000, 0) ELSE 0 END,
 		       coalesce(extract(epoch FROM retry_at - now()) * 1000, 0), failures
-		FROM federation_destinations WHERE destination = $1`, destination).Scan(&leaseMS, &retryMS, &a.Failures)
-	if err != nil {
-		return a, fmt.Errorf("reading lease of %s: %w", destination, err)
-	}
-	a.Wait = max(msDuration(leaseMS), msDuration(retryMS))
-	a.BackingOff = retryMS > 0
-	return a, nil
+		FROM federation_destinations WHERE destination = $1`, destination).Scan(&leaseMS, &retryMS, &failures)
+	return msDuration(leaseMS), msDuration(retryMS), failures, err
 }
 
-func (s *federationStore) RenewLease(ctx context.Context, l federation.Lease, ttl time.Duration) error {
-	tag, err := s.db.pool.Exec(ctx, `
+func (q fedQueries) RenewLease(ctx context.Context, l federation.Lease, ttl time.Duration) (bool, error) {
+	return affected(q.c.Exec(ctx, `
 		UPDATE federation_destinations SET lease_until = now() + $4 * interval '1 microsecond'
 		WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
-		l.Destination, l.Holder, l.Generation, micros(ttl))
-	if err != nil {
-		return fmt.Errorf("renewing lease of %s: %w", l.Destination, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return federation.ErrLeaseLost
-	}
-	return nil
+		l.Destination, l.Holder, l.Generation, micros(ttl)))
 }
 
-func (s *federationStore) ReleaseLease(ctx context.Context, l federation.Lease) error {
-	_, err := s.db.pool.Exec(ctx, `
+func (q fedQueries) ReleaseLease(ctx context.Context, l federation.Lease) error {
+	_, err := q.c.Exec(ctx, `
 		UPDATE federation_destinations SET lease_holder = NULL, lease_until = NULL
 		WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
 		l.Destination, l.Holder, l.Generation)
-	if err != nil {
-		return fmt.Errorf("releasing lease of %s: %w", l.Destination, err)
-	}
-	return nil
+	return err
 }
 
-// fence locks the destination's lease row and checks that l still holds it.
-// Every write of a holder starts with it (or with an UPDATE carrying the same
-// condition), in the same transaction: an acquisition by someone else either
-// committed before (the check fails) or waits for this transaction to end.
-func fence(ctx context.Context, tx pgx.Tx, l federation.Lease) error {
+func (q fedQueries) LockLease(ctx context.Context, l federation.Lease) (bool, error) {
 	var one int
-	err := tx.QueryRow(ctx, `
+	return scanFound(q.c.QueryRow(ctx, `
 		SELECT 1 FROM federation_destinations
 		WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3
-		FOR NO KEY UPDATE`, l.Destination, l.Holder, l.Generation).Scan(&one)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return federation.ErrLeaseLost
-	}
-	if err != nil {
-		return fmt.Errorf("checking lease of %s: %w", l.Destination, err)
-	}
-	return nil
+		FOR NO KEY UPDATE`, l.Destination, l.Holder, l.Generation), &one)
 }
 
-func (s *federationStore) StoredTxn(ctx context.Context, destination string) (*federation.StoredTxn, error) {
+func (q fedQueries) ResetBackoff(ctx context.Context, l federation.Lease) (bool, error) {
+	return affected(q.c.Exec(ctx, `
+		UPDATE federation_destinations SET failures = 0, retry_at = NULL
+		WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
+		l.Destination, l.Holder, l.Generation))
+}
+
+func (q fedQueries) BackOff(ctx context.Context, l federation.Lease, wait time.Duration) (bool, error) {
+	return affected(q.c.Exec(ctx, `
+		UPDATE federation_destinations SET failures = failures + 1, retry_at = now() + $4 * interval '1 microsecond'
+		WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
+		l.Destination, l.Holder, l.Generation, micros(wait)))
+}
+
+func (q fedQueries) CountAttempt(ctx context.Context, destination, txnID string, status int) (int, bool, error) {
+	var same int
+	found, err := scanFound(q.c.QueryRow(ctx, `
+		UPDATE federation_txns SET
+			attempts = attempts + 1,
+			same_status = CASE WHEN $3 = 0 THEN 0 WHEN last_status = $3 THEN same_status + 1 ELSE 1 END,
+			last_status = $3
+		WHERE destination = $1 AND txn_id = $2
+		RETURNING same_status`, destination, txnID, status), &same)
+	return same, found, err
+}
+
+func (q fedQueries) StoredTxn(ctx context.Context, destination string) (*federation.StoredTxn, error) {
 	t := &federation.StoredTxn{Destination: destination}
 	var ageMS float64
-	err := s.db.pool.QueryRow(ctx, `
+	found, err := scanFound(q.c.QueryRow(ctx, `
 		SELECT txn_id, edus, origin_server_ts, extract(epoch FROM now() - created_at) * 1000,
 		       attempts, last_status, same_status
-		FROM federation_txns WHERE destination = $1`, destination).
-		Scan(&t.ID, &t.EDUs, &t.OriginServerTS, &ageMS, &t.Attempts, &t.LastStatus, &t.SameStatus)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading stored transaction for %s: %w", destination, err)
+		FROM federation_txns WHERE destination = $1`, destination),
+		&t.ID, &t.EDUs, &t.OriginServerTS, &ageMS, &t.Attempts, &t.LastStatus, &t.SameStatus)
+	if !found {
+		return nil, err
 	}
 	t.Age = msDuration(ageMS)
-	rows, err := s.db.pool.Query(ctx, `
+	return t, nil
+}
+
+func (q fedQueries) TxnItems(ctx context.Context, destination string) ([]federation.TxnItem, error) {
+	rows, err := q.c.Query(ctx, `
 		SELECT source, pos FROM federation_txn_items WHERE destination = $1 ORDER BY source, pos`, destination)
 	if err != nil {
-		return nil, fmt.Errorf("reading stored transaction items for %s: %w", destination, err)
+		return nil, err
 	}
-	t.Items, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (federation.TxnItem, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (federation.TxnItem, error) {
 		var it federation.TxnItem
 		err := r.Scan(&it.Source, &it.Pos)
 		return it, err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("reading stored transaction items for %s: %w", destination, err)
-	}
-	return t, nil
 }
 
-func (s *federationStore) SaveTxn(ctx context.Context, l federation.Lease, t *federation.StoredTxn) error {
-	sources := make([]string, len(t.Items))
-	positions := make([]int64, len(t.Items))
-	for i, it := range t.Items {
+func (q fedQueries) InsertTxn(ctx context.Context, destination string, t *federation.StoredTxn) (bool, error) {
+	return affected(q.c.Exec(ctx, `
+		INSERT INTO federation_txns (destination, txn_id, edus, origin_server_ts)
+		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
+		destination, t.ID, []byte(t.EDUs), t.OriginServerTS))
+}
+
+func (q fedQueries) InsertTxnItems(ctx context.Context, destination string, items []federation.TxnItem) error {
+	sources := make([]string, len(items))
+	positions := make([]int64, len(items))
+	for i, it := range items {
 		sources[i], positions[i] = it.Source, it.Pos
 	}
-	return s.db.inTx(ctx, func(tx pgx.Tx) error {
-		if err := fence(ctx, tx, l); err != nil {
-			return err
-		}
-		tag, err := tx.Exec(ctx, `
-			INSERT INTO federation_txns (destination, txn_id, edus, origin_server_ts)
-			VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
-			l.Destination, t.ID, []byte(t.EDUs), t.OriginServerTS)
-		if err != nil {
-			return fmt.Errorf("storing transaction for %s: %w", l.Destination, err)
-		}
-		if tag.RowsAffected() == 0 {
-			return federation.ErrTxnExists
-		}
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO federation_txn_items (destination, source, pos)
-			SELECT $1, s, p FROM unnest($2::text[], $3::bigint[]) AS i(s, p)`,
-			l.Destination, sources, positions); err != nil {
-			return fmt.Errorf("storing transaction items for %s: %w", l.Destination, err)
-		}
-		return nil
-	})
+	_, err := q.c.Exec(ctx, `
+		INSERT INTO federation_txn_items (destination, source, pos)
+		SELECT $1, s, p FROM unnest($2::text[], $3::bigint[]) AS i(s, p)`,
+		destination, sources, positions)
+	return err
 }
 
-func (s *federationStore) ReplaceTxn(ctx context.Context, l federation.Lease, txnID string, t *federation.StoredTxn) error {
-	return s.db.inTx(ctx, func(tx pgx.Tx) error {
-		if err := fence(ctx, tx, l); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM federation_txn_items WHERE destination = $1`, l.Destination); err != nil {
-			return fmt.Errorf("replacing transaction items for %s: %w", l.Destination, err)
-		}
-		if t == nil {
-			tag, err := tx.Exec(ctx, `DELETE FROM federation_txns WHERE destination = $1 AND txn_id = $2`, l.Destination, txnID)
-			if err != nil {
-				return fmt.Errorf("removing stored transaction for %s: %w", l.Destination, err)
-			}
-			if tag.RowsAffected() == 0 {
-				return federation.ErrNoTxn
-			}
-			return nil
-		}
-		// An update in place keeps created_at: the TTL counts from the
-		// first store, however often the transaction is split.
-		tag, err := tx.Exec(ctx, `
-			UPDATE federation_txns SET txn_id = $3, edus = $4, origin_server_ts = $5,
-				attempts = 0, last_status = 0, same_status = 0
-			WHERE destination = $1 AND txn_id = $2`,
-			l.Destination, txnID, t.ID, []byte(t.EDUs), t.OriginServerTS)
-		if err != nil {
-			return fmt.Errorf("replacing stored transaction for %s: %w", l.Destination, err)
-		}
-		if tag.RowsAffected() == 0 {
-			return federation.ErrNoTxn
-		}
-		sources := make([]string, len(t.Items))
-		positions := make([]int64, len(t.Items))
-		for i, it := range t.Items {
-			sources[i], positions[i] = it.Source, it.Pos
-		}
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO federation_txn_items (destination, source, pos)
-			SELECT $1, s, p FROM unnest($2::text[], $3::bigint[]) AS i(s, p)`,
-			l.Destination, sources, positions); err != nil {
-			return fmt.Errorf("storing transaction items for %s: %w", l.Destination, err)
-		}
-		return nil
-	})
+func (q fedQueries) UpdateTxn(ctx context.Context, destination, txnID string, t *federation.StoredTxn) (bool, error) {
+	return affected(q.c.Exec(ctx, `
+		UPDATE federation_txns SET txn_id = $3, edus = $4, origin_server_ts = $5,
+			attempts = 0, last_status = 0, same_status = 0
+		WHERE destination = $1 AND txn_id = $2`,
+		destination, txnID, t.ID, []byte(t.EDUs), t.OriginServerTS))
 }
 
-func (s *federationStore) CompleteTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {
-	return s.finishTxn(ctx, l, txnID, true)
+func (q fedQueries) DeleteTxn(ctx context.Context, destination, txnID string) (bool, error) {
+	return affected(q.c.Exec(ctx, `DELETE FROM federation_txns WHERE destination = $1 AND txn_id = $2`, destination, txnID))
 }
 
-func (s *federationStore) DropTxn(ctx context.Context, l federation.Lease, txnID string) (int, error) {
-	return s.finishTxn(ctx, l, txnID, false)
+func (q fedQueries) DeleteTxnItems(ctx context.Context, destination string) error {
+	_, err := q.c.Exec(ctx, `DELETE FROM federation_txn_items WHERE destination = $1`, destination)
+	return err
 }
 
-// finishTxn deletes a stored transaction and exactly the outbox rows it
-// covers, fenced, in one transaction; succeeded also ends the backoff.
-func (s *federationStore) finishTxn(ctx context.Context, l federation.Lease, txnID string, succeeded bool) (int, error) {
-	var deleted int
-	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		deleted = 0
-		if succeeded {
-			tag, err := tx.Exec(ctx, `
-				UPDATE federation_destinations SET failures = 0, retry_at = NULL
-				WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
-				l.Destination, l.Holder, l.Generation)
-			if err != nil {
-				return fmt.Errorf("resetting backoff of %s: %w", l.Destination, err)
-			}
-			if tag.RowsAffected() == 0 {
-				return federation.ErrLeaseLost
-			}
-		} else if err := fence(ctx, tx, l); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, `SELECT source, pos FROM federation_txn_items WHERE destination = $1`, l.Destination)
-		if err != nil {
-			return fmt.Errorf("reading transaction items for %s: %w", l.Destination, err)
-		}
-		bySource := map[string][]int64{}
-		var src string
-		var pos int64
-		_, err = pgx.ForEachRow(rows, []any{&src, &pos}, func() error {
-			bySource[src] = append(bySource[src], pos)
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("reading transaction items for %s: %w", l.Destination, err)
-		}
-		tag, err := tx.Exec(ctx, `DELETE FROM federation_txns WHERE destination = $1 AND txn_id = $2`, l.Destination, txnID)
-		if err != nil {
-			return fmt.Errorf("deleting stored transaction for %s: %w", l.Destination, err)
-		}
-		if tag.RowsAffected() == 0 {
-			return federation.ErrNoTxn
-		}
-		for source, positions := range bySource {
-			switch source {
-			case inbox.OutboxSource:
-				n, err := deleteOutboxRows(ctx, tx, l.Destination, positions)
-				if err != nil {
-					return err
-				}
-				deleted += n
-			case devicelists.OutboxSource:
-				n, err := deleteDeviceListOutboxRows(ctx, tx, l.Destination, positions)
-				if err != nil {
-					return err
-				}
-				for _, c := range n {
-					deleted += c
-				}
-			default:
-				return fmt.Errorf("stored transaction for %s covers rows of unknown EDU source %q", l.Destination, source)
-			}
-		}
-		return nil
-	})
-	return deleted, err
+// outboxTables are the outboxes whose rows stored transactions cover, by
+// EDU source.
+var outboxTables = map[string]string{inbox.OutboxSource: "todevice_outbox", devicelists.OutboxSource: "device_list_outbox"}
+
+// DeleteOutboxRows deletes exactly the listed positions of one destination,
+// never a range, in the fenced transaction that finishes a stored one.
+func (q fedQueries) DeleteOutboxRows(ctx context.Context, source, destination string, positions []int64) (int, error) {
+	table, ok := outboxTables[source]
+	if !ok {
+		return 0, federation.ErrUnknownSource
+	}
+	tag, err := q.c.Exec(ctx, `DELETE FROM `+table+` WHERE destination = $1 AND pos = ANY($2::bigint[])`,
+		destination, positions)
+	return int(tag.RowsAffected()), err
 }
 
-func (s *federationStore) RecordFailure(ctx context.Context, l federation.Lease, f federation.FailedAttempt) (int, error) {
-	var same int
-	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
-			UPDATE federation_destinations SET failures = failures + 1, retry_at = now() + $4 * interval '1 microsecond'
-			WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
-			l.Destination, l.Holder, l.Generation, micros(f.Wait))
-		if err != nil {
-			return fmt.Errorf("recording failure for %s: %w", l.Destination, err)
-		}
-		if tag.RowsAffected() == 0 {
-			return federation.ErrLeaseLost
-		}
-		err = tx.QueryRow(ctx, `
-			UPDATE federation_txns SET
-				attempts = attempts + 1,
-				same_status = CASE WHEN $3 = 0 THEN 0 WHEN last_status = $3 THEN same_status + 1 ELSE 1 END,
-				last_status = $3
-			WHERE destination = $1 AND txn_id = $2
-			RETURNING same_status`, l.Destination, f.TxnID, f.Status).Scan(&same)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return federation.ErrNoTxn
-		}
-		if err != nil {
-			return fmt.Errorf("recording failure for %s: %w", l.Destination, err)
-		}
-		return nil
-	})
-	return same, err
-}
-
-func (s *federationStore) TxnDestinations(ctx context.Context) ([]string, error) {
-	rows, err := s.db.pool.Query(ctx, `SELECT destination FROM federation_txns ORDER BY destination`)
+func (q fedQueries) TxnDestinations(ctx context.Context) ([]string, error) {
+	rows, err := q.c.Query(ctx, `SELECT destination FROM federation_txns ORDER BY destination`)
 	if err != nil {
-		return nil, fmt.Errorf("listing stored transactions: %w", err)
+		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
-func (s *federationStore) BackingOff(ctx context.Context) (int, error) {
+func (q fedQueries) BackingOff(ctx context.Context) (int, error) {
 	var n int
-	err := s.db.pool.QueryRow(ctx, `SELECT count(*) FROM federation_destinations WHERE retry_at > now()`).Scan(&n)
-	if err != nil {
-		return 0, fmt.Errorf("counting destinations backing off: %w", err)
-	}
-	return n, nil
+	err := q.c.QueryRow(ctx, `SELECT count(*) FROM federation_destinations WHERE retry_at > now()`).Scan(&n)
+	return n, err
 }
 
-func (s *federationStore) InboundTxn(ctx context.Context, origin, txnID string) ([]byte, bool, error) {
+func (q fedQueries) InboundTxn(ctx context.Context, origin, txnID string) ([]byte, bool, error) {
 	var resp []byte
-	err := s.db.pool.QueryRow(ctx, `SELECT response FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2`,
-		origin, txnID).Scan(&resp)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("looking up inbound transaction: %w", err)
-	}
-	return resp, true, nil
+	found, err := scanFound(q.c.QueryRow(ctx, `SELECT response FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2`,
+		origin, txnID), &resp)
+	return resp, found, err
 }
 
-func (s *federationStore) RecordInboundTxn(ctx context.Context, origin, txnID string, response []byte) error {
-	_, err := s.db.pool.Exec(ctx, `
+func (q fedQueries) RecordInboundTxn(ctx context.Context, origin, txnID string, response []byte) error {
+	_, err := q.c.Exec(ctx, `
 		INSERT INTO federation_inbound_txns (origin, txn_id, response) VALUES ($1, $2, $3)
 		ON CONFLICT DO NOTHING`, origin, txnID, response)
-	if err != nil {
-		return fmt.Errorf("recording inbound transaction: %w", err)
-	}
-	return nil
+	return err
 }
 
-func (s *federationStore) PruneInboundTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	tag, err := s.db.pool.Exec(ctx, `
+func (q fedQueries) PruneInboundTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	tag, err := q.c.Exec(ctx, `
 		DELETE FROM federation_inbound_txns WHERE ctid = ANY (ARRAY (
 			SELECT ctid FROM federation_inbound_txns WHERE received_at < $1 LIMIT $2))`, cutoff, limit)
-	if err != nil {
-		return 0, fmt.Errorf("pruning inbound transactions: %w", err)
-	}
-	return int(tag.RowsAffected()), nil
+	return int(tag.RowsAffected()), err
 }

@@ -3,7 +3,7 @@ package postgres
 import (
 	"cmp"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -17,7 +17,10 @@ import (
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
+// inboxStore is the inbox's accept path and sync, written for PostgreSQL;
+// the upkeep use cases are inbox.Upkeep's, on inboxQueries.
 type inboxStore struct {
+	inbox.Upkeep
 	db    *DB
 	hooks inbox.Hooks
 }
@@ -284,13 +287,8 @@ func (s *inboxStore) commit(ctx context.Context, c *txConn, b *pgx.Batch, writes
 	return nil
 }
 
-type recipientKey struct{ user, device string }
-
 // lockedDevices are the live devices lockDevices found and locked.
-type lockedDevices struct {
-	found  map[recipientKey]int64
-	byUser map[string][]int64 // in nid order
-}
+type lockedDevices struct{ *inbox.Recipients }
 
 // lockDevicesSQL selects the live devices a list of messages addresses and
 // locks them in nid order, so overlapping fan-outs cannot deadlock.
@@ -341,15 +339,14 @@ func lockDevices(ctx context.Context, tx pgx.Tx, msgs []inbox.LocalMessage) (loc
 
 func collectLocked(rows pgx.Rows) (lockedDevices, error) {
 	defer rows.Close()
-	d := lockedDevices{found: map[recipientKey]int64{}, byUser: map[string][]int64{}}
+	d := lockedDevices{inbox.NewRecipients(0)}
 	for rows.Next() {
 		var nid int64
-		var k recipientKey
-		if err := rows.Scan(&nid, &k.user, &k.device); err != nil {
+		var user, device string
+		if err := rows.Scan(&nid, &user, &device); err != nil {
 			return lockedDevices{}, err
 		}
-		d.found[k] = nid
-		d.byUser[k.user] = append(d.byUser[k.user], nid)
+		d.Add(nid, user, device)
 	}
 	if err := rows.Err(); err != nil {
 		return lockedDevices{}, fmt.Errorf("locking recipient devices: %w", err)
@@ -362,32 +359,14 @@ func collectLocked(rows pgx.Rows) (lockedDevices, error) {
 // no device and how many rows it appended.
 func (d lockedDevices) expand(msgs []inbox.LocalMessage, sender, typ string, out *recipientRows) (unknown, rows int) {
 	before := len(out.nids)
-	defer func() { rows = len(out.nids) - before }()
-	add := func(user string, nid int64, content []byte) {
+	unknown = d.Expand(msgs, func(user string, nid int64, content json.RawMessage) {
 		out.users = append(out.users, user)
 		out.nids = append(out.nids, nid)
 		out.senders = append(out.senders, sender)
 		out.types = append(out.types, typ)
 		out.contents = append(out.contents, content)
-	}
-	for _, m := range msgs {
-		if m.DeviceID == inbox.AllDevices {
-			nids := d.byUser[m.UserID]
-			if len(nids) == 0 {
-				unknown++
-			}
-			for _, nid := range nids {
-				add(m.UserID, nid, m.Content)
-			}
-			continue
-		}
-		if nid, ok := d.found[recipientKey{m.UserID, m.DeviceID}]; ok {
-			add(m.UserID, nid, m.Content)
-		} else {
-			unknown++
-		}
-	}
-	return unknown, 0 // rows is set on the way out
+	})
+	return unknown, len(out.nids) - before
 }
 
 // issuedInboxSQL is the highest inbox position ever issued: the identity
@@ -478,101 +457,6 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 		res.Messages, res.More = res.Messages[:q.Limit], true
 	}
 	return res, br.Close()
-}
-
-func (s *inboxStore) PurgeDevice(ctx context.Context, d inbox.Recipient, after int64, limit int) (int, int64, error) {
-	rows, err := s.db.pool.Query(ctx, `
-		WITH batch AS (
-			SELECT pos FROM device_inbox
-			WHERE user_id = $1 AND device_nid = $2 AND pos > $3
-			ORDER BY pos LIMIT $4
-		)
-		DELETE FROM device_inbox d USING batch
-		WHERE d.user_id = $1 AND d.device_nid = $2 AND d.pos = batch.pos
-		RETURNING d.pos`, d.UserID, d.NID, after, limit)
-	if err != nil {
-		return 0, 0, err
-	}
-	n, last := 0, after
-	for rows.Next() {
-		var pos int64
-		if err := rows.Scan(&pos); err != nil {
-			rows.Close()
-			return 0, 0, err
-		}
-		n++
-		last = max(last, pos)
-	}
-	return n, last, rows.Err()
-}
-
-func (s *inboxStore) PruneTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	tag, err := s.db.pool.Exec(ctx, `
-		DELETE FROM send_txns WHERE ctid = ANY (ARRAY (
-			SELECT ctid FROM send_txns WHERE created_at < $1 LIMIT $2))`, cutoff, limit)
-	if err != nil {
-		return 0, err
-	}
-	return int(tag.RowsAffected()), nil
-}
-
-// ExpireMessages walks the acceptance-time index from the oldest row and
-// stops at the cutoff or the limit, so it costs nothing when nothing expired.
-func (s *inboxStore) ExpireMessages(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	tag, err := s.db.pool.Exec(ctx, `
-		DELETE FROM device_inbox WHERE ctid = ANY (ARRAY (
-			SELECT ctid FROM device_inbox WHERE enqueued_at < $1 ORDER BY enqueued_at LIMIT $2))`, cutoff, limit)
-	if err != nil {
-		return 0, err
-	}
-	return int(tag.RowsAffected()), nil
-}
-
-// exactCountBelow is the table size up to which Backlog counts rows exactly;
-// above it the statistics' live-tuple estimate is used, so a scrape never
-// scans a large table.
-const exactCountBelow = 100_000
-
-func (s *inboxStore) Backlog(ctx context.Context) (inbox.Backlog, error) {
-	var b inbox.Backlog
-	var estimate int64
-	err := s.db.pool.QueryRow(ctx, `
-		SELECT coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'device_inbox'::regclass), 0)`).Scan(&estimate)
-	if err != nil {
-		return b, err
-	}
-	if estimate < exactCountBelow {
-		err = s.db.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM device_inbox LIMIT $1) t`, exactCountBelow).Scan(&b.Pending)
-		if err != nil {
-			return b, err
-		}
-	} else {
-		b.Pending = estimate
-	}
-	err = s.db.pool.QueryRow(ctx, `SELECT enqueued_at FROM device_inbox ORDER BY enqueued_at LIMIT 1`).Scan(&b.Oldest)
-	if errors.Is(err, pgx.ErrNoRows) {
-		err = nil
-	}
-	return b, err
-}
-
-func (s *inboxStore) PeekOutbox(ctx context.Context, destination string, limit int) ([]inbox.QueuedEDU, error) {
-	rows, err := s.db.pool.Query(ctx, `
-		SELECT pos, destination, message_id, edu, enqueued_at FROM todevice_outbox
-		WHERE destination = $1 ORDER BY pos LIMIT $2`, destination, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []inbox.QueuedEDU
-	for rows.Next() {
-		var q inbox.QueuedEDU
-		if err := rows.Scan(&q.Pos, &q.Destination, &q.MessageID, &q.EDU, &q.EnqueuedAt); err != nil {
-			return nil, err
-		}
-		out = append(out, q)
-	}
-	return out, rows.Err()
 }
 
 // AcceptRemote stores the to-device EDUs of an inbound transaction in one
@@ -672,16 +556,6 @@ func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAcce
 	return results, nil
 }
 
-func (s *inboxStore) PruneInboundDedupe(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	tag, err := s.db.pool.Exec(ctx, `
-		DELETE FROM todevice_inbound_dedupe WHERE ctid = ANY (ARRAY (
-			SELECT ctid FROM todevice_inbound_dedupe WHERE received_at < $1 LIMIT $2))`, cutoff, limit)
-	if err != nil {
-		return 0, err
-	}
-	return int(tag.RowsAffected()), nil
-}
-
 // execer is a pool or a transaction.
 type execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -702,27 +576,14 @@ func deleteOutboxRows(ctx context.Context, q execer, destination string, positio
 	return int(tag.RowsAffected()), nil
 }
 
-func (s *inboxStore) DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error) {
-	return deleteOutboxRows(ctx, s.db.pool, destination, positions)
-}
-
-// ExpireOutbox walks the enqueued_at index over the expired rows only. Rows
-// of a stored federation transaction are skipped (the transaction expires as
-// a whole); there are at most 100 of them per destination.
-func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
-	out, err := expireOutboxRows(ctx, s.db.pool, "todevice_outbox", inbox.OutboxSource, cutoff, limit)
-	if err != nil {
-		return nil, fmt.Errorf("expiring outbox rows: %w", err)
-	}
-	return out, nil
-}
-
-// expireOutboxRows deletes up to limit rows enqueued before cutoff from an
+// expireOutboxDestinations deletes up to limit rows enqueued before cutoff from an
 // outbox table (todevice_outbox or device_list_outbox, whose stored
-// federation transactions name them as source), oldest first, and counts
-// them by destination.
-func expireOutboxRows(ctx context.Context, pool *pgxpool.Pool, table, source string, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
-	rows, err := pool.Query(ctx, `
+// federation transactions name them as source), oldest first, and returns
+// the destination of each. It walks the enqueued_at index over the expired
+// rows only; rows of a stored federation transaction (at most 100 per
+// destination) are skipped, the transaction expires as a whole.
+func expireOutboxDestinations(ctx context.Context, c conn, table, source string, cutoff time.Time, limit int) ([]string, error) {
+	rows, err := c.Query(ctx, `
 		WITH victims AS (
 			SELECT o.destination, o.pos FROM `+table+` o
 			WHERE o.enqueued_at < $1
@@ -737,46 +598,14 @@ func expireOutboxRows(ctx context.Context, pool *pgxpool.Pool, table, source str
 	if err != nil {
 		return nil, err
 	}
-	dests, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// expireOutboxRows is expireOutboxDestinations counted by destination.
+func expireOutboxRows(ctx context.Context, c conn, table, source string, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
+	dests, err := expireOutboxDestinations(ctx, c, table, source, cutoff, limit)
 	if err != nil {
 		return nil, err
 	}
 	return inbox.CountByDestination(dests), nil
-}
-
-func (s *inboxStore) OutboxDestinations(ctx context.Context) ([]string, error) {
-	rows, err := s.db.pool.Query(ctx, `
-		SELECT destination FROM todevice_outbox_destinations d
-		WHERE EXISTS (SELECT 1 FROM todevice_outbox o WHERE o.destination = d.destination)
-		ORDER BY destination`)
-	if err != nil {
-		return nil, fmt.Errorf("listing outbox destinations: %w", err)
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
-func (s *inboxStore) OutboxBacklog(ctx context.Context) (inbox.Backlog, error) {
-	var b inbox.Backlog
-	var estimate int64
-	err := s.db.pool.QueryRow(ctx, `
-		SELECT coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'todevice_outbox'::regclass), 0)`).Scan(&estimate)
-	if err != nil {
-		return b, err
-	}
-	if estimate < exactCountBelow {
-		err = s.db.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM todevice_outbox LIMIT $1) t`, exactCountBelow).Scan(&b.Pending)
-		if err != nil {
-			return b, err
-		}
-	} else {
-		b.Pending = estimate
-	}
-	var oldest *time.Time
-	if err := s.db.pool.QueryRow(ctx, `SELECT min(enqueued_at) FROM todevice_outbox`).Scan(&oldest); err != nil {
-		return b, err
-	}
-	if oldest != nil {
-		b.Oldest = *oldest
-	}
-	return b, nil
 }

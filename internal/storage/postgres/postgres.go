@@ -207,7 +207,9 @@ func (db *DB) Epoch() string { return db.epoch }
 func (db *DB) Ping(ctx context.Context) error { return db.pool.Ping(ctx) }
 
 // Inbox returns the inbox store.
-func (db *DB) Inbox() inbox.Store { return &inboxStore{db: db, hooks: db.opts.InboxHooks} }
+func (db *DB) Inbox() inbox.Store {
+	return &inboxStore{Upkeep: inbox.NewUpkeep(inboxDB{db}), db: db, hooks: db.opts.InboxHooks}
+}
 
 // Devices returns the device registry store.
 func (db *DB) Devices() devicelists.Store {
@@ -215,7 +217,7 @@ func (db *DB) Devices() devicelists.Store {
 }
 
 // Federation returns the federation store.
-func (db *DB) Federation() federation.Store { return &federationStore{db: db} }
+func (db *DB) Federation() federation.Store { return federation.NewStore(db.FederationDB()) }
 
 // inTx runs fn in a transaction, retrying a few times when PostgreSQL aborts
 // it for a deadlock or a serialization failure (both safe to retry, since

@@ -4,7 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -19,7 +19,10 @@ import (
 // parameters while still writing hundreds of rows per statement.
 const maxRowsPerStatement = 500
 
+// inboxStore is the inbox's accept path and sync, written for SQLite; the
+// upkeep use cases are inbox.Upkeep's, on inboxQueries.
 type inboxStore struct {
+	inbox.Upkeep
 	db    *DB
 	hooks inbox.Hooks
 }
@@ -183,31 +186,14 @@ func resolveRecipients(ctx context.Context, tx *sql.Tx, msgs []inbox.LocalMessag
 	}
 	slices.SortFunc(devices, func(a, b device) int { return cmp.Compare(a.nid, b.nid) })
 
-	found := make(map[key]int64, len(devices))
-	byUser := map[string][]int64{}
+	recipients := inbox.NewRecipients(len(devices))
 	for _, d := range devices {
-		found[d.key] = d.nid
-		byUser[d.user] = append(byUser[d.user], d.nid)
+		recipients.Add(d.nid, d.user, d.device)
 	}
 	var out []inboxRow
-	unknown := 0
-	for _, m := range msgs {
-		if m.DeviceID == inbox.AllDevices {
-			nids := byUser[m.UserID]
-			if len(nids) == 0 {
-				unknown++
-			}
-			for _, nid := range nids {
-				out = append(out, inboxRow{m.UserID, nid, m.Content})
-			}
-			continue
-		}
-		if nid, ok := found[key{m.UserID, m.DeviceID}]; ok {
-			out = append(out, inboxRow{m.UserID, nid, m.Content})
-		} else {
-			unknown++
-		}
-	}
+	unknown := recipients.Expand(msgs, func(user string, nid int64, content json.RawMessage) {
+		out = append(out, inboxRow{user, nid, content})
+	})
 	return out, unknown, nil
 }
 
@@ -350,125 +336,6 @@ func checkIssued(ctx context.Context, tx *sql.Tx, pos int64) error {
 	return nil
 }
 
-func (s *inboxStore) PurgeDevice(ctx context.Context, d inbox.Recipient, after int64, limit int) (int, int64, error) {
-	n, last := 0, after
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		n, last = 0, after
-		rows, err := tx.QueryContext(ctx, `
-			DELETE FROM device_inbox WHERE pos IN (
-				SELECT pos FROM device_inbox
-				WHERE user_id = ? AND device_nid = ? AND pos > ?
-				ORDER BY pos LIMIT ?)
-			RETURNING pos`, d.UserID, d.NID, after, limit)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var pos int64
-			if err := rows.Scan(&pos); err != nil {
-				return err
-			}
-			n++
-			last = max(last, pos)
-		}
-		return rows.Err()
-	})
-	if err != nil {
-		return 0, 0, fmt.Errorf("purging inbox rows: %w", err)
-	}
-	return n, last, nil
-}
-
-func (s *inboxStore) PruneTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	var n int64
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `
-			DELETE FROM send_txns WHERE rowid IN (
-				SELECT rowid FROM send_txns WHERE created_at < ? LIMIT ?)`, micros(cutoff), limit)
-		if err != nil {
-			return err
-		}
-		n, err = r.RowsAffected()
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("pruning transaction records: %w", err)
-	}
-	return int(n), nil
-}
-
-// ExpireMessages looks only at the oldest limit rows by position (positions
-// follow acceptance time), so it costs the same whether or not anything has
-// expired.
-func (s *inboxStore) ExpireMessages(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	var n int64
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `
-			DELETE FROM device_inbox WHERE pos IN (
-				SELECT pos FROM (SELECT pos, enqueued_at FROM device_inbox ORDER BY pos LIMIT ?)
-				WHERE enqueued_at < ?)`, limit, micros(cutoff))
-		if err != nil {
-			return err
-		}
-		n, err = r.RowsAffected()
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("expiring messages: %w", err)
-	}
-	return int(n), nil
-}
-
-// Backlog counts the pending messages exactly, where PostgreSQL estimates
-// above 100,000 rows: SQLite keeps no row-count statistics to estimate
-// from, and the count walks the smallest index on a reader, blocking no
-// writer (about 13 ms per million pending messages, every 15 s).
-func (s *inboxStore) Backlog(ctx context.Context) (inbox.Backlog, error) {
-	var b inbox.Backlog
-	err := s.db.read(ctx, func(tx *sql.Tx) error {
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM device_inbox`).Scan(&b.Pending); err != nil {
-			return err
-		}
-		var oldest int64
-		err := tx.QueryRowContext(ctx, `SELECT enqueued_at FROM device_inbox ORDER BY pos LIMIT 1`).Scan(&oldest)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		b.Oldest = fromMicros(oldest)
-		return err
-	})
-	if err != nil {
-		return inbox.Backlog{}, fmt.Errorf("reading backlog: %w", err)
-	}
-	return b, nil
-}
-
-func (s *inboxStore) PeekOutbox(ctx context.Context, destination string, limit int) ([]inbox.QueuedEDU, error) {
-	rows, err := s.db.readers.QueryContext(ctx, `
-		SELECT pos, destination, message_id, edu, enqueued_at FROM todevice_outbox
-		WHERE destination = ? ORDER BY pos LIMIT ?`, destination, limit)
-	if err != nil {
-		return nil, fmt.Errorf("reading outbox: %w", err)
-	}
-	defer rows.Close()
-	var out []inbox.QueuedEDU
-	for rows.Next() {
-		var q inbox.QueuedEDU
-		var edu []byte
-		var at int64
-		if err := rows.Scan(&q.Pos, &q.Destination, &q.MessageID, &edu, &at); err != nil {
-			return nil, fmt.Errorf("reading outbox: %w", err)
-		}
-		q.EDU, q.EnqueuedAt = edu, fromMicros(at)
-		out = append(out, q)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("reading outbox: %w", err)
-	}
-	return out, nil
-}
-
 // AcceptRemote stores the to-device EDUs of an inbound transaction in one
 // write transaction, EDU after EDU: the deduplication record first (a
 // duplicate, stored before or earlier in the batch, stores nothing more),
@@ -521,28 +388,11 @@ func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAcce
 	return results, nil
 }
 
-func (s *inboxStore) PruneInboundDedupe(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	var n int64
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `
-			DELETE FROM todevice_inbound_dedupe WHERE rowid IN (
-				SELECT rowid FROM todevice_inbound_dedupe WHERE received_at < ? LIMIT ?)`, micros(cutoff), limit)
-		if err != nil {
-			return err
-		}
-		n, err = r.RowsAffected()
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("pruning inbound deduplication records: %w", err)
-	}
-	return int(n), nil
-}
-
-// deleteOutboxRows is the one statement that removes sent EDUs from the
-// outbox: exactly the listed positions of one destination, never a range.
-// The federation store runs it inside its fenced transaction.
-func deleteOutboxRows(ctx context.Context, tx *sql.Tx, destination string, positions []int64) (int, error) {
+// deleteRowsAt is the one statement that removes sent EDUs from an outbox
+// table (todevice_outbox, device_list_outbox): exactly the listed positions
+// of one destination, never a range, a statement per maxRowsPerStatement
+// positions.
+func deleteRowsAt(ctx context.Context, tx *sql.Tx, table, destination string, positions []int64) (int, error) {
 	total := 0
 	for chunk := range slices.Chunk(positions, maxRowsPerStatement) {
 		args := make([]any, 0, len(chunk)+1)
@@ -550,7 +400,7 @@ func deleteOutboxRows(ctx context.Context, tx *sql.Tx, destination string, posit
 		for _, p := range chunk {
 			args = append(args, p)
 		}
-		r, err := tx.ExecContext(ctx, `DELETE FROM todevice_outbox WHERE destination = ? AND pos IN `+placeholders(1, len(chunk)), args...)
+		r, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE destination = ? AND pos IN `+placeholders(1, len(chunk)), args...)
 		if err != nil {
 			return 0, fmt.Errorf("deleting outbox rows: %w", err)
 		}
@@ -563,29 +413,6 @@ func deleteOutboxRows(ctx context.Context, tx *sql.Tx, destination string, posit
 	return total, nil
 }
 
-func (s *inboxStore) DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error) {
-	if len(positions) == 0 {
-		return 0, nil
-	}
-	var n int
-	err := s.db.write(ctx, func(tx *sql.Tx) error {
-		var err error
-		n, err = deleteOutboxRows(ctx, tx, destination, positions)
-		return err
-	})
-	return n, err
-}
-
-// ExpireOutbox walks the enqueued_at index over the expired rows only,
-// skipping the rows of stored federation transactions.
-func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
-	out, err := s.db.expireOutboxRows(ctx, "todevice_outbox", inbox.OutboxSource, cutoff, limit)
-	if err != nil {
-		return nil, fmt.Errorf("expiring outbox rows: %w", err)
-	}
-	return out, nil
-}
-
 // expireOutboxRows deletes up to limit rows enqueued before cutoff from an
 // outbox table (todevice_outbox or device_list_outbox, whose stored
 // federation transactions name them as source), oldest first, and counts
@@ -593,59 +420,24 @@ func (s *inboxStore) ExpireOutbox(ctx context.Context, cutoff time.Time, limit i
 func (db *DB) expireOutboxRows(ctx context.Context, table, source string, cutoff time.Time, limit int) ([]inbox.DestinationCount, error) {
 	var out []inbox.DestinationCount
 	err := db.write(ctx, func(tx *sql.Tx) error {
-		dests, err := queryStrings(ctx, tx, `
-			DELETE FROM `+table+` WHERE pos IN (
-				SELECT o.pos FROM `+table+` o
-				WHERE o.enqueued_at < ?
-				  AND NOT EXISTS (
-					SELECT 1 FROM federation_txn_items i
-					WHERE i.destination = o.destination AND i.source = ? AND i.pos = o.pos)
-				ORDER BY o.enqueued_at LIMIT ?)
-			RETURNING destination`, micros(cutoff), source, limit)
-		if err != nil {
-			return err
-		}
+		dests, err := expireOutboxDestinations(ctx, tx, table, source, cutoff, limit)
 		out = inbox.CountByDestination(dests)
-		return nil
+		return err
 	})
 	return out, err
 }
 
-func (s *inboxStore) OutboxDestinations(ctx context.Context) ([]string, error) {
-	rows, err := s.db.readers.QueryContext(ctx, `
-		SELECT destination FROM todevice_outbox_destinations d
-		WHERE EXISTS (SELECT 1 FROM todevice_outbox o WHERE o.destination = d.destination)
-		ORDER BY destination`)
-	if err != nil {
-		return nil, fmt.Errorf("listing outbox destinations: %w", err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var d string
-		if err := rows.Scan(&d); err != nil {
-			return nil, fmt.Errorf("listing outbox destinations: %w", err)
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
-}
-
-// OutboxBacklog counts exactly, like Backlog (SQLite has no estimate).
-func (s *inboxStore) OutboxBacklog(ctx context.Context) (inbox.Backlog, error) {
-	var b inbox.Backlog
-	err := s.db.read(ctx, func(tx *sql.Tx) error {
-		var oldest sql.NullInt64
-		if err := tx.QueryRowContext(ctx, `SELECT count(*), min(enqueued_at) FROM todevice_outbox`).Scan(&b.Pending, &oldest); err != nil {
-			return err
-		}
-		if oldest.Valid {
-			b.Oldest = fromMicros(oldest.Int64)
-		}
-		return nil
-	})
-	if err != nil {
-		return inbox.Backlog{}, fmt.Errorf("reading outbox backlog: %w", err)
-	}
-	return b, nil
+// expireOutboxDestinations is expireOutboxRows's statement: it walks the
+// enqueued_at index over the expired rows only, skipping the rows of stored
+// federation transactions, and returns the destination of each row.
+func expireOutboxDestinations(ctx context.Context, tx *sql.Tx, table, source string, cutoff time.Time, limit int) ([]string, error) {
+	return queryStrings(ctx, tx, `
+		DELETE FROM `+table+` WHERE pos IN (
+			SELECT o.pos FROM `+table+` o
+			WHERE o.enqueued_at < ?
+			  AND NOT EXISTS (
+				SELECT 1 FROM federation_txn_items i
+				WHERE i.destination = o.destination AND i.source = ? AND i.pos = o.pos)
+			ORDER BY o.enqueued_at LIMIT ?)
+		RETURNING destination`, micros(cutoff), source, limit)
 }

@@ -330,7 +330,9 @@ func (db *DB) Ping(ctx context.Context) error {
 }
 
 // Inbox returns the inbox store.
-func (db *DB) Inbox() inbox.Store { return &inboxStore{db: db, hooks: db.opts.InboxHooks} }
+func (db *DB) Inbox() inbox.Store {
+	return &inboxStore{Upkeep: inbox.NewUpkeep(inboxDB{db}), db: db, hooks: db.opts.InboxHooks}
+}
 
 // Devices returns the device registry store.
 func (db *DB) Devices() devicelists.Store {

@@ -1,8 +1,7 @@
-package federation
+package matrixfed
 
 import (
 	"math/rand/v2"
-	"net/http"
 	"time"
 )
 
@@ -14,11 +13,6 @@ const (
 	// DefaultBackoffMax caps the backoff ceiling: a destination that has
 	// been down for a day is still tried at least about once an hour.
 	DefaultBackoffMax = time.Hour
-	// RejectAfter is how many times in a row a transaction may be refused
-	// with the same 4xx (see countsAsRejection) before it is dropped: the
-	// destination will not take these EDUs, and retrying them forever would
-	// hold up everything queued behind them.
-	RejectAfter = 5
 )
 
 // Backoff computes how long to wait after consecutive failures: exponential
@@ -63,20 +57,4 @@ func (b Backoff) Delay(failures int) time.Duration {
 		rnd = rand.Int64N
 	}
 	return floor + time.Duration(rnd(int64(ceiling-floor))) + 1
-}
-
-// countsAsRejection reports whether a status refuses a transaction in the
-// way that counts towards dropping it: a 4xx other than 429 (rate limited:
-// wait and retry), 401 (the receiver often cannot fetch our key for a
-// moment, and dropping messages for that would lose them) and 408 (a
-// timeout, not a verdict).
-func countsAsRejection(status int) bool {
-	if status < 400 || status > 499 {
-		return false
-	}
-	switch status {
-	case http.StatusTooManyRequests, http.StatusUnauthorized, http.StatusRequestTimeout:
-		return false
-	}
-	return true
 }
