@@ -446,3 +446,25 @@ func TestInternalSyncExtensions(t *testing.T) {
 		require.Equal(t, 401, r.Status, "a client token is not the internal secret")
 	})
 }
+
+// A sliding-sync long-poll has a body, unlike the classic /sync: the body
+// deadline (--request-body-timeout) ends with the body and never cuts the
+// wait that follows.
+func TestSlidingSyncLongPollOutlivesTheBodyDeadline(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		cfg := servertest.Config(b.NewURL(t))
+		cfg.RequestBodyTimeout = 100 * time.Millisecond
+		in := servertest.Start(t, cfg, server.Options{})
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		s := ss(t, in, "tok-bob", "", 0, ssBody(true, "", 100, true))
+		got := make(chan ssResponse, 1)
+		go func() {
+			got <- ss(t, in, "tok-bob", s.Pos, 10*time.Minute, ssBody(true, s.Extensions.ToDevice.NextBatch, 100, true))
+		}()
+		servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Hub().Len() == 1 })
+		time.Sleep(500 * time.Millisecond) // five body deadlines
+		in.Send(t, "tok-alice", "m.test", "late", map[string]map[string]any{bob: {"B1": map[string]any{"n": 9}}})
+		require.Equal(t, []int{9}, ns((<-got).Extensions.ToDevice.Events))
+	})
+}
