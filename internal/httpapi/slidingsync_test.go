@@ -56,7 +56,7 @@ func ssBody(toDevice bool, since string, limit int, e2ee bool) map[string]any {
 	return map[string]any{"lists": map[string]any{}, "extensions": ext}
 }
 
-func rawSS(ctx context.Context, t *testing.T, in *servertest.Instance, token, pos string, timeout time.Duration, body any) servertest.Response {
+func rawSS(ctx context.Context, t testing.TB, in *servertest.Instance, token, pos string, timeout time.Duration, body any) servertest.Response {
 	t.Helper()
 	q := url.Values{}
 	if pos != "" {
