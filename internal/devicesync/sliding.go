@@ -40,8 +40,10 @@ const MaxToDeviceLimit = inbox.DefaultSyncLimit
 // KeyCounts is the seam for the e2ee extension's one-time-key fields
 // (device_one_time_keys_count, device_unused_fallback_key_types), which
 // need the E2EE key storage of the key issue. A nil KeyCounts (today's
-// wiring) omits both fields. An implementation also wakes the device's
-// long-polls (wakeup.DeviceKey) when a count changes.
+// wiring) omits both fields. The key issue also makes a count change end a
+// waiting request: a wake-up of the device (an e2ee-only request waits on
+// the user's key alone today, see Request.ListsOnly) and a check that
+// compares the counts.
 type KeyCounts interface {
 	KeyCounts(ctx context.Context, dev inbox.Recipient) (oneTimeKeys map[string]int, unusedFallbackTypes []string, err error)
 }
