@@ -30,6 +30,9 @@ type Config struct {
 	Inbox   *inbox.Service
 	Devices *devicelists.Service
 	Hub     *wakeup.Hub
+	// KeyCounts fills the sliding-sync e2ee extension's one-time-key
+	// fields; nil omits them (sliding.go).
+	KeyCounts KeyCounts
 }
 
 // Service answers syncs. It is safe for concurrent use.
@@ -37,11 +40,12 @@ type Service struct {
 	inbox   *inbox.Service
 	devices *devicelists.Service
 	hub     *wakeup.Hub
+	counts  KeyCounts
 }
 
 // New returns a sync service.
 func New(cfg Config) *Service {
-	return &Service{inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub}
+	return &Service{inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub, counts: cfg.KeyCounts}
 }
 
 // Epoch is the database epoch every token carries.
@@ -63,6 +67,10 @@ type Request struct {
 	Limit int
 	// Timeout is how long to wait for something new; 0 answers at once.
 	Timeout time.Duration
+	// ListsOnly reads no to-device messages (a sliding-sync connection
+	// without the to_device extension): nothing is acknowledged or
+	// returned, and only the user's device lists end the wait.
+	ListsOnly bool
 }
 
 // Result is what a sync found, and where the next one starts.
@@ -102,11 +110,23 @@ func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
 	pos, dl := req.ToDevice, req.Lists
 	res := Result{epoch: s.Epoch()}
 	keys := []wakeup.Key{wakeup.DeviceKey(req.Device.NID), wakeup.UserKey(req.Device.UserID)}
+	if req.ListsOnly {
+		keys = keys[1:]
+	}
 	_, err := s.hub.Poll(ctx, req.Timeout, keys, func(ctx context.Context) (bool, error) {
 		// The device-list head is read with the inbox, before it, in one
 		// round trip, so the answer never claims a position whose changes
 		// it did not include.
-		b, head, err := s.inbox.SyncAndHead(ctx, req.Device, pos, req.Limit)
+		var (
+			b    = inbox.Batch{Next: pos}
+			head int64
+			err  error
+		)
+		if req.ListsOnly {
+			head, err = s.devices.Head(ctx)
+		} else {
+			b, head, err = s.inbox.SyncAndHead(ctx, req.Device, pos, req.Limit)
+		}
 		if err != nil {
 			return false, err
 		}

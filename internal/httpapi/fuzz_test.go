@@ -101,6 +101,7 @@ func FuzzInternalAPI(f *testing.F) {
 	f.Add("PUT", "/users/@eve:localhost/cross_signing", `{"master_key":{"user_id":"@eve:localhost","usage":["master"],"keys":{}}}`)
 	f.Add("GET", "/sync?user_id=@bob:localhost&device_id=B1&to_device_since=x", ``)
 	f.Add("GET", "/keys/changes?user_id=@bob:localhost&from=a_1&to=a_2", ``)
+	f.Add("POST", "/sync/extensions?user_id=@bob:localhost&device_id=B1&device_lists_since=a_1", `{"extensions":{"to_device":{"enabled":true,"since":"x"},"e2ee":{"enabled":true}}}`)
 	in := fuzzInstance(f)
 	f.Fuzz(func(t *testing.T, method, path, body string) {
 		switch method {
@@ -112,8 +113,9 @@ func FuzzInternalAPI(f *testing.F) {
 		if err != nil || u.Host != "x" {
 			return
 		}
-		if method == http.MethodGet {
-			// Never a long-poll: the fuzzer would wait on it.
+		if method == http.MethodGet || method == http.MethodPost {
+			// Never a long-poll (GET /sync, POST /sync/extensions): the
+			// fuzzer would wait on it.
 			q := u.Query()
 			q.Set("timeout", "0")
 			u.RawQuery = q.Encode()

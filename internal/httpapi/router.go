@@ -118,6 +118,7 @@ func NewRouter(cfg Config) http.Handler {
 				r.Get(v+"/keys/changes", a.keyChanges)
 				r.Post(v+"/keys/query", a.keysQuery)
 			}
+			r.Post(strings.TrimPrefix(SlidingSyncPath, "/_matrix/client"), a.slidingSync)
 		})
 	})
 
@@ -135,6 +136,7 @@ func NewRouter(cfg Config) http.Handler {
 			r.Put("/rooms/{roomId}/members/{userId}", a.putRoomMember)
 			r.Put("/rooms/{roomId}/members", a.putRoomMembers)
 			r.Get("/sync", a.internalSync)
+			r.Post("/sync/extensions", a.internalSyncExtensions)
 			r.Get("/keys/changes", a.internalKeyChanges)
 			if cfg.Federation != nil {
 				a.internalFederationRoutes(r)
