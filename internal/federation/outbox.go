@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
@@ -206,7 +206,7 @@ func (f *Feed) Destinations(ctx context.Context) ([]string, error) {
 
 // Pull returns up to limit of the oldest EDUs queued for destination.
 func (f *Feed) Pull(ctx context.Context, destination string, limit int) (FeedBatch, error) {
-	if err := matrixfed.ValidateServerName(destination); err != nil {
+	if err := mxid.ValidateServerName(destination); err != nil {
 		return FeedBatch{}, mxerr.New(mxerr.InvalidParam, "Invalid destination %q: %v.", mxjson.Quote(destination), err)
 	}
 	if limit < 1 || limit > MaxEDUsPerTxn {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/todeviced/todeviced/internal/matrixfed"
+	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -108,7 +109,7 @@ type destState struct {
 
 // NewSender returns a sender; Run starts it.
 func NewSender(cfg SenderConfig) (*Sender, error) {
-	if err := matrixfed.ValidateServerName(cfg.ServerName); err != nil {
+	if err := mxid.ValidateServerName(cfg.ServerName); err != nil {
 		return nil, fmt.Errorf("creating federation sender: %w", err)
 	}
 	if cfg.Store == nil || cfg.Client == nil || len(cfg.Sources) == 0 {

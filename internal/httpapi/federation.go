@@ -168,7 +168,7 @@ func (a *api) internalEDUs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'origin'."))
 		return
 	}
-	if err := matrixfed.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
+	if err := mxid.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
 		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid origin %q.", mxjson.Quote(b.Origin)))
 		return
 	}

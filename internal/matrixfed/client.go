@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/todeviced/todeviced/internal/mxid"
 )
 
 // Defaults of ClientOptions. Every phase of an outbound request has its own
@@ -156,7 +158,7 @@ type Client struct {
 
 // NewClient returns a Client.
 func NewClient(opts ClientOptions) (*Client, error) {
-	if err := ValidateServerName(opts.ServerName); err != nil {
+	if err := mxid.ValidateServerName(opts.ServerName); err != nil {
 		return nil, fmt.Errorf("creating federation client: %w", err)
 	}
 	if err := validateKeyID(opts.Key.ServerKeyID); err != nil {

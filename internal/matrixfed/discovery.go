@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/todeviced/todeviced/internal/mxid"
 )
 
 // DefaultFederationPort is the port a server is reached on when nothing says
@@ -226,34 +228,34 @@ func (r *Resolver) Resolve(ctx context.Context, serverName string) (Destination,
 	if u, ok := r.overrides[serverName]; ok {
 		return Destination{ServerName: serverName, URL: cloneURL(u), Host: u.Host, TLSServerName: u.Hostname()}, nil
 	}
-	name, err := parseServerName(serverName)
+	name, err := mxid.ParseServerName(serverName)
 	if err != nil {
 		return Destination{}, fmt.Errorf("resolving server name: %w", err)
 	}
 
 	// Steps 1 and 2: an IP literal or an explicit port is used directly,
 	// with the server name as it is for the Host header.
-	if name.isIP() || name.port != "" {
+	if name.IsIP() || name.Port != "" {
 		return r.direct(serverName, name, serverName), nil
 	}
 
 	// Step 3: .well-known delegation.
-	delegated, err := r.lookupWellKnown(ctx, name.host)
+	delegated, err := r.lookupWellKnown(ctx, name.Host)
 	if err != nil {
 		return Destination{}, fmt.Errorf("resolving %s: %w", serverName, err)
 	}
 	if delegated != "" {
-		dname, err := parseServerName(delegated)
+		dname, err := mxid.ParseServerName(delegated)
 		if err != nil {
 			// lookupWellKnown validated it; this cannot happen.
 			return Destination{}, fmt.Errorf("resolving %s: delegated name: %w", serverName, err)
 		}
-		if dname.isIP() || dname.port != "" {
+		if dname.IsIP() || dname.Port != "" {
 			// The spec wants the Host header to carry the delegated
 			// name as written, port included.
 			return r.direct(serverName, dname, delegated), nil
 		}
-		dest, err := r.viaSRV(ctx, serverName, dname.host)
+		dest, err := r.viaSRV(ctx, serverName, dname.Host)
 		if err != nil {
 			return Destination{}, fmt.Errorf("resolving %s: %w", serverName, err)
 		}
@@ -261,7 +263,7 @@ func (r *Resolver) Resolve(ctx context.Context, serverName string) (Destination,
 	}
 
 	// Steps 4 to 6: SRV records of the server name itself, then port 8448.
-	dest, err := r.viaSRV(ctx, serverName, name.host)
+	dest, err := r.viaSRV(ctx, serverName, name.Host)
 	if err != nil {
 		return Destination{}, fmt.Errorf("resolving %s: %w", serverName, err)
 	}
@@ -269,10 +271,10 @@ func (r *Resolver) Resolve(ctx context.Context, serverName string) (Destination,
 }
 
 // direct builds a Destination that connects to name itself.
-func (r *Resolver) direct(serverName string, name serverName, hostHeader string) Destination {
-	u := &url.URL{Scheme: "https", Host: name.hostPort(DefaultFederationPort)}
+func (r *Resolver) direct(serverName string, name mxid.ServerName, hostHeader string) Destination {
+	u := &url.URL{Scheme: "https", Host: name.HostPort(DefaultFederationPort)}
 	r.log.Debug("resolved server name", slog.String("server", serverName), slog.String("url", u.String()), slog.String("host", hostHeader))
-	return Destination{ServerName: serverName, URL: u, Host: hostHeader, TLSServerName: name.host}
+	return Destination{ServerName: serverName, URL: u, Host: hostHeader, TLSServerName: name.Host}
 }
 
 // viaSRV tries _matrix-fed._tcp.<host>, then the deprecated
@@ -322,7 +324,7 @@ func (r *Resolver) lookupSRV(ctx context.Context, service, host string) (target 
 		if t == "" || a.Port == 0 {
 			continue
 		}
-		if n, err := parseServerName(t); err != nil || n.port != "" {
+		if n, err := mxid.ParseServerName(t); err != nil || n.Port != "" {
 			r.log.Info("ignoring invalid SRV target", slog.String("name", "_"+service+"._tcp."+host), slog.String("target", a.Target))
 			continue
 		}
@@ -438,7 +440,7 @@ func (r *Resolver) fetchWellKnown(ctx context.Context, host string, now time.Tim
 	if doc.Server == nil {
 		return "", 0, false, fmt.Errorf("%s has no m.server", u.String())
 	}
-	if err := ValidateServerName(*doc.Server); err != nil {
+	if err := mxid.ValidateServerName(*doc.Server); err != nil {
 		return "", 0, false, fmt.Errorf("%s: invalid m.server: %w", u.String(), err)
 	}
 	return *doc.Server, wellKnownTTL(resp.Header, now), false, nil

@@ -444,13 +444,3 @@ func TestWellKnownTTL(t *testing.T) {
 		})
 	}
 }
-
-func TestValidateServerName(t *testing.T) {
-	// The examples of valid names from the spec appendix "Server Name".
-	for _, ok := range []string{"matrix.org", "matrix.org:8888", "1.2.3.4", "1.2.3.4:1234", "[1234:5678::abcd]", "[1234:5678::abcd]:5678", "localhost", "a-b.c"} {
-		require.NoError(t, ValidateServerName(ok), ok)
-	}
-	n, err := parseServerName("1.2.3")
-	require.NoError(t, err)
-	require.False(t, n.isIP(), "1.2.3 is a DNS name, not an IPv4 literal")
-}

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/todeviced/todeviced/internal/mxid"
 )
 
 // ErrMalformedAuth is wrapped by VerifyRequest when the X-Matrix header (or
@@ -317,7 +319,7 @@ func AuthorizeHeaders(ctx context.Context, r *http.Request, ourName string, keys
 	}
 
 	origin := auths[0].Origin
-	if err := ValidateServerName(origin); err != nil {
+	if err := mxid.ValidateServerName(origin); err != nil {
 		return nil, fmt.Errorf("%w: origin: %w", ErrMalformedAuth, err)
 	}
 	if origin == ourName {

@@ -5,7 +5,6 @@ package mxid
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 )
 
@@ -46,63 +45,4 @@ func ParseUserID(s string) (UserID, error) {
 		return UserID{}, err
 	}
 	return UserID{Localpart: local, Server: server}, nil
-}
-
-// ValidateServerName checks `host[:port]` where host is an IPv4 literal, an
-// IPv6 literal in brackets, or a DNS name.
-func ValidateServerName(s string) error {
-	if s == "" {
-		return errors.New("empty server name")
-	}
-	host, port := s, ""
-	if strings.HasPrefix(s, "[") {
-		end := strings.IndexByte(s, ']')
-		if end < 0 {
-			return fmt.Errorf("server name %q: unterminated IPv6 literal", s)
-		}
-		addr, err := netip.ParseAddr(s[1:end])
-		if err != nil || !addr.Is6() {
-			return fmt.Errorf("server name %q: bad IPv6 literal", s)
-		}
-		host, port = "", s[end+1:]
-		if port != "" {
-			if port[0] != ':' {
-				return fmt.Errorf("server name %q: junk after IPv6 literal", s)
-			}
-			port = port[1:]
-			if port == "" {
-				return fmt.Errorf("server name %q: empty port", s)
-			}
-		}
-	} else if i := strings.LastIndexByte(s, ':'); i >= 0 {
-		host, port = s[:i], s[i+1:]
-		if port == "" {
-			return fmt.Errorf("server name %q: empty port", s)
-		}
-	}
-	if port != "" {
-		if len(port) > 5 {
-			return fmt.Errorf("server name %q: bad port", s)
-		}
-		for i := 0; i < len(port); i++ {
-			if port[i] < '0' || port[i] > '9' {
-				return fmt.Errorf("server name %q: bad port", s)
-			}
-		}
-	}
-	if host == "" { // IPv6 literal, already checked
-		return nil
-	}
-	if len(host) > 255 {
-		return fmt.Errorf("server name %q: host too long", s)
-	}
-	for i := 0; i < len(host); i++ {
-		c := host[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '.':
-		default:
-			return fmt.Errorf("server name %q: forbidden character %q", s, c)
-		}
-	}
-	return nil
 }
