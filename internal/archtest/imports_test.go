@@ -21,7 +21,7 @@ const (
 	wiring      layer = "wiring"      // cmd/*, internal/server: builds and runs the rest
 	httpLayer   layer = "http"        // internal/httpapi: parses and answers
 	domain      layer = "domain"      // decides: inbox, devicelists, federation, devicesync, wakeup
-	vocabulary  layer = "vocabulary"  // Matrix words: mxerr, mxid, mxjson
+	vocabulary  layer = "vocabulary"  // Matrix words: internal/matrix
 	protocol    layer = "protocol"    // the federation toolkit: internal/matrixfed
 	storage     layer = "storage"     // internal/storage and its backends
 	testSupport layer = "testsupport" // imported by tests only
@@ -41,9 +41,7 @@ var layers = map[string]layer{
 	"internal/federation":        domain,
 	"internal/devicesync":        domain,
 	"internal/wakeup":            domain,
-	"internal/mxerr":             vocabulary,
-	"internal/mxid":              vocabulary,
-	"internal/mxjson":            vocabulary,
+	"internal/matrix":            vocabulary,
 	"internal/matrixfed":         protocol,
 	"internal/storage":           storage,
 	"internal/storage/storetest": testSupport,
@@ -296,7 +294,7 @@ func TestRulesCatchForbiddenImports(t *testing.T) {
 		{"internal/federation", "internal/inbox"},
 		{"internal/devicelists", "internal/devicesync"},
 		{"internal/wakeup", "internal/inbox"},
-		{"internal/mxjson", "internal/inbox"},
+		{"internal/matrix", "internal/inbox"},
 		{"internal/httpapi", "internal/storage/postgres"},
 		{"internal/storage/sqlite", "internal/httpapi"},
 		{"internal/server", "internal/testdb"},

@@ -19,9 +19,7 @@ import (
 	"log/slog"
 	"net/http"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxid"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Limits on identifiers the internal API accepts.
@@ -88,10 +86,10 @@ func (r *Service) CheckLocalDevice(userID, deviceID string) error {
 		return err
 	}
 	if deviceID == "" || len(deviceID) > MaxDeviceIDBytes {
-		return mxerr.New(mxerr.InvalidParam, "Device id must be 1 to %d bytes.", MaxDeviceIDBytes)
+		return matrix.Errorf(matrix.InvalidParam, "Device id must be 1 to %d bytes.", MaxDeviceIDBytes)
 	}
-	if err := mxid.ValidateDeviceID(deviceID); err != nil {
-		return mxerr.New(mxerr.InvalidParam, "Invalid device id %q: %v.", mxjson.Quote(deviceID), err)
+	if err := matrix.ValidateDeviceID(deviceID); err != nil {
+		return matrix.Errorf(matrix.InvalidParam, "Invalid device id %q: %v.", matrix.Quote(deviceID), err)
 	}
 	return nil
 }
@@ -103,11 +101,11 @@ func (r *Service) PutDevice(ctx context.Context, userID, deviceID, token string,
 		return Device{}, false, err
 	}
 	if displayName != nil && len(*displayName) > MaxDisplayNameBytes {
-		return Device{}, false, mxerr.New(mxerr.TooLarge, "Display name is longer than %d bytes.", MaxDisplayNameBytes)
+		return Device{}, false, matrix.Errorf(matrix.TooLarge, "Display name is longer than %d bytes.", MaxDisplayNameBytes)
 	}
 	if displayName != nil {
-		if err := mxid.ValidateText(*displayName); err != nil {
-			return Device{}, false, mxerr.New(mxerr.InvalidParam, "Display name %v.", err)
+		if err := matrix.ValidateText(*displayName); err != nil {
+			return Device{}, false, matrix.Errorf(matrix.InvalidParam, "Display name %v.", err)
 		}
 	}
 	p := PutDevice{UserID: userID, DeviceID: deviceID, DisplayName: displayName, FederateDisplayName: r.federationNames}
@@ -123,7 +121,7 @@ func (r *Service) PutDevice(ctx context.Context, userID, deviceID, token string,
 	}
 	d, created, err := r.store.PutDevice(ctx, p)
 	if errors.Is(err, ErrTokenInUse) {
-		return Device{}, false, mxerr.WithStatus(http.StatusConflict, mxerr.InvalidParam,
+		return Device{}, false, matrix.ErrorfStatus(http.StatusConflict, matrix.InvalidParam,
 			"This access_token is held by another device: delete that device or give it another token first.")
 	}
 	if err != nil {

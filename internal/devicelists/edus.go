@@ -5,12 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-)
 
-// The device-list EDU types.
-const (
-	EDUDeviceListUpdate = "m.device_list_update"
-	EDUSigningKeyUpdate = "m.signing_key_update"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // MaxAppliedIDs bounds the stream_ids of applied updates a remote user's
@@ -53,9 +49,9 @@ func DeviceListUpdateEDU(userID string, streamID, prevID int64, d DeviceUpdate) 
 	if !d.Deleted {
 		c.DisplayName, c.Keys = d.DisplayName, d.Keys
 	}
-	b, err := json.Marshal(eduJSON{Type: EDUDeviceListUpdate, Content: c})
+	b, err := json.Marshal(eduJSON{Type: matrix.EDUDeviceListUpdate, Content: c})
 	if err != nil {
-		return nil, fmt.Errorf("encoding %s: %w", EDUDeviceListUpdate, err)
+		return nil, fmt.Errorf("encoding %s: %w", matrix.EDUDeviceListUpdate, err)
 	}
 	return b, nil
 }
@@ -69,9 +65,9 @@ type signingKeyUpdateContent struct {
 // SigningKeyUpdateEDU builds the m.signing_key_update of a local user's
 // current master and self-signing keys (the user-signing key is private).
 func SigningKeyUpdateEDU(userID string, master, selfSigning json.RawMessage) (json.RawMessage, error) {
-	b, err := json.Marshal(eduJSON{Type: EDUSigningKeyUpdate, Content: signingKeyUpdateContent{userID, master, selfSigning}})
+	b, err := json.Marshal(eduJSON{Type: matrix.EDUSigningKeyUpdate, Content: signingKeyUpdateContent{userID, master, selfSigning}})
 	if err != nil {
-		return nil, fmt.Errorf("encoding %s: %w", EDUSigningKeyUpdate, err)
+		return nil, fmt.Errorf("encoding %s: %w", matrix.EDUSigningKeyUpdate, err)
 	}
 	return b, nil
 }

@@ -9,9 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxid"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Limits on what the internal API accepts for device lists.
@@ -30,11 +28,11 @@ const (
 // 12 on drop the ":server" suffix, so only the sigil is required.
 func CheckRoomID(roomID string) error {
 	if len(roomID) < 2 || roomID[0] != '!' || len(roomID) > MaxRoomIDBytes {
-		return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", mxjson.Quote(roomID))
+		return matrix.Errorf(matrix.InvalidParam, "Invalid room id %q.", matrix.Quote(roomID))
 	}
 	for i := 1; i < len(roomID); i++ {
 		if c := roomID[i]; c < 0x21 || c > 0x7e {
-			return mxerr.New(mxerr.InvalidParam, "Invalid room id %q.", mxjson.Quote(roomID))
+			return matrix.Errorf(matrix.InvalidParam, "Invalid room id %q.", matrix.Quote(roomID))
 		}
 	}
 	return nil
@@ -45,37 +43,37 @@ func CheckRoomID(roomID string) error {
 // bug cannot file one user's keys under another.
 func checkKeyObject(what string, raw json.RawMessage, userID, deviceID string) (json.RawMessage, error) {
 	if len(raw) > MaxKeysBytes {
-		return nil, mxerr.New(mxerr.TooLarge, "%s is larger than %d bytes.", what, MaxKeysBytes)
+		return nil, matrix.Errorf(matrix.TooLarge, "%s is larger than %d bytes.", what, MaxKeysBytes)
 	}
 	// Keys are stored, answered in /keys/query and sent over federation
 	// (signed, as canonical JSON): accept only what all of those carry.
-	if err := mxjson.Check(raw, mxjson.MaxContentDepth); err != nil {
-		return nil, mxerr.New(mxerr.BadJSON, "%s is not acceptable JSON: %v.", what, err)
+	if err := matrix.CheckJSON(raw, matrix.MaxContentDepth); err != nil {
+		return nil, matrix.Errorf(matrix.BadJSON, "%s is not acceptable JSON: %v.", what, err)
 	}
-	if err := mxjson.CheckCanonical(raw); err != nil {
-		return nil, mxerr.New(mxerr.BadJSON, "%s: %v.", what, err)
+	if err := matrix.CheckCanonical(raw); err != nil {
+		return nil, matrix.Errorf(matrix.BadJSON, "%s: %v.", what, err)
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
-		return nil, mxerr.New(mxerr.BadJSON, "%s must be a JSON object.", what)
+		return nil, matrix.Errorf(matrix.BadJSON, "%s must be a JSON object.", what)
 	}
 	var owner string
 	if u, ok := obj["user_id"]; ok {
 		if err := json.Unmarshal(u, &owner); err != nil || owner != userID {
-			return nil, mxerr.New(mxerr.InvalidParam, "%s belongs to %s, not %s.", what, mxjson.Quote(string(u)), userID)
+			return nil, matrix.Errorf(matrix.InvalidParam, "%s belongs to %s, not %s.", what, matrix.Quote(string(u)), userID)
 		}
 	}
 	if deviceID != "" {
 		var dev string
 		if d, ok := obj["device_id"]; ok {
 			if err := json.Unmarshal(d, &dev); err != nil || dev != deviceID {
-				return nil, mxerr.New(mxerr.InvalidParam, "%s is for device %s, not %s.", what, mxjson.Quote(string(d)), deviceID)
+				return nil, matrix.Errorf(matrix.InvalidParam, "%s is for device %s, not %s.", what, matrix.Quote(string(d)), deviceID)
 			}
 		}
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, raw); err != nil {
-		return nil, mxerr.New(mxerr.BadJSON, "%s is not valid JSON.", what)
+		return nil, matrix.Errorf(matrix.BadJSON, "%s is not valid JSON.", what)
 	}
 	return buf.Bytes(), nil
 }
@@ -107,7 +105,7 @@ func (r *Service) PutCrossSigning(ctx context.Context, userID string, k CrossSig
 		keys[typ] = c
 	}
 	if len(keys) == 0 {
-		return mxerr.New(mxerr.MissingParam, "No cross-signing key given.")
+		return matrix.Errorf(matrix.MissingParam, "No cross-signing key given.")
 	}
 	changed, err := r.store.PutCrossSigning(ctx, userID, keys)
 	if err != nil {
@@ -151,19 +149,19 @@ func (r *Service) SetMemberships(ctx context.Context, roomID string, members map
 	}
 	ms := make([]Membership, 0, len(members))
 	for userID, u := range members {
-		uid, err := mxid.ParseUserID(userID)
+		uid, err := matrix.ParseUserID(userID)
 		if err != nil {
-			return mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
+			return matrix.Errorf(matrix.InvalidParam, "Invalid user id %q: %v.", matrix.Quote(userID), err)
 		}
 		switch u.Membership {
 		case "join", "invite", "knock", "leave", "ban":
 		case "":
-			return mxerr.New(mxerr.MissingParam, "Missing membership for %q.", mxjson.Quote(userID))
+			return matrix.Errorf(matrix.MissingParam, "Missing membership for %q.", matrix.Quote(userID))
 		default:
-			return mxerr.New(mxerr.InvalidParam, "Unknown membership %q for %q.", mxjson.Quote(u.Membership), mxjson.Quote(userID))
+			return matrix.Errorf(matrix.InvalidParam, "Unknown membership %q for %q.", matrix.Quote(u.Membership), matrix.Quote(userID))
 		}
 		if u.StreamOrdering == nil {
-			return mxerr.New(mxerr.MissingParam, "Missing stream_ordering for %q.", mxjson.Quote(userID))
+			return matrix.Errorf(matrix.MissingParam, "Missing stream_ordering for %q.", matrix.Quote(userID))
 		}
 		local, err := r.isLocal(userID, uid)
 		if err != nil {
@@ -202,7 +200,7 @@ func (r *Service) Changes(ctx context.Context, userID string, from, to int64) (C
 		return Changes{}, fmt.Errorf("reading device-list position: %w", err)
 	}
 	if from > st.Head || to > st.Head {
-		return Changes{}, mxerr.New(mxerr.InvalidParam, "Device-list position %d was never issued.", max(from, to))
+		return Changes{}, matrix.Errorf(matrix.InvalidParam, "Device-list position %d was never issued.", max(from, to))
 	}
 	if to <= from {
 		return Changes{Changed: []string{}, Left: []string{}}, nil
@@ -301,17 +299,17 @@ func (r *Service) QueryKeys(ctx context.Context, requester string, q KeysQuery) 
 	local := map[string][]string{}
 	remote := map[string]map[string][]string{}
 	for userID, devices := range q.DeviceKeys {
-		uid, err := mxid.ParseUserID(userID)
+		uid, err := matrix.ParseUserID(userID)
 		if err != nil {
-			return res, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
+			return res, matrix.Errorf(matrix.InvalidParam, "Invalid user id %q: %v.", matrix.Quote(userID), err)
 		}
 		isLocal, err := r.isLocal(userID, uid)
 		if err != nil {
 			return res, err
 		}
 		for _, d := range devices {
-			if err := mxid.ValidateDeviceID(d); err != nil {
-				return res, mxerr.New(mxerr.InvalidParam, "Invalid device id %q of %s: %v.", mxjson.Quote(d), userID, err)
+			if err := matrix.ValidateDeviceID(d); err != nil {
+				return res, matrix.Errorf(matrix.InvalidParam, "Invalid device id %q of %s: %v.", matrix.Quote(d), userID, err)
 			}
 		}
 		if isLocal {

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Federation paths of the device-list queries.
@@ -126,9 +126,9 @@ func (f *Federation) HandleDeviceListEDU(ctx context.Context, origin, eduType st
 	var out RemoteOutcome
 	var err error
 	switch eduType {
-	case EDUDeviceListUpdate:
+	case matrix.EDUDeviceListUpdate:
 		out, err = f.deviceListUpdate(ctx, origin, content)
-	case EDUSigningKeyUpdate:
+	case matrix.EDUSigningKeyUpdate:
 		out, err = f.signingKeyUpdate(ctx, origin, content)
 	default:
 		return nil
@@ -205,7 +205,7 @@ messages:
 
 // remoteUser parses a user id of the origin's; anything else is rejected.
 func (f *Federation) remoteUser(ctx context.Context, origin, eduType, userID string) bool {
-	uid, err := mxid.ParseUserID(userID)
+	uid, err := matrix.ParseUserID(userID)
 	switch {
 	case err != nil:
 		f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", eduType, "reason", "malformed user id")
@@ -219,22 +219,22 @@ func (f *Federation) remoteUser(ctx context.Context, origin, eduType, userID str
 
 func (f *Federation) deviceListUpdate(ctx context.Context, origin string, content json.RawMessage) (RemoteOutcome, error) {
 	var c deviceListUpdateJSON
-	if err := json.Unmarshal(content, &c); err != nil || c.StreamID == nil || mxid.ValidateDeviceID(c.DeviceID) != nil {
-		f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", EDUDeviceListUpdate, "reason", "malformed")
+	if err := json.Unmarshal(content, &c); err != nil || c.StreamID == nil || matrix.ValidateDeviceID(c.DeviceID) != nil {
+		f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", matrix.EDUDeviceListUpdate, "reason", "malformed")
 		return RemoteRejected, nil
 	}
-	if !f.remoteUser(ctx, origin, EDUDeviceListUpdate, c.UserID) {
+	if !f.remoteUser(ctx, origin, matrix.EDUDeviceListUpdate, c.UserID) {
 		return RemoteRejected, nil
 	}
 	u := RemoteUpdate{UserID: c.UserID, DeviceID: c.DeviceID, StreamID: *c.StreamID, PrevIDs: c.PrevID, Deleted: c.Deleted}
 	if !c.Deleted {
-		if len(c.DisplayName) <= MaxDisplayNameBytes && mxid.ValidateText(c.DisplayName) == nil {
+		if len(c.DisplayName) <= MaxDisplayNameBytes && matrix.ValidateText(c.DisplayName) == nil {
 			u.DisplayName = c.DisplayName
 		}
 		if len(c.Keys) > 0 && string(c.Keys) != "null" {
 			k, err := checkKeyObject("keys", c.Keys, c.UserID, c.DeviceID)
 			if err != nil {
-				f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", EDUDeviceListUpdate, "reason", err.Error())
+				f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", matrix.EDUDeviceListUpdate, "reason", err.Error())
 				return RemoteRejected, nil
 			}
 			u.Keys = k
@@ -253,10 +253,10 @@ func (f *Federation) deviceListUpdate(ctx context.Context, origin string, conten
 func (f *Federation) signingKeyUpdate(ctx context.Context, origin string, content json.RawMessage) (RemoteOutcome, error) {
 	var c signingKeyUpdateJSON
 	if err := json.Unmarshal(content, &c); err != nil {
-		f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", EDUSigningKeyUpdate, "reason", "malformed")
+		f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", matrix.EDUSigningKeyUpdate, "reason", "malformed")
 		return RemoteRejected, nil
 	}
-	if !f.remoteUser(ctx, origin, EDUSigningKeyUpdate, c.UserID) {
+	if !f.remoteUser(ctx, origin, matrix.EDUSigningKeyUpdate, c.UserID) {
 		return RemoteRejected, nil
 	}
 	keys := map[string]json.RawMessage{}
@@ -266,7 +266,7 @@ func (f *Federation) signingKeyUpdate(ctx context.Context, origin string, conten
 		}
 		k, err := checkKeyObject(typ+" key", raw, c.UserID, "")
 		if err != nil {
-			f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", EDUSigningKeyUpdate, "reason", err.Error())
+			f.log.InfoContext(ctx, "rejected device-list EDU", "origin", origin, "edu_type", matrix.EDUSigningKeyUpdate, "reason", err.Error())
 			return RemoteRejected, nil
 		}
 		keys[typ] = k
@@ -369,7 +369,7 @@ func answered(err error) bool {
 }
 
 func serverOf(userID string) string {
-	uid, _ := mxid.ParseUserID(userID)
+	uid, _ := matrix.ParseUserID(userID)
 	return uid.Server
 }
 
@@ -438,12 +438,12 @@ func snapshot(userID string, resp userDevicesJSON) (RemoteDeviceList, error) {
 	l := RemoteDeviceList{UserID: userID, StreamID: *resp.StreamID}
 	seen := map[string]bool{}
 	for _, d := range resp.Devices {
-		if mxid.ValidateDeviceID(d.DeviceID) != nil || seen[d.DeviceID] {
+		if matrix.ValidateDeviceID(d.DeviceID) != nil || seen[d.DeviceID] {
 			continue
 		}
 		seen[d.DeviceID] = true
 		dk := DeviceKeys{UserID: userID, DeviceID: d.DeviceID}
-		if len(d.DisplayName) <= MaxDisplayNameBytes && mxid.ValidateText(d.DisplayName) == nil {
+		if len(d.DisplayName) <= MaxDisplayNameBytes && matrix.ValidateText(d.DisplayName) == nil {
 			dk.DisplayName = d.DisplayName
 		}
 		if len(d.Keys) > 0 && string(d.Keys) != "null" {
@@ -637,10 +637,10 @@ func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, 
 func (r *Service) QueryLocalKeys(ctx context.Context, query map[string][]string) (RemoteKeysResult, error) {
 	local := map[string][]string{}
 	for u, devs := range query {
-		if uid, err := mxid.ParseUserID(u); err == nil && uid.Server == r.serverName {
+		if uid, err := matrix.ParseUserID(u); err == nil && uid.Server == r.serverName {
 			// A device id no store could hold names no device: left out
 			// rather than sent to the database.
-			local[u] = slices.DeleteFunc(devs, func(d string) bool { return mxid.ValidateDeviceID(d) != nil })
+			local[u] = slices.DeleteFunc(devs, func(d string) bool { return matrix.ValidateDeviceID(d) != nil })
 		}
 	}
 	var res KeysResult

@@ -1,9 +1,7 @@
 package devicelists
 
 import (
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxid"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // isLocal says whether a user id names this server. Server names are DNS
@@ -12,29 +10,29 @@ import (
 // second user of the same person, and treating it as remote would send it
 // over federation to ourselves (after a DNS lookup). It is refused, naming
 // the canonical spelling, at every entry point that sorts local from remote.
-func (r *Service) isLocal(userID string, uid mxid.UserID) (bool, error) {
+func (r *Service) isLocal(userID string, uid matrix.UserID) (bool, error) {
 	if uid.Server == r.serverName {
 		return true, nil
 	}
-	if mxid.SameServer(uid.Server, r.serverName) {
-		return false, mxerr.New(mxerr.InvalidParam, "User id %q names this server as %q: use the canonical server name %q.",
-			mxjson.Quote(userID), mxjson.Quote(uid.Server), r.serverName)
+	if matrix.SameServer(uid.Server, r.serverName) {
+		return false, matrix.Errorf(matrix.InvalidParam, "User id %q names this server as %q: use the canonical server name %q.",
+			matrix.Quote(userID), matrix.Quote(uid.Server), r.serverName)
 	}
 	return false, nil
 }
 
 // requireLocal parses a user id that must be local.
-func (r *Service) requireLocal(userID string) (mxid.UserID, error) {
-	uid, err := mxid.ParseUserID(userID)
+func (r *Service) requireLocal(userID string) (matrix.UserID, error) {
+	uid, err := matrix.ParseUserID(userID)
 	if err != nil {
-		return mxid.UserID{}, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
+		return matrix.UserID{}, matrix.Errorf(matrix.InvalidParam, "Invalid user id %q: %v.", matrix.Quote(userID), err)
 	}
 	local, err := r.isLocal(userID, uid)
 	if err != nil {
-		return mxid.UserID{}, err
+		return matrix.UserID{}, err
 	}
 	if !local {
-		return mxid.UserID{}, mxerr.New(mxerr.InvalidParam, "User %q is not local to %q.", mxjson.Quote(userID), r.serverName)
+		return matrix.UserID{}, matrix.Errorf(matrix.InvalidParam, "User %q is not local to %q.", matrix.Quote(userID), r.serverName)
 	}
 	return uid, nil
 }

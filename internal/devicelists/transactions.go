@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -116,7 +117,7 @@ func (s *store) localDeviceChanged(ctx context.Context, tx Tx, userID string, d 
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.queueOutbound(ctx, tx, userID, EDUDeviceListUpdate, edu)
+	out, err := s.queueOutbound(ctx, tx, userID, matrix.EDUDeviceListUpdate, edu)
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +238,7 @@ func (s *store) PutCrossSigning(ctx context.Context, userID string, keys map[str
 		if err != nil {
 			return nil, err
 		}
-		out, err := s.queueOutbound(ctx, tx, userID, EDUSigningKeyUpdate, edu)
+		out, err := s.queueOutbound(ctx, tx, userID, matrix.EDUSigningKeyUpdate, edu)
 		return append(wake, out...), err
 	})
 	if err != nil {

@@ -12,8 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Upstream authentication: for deployments where the homeserver (or an OIDC
@@ -154,9 +153,9 @@ func (r *Service) authenticateUpstream(ctx context.Context, token string) (Devic
 	}
 	if err != nil {
 		r.log.WarnContext(ctx, "cannot verify a token with the homeserver", "err", err)
-		return Device{}, mxerr.New(mxerr.Unavailable, "Cannot verify the access token right now.")
+		return Device{}, matrix.Errorf(matrix.Unavailable, "Cannot verify the access token right now.")
 	}
-	if uid, err := mxid.ParseUserID(userID); err != nil || uid.Server != r.serverName {
+	if uid, err := matrix.ParseUserID(userID); err != nil || uid.Server != r.serverName {
 		r.log.WarnContext(ctx, "the homeserver's whoami named a user not of this server", "user_id", userID)
 		return Device{}, ErrNotFound
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/storage"
 )
 
@@ -110,7 +110,7 @@ func TestUpstreamAuthentication(t *testing.T) {
 	hs.status = http.StatusBadGateway
 	hs.mu.Unlock()
 	_, err = svc.Authenticate(ctx, "hs-new")
-	e, ok := mxerr.As(err)
+	e, ok := matrix.AsError(err)
 	require.True(t, ok, "an unreachable homeserver is a Matrix error, not a 500: %v", err)
 	require.Equal(t, http.StatusServiceUnavailable, e.Status)
 }

@@ -11,8 +11,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // This file is the sliding-sync half of devicesync (MSC4186's to_device and
@@ -23,7 +22,7 @@ import (
 
 // CodeUnknownPos is MSC4186's error for a pos the server cannot continue
 // from (400): the client drops its connection state and starts over.
-const CodeUnknownPos mxerr.Code = "M_UNKNOWN_POS"
+const CodeUnknownPos matrix.Code = "M_UNKNOWN_POS"
 
 // PosMaxAge is how long a pos stays good after it was issued. A live
 // connection gets a fresh pos on every answer; one idle for longer starts
@@ -141,7 +140,7 @@ func (s *Service) Extensions(ctx context.Context, req ExtensionsRequest) (Extens
 		sreq.ListsOnly = true
 	}
 	res, err := s.Sync(ctx, sreq)
-	if e, ok := mxerr.As(err); ok && e.Code == mxerr.InvalidParam && sreq.ToDevice.Hi > 0 {
+	if e, ok := matrix.AsError(err); ok && e.Code == matrix.InvalidParam && sreq.ToDevice.Hi > 0 {
 		// The store refuses a never-issued to-device since before deleting
 		// anything (M_INVALID_PARAM); so does devicelists for a
 		// device-list position above the head. Once more as an initial
@@ -150,8 +149,8 @@ func (s *Service) Extensions(ctx context.Context, req ExtensionsRequest) (Extens
 		sreq.ToDevice = inbox.Position{NID: req.Device.NID}
 		res, err = s.Sync(ctx, sreq)
 	}
-	if e, ok := mxerr.As(err); ok && e.Code == mxerr.InvalidParam && sreq.Lists.Incremental {
-		return ExtensionsResult{}, mxerr.New(CodeUnknownPos, "The connection's device-list position %d is ahead of this server; start over.", sreq.Lists.Pos)
+	if e, ok := matrix.AsError(err); ok && e.Code == matrix.InvalidParam && sreq.Lists.Incremental {
+		return ExtensionsResult{}, matrix.Errorf(CodeUnknownPos, "The connection's device-list position %d is ahead of this server; start over.", sreq.Lists.Pos)
 	}
 	if err != nil {
 		return ExtensionsResult{}, err
@@ -207,7 +206,7 @@ func FormatPos(epoch string, dev inbox.Recipient, connID string, p Pos) string {
 // is CodeUnknownPos.
 func ParsePos(epoch string, dev inbox.Recipient, connID, s string, now time.Time) (Pos, error) {
 	parts := strings.Split(s, "_")
-	unknown := mxerr.New(CodeUnknownPos, "Unknown or expired pos %q; start over without one.", mxjson.Quote(s))
+	unknown := matrix.Errorf(CodeUnknownPos, "Unknown or expired pos %q; start over without one.", matrix.Quote(s))
 	if len(parts) != 4 || parts[0] != epoch {
 		return Pos{}, unknown
 	}

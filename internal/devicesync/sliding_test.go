@@ -9,7 +9,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 func TestPosRoundTripAndRefusals(t *testing.T) {
@@ -25,7 +25,7 @@ func TestPosRoundTripAndRefusals(t *testing.T) {
 	unknown := func(name, epoch string, d inbox.Recipient, conn, pos string, at time.Time) {
 		t.Helper()
 		_, err := devicesync.ParsePos(epoch, d, conn, pos, at)
-		e, ok := mxerr.As(err)
+		e, ok := matrix.AsError(err)
 		require.True(t, ok, "%s: %v", name, err)
 		require.Equal(t, devicesync.CodeUnknownPos, e.Code, name)
 		require.Equal(t, 400, e.Status, name)

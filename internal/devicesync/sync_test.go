@@ -15,7 +15,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/storage"
 	"github.com/todeviced/todeviced/internal/testdb"
 	"github.com/todeviced/todeviced/internal/wakeup"
@@ -165,18 +165,18 @@ func TestSinceNeverIssuedIsRefused(t *testing.T) {
 		tok, err := devicesync.ParseToken(e.sync.Epoch(), dev, forged)
 		require.NoError(t, err, "well-formed: it is the store that knows it was never issued")
 		_, err = e.sync.Sync(ctx(t), devicesync.Request{Device: dev, ToDevice: tok.ToDevice, Lists: tok.Lists})
-		e1, ok := mxerr.As(err)
+		e1, ok := matrix.AsError(err)
 		require.True(t, ok, "want a Matrix error, got %v", err)
-		require.Equal(t, mxerr.InvalidParam, e1.Code)
+		require.Equal(t, matrix.InvalidParam, e1.Code)
 
 		res, err := e.sync.Sync(ctx(t), devicesync.Request{Device: dev, ToDevice: inbox.Position{NID: dev.NID}})
 		require.NoError(t, err)
 		require.Equal(t, []int{1}, ns(t, res.ToDevice.Events), "the refused since deleted nothing")
 
 		_, err = e.sync.Sync(ctx(t), devicesync.Request{Device: dev, ToDevice: res.ToDevice.Next, Lists: devicesync.ListsAt(res.ListsHead + 1000)})
-		e2, ok := mxerr.As(err)
+		e2, ok := matrix.AsError(err)
 		require.True(t, ok, "want a Matrix error, got %v", err)
-		require.Equal(t, mxerr.InvalidParam, e2.Code)
+		require.Equal(t, matrix.InvalidParam, e2.Code)
 		_, err = e.sync.KeyChanges(ctx(t), bob, devicesync.ListsAt(0), devicesync.ListsAt(res.ListsHead+1000))
 		require.Error(t, err)
 	})

@@ -5,8 +5,7 @@ import (
 	"strings"
 
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // The tokens this package makes, all led by the database's epoch (a random
@@ -117,7 +116,7 @@ func ParseLists(epoch, s string) (ListsSince, error) {
 	e, p, ok := strings.Cut(s, "_")
 	n, okN := readCount(p)
 	if !ok || !okN || !validEpoch(e) {
-		return ListsSince{}, mxerr.New(mxerr.InvalidParam, "Unknown or malformed device-list token %q.", mxjson.Quote(s))
+		return ListsSince{}, matrix.Errorf(matrix.InvalidParam, "Unknown or malformed device-list token %q.", matrix.Quote(s))
 	}
 	if e != epoch {
 		return listsOfAnotherEpoch, nil
@@ -168,7 +167,7 @@ func readToDevice(s string) (toDeviceToken, bool) {
 }
 
 func badSince(s string) error {
-	return mxerr.New(mxerr.InvalidParam, "Unknown or malformed since token %q.", mxjson.Quote(s))
+	return matrix.Errorf(matrix.InvalidParam, "Unknown or malformed since token %q.", matrix.Quote(s))
 }
 
 // validEpoch accepts what the schema makes an epoch of: 1 to 32 lower-case

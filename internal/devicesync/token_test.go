@@ -8,14 +8,14 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 func requireInvalid(t *testing.T, err error, token string) {
 	t.Helper()
-	e, ok := mxerr.As(err)
+	e, ok := matrix.AsError(err)
 	require.True(t, ok, "token %q must be refused, got %v", token, err)
-	require.Equal(t, mxerr.InvalidParam, e.Code, "token %q", token)
+	require.Equal(t, matrix.InvalidParam, e.Code, "token %q", token)
 }
 
 func TestToDeviceTokenRoundTrip(t *testing.T) {

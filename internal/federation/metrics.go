@@ -2,16 +2,14 @@ package federation
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
-// EDU types: the fixed values of the type label. Anything else is "other",
-// so a remote server cannot grow the label set.
-const (
-	EDUDirectToDevice = "m.direct_to_device"
-	EDUDeviceListUpd  = "m.device_list_update"
-	EDUSigningKeyUpd  = "m.signing_key_update"
-	eduOther          = "other"
-)
+// eduOther is the type label of every EDU type but matrix.EDUDirectToDevice,
+// matrix.EDUDeviceListUpdate and matrix.EDUSigningKeyUpdate, so a remote
+// server cannot grow the label set.
+const eduOther = "other"
 
 // Drop reasons: the fixed values of the reason label of
 // todeviced_federation_edus_dropped_total.
@@ -36,7 +34,7 @@ const (
 	// other control characters, invalid UTF-8, too long).
 	DropInvalidID = "invalid_id"
 	// DropTooDeep: an inbound message whose content is nested deeper than
-	// mxjson.MaxContentDepth.
+	// matrix.MaxContentDepth.
 	DropTooDeep = "too_deep"
 	// DropPoison: an outbound EDU that, sent alone, kept failing with the
 	// same status while the destination took other transactions.
@@ -102,7 +100,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Age of the oldest EDU queued for another server.",
 		}),
 	}
-	for _, t := range []string{EDUDirectToDevice, EDUDeviceListUpd, EDUSigningKeyUpd, eduOther} {
+	for _, t := range []string{matrix.EDUDirectToDevice, matrix.EDUDeviceListUpdate, matrix.EDUSigningKeyUpdate, eduOther} {
 		m.EDUsSent.WithLabelValues(t)
 		m.EDUsReceived.WithLabelValues(t)
 	}
@@ -123,7 +121,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // eduTypeLabel maps an EDU type to its label value.
 func eduTypeLabel(t string) string {
 	switch t {
-	case EDUDirectToDevice, EDUDeviceListUpd, EDUSigningKeyUpd:
+	case matrix.EDUDirectToDevice, matrix.EDUDeviceListUpdate, matrix.EDUSigningKeyUpdate:
 		return t
 	}
 	return eduOther

@@ -12,9 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxid"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Housekeeping defaults.
@@ -206,8 +204,8 @@ func (f *Feed) Destinations(ctx context.Context) ([]string, error) {
 
 // Pull returns up to limit of the oldest EDUs queued for destination.
 func (f *Feed) Pull(ctx context.Context, destination string, limit int) (FeedBatch, error) {
-	if err := mxid.ValidateServerName(destination); err != nil {
-		return FeedBatch{}, mxerr.New(mxerr.InvalidParam, "Invalid destination %q: %v.", mxjson.Quote(destination), err)
+	if err := matrix.ValidateServerName(destination); err != nil {
+		return FeedBatch{}, matrix.Errorf(matrix.InvalidParam, "Invalid destination %q: %v.", matrix.Quote(destination), err)
 	}
 	if limit < 1 || limit > MaxEDUsPerTxn {
 		limit = MaxEDUsPerTxn
@@ -238,7 +236,7 @@ func (f *Feed) Pull(ctx context.Context, destination string, limit int) (FeedBat
 func (f *Feed) Ack(ctx context.Context, token string) (int, error) {
 	t, err := parseFeedToken(token)
 	if err != nil {
-		return 0, mxerr.New(mxerr.InvalidParam, "Malformed batch token.")
+		return 0, matrix.Errorf(matrix.InvalidParam, "Malformed batch token.")
 	}
 	if t.epoch != f.epoch {
 		return 0, nil

@@ -7,7 +7,7 @@ import (
 	"errors"
 	"slices"
 
-	"github.com/todeviced/todeviced/internal/matrixfed"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // pduError is what todeviced answers for every PDU: it holds no rooms.
@@ -99,7 +99,7 @@ func referenceHashID(obj map[string]json.RawMessage, rules redactionRules) (stri
 	if err != nil {
 		return "", err
 	}
-	canonical, err := matrixfed.CanonicalJSON(encoded)
+	canonical, err := matrix.CanonicalJSON(encoded)
 	if err != nil {
 		return "", err
 	}

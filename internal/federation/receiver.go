@@ -8,9 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxid"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Inbound limits.
@@ -102,7 +100,7 @@ type pduResult struct {
 // HandleTransaction processes transaction txnID from the authenticated
 // origin and returns the body of the 200 answer. A replay of a transaction
 // answered before gets the recorded answer and changes nothing. Errors are
-// *mxerr.Error for a request that is wrong (answer it, do not retry), or
+// *matrix.Error for a request that is wrong (answer it, do not retry), or
 // anything else when storing failed: answer 5xx so the origin retries, and
 // nothing is recorded.
 func (r *Receiver) HandleTransaction(ctx context.Context, origin, txnID string, body []byte) ([]byte, error) {
@@ -113,13 +111,13 @@ func (r *Receiver) HandleTransaction(ctx context.Context, origin, txnID string, 
 	}
 	var txn transactionJSON
 	if err := json.Unmarshal(body, &txn); err != nil {
-		return nil, mxerr.New(mxerr.BadJSON, "Malformed transaction: %v.", err)
+		return nil, matrix.Errorf(matrix.BadJSON, "Malformed transaction: %v.", err)
 	}
 	if txn.Origin != nil && *txn.Origin != origin {
-		return nil, mxerr.New(mxerr.Forbidden, "The transaction's origin %q is not the server that signed the request.", mxjson.Quote(*txn.Origin))
+		return nil, matrix.Errorf(matrix.Forbidden, "The transaction's origin %q is not the server that signed the request.", matrix.Quote(*txn.Origin))
 	}
 	if len(txn.PDUs) > MaxPDUsPerTxn || len(txn.EDUs) > MaxEDUsPerTxn {
-		return nil, mxerr.New(mxerr.BadJSON, "A transaction carries at most %d PDUs and %d EDUs.", MaxPDUsPerTxn, MaxEDUsPerTxn)
+		return nil, matrix.Errorf(matrix.BadJSON, "A transaction carries at most %d PDUs and %d EDUs.", MaxPDUsPerTxn, MaxEDUsPerTxn)
 	}
 	if err := r.HandleEDUs(ctx, origin, txn.EDUs); err != nil {
 		return nil, err
@@ -194,9 +192,9 @@ func (r *Receiver) handleEDU(ctx context.Context, origin string, raw json.RawMes
 	}
 	r.m.EDUsReceived.WithLabelValues(eduTypeLabel(e.Type)).Inc()
 	switch e.Type {
-	case EDUDirectToDevice:
+	case matrix.EDUDirectToDevice:
 		return r.directToDevice(ctx, origin, e.Content)
-	case EDUDeviceListUpd, EDUSigningKeyUpd:
+	case matrix.EDUDeviceListUpdate, matrix.EDUSigningKeyUpdate:
 		if r.cfg.DeviceLists == nil {
 			return nil, nil
 		}
@@ -218,54 +216,54 @@ type directToDeviceJSON struct {
 // hold or no /sync could carry (DESIGN invariants 12 and 13) is dropped and
 // counted, never stored and never an error: an error would answer the whole
 // transaction 5xx, and its origin would retry it, and everything queued
-// behind it, until its TTL. Identifiers follow mxid's validators (the message
+// behind it, until its TTL. Identifiers follow the matrix package's validators (the message
 // id is as lenient as established servers, within 255 bytes of text), and
-// each message's content is at most mxjson.MaxContentDepth levels deep.
+// each message's content is at most matrix.MaxContentDepth levels deep.
 func (r *Receiver) directToDevice(ctx context.Context, origin string, content json.RawMessage) (*InboundToDevice, error) {
 	var c directToDeviceJSON
 	if err := json.Unmarshal(content, &c); err != nil || c.Messages == nil {
-		r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+		r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropMalformed)
 		return nil, nil
 	}
-	if mxid.ValidateEventType(c.Type) != nil || mxid.ValidateMessageID(c.MessageID) != nil {
-		r.dropped(ctx, origin, EDUDirectToDevice, DropInvalidID)
+	if matrix.ValidateEventType(c.Type) != nil || matrix.ValidateMessageID(c.MessageID) != nil {
+		r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropInvalidID)
 		return nil, nil
 	}
-	sender, err := mxid.ParseUserID(c.Sender)
+	sender, err := matrix.ParseUserID(c.Sender)
 	if err != nil {
-		r.dropped(ctx, origin, EDUDirectToDevice, DropInvalidID)
+		r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropInvalidID)
 		return nil, nil
 	}
-	if !mxid.SameServer(sender.Server, origin) {
-		r.dropped(ctx, origin, EDUDirectToDevice, DropSenderNotOrigin)
+	if !matrix.SameServer(sender.Server, origin) {
+		r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropSenderNotOrigin)
 		return nil, nil
 	}
 	msgs := make(map[string]map[string]json.RawMessage, len(c.Messages))
 	for userID, devices := range c.Messages {
 		if devices == nil {
-			r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+			r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropMalformed)
 			return nil, nil
 		}
 		for deviceID, content := range devices {
-			if mxid.ValidateDeviceID(deviceID) != nil {
-				r.dropped(ctx, origin, EDUDirectToDevice, DropInvalidID)
+			if matrix.ValidateDeviceID(deviceID) != nil {
+				r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropInvalidID)
 				return nil, nil
 			}
 			if len(content) == 0 || content[0] != '{' {
-				r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+				r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropMalformed)
 				return nil, nil
 			}
-			if err := mxjson.Check(content, mxjson.MaxContentDepth); err != nil {
+			if err := matrix.CheckJSON(content, matrix.MaxContentDepth); err != nil {
 				reason := DropMalformed
-				if errors.Is(err, mxjson.ErrTooDeep) {
+				if errors.Is(err, matrix.ErrTooDeep) {
 					reason = DropTooDeep
 				}
-				r.dropped(ctx, origin, EDUDirectToDevice, reason)
+				r.dropped(ctx, origin, matrix.EDUDirectToDevice, reason)
 				return nil, nil
 			}
 			var buf bytes.Buffer
 			if err := json.Compact(&buf, content); err != nil {
-				r.dropped(ctx, origin, EDUDirectToDevice, DropMalformed)
+				r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropMalformed)
 				return nil, nil
 			}
 			devices[deviceID] = buf.Bytes()
@@ -274,8 +272,8 @@ func (r *Receiver) directToDevice(ctx context.Context, origin string, content js
 	}
 	// A server may only deliver to its own users.
 	for userID := range msgs {
-		if uid, err := mxid.ParseUserID(userID); err != nil || uid.Server != r.cfg.ServerName {
-			r.dropped(ctx, origin, EDUDirectToDevice, DropRecipientNotLocal)
+		if uid, err := matrix.ParseUserID(userID); err != nil || uid.Server != r.cfg.ServerName {
+			r.dropped(ctx, origin, matrix.EDUDirectToDevice, DropRecipientNotLocal)
 			return nil, nil
 		}
 	}

@@ -14,8 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/matrixfed"
-	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -109,7 +109,7 @@ type destState struct {
 
 // NewSender returns a sender; Run starts it.
 func NewSender(cfg SenderConfig) (*Sender, error) {
-	if err := mxid.ValidateServerName(cfg.ServerName); err != nil {
+	if err := matrix.ValidateServerName(cfg.ServerName); err != nil {
 		return nil, fmt.Errorf("creating federation sender: %w", err)
 	}
 	if cfg.Store == nil || cfg.Client == nil || len(cfg.Sources) == 0 {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
@@ -40,7 +41,7 @@ func (s *memSource) add(dest string, n int) {
 		s.edus = map[string][]SourceEDU{}
 	}
 	s.next++
-	s.edus[dest] = append(s.edus[dest], SourceEDU{Pos: s.next, Type: EDUDirectToDevice,
+	s.edus[dest] = append(s.edus[dest], SourceEDU{Pos: s.next, Type: matrix.EDUDirectToDevice,
 		EDU: json.RawMessage(fmt.Sprintf(`{"content":{"n":%d},"edu_type":"m.direct_to_device"}`, n))})
 }
 
@@ -412,7 +413,7 @@ func TestSenderBacksOffAndIsNotHurriedByNewMessages(t *testing.T) {
 		}
 		require.NotEqual(t, got[0].txnID, got[4].txnID)
 		require.Zero(t, h.src.queued("b.test"))
-		require.Equal(t, 6.0, testutil.ToFloat64(h.m.EDUsSent.WithLabelValues(EDUDirectToDevice)))
+		require.Equal(t, 6.0, testutil.ToFloat64(h.m.EDUsSent.WithLabelValues(matrix.EDUDirectToDevice)))
 		require.Equal(t, 3.0, testutil.ToFloat64(h.m.Transactions.WithLabelValues(ResultRetry)))
 		require.Zero(t, h.store.dests["b.test"].failures, "success ends the backoff")
 	})
@@ -521,8 +522,8 @@ func TestSenderDropsUnsignableEDUs(t *testing.T) {
 		defer h.stop()
 		h.src.mu.Lock()
 		h.src.edus = map[string][]SourceEDU{"b.test": {
-			{Pos: 1, Type: EDUDirectToDevice, EDU: json.RawMessage(`{"content":{"x":1.5},"edu_type":"m.direct_to_device"}`)},
-			{Pos: 2, Type: EDUDirectToDevice, EDU: json.RawMessage(`{"content":{"x":2},"edu_type":"m.direct_to_device"}`)},
+			{Pos: 1, Type: matrix.EDUDirectToDevice, EDU: json.RawMessage(`{"content":{"x":1.5},"edu_type":"m.direct_to_device"}`)},
+			{Pos: 2, Type: matrix.EDUDirectToDevice, EDU: json.RawMessage(`{"content":{"x":2},"edu_type":"m.direct_to_device"}`)},
 		}}
 		h.src.mu.Unlock()
 		h.hub.Wake(wakeup.OutboxKey("b.test"))
@@ -614,7 +615,7 @@ func TestTransactionBodyAndIDs(t *testing.T) {
 	st := &StoredTxn{EDUs: encodeEDUList([]json.RawMessage{json.RawMessage(`{"a":1}`), json.RawMessage(`{"b":2}`)}), OriginServerTS: 1234}
 	body := transactionBody("a.test", st)
 	require.Equal(t, `{"edus":[{"a":1},{"b":2}],"origin":"a.test","origin_server_ts":1234,"pdus":[]}`, string(body))
-	canonical, err := matrixfed.CanonicalJSON(body)
+	canonical, err := matrix.CanonicalJSON(body)
 	require.NoError(t, err)
 	require.Equal(t, string(body), string(canonical), "the body is already canonical")
 	require.Equal(t, "[]", string(encodeEDUList(nil)))

@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"slices"
 
-	"github.com/todeviced/todeviced/internal/matrixfed"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Poison handling (DESIGN invariant 13): one EDU a destination can never take
@@ -159,7 +159,7 @@ func (s *Sender) composeTxn(ctx context.Context, l Lease, room int, sp *splitSta
 		// The signature covers the canonical form of the whole body:
 		// one EDU that has none (a float in a client's content) would
 		// make every attempt fail and hold up the destination forever.
-		if _, err := matrixfed.CanonicalJSON(e.EDU); err != nil {
+		if _, err := matrix.CanonicalJSON(e.EDU); err != nil {
 			bad = append(bad, item)
 			continue
 		}

@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 type ctxKey int
@@ -42,13 +42,13 @@ func (a *api) requireDevice(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := bearer(r)
 		if !ok {
-			writeError(w, r, a.log, mxerr.New(mxerr.MissingToken, "Missing access token."))
+			writeError(w, r, a.log, matrix.Errorf(matrix.MissingToken, "Missing access token."))
 			return
 		}
 		dev, err := authenticateShallow(r.Context(), a.devices, tok)
 		if err != nil {
 			if errors.Is(err, devicelists.ErrNotFound) {
-				writeError(w, r, a.log, mxerr.New(mxerr.UnknownToken, "Unknown access token."))
+				writeError(w, r, a.log, matrix.Errorf(matrix.UnknownToken, "Unknown access token."))
 				return
 			}
 			writeError(w, r, a.log, err)
@@ -71,15 +71,15 @@ func (a *api) requireInternal(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := authorizationBearer(r.Header.Get("Authorization"))
 		if !ok {
-			e := mxerr.New(mxerr.MissingToken, "Missing internal secret: send it as Authorization: Bearer.")
+			e := matrix.Errorf(matrix.MissingToken, "Missing internal secret: send it as Authorization: Bearer.")
 			if r.URL.Query().Has("access_token") {
-				e = mxerr.New(mxerr.MissingToken, "The internal secret is accepted only in the Authorization header, not as access_token.")
+				e = matrix.Errorf(matrix.MissingToken, "The internal secret is accepted only in the Authorization header, not as access_token.")
 			}
 			writeError(w, r, a.log, e)
 			return
 		}
 		if subtle.ConstantTimeCompare([]byte(tok), secret) != 1 {
-			writeError(w, r, a.log, mxerr.New(mxerr.UnknownToken, "Wrong internal secret."))
+			writeError(w, r, a.log, matrix.Errorf(matrix.UnknownToken, "Wrong internal secret."))
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -12,14 +12,14 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // pathParam returns an unescaped chi URL parameter.
 func pathParam(r *http.Request, name string) (string, error) {
 	v, err := url.PathUnescape(chi.URLParam(r, name))
 	if err != nil {
-		return "", mxerr.New(mxerr.InvalidParam, "Malformed path parameter %s.", name)
+		return "", matrix.Errorf(matrix.InvalidParam, "Malformed path parameter %s.", name)
 	}
 	return v, nil
 }
@@ -40,18 +40,18 @@ func (a *api) versions(w http.ResponseWriter, r *http.Request) {
 // readBody reads a body of at most limit bytes; a larger one is M_TOO_LARGE.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
-		return nil, mxerr.New(mxerr.TooLarge, "Request body is larger than %d bytes.", limit)
+		return nil, matrix.Errorf(matrix.TooLarge, "Request body is larger than %d bytes.", limit)
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, mxerr.New(mxerr.TooLarge, "Request body is larger than %d bytes.", limit)
+			return nil, matrix.Errorf(matrix.TooLarge, "Request body is larger than %d bytes.", limit)
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, mxerr.WithStatus(http.StatusRequestTimeout, mxerr.Unknown, "The request body did not arrive in time.")
+			return nil, matrix.ErrorfStatus(http.StatusRequestTimeout, matrix.Unknown, "The request body did not arrive in time.")
 		}
-		return nil, mxerr.New(mxerr.NotJSON, "Reading request body: %v.", err)
+		return nil, matrix.Errorf(matrix.NotJSON, "Reading request body: %v.", err)
 	}
 	return body, nil
 }
@@ -62,7 +62,7 @@ func (a *api) sendToDevice(w http.ResponseWriter, r *http.Request) {
 		// Before anything is read or recorded: a refused request is not a
 		// transaction, so the client's retry with the same txnId is served.
 		if ok, wait := a.limit.allow(dev.NID); !ok {
-			e := mxerr.New(mxerr.LimitExceeded, "Too many requests.")
+			e := matrix.Errorf(matrix.LimitExceeded, "Too many requests.")
 			e.RetryAfter = wait
 			writeError(w, r, a.log, e)
 			return
@@ -105,7 +105,7 @@ func parseTimeout(s string) (time.Duration, error) {
 	}
 	ms, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || ms < 0 {
-		return 0, mxerr.New(mxerr.InvalidParam, "timeout must be a non-negative integer of milliseconds.")
+		return 0, matrix.Errorf(matrix.InvalidParam, "timeout must be a non-negative integer of milliseconds.")
 	}
 	return time.Duration(min(ms, MaxSyncTimeout)) * time.Millisecond, nil
 }

@@ -11,10 +11,8 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/matrixfed"
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxid"
-	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // maxInternalEDUs bounds one internal POST /federation/edus.
@@ -94,7 +92,7 @@ func (a *api) authorize(w http.ResponseWriter, r *http.Request) (ra *matrixfed.R
 // for none), answering the error itself; ok is false then.
 func (a *api) verify(w http.ResponseWriter, r *http.Request, ra *matrixfed.RequestAuth, body []byte) bool {
 	if body != nil && (!utf8.Valid(body) || !json.Valid(body)) {
-		writeError(w, r, a.log, mxerr.New(mxerr.NotJSON, "Content not JSON."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.NotJSON, "Content not JSON."))
 		return false
 	}
 	if err := ra.Verify(r, body); err != nil {
@@ -108,10 +106,10 @@ func (a *api) refuseAuth(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, matrixfed.ErrMalformedAuth):
 		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
-		writeError(w, r, a.log, mxerr.WithStatus(http.StatusBadRequest, mxerr.Unauthorized, "Malformed X-Matrix authorization."))
+		writeError(w, r, a.log, matrix.ErrorfStatus(http.StatusBadRequest, matrix.Unauthorized, "Malformed X-Matrix authorization."))
 	case errors.Is(err, matrixfed.ErrUnauthorized):
 		a.log.InfoContext(r.Context(), "refused federation request", "err", err)
-		writeError(w, r, a.log, mxerr.New(mxerr.Unauthorized, "Request not authorized."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.Unauthorized, "Request not authorized."))
 	default:
 		writeError(w, r, a.log, err)
 	}
@@ -127,8 +125,8 @@ func (a *api) federationSend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.log, err)
 		return
 	}
-	if err := mxid.ValidateTxnID(txnID); err != nil {
-		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid transaction id: %v.", err))
+	if err := matrix.ValidateTxnID(txnID); err != nil {
+		writeError(w, r, a.log, matrix.Errorf(matrix.InvalidParam, "Invalid transaction id: %v.", err))
 		return
 	}
 	ra, ok := a.authorize(w, r)
@@ -165,15 +163,15 @@ func (a *api) internalEDUs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if b.Origin == "" {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'origin'."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "Missing 'origin'."))
 		return
 	}
-	if err := mxid.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
-		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "Invalid origin %q.", mxjson.Quote(b.Origin)))
+	if err := matrix.ValidateServerName(b.Origin); err != nil || b.Origin == a.cfg.ServerName {
+		writeError(w, r, a.log, matrix.Errorf(matrix.InvalidParam, "Invalid origin %q.", matrix.Quote(b.Origin)))
 		return
 	}
 	if len(b.EDUs) > maxInternalEDUs {
-		writeError(w, r, a.log, mxerr.New(mxerr.TooLarge, "At most %d EDUs per request.", maxInternalEDUs))
+		writeError(w, r, a.log, matrix.Errorf(matrix.TooLarge, "At most %d EDUs per request.", maxInternalEDUs))
 		return
 	}
 	if err := a.cfg.Federation.Receiver.HandleEDUs(r.Context(), b.Origin, b.EDUs); err != nil {
@@ -204,14 +202,14 @@ func (a *api) feedPull(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	dest := q.Get("destination")
 	if dest == "" {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing destination."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "Missing destination."))
 		return
 	}
 	limit := federation.MaxEDUsPerTxn
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "limit must be a positive integer."))
+			writeError(w, r, a.log, matrix.Errorf(matrix.InvalidParam, "limit must be a positive integer."))
 			return
 		}
 		limit = min(n, federation.MaxEDUsPerTxn)
@@ -235,7 +233,7 @@ func (a *api) feedAck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if b.Batch == "" {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'batch'."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "Missing 'batch'."))
 		return
 	}
 	n, err := a.cfg.Federation.Feed.Ack(r.Context(), b.Batch)
@@ -306,7 +304,7 @@ func (a *api) answerUserKeys(w http.ResponseWriter, r *http.Request, body []byte
 		return
 	}
 	if q.DeviceKeys == nil {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'device_keys'."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "Missing 'device_keys'."))
 		return
 	}
 	res, err := a.devices.QueryLocalKeys(r.Context(), q.DeviceKeys)

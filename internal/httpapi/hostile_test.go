@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/servertest"
 )
 
@@ -55,7 +55,7 @@ func hostileCases() []hostileCase {
 		{name: "content 10 000 deep to *", method: "PUT", path: sendPath("m.t", "deep4"), token: "alice",
 			body: `{"messages":{"@bob:localhost":{"*":{"x":` + deep(10_000) + `}}}}`, status: 400, code: "M_BAD_JSON"},
 		{name: "content at the depth limit", method: "PUT", path: sendPath("m.t", "deep5"), token: "alice",
-			body: toBob(`{"n":1,"x":` + deep(mxjson.MaxContentDepth-1) + `}`), status: 200, n: 1},
+			body: toBob(`{"n":1,"x":` + deep(matrix.MaxContentDepth-1) + `}`), status: 200, n: 1},
 		// Observation 3: NUL and invalid UTF-8 in identifiers.
 		{name: "NUL device of a remote user", method: "PUT", path: sendPath("m.t", "nul1"), token: "alice",
 			body: `{"messages":{"@carol:remote.test":{"X\u0000":{}}}}`, status: 400, code: "M_INVALID_PARAM"},

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // DefaultMaxInflightFederationBytes bounds the bytes of federation request
@@ -55,7 +55,7 @@ func (b *byteBudget) release(n int64) {
 // needed; on failure the answer has been written and ok is false.
 func (a *api) readBoundedBody(w http.ResponseWriter, r *http.Request, limit int64) (body []byte, release func(), ok bool) {
 	if r.ContentLength > limit {
-		writeError(w, r, a.log, mxerr.New(mxerr.TooLarge, "Request body is larger than %d bytes.", limit))
+		writeError(w, r, a.log, matrix.Errorf(matrix.TooLarge, "Request body is larger than %d bytes.", limit))
 		return nil, nil, false
 	}
 	n := r.ContentLength
@@ -63,7 +63,7 @@ func (a *api) readBoundedBody(w http.ResponseWriter, r *http.Request, limit int6
 		n = limit
 	}
 	if !a.inflight.tryAcquire(n) {
-		e := mxerr.New(mxerr.LimitExceeded, "Too many request bodies in flight; retry shortly.")
+		e := matrix.Errorf(matrix.LimitExceeded, "Too many request bodies in flight; retry shortly.")
 		e.RetryAfter = inflightRetryAfter
 		writeError(w, r, a.log, e)
 		return nil, nil, false
@@ -88,9 +88,9 @@ func (a *api) readBoundedBody(w http.ResponseWriter, r *http.Request, limit int6
 		release()
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, r, a.log, mxerr.New(mxerr.TooLarge, "Request body is larger than %d bytes.", limit))
+			writeError(w, r, a.log, matrix.Errorf(matrix.TooLarge, "Request body is larger than %d bytes.", limit))
 		} else {
-			writeError(w, r, a.log, mxerr.New(mxerr.NotJSON, "Reading request body: %v.", err))
+			writeError(w, r, a.log, matrix.Errorf(matrix.NotJSON, "Reading request body: %v.", err))
 		}
 		return nil, nil, false
 	}

@@ -9,8 +9,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // decodeObject decodes a JSON object body into v, with the Matrix errors for
@@ -21,14 +20,14 @@ func decodeObject(body []byte, v any) error {
 	}
 	// One bounded check for every body (DESIGN invariant 12): syntax, UTF-8
 	// and depth, before encoding/json builds anything from it.
-	if err := mxjson.Check(body, mxjson.MaxDepth); err != nil {
-		if errors.Is(err, mxjson.ErrTooDeep) {
-			return mxerr.New(mxerr.BadJSON, "The body is nested more than %d levels deep.", mxjson.MaxDepth)
+	if err := matrix.CheckJSON(body, matrix.MaxDepth); err != nil {
+		if errors.Is(err, matrix.ErrTooDeep) {
+			return matrix.Errorf(matrix.BadJSON, "The body is nested more than %d levels deep.", matrix.MaxDepth)
 		}
-		return mxerr.New(mxerr.NotJSON, "Content not JSON.")
+		return matrix.Errorf(matrix.NotJSON, "Content not JSON.")
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		return mxerr.New(mxerr.BadJSON, "Malformed body: %v.", err)
+		return matrix.Errorf(matrix.BadJSON, "Malformed body: %v.", err)
 	}
 	return nil
 }
@@ -75,7 +74,7 @@ func (a *api) putDevice(w http.ResponseWriter, r *http.Request) {
 	token := ""
 	if b.AccessToken != nil {
 		if *b.AccessToken == "" {
-			writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "access_token must not be empty."))
+			writeError(w, r, a.log, matrix.Errorf(matrix.InvalidParam, "access_token must not be empty."))
 			return
 		}
 		token = *b.AccessToken
@@ -95,7 +94,7 @@ func (a *api) deleteDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	if _, err := a.devices.DeleteDevice(r.Context(), userID, deviceID); err != nil {
 		if errors.Is(err, devicelists.ErrNotFound) {
-			err = mxerr.New(mxerr.NotFound, "No such device.")
+			err = matrix.Errorf(matrix.NotFound, "No such device.")
 		}
 		writeError(w, r, a.log, err)
 		return
@@ -129,7 +128,7 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	userID, deviceID := q.Get("user_id"), q.Get("device_id")
 	if userID == "" || deviceID == "" {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "user_id and device_id are required."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "user_id and device_id are required."))
 		return
 	}
 	if err := a.devices.CheckLocalDevice(userID, deviceID); err != nil {
@@ -145,7 +144,7 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam, "limit must be a positive integer."))
+			writeError(w, r, a.log, matrix.Errorf(matrix.InvalidParam, "limit must be a positive integer."))
 			return
 		}
 		limit = min(n, inbox.DefaultSyncLimit)
@@ -153,7 +152,7 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 	dev, err := a.devices.Device(r.Context(), userID, deviceID)
 	if err != nil {
 		if errors.Is(err, devicelists.ErrNotFound) {
-			err = mxerr.New(mxerr.NotFound, "No such device.")
+			err = matrix.Errorf(matrix.NotFound, "No such device.")
 		}
 		writeError(w, r, a.log, err)
 		return
@@ -179,7 +178,7 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 	res, err := a.devsync.Sync(r.Context(), req)
 	if err != nil {
 		if errors.Is(err, devicesync.ErrDeviceGone) {
-			err = mxerr.New(mxerr.NotFound, "The device was deleted.")
+			err = matrix.Errorf(matrix.NotFound, "The device was deleted.")
 		}
 		writeError(w, r, a.log, err)
 		return
@@ -266,7 +265,7 @@ func (a *api) putRoomMembers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if b.Members == nil {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'members'."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "Missing 'members'."))
 		return
 	}
 	if err := a.devices.SetMemberships(r.Context(), roomID, b.Members); err != nil {
@@ -281,7 +280,7 @@ func (a *api) internalKeyChanges(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	userID := q.Get("user_id")
 	if userID == "" || q.Get("from") == "" || q.Get("to") == "" {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "user_id, from and to are required."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "user_id, from and to are required."))
 		return
 	}
 	from, err := devicesync.ParseLists(a.devsync.Epoch(), q.Get("from"))

@@ -6,7 +6,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // keyChanges answers GET /_matrix/client/v3/keys/changes?from=&to= where
@@ -15,7 +15,7 @@ func (a *api) keyChanges(w http.ResponseWriter, r *http.Request) {
 	dev := deviceFrom(r)
 	q := r.URL.Query()
 	if q.Get("from") == "" || q.Get("to") == "" {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "from and to are required."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "from and to are required."))
 		return
 	}
 	rec := inbox.Recipient{UserID: dev.UserID, NID: dev.NID}
@@ -41,7 +41,7 @@ func (a *api) keysQuery(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if q.DeviceKeys == nil {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "Missing 'device_keys'."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "Missing 'device_keys'."))
 		return
 	}
 	res, err := a.devices.QueryKeys(r.Context(), dev.UserID, q)

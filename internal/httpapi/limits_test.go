@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/servertest"
 )
 
@@ -66,7 +66,7 @@ func TestErrorsQuoteAShortPrefix(t *testing.T) {
 				require.Equal(t, http.StatusBadRequest, r.Status, "%.200s", r.Body)
 				msg, _ := r.JSON(t)["error"].(string)
 				require.Contains(t, msg, "GARBAGE", "the message still says what it refused")
-				require.LessOrEqual(t, len(msg), mxerr.MaxMessage+len("…"), "message: %.300s", msg)
+				require.LessOrEqual(t, len(msg), matrix.MaxMessage+len("…"), "message: %.300s", msg)
 				require.Less(t, len(r.Body), 1024, "the answer echoes a short prefix only")
 			})
 		}

@@ -9,7 +9,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Metrics are the HTTP layer's Prometheus metrics.
@@ -94,7 +94,7 @@ func observe(log *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 					}
 					log.ErrorContext(r.Context(), "handler panicked", "route", routePattern(r), "panic", p)
 					if rec.status == 0 {
-						writeError(rec, r, log, mxerr.New(mxerr.Unknown, "Internal server error."))
+						writeError(rec, r, log, matrix.Errorf(matrix.Unknown, "Internal server error."))
 					}
 				}
 				status := rec.status

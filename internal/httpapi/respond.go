@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // writeJSON answers with status and v encoded as JSON.
@@ -29,20 +29,20 @@ func writeRaw(w http.ResponseWriter, status int, body []byte) {
 }
 
 type errorBody struct {
-	Errcode      mxerr.Code `json:"errcode"`
-	Error        string     `json:"error"`
-	RetryAfterMS int64      `json:"retry_after_ms,omitempty"`
+	Errcode      matrix.Code `json:"errcode"`
+	Error        string      `json:"error"`
+	RetryAfterMS int64       `json:"retry_after_ms,omitempty"`
 }
 
 // writeError is the one place an error becomes a response: a Matrix error
 // as itself, anything else as 500 M_UNKNOWN, logged with the request.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
-	e, ok := mxerr.As(err)
+	e, ok := matrix.AsError(err)
 	if !ok {
 		var mbe *http.MaxBytesError
 		switch {
 		case errors.As(err, &mbe):
-			e = mxerr.New(mxerr.TooLarge, "Request body is larger than %d bytes.", mbe.Limit)
+			e = matrix.Errorf(matrix.TooLarge, "Request body is larger than %d bytes.", mbe.Limit)
 		case r.Context().Err() != nil:
 			return // the client went away; nobody to answer
 		case errors.Is(err, context.DeadlineExceeded):
@@ -51,10 +51,10 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 			// happened, so the client retries; a retried send is deduplicated
 			// by its transaction id.
 			log.WarnContext(r.Context(), "request timed out", "method", r.Method, "route", routePattern(r), "err", err)
-			e = mxerr.New(mxerr.Unavailable, "The server's database did not answer in time; try again.")
+			e = matrix.Errorf(matrix.Unavailable, "The server's database did not answer in time; try again.")
 		default:
 			log.ErrorContext(r.Context(), "request failed", "method", r.Method, "route", routePattern(r), "err", err)
-			e = mxerr.New(mxerr.Unknown, "Internal server error.")
+			e = matrix.Errorf(matrix.Unknown, "Internal server error.")
 		}
 	}
 	if e.RetryAfter > 0 {

@@ -16,7 +16,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Request limits.
@@ -99,12 +99,12 @@ func NewRouter(cfg Config) http.Handler {
 	r := chi.NewRouter()
 	r.Use(escapedRouting, observe(a.log, cfg.Metrics), bodyDeadline(cfg.BodyTimeout))
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, a.log, mxerr.WithStatus(http.StatusNotFound, mxerr.Unrecognized, "Unrecognized request."))
+		writeError(w, r, a.log, matrix.ErrorfStatus(http.StatusNotFound, matrix.Unrecognized, "Unrecognized request."))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
 		// RFC 9110 §15.5.6: a 405 MUST say which methods the resource has.
 		w.Header().Set("Allow", strings.Join(allowedMethods(r, req.URL.EscapedPath()), ", "))
-		writeError(w, req, a.log, mxerr.WithStatus(http.StatusMethodNotAllowed, mxerr.Unrecognized, "Method not allowed."))
+		writeError(w, req, a.log, matrix.ErrorfStatus(http.StatusMethodNotAllowed, matrix.Unrecognized, "Method not allowed."))
 	})
 
 	r.Route("/_matrix/client", func(r chi.Router) {

@@ -9,7 +9,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Simplified sliding sync (MSC4186) for extension-only connections: the
@@ -80,7 +80,7 @@ func readSlidingSync(w http.ResponseWriter, r *http.Request, dev inbox.Recipient
 		}
 		if td.Limit != nil {
 			if *td.Limit < 1 {
-				return b, req, mxerr.New(mxerr.InvalidParam, "extensions.to_device.limit must be a positive integer.")
+				return b, req, matrix.Errorf(matrix.InvalidParam, "extensions.to_device.limit must be a positive integer.")
 			}
 			ext.Limit = min(*td.Limit, devicesync.MaxToDeviceLimit)
 		}
@@ -131,7 +131,7 @@ func (a *api) slidingSync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(b.Lists) > 0 || len(b.RoomSubscriptions) > 0 {
-		writeError(w, r, a.log, mxerr.New(mxerr.InvalidParam,
+		writeError(w, r, a.log, matrix.Errorf(matrix.InvalidParam,
 			"todeviced serves only extension-only sliding-sync connections (to_device, e2ee): lists and room_subscriptions must be empty; the homeserver serves room lists."))
 		return
 	}
@@ -151,7 +151,7 @@ func (a *api) slidingSync(w http.ResponseWriter, r *http.Request) {
 	res, err := a.devsync.Extensions(r.Context(), req)
 	if err != nil {
 		if errors.Is(err, devicesync.ErrDeviceGone) {
-			err = mxerr.New(mxerr.UnknownToken, "The device was deleted.")
+			err = matrix.Errorf(matrix.UnknownToken, "The device was deleted.")
 		}
 		writeError(w, r, a.log, err)
 		return
@@ -176,7 +176,7 @@ func (a *api) internalSyncExtensions(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	userID, deviceID := q.Get("user_id"), q.Get("device_id")
 	if userID == "" || deviceID == "" {
-		writeError(w, r, a.log, mxerr.New(mxerr.MissingParam, "user_id and device_id are required."))
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "user_id and device_id are required."))
 		return
 	}
 	if err := a.devices.CheckLocalDevice(userID, deviceID); err != nil {
@@ -191,7 +191,7 @@ func (a *api) internalSyncExtensions(w http.ResponseWriter, r *http.Request) {
 	d, err := a.devices.Device(r.Context(), userID, deviceID)
 	if err != nil {
 		if errors.Is(err, devicelists.ErrNotFound) {
-			err = mxerr.New(mxerr.NotFound, "No such device.")
+			err = matrix.Errorf(matrix.NotFound, "No such device.")
 		}
 		writeError(w, r, a.log, err)
 		return
@@ -211,7 +211,7 @@ func (a *api) internalSyncExtensions(w http.ResponseWriter, r *http.Request) {
 	res, err := a.devsync.Extensions(r.Context(), req)
 	if err != nil {
 		if errors.Is(err, devicesync.ErrDeviceGone) {
-			err = mxerr.New(mxerr.NotFound, "The device was deleted.")
+			err = matrix.Errorf(matrix.NotFound, "The device was deleted.")
 		}
 		writeError(w, r, a.log, err)
 		return

@@ -6,7 +6,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 type toDeviceBody struct {
@@ -63,7 +63,7 @@ func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 	res, err := a.devsync.Sync(r.Context(), req)
 	if err != nil {
 		if errors.Is(err, devicesync.ErrDeviceGone) {
-			err = mxerr.New(mxerr.UnknownToken, "The device was deleted.")
+			err = matrix.Errorf(matrix.UnknownToken, "The device was deleted.")
 		}
 		writeError(w, r, a.log, err)
 		return

@@ -7,8 +7,7 @@ import (
 	"fmt"
 	"unicode/utf8"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // DecodeSendBody checks the shape of a sendToDevice body and returns its
@@ -33,11 +32,11 @@ func DecodeSendBody(body []byte) (Messages, error) {
 			err = errSyntax
 		}
 	}
-	if errors.Is(err, mxjson.ErrTooDeep) {
+	if errors.Is(err, matrix.ErrTooDeep) {
 		if d.deep == "" {
-			d.deep = fmt.Sprintf("The body is nested more than %d levels deep.", mxjson.MaxDepth)
+			d.deep = fmt.Sprintf("The body is nested more than %d levels deep.", matrix.MaxDepth)
 		}
-		return nil, mxerr.New(mxerr.BadJSON, "%s", d.deep)
+		return nil, matrix.Errorf(matrix.BadJSON, "%s", d.deep)
 	}
 	if err != nil {
 		return nil, notJSON()
@@ -48,7 +47,7 @@ func DecodeSendBody(body []byte) (Messages, error) {
 	return msgs, nil
 }
 
-func notJSON() error { return mxerr.New(mxerr.NotJSON, "Content not JSON.") }
+func notJSON() error { return matrix.Errorf(matrix.NotJSON, "Content not JSON.") }
 
 var errSyntax = errors.New("JSON syntax error")
 
@@ -63,13 +62,13 @@ type bodyDecoder struct {
 }
 
 // errTooDeep ends the walk of a value nested deeper than its limit: message
-// contents may nest mxjson.MaxContentDepth levels, anything else in the body
-// mxjson.MaxDepth levels. The limit also bounds the decoder's recursion.
-var errTooDeep = mxjson.ErrTooDeep
+// contents may nest matrix.MaxContentDepth levels, anything else in the body
+// matrix.MaxDepth levels. The limit also bounds the decoder's recursion.
+var errTooDeep = matrix.ErrTooDeep
 
 func (d *bodyDecoder) badShape(format string, args ...any) {
 	if d.shape == nil {
-		d.shape = mxerr.New(mxerr.BadJSON, format, args...)
+		d.shape = matrix.Errorf(matrix.BadJSON, format, args...)
 	}
 }
 
@@ -139,7 +138,7 @@ func (d *bodyDecoder) members(fn func(key string) error) error {
 
 func (d *bodyDecoder) top() (Messages, error) {
 	if d.peek() != '{' {
-		if _, err := d.value(nil, mxjson.MaxDepth); err != nil {
+		if _, err := d.value(nil, matrix.MaxDepth); err != nil {
 			return nil, err
 		}
 		d.badShape("The body must be a JSON object.")
@@ -149,12 +148,12 @@ func (d *bodyDecoder) top() (Messages, error) {
 	found := false
 	err := d.members(func(key string) error {
 		if key != "messages" {
-			_, err := d.value(nil, mxjson.MaxDepth-1)
+			_, err := d.value(nil, matrix.MaxDepth-1)
 			return err
 		}
 		found = true
 		if d.peek() != '{' {
-			if _, err := d.value(nil, mxjson.MaxDepth-1); err != nil {
+			if _, err := d.value(nil, matrix.MaxDepth-1); err != nil {
 				return err
 			}
 			d.badShape("'messages' must be an object of user ids.")
@@ -165,26 +164,26 @@ func (d *bodyDecoder) top() (Messages, error) {
 		msgs = Messages{}
 		return d.members(func(userID string) error {
 			if d.peek() != '{' {
-				if _, err := d.value(nil, mxjson.MaxDepth-2); err != nil {
+				if _, err := d.value(nil, matrix.MaxDepth-2); err != nil {
 					return err
 				}
-				d.badShape("'messages' for %q must be an object of device ids.", mxjson.Quote(userID))
+				d.badShape("'messages' for %q must be an object of device ids.", matrix.Quote(userID))
 				return nil
 			}
 			devices := map[string]json.RawMessage{}
 			msgs[userID] = devices
 			return d.members(func(deviceID string) error {
 				isObj := d.peek() == '{'
-				content, err := d.value(make([]byte, 0, 256), mxjson.MaxContentDepth)
+				content, err := d.value(make([]byte, 0, 256), matrix.MaxContentDepth)
 				if err == errTooDeep && d.deep == "" {
 					d.deep = fmt.Sprintf("The content for %q device %q is nested more than %d levels deep.",
-						mxjson.Quote(userID), mxjson.Quote(deviceID), mxjson.MaxContentDepth)
+						matrix.Quote(userID), matrix.Quote(deviceID), matrix.MaxContentDepth)
 				}
 				if err != nil {
 					return err
 				}
 				if !isObj {
-					d.badShape("The content for %q device %q must be a JSON object.", mxjson.Quote(userID), mxjson.Quote(deviceID))
+					d.badShape("The content for %q device %q must be a JSON object.", matrix.Quote(userID), matrix.Quote(deviceID))
 					return nil
 				}
 				devices[deviceID] = content
@@ -196,7 +195,7 @@ func (d *bodyDecoder) top() (Messages, error) {
 		return nil, err
 	}
 	if !found {
-		d.shape = mxerr.New(mxerr.MissingParam, "Missing 'messages'.")
+		d.shape = matrix.Errorf(matrix.MissingParam, "Missing 'messages'.")
 	}
 	return msgs, nil
 }

@@ -4,8 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // TestDecodeSendBodyDepth: bodies nested beyond the limits are refused with
@@ -16,15 +15,15 @@ func TestDecodeSendBodyDepth(t *testing.T) {
 		"7M open brackets":         `{"x":` + strings.Repeat("[", 7_000_000),
 		"1M closed levels":         `{"x":` + strings.Repeat("[", 1_000_000) + strings.Repeat("]", 1_000_000) + `,"messages":{}}`,
 		"10 000-deep content":      `{"messages":{"@a:b":{"D":{"x":` + strings.Repeat("[", 10_000) + strings.Repeat("]", 10_000) + `}}}}`,
-		"content one level deeper": `{"messages":{"@a:b":{"D":{"x":` + strings.Repeat("[", mxjson.MaxContentDepth) + strings.Repeat("]", mxjson.MaxContentDepth) + `}}}}`,
+		"content one level deeper": `{"messages":{"@a:b":{"D":{"x":` + strings.Repeat("[", matrix.MaxContentDepth) + strings.Repeat("]", matrix.MaxContentDepth) + `}}}}`,
 	} {
 		_, err := DecodeSendBody([]byte(body))
-		e, ok := mxerr.As(err)
-		if !ok || e.Code != mxerr.BadJSON || !strings.Contains(e.Message, "levels deep") {
+		e, ok := matrix.AsError(err)
+		if !ok || e.Code != matrix.BadJSON || !strings.Contains(e.Message, "levels deep") {
 			t.Errorf("%s: got %v, want M_BAD_JSON naming the depth", name, err)
 		}
 	}
-	okBody := `{"messages":{"@a:b":{"D":{"x":` + strings.Repeat("[", mxjson.MaxContentDepth-1) + strings.Repeat("]", mxjson.MaxContentDepth-1) + `}}}}`
+	okBody := `{"messages":{"@a:b":{"D":{"x":` + strings.Repeat("[", matrix.MaxContentDepth-1) + strings.Repeat("]", matrix.MaxContentDepth-1) + `}}}}`
 	if _, err := DecodeSendBody([]byte(okBody)); err != nil {
 		t.Fatalf("content at the depth limit refused: %v", err)
 	}

@@ -8,8 +8,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // decodeSendBodyReference is the straightforward encoding/json version of
@@ -18,42 +17,42 @@ import (
 // M_BAD_JSON for the wrong shape, M_MISSING_PARAM when "messages" is absent.
 func decodeSendBodyReference(body []byte) (Messages, error) {
 	if !utf8.Valid(body) {
-		return nil, mxerr.New(mxerr.NotJSON, "Content not JSON.")
+		return nil, matrix.Errorf(matrix.NotJSON, "Content not JSON.")
 	}
-	if err := mxjson.Check(body, mxjson.MaxDepth); errors.Is(err, mxjson.ErrTooDeep) {
-		return nil, mxerr.New(mxerr.BadJSON, "The body is nested too deeply.")
+	if err := matrix.CheckJSON(body, matrix.MaxDepth); errors.Is(err, matrix.ErrTooDeep) {
+		return nil, matrix.Errorf(matrix.BadJSON, "The body is nested too deeply.")
 	}
 	if !utf8.Valid(body) || !json.Valid(body) {
-		return nil, mxerr.New(mxerr.NotJSON, "Content not JSON.")
+		return nil, matrix.Errorf(matrix.NotJSON, "Content not JSON.")
 	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil || top == nil {
-		return nil, mxerr.New(mxerr.BadJSON, "The body must be a JSON object.")
+		return nil, matrix.Errorf(matrix.BadJSON, "The body must be a JSON object.")
 	}
 	raw, ok := top["messages"]
 	if !ok {
-		return nil, mxerr.New(mxerr.MissingParam, "Missing 'messages'.")
+		return nil, matrix.Errorf(matrix.MissingParam, "Missing 'messages'.")
 	}
 	var users map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &users); err != nil || users == nil {
-		return nil, mxerr.New(mxerr.BadJSON, "'messages' must be an object of user ids.")
+		return nil, matrix.Errorf(matrix.BadJSON, "'messages' must be an object of user ids.")
 	}
 	out := make(Messages, len(users))
 	for userID, rawDevices := range users {
 		var devices map[string]json.RawMessage
 		if err := json.Unmarshal(rawDevices, &devices); err != nil || devices == nil {
-			return nil, mxerr.New(mxerr.BadJSON, "'messages' for %q must be an object of device ids.", userID)
+			return nil, matrix.Errorf(matrix.BadJSON, "'messages' for %q must be an object of device ids.", userID)
 		}
 		for deviceID, content := range devices {
-			if errors.Is(mxjson.Check(content, mxjson.MaxContentDepth), mxjson.ErrTooDeep) {
-				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q is nested too deeply.", userID, deviceID)
+			if errors.Is(matrix.CheckJSON(content, matrix.MaxContentDepth), matrix.ErrTooDeep) {
+				return nil, matrix.Errorf(matrix.BadJSON, "The content for %q device %q is nested too deeply.", userID, deviceID)
 			}
 			if !isObject(content) {
-				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q must be a JSON object.", userID, deviceID)
+				return nil, matrix.Errorf(matrix.BadJSON, "The content for %q device %q must be a JSON object.", userID, deviceID)
 			}
 			var buf bytes.Buffer
 			if err := json.Compact(&buf, content); err != nil {
-				return nil, mxerr.New(mxerr.BadJSON, "The content for %q device %q is not valid JSON.", userID, deviceID)
+				return nil, matrix.Errorf(matrix.BadJSON, "The content for %q device %q is not valid JSON.", userID, deviceID)
 			}
 			devices[deviceID] = buf.Bytes()
 		}
@@ -95,13 +94,13 @@ func FuzzDecodeSendBody(f *testing.F) {
 			t.Fatalf("%q: got error %v, reference %v", body, gotErr, wantErr)
 		}
 		if gotErr != nil {
-			g, _ := mxerr.As(gotErr)
-			w, _ := mxerr.As(wantErr)
+			g, _ := matrix.AsError(gotErr)
+			w, _ := matrix.AsError(wantErr)
 			// The decoder stops at the first content nested too deeply; the
 			// reference checks the whole body's syntax first, so a syntax
 			// error after such a content is the one difference allowed.
-			deep := g.Code == mxerr.BadJSON && strings.Contains(g.Message, "levels deep")
-			if deep && w.Code == mxerr.NotJSON {
+			deep := g.Code == matrix.BadJSON && strings.Contains(g.Message, "levels deep")
+			if deep && w.Code == matrix.NotJSON {
 				return
 			}
 			if g.Code != w.Code {

@@ -13,8 +13,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Defaults of the inbox's housekeeping.
@@ -167,7 +166,7 @@ func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit
 			return Batch{}, 0, err
 		}
 		if errors.Is(err, ErrNotIssued) {
-			return Batch{}, 0, mxerr.New(mxerr.InvalidParam, "The since token's to-device position %d was never issued.", since.Hi)
+			return Batch{}, 0, matrix.Errorf(matrix.InvalidParam, "The since token's to-device position %d was never issued.", since.Hi)
 		}
 		return Batch{}, 0, fmt.Errorf("syncing inbox: %w", err)
 	}
@@ -175,14 +174,14 @@ func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit
 	b := Batch{Next: since.Acked(), Limited: res.More, Events: make([]Event, 0, len(res.Messages))}
 	now := s.cfg.Now()
 	for _, msg := range res.Messages {
-		if err := mxjson.Check(msg.Content, mxjson.MaxDepth); err != nil {
+		if err := matrix.CheckJSON(msg.Content, matrix.MaxDepth); err != nil {
 			// Stored before the door refused such content (DESIGN
 			// invariant 13): it would fail the whole answer, every time,
 			// and wedge the device. It is left out but stays inside the
 			// batch's range, so the next since acknowledges it.
 			s.m.Dropped.WithLabelValues(DropUndeliverable).Inc()
 			s.log.WarnContext(ctx, "skipped an undeliverable to-device message", "user_id", dev.UserID,
-				"device_nid", dev.NID, "pos", msg.Pos, "type", mxjson.Quote(msg.Type), "err", err)
+				"device_nid", dev.NID, "pos", msg.Pos, "type", matrix.Quote(msg.Type), "err", err)
 			continue
 		}
 		b.Events = append(b.Events, Event{Sender: msg.Sender, Type: msg.Type, Content: msg.Content})

@@ -11,9 +11,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
-	"github.com/todeviced/todeviced/internal/mxid"
-	"github.com/todeviced/todeviced/internal/mxjson"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Limits of a sendToDevice request.
@@ -35,22 +33,22 @@ type Messages map[string]map[string]json.RawMessage
 // servers, EDUs split by destination. It does no I/O.
 func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) {
 	if txn.EventType == "" {
-		return nil, mxerr.New(mxerr.InvalidParam, "Empty event type.")
+		return nil, matrix.Errorf(matrix.InvalidParam, "Empty event type.")
 	}
 	if len(txn.EventType) > MaxEventTypeBytes {
-		return nil, mxerr.New(mxerr.TooLarge, "Event type is longer than %d bytes.", MaxEventTypeBytes)
+		return nil, matrix.Errorf(matrix.TooLarge, "Event type is longer than %d bytes.", MaxEventTypeBytes)
 	}
-	if err := mxid.ValidateEventType(txn.EventType); err != nil {
-		return nil, mxerr.New(mxerr.InvalidParam, "Invalid event type: %v.", err)
+	if err := matrix.ValidateEventType(txn.EventType); err != nil {
+		return nil, matrix.Errorf(matrix.InvalidParam, "Invalid event type: %v.", err)
 	}
 	if txn.TxnID == "" {
-		return nil, mxerr.New(mxerr.InvalidParam, "Empty transaction id.")
+		return nil, matrix.Errorf(matrix.InvalidParam, "Empty transaction id.")
 	}
 	if len(txn.TxnID) > MaxTxnIDBytes {
-		return nil, mxerr.New(mxerr.TooLarge, "Transaction id is longer than %d bytes.", MaxTxnIDBytes)
+		return nil, matrix.Errorf(matrix.TooLarge, "Transaction id is longer than %d bytes.", MaxTxnIDBytes)
 	}
-	if err := mxid.ValidateTxnID(txn.TxnID); err != nil {
-		return nil, mxerr.New(mxerr.InvalidParam, "Invalid transaction id: %v.", err)
+	if err := matrix.ValidateTxnID(txn.TxnID); err != nil {
+		return nil, matrix.Errorf(matrix.InvalidParam, "Invalid transaction id: %v.", err)
 	}
 	a := &Accept{Txn: txn, Sender: txn.UserID, EventType: txn.EventType, Response: []byte("{}")}
 	e := newEDUShape(txn.UserID, txn.EventType)
@@ -61,33 +59,33 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 	}
 	sort.Strings(userIDs)
 	for _, userID := range userIDs {
-		uid, err := mxid.ParseUserID(userID)
+		uid, err := matrix.ParseUserID(userID)
 		if err != nil {
-			return nil, mxerr.New(mxerr.InvalidParam, "Invalid user id %q: %v.", mxjson.Quote(userID), err)
+			return nil, matrix.Errorf(matrix.InvalidParam, "Invalid user id %q: %v.", matrix.Quote(userID), err)
 		}
 		local := uid.Server == serverName
-		if !local && mxid.SameServer(uid.Server, serverName) {
+		if !local && matrix.SameServer(uid.Server, serverName) {
 			// A local user spelled in another case: refused rather than
 			// looked up in DNS as another server, or aliased to the
 			// canonical spelling under a second user id.
-			return nil, mxerr.New(mxerr.InvalidParam, "User id %q names this server as %q; use %q.", mxjson.Quote(userID), uid.Server, serverName)
+			return nil, matrix.Errorf(matrix.InvalidParam, "User id %q names this server as %q; use %q.", matrix.Quote(userID), uid.Server, serverName)
 		}
 		devices := msgs[userID]
 		deviceIDs := make([]string, 0, len(devices))
 		for deviceID, content := range devices {
 			if deviceID != AllDevices {
-				if err := mxid.ValidateDeviceID(deviceID); err != nil {
-					return nil, mxerr.New(mxerr.InvalidParam, "Invalid device id %q of %q: %v.", mxjson.Quote(deviceID), userID, err)
+				if err := matrix.ValidateDeviceID(deviceID); err != nil {
+					return nil, matrix.Errorf(matrix.InvalidParam, "Invalid device id %q of %q: %v.", matrix.Quote(deviceID), userID, err)
 				}
 			}
 			if e.sizeAlone(userID, deviceID, content) > MaxEDUBytes {
-				return nil, mxerr.New(mxerr.TooLarge, "The message for %q device %q is larger than %d bytes.", userID, mxjson.Quote(deviceID), MaxEDUBytes)
+				return nil, matrix.Errorf(matrix.TooLarge, "The message for %q device %q is larger than %d bytes.", userID, matrix.Quote(deviceID), MaxEDUBytes)
 			}
 			if !local {
 				// Federation signs canonical JSON, which has no floats and
 				// no integers beyond 2^53: refused now, not dropped later.
-				if err := mxjson.CheckCanonical(content); err != nil {
-					return nil, mxerr.New(mxerr.BadJSON, "The message for %q device %q cannot be sent over federation: %v.", userID, mxjson.Quote(deviceID), err)
+				if err := matrix.CheckCanonical(content); err != nil {
+					return nil, matrix.Errorf(matrix.BadJSON, "The message for %q device %q cannot be sent over federation: %v.", userID, matrix.Quote(deviceID), err)
 				}
 			}
 			deviceIDs = append(deviceIDs, deviceID)
@@ -257,7 +255,7 @@ func BuildRemoteAccept(serverName, origin, messageID, sender, eventType string, 
 	r := &RemoteAccept{Origin: origin, MessageID: messageID, Sender: sender, EventType: eventType}
 	userIDs := make([]string, 0, len(msgs))
 	for userID := range msgs {
-		uid, err := mxid.ParseUserID(userID)
+		uid, err := matrix.ParseUserID(userID)
 		if err != nil || uid.Server != serverName {
 			return nil, fmt.Errorf("%w: %q", ErrRecipientNotLocal, userID)
 		}

@@ -8,12 +8,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
-func requireMxErr(t *testing.T, err error, code mxerr.Code, status int) {
+func requireMxErr(t *testing.T, err error, code matrix.Code, status int) {
 	t.Helper()
-	e, ok := mxerr.As(err)
+	e, ok := matrix.AsError(err)
 	require.True(t, ok, "want a Matrix error %s, got %v", code, err)
 	require.Equal(t, code, e.Code, e.Message)
 	require.Equal(t, status, e.Status)
@@ -22,24 +22,24 @@ func requireMxErr(t *testing.T, err error, code mxerr.Code, status int) {
 func TestDecodeSendBody(t *testing.T) {
 	cases := []struct {
 		body   string
-		code   mxerr.Code
+		code   matrix.Code
 		status int
 	}{
-		{`not json`, mxerr.NotJSON, 400},
-		{`{"messages": {`, mxerr.NotJSON, 400},
-		{"{\"messages\": {\"@a:b\": {\"D\": {\"x\": \"\xff\"}}}}", mxerr.NotJSON, 400},
-		{`[]`, mxerr.BadJSON, 400},
-		{`"str"`, mxerr.BadJSON, 400},
-		{`null`, mxerr.BadJSON, 400},
-		{`{}`, mxerr.MissingParam, 400},
-		{`{"message": {}}`, mxerr.MissingParam, 400},
-		{`{"messages": []}`, mxerr.BadJSON, 400},
-		{`{"messages": null}`, mxerr.BadJSON, 400},
-		{`{"messages": "x"}`, mxerr.BadJSON, 400},
-		{`{"messages": {"@a:b": []}}`, mxerr.BadJSON, 400},
-		{`{"messages": {"@a:b": {"D": "text"}}}`, mxerr.BadJSON, 400},
-		{`{"messages": {"@a:b": {"D": [1]}}}`, mxerr.BadJSON, 400},
-		{`{"messages": {"@a:b": {"D": null}}}`, mxerr.BadJSON, 400},
+		{`not json`, matrix.NotJSON, 400},
+		{`{"messages": {`, matrix.NotJSON, 400},
+		{"{\"messages\": {\"@a:b\": {\"D\": {\"x\": \"\xff\"}}}}", matrix.NotJSON, 400},
+		{`[]`, matrix.BadJSON, 400},
+		{`"str"`, matrix.BadJSON, 400},
+		{`null`, matrix.BadJSON, 400},
+		{`{}`, matrix.MissingParam, 400},
+		{`{"message": {}}`, matrix.MissingParam, 400},
+		{`{"messages": []}`, matrix.BadJSON, 400},
+		{`{"messages": null}`, matrix.BadJSON, 400},
+		{`{"messages": "x"}`, matrix.BadJSON, 400},
+		{`{"messages": {"@a:b": []}}`, matrix.BadJSON, 400},
+		{`{"messages": {"@a:b": {"D": "text"}}}`, matrix.BadJSON, 400},
+		{`{"messages": {"@a:b": {"D": [1]}}}`, matrix.BadJSON, 400},
+		{`{"messages": {"@a:b": {"D": null}}}`, matrix.BadJSON, 400},
 	}
 	for _, c := range cases {
 		_, err := DecodeSendBody([]byte(c.body))
@@ -60,23 +60,23 @@ func key(id string) TxnKey {
 func TestBuildAcceptValidation(t *testing.T) {
 	ok := Messages{"@u:here": {"D": json.RawMessage(`{}`)}}
 	_, err := BuildAccept("here", TxnKey{UserID: "@s:here", DeviceID: "D", EventType: strings.Repeat("t", 256), TxnID: "1"}, ok)
-	requireMxErr(t, err, mxerr.TooLarge, 413)
+	requireMxErr(t, err, matrix.TooLarge, 413)
 	_, err = BuildAccept("here", TxnKey{UserID: "@s:here", DeviceID: "D", EventType: strings.Repeat("t", 255), TxnID: "1"}, ok)
 	require.NoError(t, err, "255 bytes is allowed")
 	_, err = BuildAccept("here", TxnKey{UserID: "@s:here", DeviceID: "D", EventType: "m", TxnID: strings.Repeat("x", 256)}, ok)
-	requireMxErr(t, err, mxerr.TooLarge, 413)
+	requireMxErr(t, err, matrix.TooLarge, 413)
 
 	for _, bad := range []string{"alice", "@alice", "@:here", "@al ice:here", "@a:bad_host"} {
 		_, err := BuildAccept("here", key("1"), Messages{"@u:here": {"D": json.RawMessage(`{}`)}, bad: {"D": json.RawMessage(`{}`)}})
-		requireMxErr(t, err, mxerr.InvalidParam, 400)
+		requireMxErr(t, err, matrix.InvalidParam, 400)
 		require.Contains(t, err.Error(), bad, "the error names the bad user id")
 	}
 
 	big := json.RawMessage(`{"k":"` + strings.Repeat("a", MaxEDUBytes) + `"}`)
 	_, err = BuildAccept("here", key("1"), Messages{"@u:here": {"D": big}})
-	requireMxErr(t, err, mxerr.TooLarge, 413)
+	requireMxErr(t, err, matrix.TooLarge, 413)
 	_, err = BuildAccept("here", key("1"), Messages{"@u:elsewhere": {"D": big}})
-	requireMxErr(t, err, mxerr.TooLarge, 413)
+	requireMxErr(t, err, matrix.TooLarge, 413)
 }
 
 func TestBuildAcceptRouting(t *testing.T) {
@@ -180,7 +180,7 @@ func TestSplitLargestSingleMessage(t *testing.T) {
 	require.Len(t, a.Remote[0].EDU, MaxEDUBytes)
 	over := json.RawMessage(`{"k":"` + strings.Repeat("a", MaxEDUBytes-base+1) + `"}`)
 	_, err = BuildAccept("here", key("1"), Messages{"@u:there": {"D": over}})
-	requireMxErr(t, err, mxerr.TooLarge, 413)
+	requireMxErr(t, err, matrix.TooLarge, 413)
 }
 
 // TestBuildAcceptHostile: identifiers no backend could store or a peer
@@ -191,19 +191,19 @@ func TestBuildAcceptHostile(t *testing.T) {
 	for name, tc := range map[string]struct {
 		txn  TxnKey
 		msgs Messages
-		code mxerr.Code
+		code matrix.Code
 		says string
 	}{
-		"NUL in event type":         {TxnKey{UserID: "@s:here", DeviceID: "D", EventType: "m.t\x00", TxnID: "1"}, Messages{"@u:here": {"D": c}}, mxerr.InvalidParam, "event type"},
-		"invalid UTF-8 txn id":      {TxnKey{UserID: "@s:here", DeviceID: "D", EventType: "m.t", TxnID: "\xff"}, Messages{"@u:here": {"D": c}}, mxerr.InvalidParam, "transaction id"},
-		"NUL device, remote user":   {key("1"), Messages{"@u:there": {"X\x00": c}}, mxerr.InvalidParam, "device id"},
-		"control char local device": {key("1"), Messages{"@u:here": {"a\nb": c}}, mxerr.InvalidParam, "device id"},
-		"local server in capitals":  {key("1"), Messages{"@bob:HERE": {"D": c}}, mxerr.InvalidParam, "use \"here\""},
-		"float for remote":          {key("1"), Messages{"@u:there": {"D": json.RawMessage(`{"f":1.5}`)}}, mxerr.BadJSON, "1.5"},
-		"2^53 for remote":           {key("1"), Messages{"@u:there": {"D": json.RawMessage(`{"n":9007199254740992}`)}}, mxerr.BadJSON, "9007199254740992"},
+		"NUL in event type":         {TxnKey{UserID: "@s:here", DeviceID: "D", EventType: "m.t\x00", TxnID: "1"}, Messages{"@u:here": {"D": c}}, matrix.InvalidParam, "event type"},
+		"invalid UTF-8 txn id":      {TxnKey{UserID: "@s:here", DeviceID: "D", EventType: "m.t", TxnID: "\xff"}, Messages{"@u:here": {"D": c}}, matrix.InvalidParam, "transaction id"},
+		"NUL device, remote user":   {key("1"), Messages{"@u:there": {"X\x00": c}}, matrix.InvalidParam, "device id"},
+		"control char local device": {key("1"), Messages{"@u:here": {"a\nb": c}}, matrix.InvalidParam, "device id"},
+		"local server in capitals":  {key("1"), Messages{"@bob:HERE": {"D": c}}, matrix.InvalidParam, "use \"here\""},
+		"float for remote":          {key("1"), Messages{"@u:there": {"D": json.RawMessage(`{"f":1.5}`)}}, matrix.BadJSON, "1.5"},
+		"2^53 for remote":           {key("1"), Messages{"@u:there": {"D": json.RawMessage(`{"n":9007199254740992}`)}}, matrix.BadJSON, "9007199254740992"},
 	} {
 		_, err := BuildAccept("here", tc.txn, tc.msgs)
-		e, ok := mxerr.As(err)
+		e, ok := matrix.AsError(err)
 		if !ok || e.Code != tc.code || !strings.Contains(e.Message, tc.says) {
 			t.Errorf("%s: got %v, want %s saying %q", name, err, tc.code, tc.says)
 		}

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // Defaults of ClientOptions. Every phase of an outbound request has its own
@@ -158,7 +158,7 @@ type Client struct {
 
 // NewClient returns a Client.
 func NewClient(opts ClientOptions) (*Client, error) {
-	if err := mxid.ValidateServerName(opts.ServerName); err != nil {
+	if err := matrix.ValidateServerName(opts.ServerName); err != nil {
 		return nil, fmt.Errorf("creating federation client: %w", err)
 	}
 	if err := validateKeyID(opts.Key.ServerKeyID); err != nil {

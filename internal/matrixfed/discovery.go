@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
-	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // DefaultFederationPort is the port a server is reached on when nothing says
@@ -228,7 +228,7 @@ func (r *Resolver) Resolve(ctx context.Context, serverName string) (Destination,
 	if u, ok := r.overrides[serverName]; ok {
 		return Destination{ServerName: serverName, URL: cloneURL(u), Host: u.Host, TLSServerName: u.Hostname()}, nil
 	}
-	name, err := mxid.ParseServerName(serverName)
+	name, err := matrix.ParseServerName(serverName)
 	if err != nil {
 		return Destination{}, fmt.Errorf("resolving server name: %w", err)
 	}
@@ -245,7 +245,7 @@ func (r *Resolver) Resolve(ctx context.Context, serverName string) (Destination,
 		return Destination{}, fmt.Errorf("resolving %s: %w", serverName, err)
 	}
 	if delegated != "" {
-		dname, err := mxid.ParseServerName(delegated)
+		dname, err := matrix.ParseServerName(delegated)
 		if err != nil {
 			// lookupWellKnown validated it; this cannot happen.
 			return Destination{}, fmt.Errorf("resolving %s: delegated name: %w", serverName, err)
@@ -271,7 +271,7 @@ func (r *Resolver) Resolve(ctx context.Context, serverName string) (Destination,
 }
 
 // direct builds a Destination that connects to name itself.
-func (r *Resolver) direct(serverName string, name mxid.ServerName, hostHeader string) Destination {
+func (r *Resolver) direct(serverName string, name matrix.ServerName, hostHeader string) Destination {
 	u := &url.URL{Scheme: "https", Host: name.HostPort(DefaultFederationPort)}
 	r.log.Debug("resolved server name", slog.String("server", serverName), slog.String("url", u.String()), slog.String("host", hostHeader))
 	return Destination{ServerName: serverName, URL: u, Host: hostHeader, TLSServerName: name.Host}
@@ -324,7 +324,7 @@ func (r *Resolver) lookupSRV(ctx context.Context, service, host string) (target 
 		if t == "" || a.Port == 0 {
 			continue
 		}
-		if n, err := mxid.ParseServerName(t); err != nil || n.Port != "" {
+		if n, err := matrix.ParseServerName(t); err != nil || n.Port != "" {
 			r.log.Info("ignoring invalid SRV target", slog.String("name", "_"+service+"._tcp."+host), slog.String("target", a.Target))
 			continue
 		}
@@ -440,7 +440,7 @@ func (r *Resolver) fetchWellKnown(ctx context.Context, host string, now time.Tim
 	if doc.Server == nil {
 		return "", 0, false, fmt.Errorf("%s has no m.server", u.String())
 	}
-	if err := mxid.ValidateServerName(*doc.Server); err != nil {
+	if err := matrix.ValidateServerName(*doc.Server); err != nil {
 		return "", 0, false, fmt.Errorf("%s: invalid m.server: %w", u.String(), err)
 	}
 	return *doc.Server, wellKnownTTL(resp.Header, now), false, nil

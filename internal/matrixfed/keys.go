@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // KeyServerPath is where a homeserver publishes its signing keys.
@@ -249,7 +249,7 @@ func NewKeyFetcher(requester Requester, opts KeyFetcherOptions) *KeyFetcher {
 
 // PublicKey implements KeyResolver.
 func (f *KeyFetcher) PublicKey(ctx context.Context, serverName, keyID string, at time.Time) (ed25519.PublicKey, error) {
-	if err := mxid.ValidateServerName(serverName); err != nil {
+	if err := matrix.ValidateServerName(serverName); err != nil {
 		return nil, fmt.Errorf("looking up key %s: %w", keyID, err)
 	}
 	if at.IsZero() {
@@ -376,7 +376,7 @@ type parsedServerKeys struct {
 }
 
 // parseServerKeys checks a GET /_matrix/key/v2/server response from
-// serverName: it must name mxid.ServerName, list its keys well-formed, and be
+// serverName: it must name matrix.ServerName, list its keys well-formed, and be
 // signed by serverName with at least one key from verify_keys, every such
 // signature verifying. Signatures by keys with unknown algorithms are ignored.
 func parseServerKeys(raw []byte, serverName string, now time.Time, maxValidity time.Duration) (*parsedServerKeys, error) {

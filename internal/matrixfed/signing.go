@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // ErrMissingSignature is wrapped by VerifyJSON when the object carries no
@@ -64,7 +66,7 @@ func SignJSON(serverName, keyID string, key ed25519.PrivateKey, raw []byte) ([]b
 	if err != nil {
 		return nil, fmt.Errorf("signing JSON as %s: encoding signed object: %w", serverName, err)
 	}
-	out, err := CanonicalJSON(whole)
+	out, err := matrix.CanonicalJSON(whole)
 	if err != nil {
 		return nil, fmt.Errorf("signing JSON as %s: %w", serverName, err)
 	}
@@ -135,12 +137,12 @@ func EncodeBase64(b []byte) string {
 // which encoding/json would otherwise silently collapse (keeping the last),
 // letting a signer and a verifier see different objects.
 func parseSignableObject(raw []byte) (map[string]json.RawMessage, error) {
-	if _, err := CanonicalJSON(raw); err != nil {
+	if _, err := matrix.CanonicalJSON(raw); err != nil {
 		return nil, err
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
-		return nil, fmt.Errorf("%w: value is not a JSON object", ErrNotCanonicalizable)
+		return nil, fmt.Errorf("%w: value is not a JSON object", matrix.ErrNotCanonicalizable)
 	}
 	return obj, nil
 }
@@ -172,5 +174,5 @@ func signedPayload(obj map[string]json.RawMessage) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding object to sign: %w", err)
 	}
-	return CanonicalJSON(encoded)
+	return matrix.CanonicalJSON(encoded)
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // The spec appendix "Cryptographic Test Vectors" signs with this seed, as
@@ -193,7 +195,7 @@ func TestVerifyJSON(t *testing.T) {
 	t.Run("duplicate key cannot smuggle content", func(t *testing.T) {
 		in := `{"a":"evil","a":"b","signatures":{"domain":{"ed25519:1":"` + sig + `"}}}`
 		err := VerifyJSON(specServerName, specKeyID, pub, []byte(in))
-		require.ErrorIs(t, err, ErrNotCanonicalizable)
+		require.ErrorIs(t, err, matrix.ErrNotCanonicalizable)
 	})
 	t.Run("short public key", func(t *testing.T) {
 		require.Error(t, VerifyJSON(specServerName, specKeyID, pub[:5], signed))

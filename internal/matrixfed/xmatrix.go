@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/mxid"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // ErrMalformedAuth is wrapped by VerifyRequest when the X-Matrix header (or
@@ -257,7 +257,7 @@ func requestSigningPayload(method, uri, origin, destination string, body []byte)
 	if len(body) > 0 {
 		out = append(out, `"content":`...)
 		var err error
-		if out, err = appendCanonicalJSON(out, body); err != nil {
+		if out, err = matrix.AppendCanonicalJSON(out, body); err != nil {
 			return nil, fmt.Errorf("request body: %w", err)
 		}
 		out = append(out, ',')
@@ -270,9 +270,9 @@ func requestSigningPayload(method, uri, origin, destination string, body []byte)
 		if i > 0 {
 			out = append(out, ',')
 		}
-		out = appendCanonicalString(out, []byte(f.name))
+		out = matrix.AppendCanonicalString(out, []byte(f.name))
 		out = append(out, ':')
-		out = appendCanonicalString(out, []byte(strings.ToValidUTF8(f.value, "\uFFFD")))
+		out = matrix.AppendCanonicalString(out, []byte(strings.ToValidUTF8(f.value, "\uFFFD")))
 	}
 	return append(out, '}'), nil
 }
@@ -319,7 +319,7 @@ func AuthorizeHeaders(ctx context.Context, r *http.Request, ourName string, keys
 	}
 
 	origin := auths[0].Origin
-	if err := mxid.ValidateServerName(origin); err != nil {
+	if err := matrix.ValidateServerName(origin); err != nil {
 		return nil, fmt.Errorf("%w: origin: %w", ErrMalformedAuth, err)
 	}
 	if origin == ourName {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/httpapi"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/matrixfed"
-	"github.com/todeviced/todeviced/internal/mxid"
 	"github.com/todeviced/todeviced/internal/storage"
 )
 
@@ -150,7 +150,7 @@ func (c Config) Validate() error {
 	if _, err := storage.Kind(c.DatabaseURL); err != nil {
 		errs = append(errs, err)
 	}
-	if err := mxid.ValidateServerName(c.ServerName); err != nil {
+	if err := matrix.ValidateServerName(c.ServerName); err != nil {
 		errs = append(errs, fmt.Errorf("--server-name: %w", err))
 	}
 	if c.InternalSecret != "" && slices.Contains(placeholderSecrets, strings.ToLower(strings.TrimSpace(c.InternalSecret))) {
@@ -215,7 +215,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--upstream-auth-url %q: want the homeserver's http:// or https:// base URL", c.UpstreamAuthURL))
 	}
 	for name, u := range c.FederationDestinations {
-		if err := mxid.ValidateServerName(name); err != nil {
+		if err := matrix.ValidateServerName(name); err != nil {
 			errs = append(errs, fmt.Errorf("--federation-destinations: %w", err))
 		}
 		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {

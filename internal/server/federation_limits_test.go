@@ -21,12 +21,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/todeviced/todeviced/internal/federation"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/matrixfed"
-	"github.com/todeviced/todeviced/internal/mxjson"
 	"github.com/todeviced/todeviced/internal/server"
 )
 
-const mxjsonMaxContentDepth = mxjson.MaxContentDepth
+const maxContentDepth = matrix.MaxContentDepth
 
 // The memory tests measure this process's heap, so they do not run in
 // parallel with other tests (top-level parallel tests wait for them).
@@ -234,7 +234,7 @@ func TestFederationReceiverDropsWhatItCannotStore(t *testing.T) {
 		b1 := b.syncer(b.device(bob, "B1"))
 		c := signedClient(t, a.name, loadKey(t, a), b)
 		deep := map[string]any{"n": 99}
-		for range mxjsonMaxContentDepth + 5 {
+		for range maxContentDepth + 5 {
 			deep = map[string]any{"d": deep}
 		}
 		withContent := func(id string, f func(content map[string]any)) map[string]any {

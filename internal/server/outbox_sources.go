@@ -8,6 +8,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // The adapters between federation and the domains whose EDUs it carries:
@@ -34,7 +35,7 @@ func (o toDeviceOutbox) Peek(ctx context.Context, destination string, limit int)
 	}
 	out := make([]federation.SourceEDU, len(q))
 	for i, e := range q {
-		out[i] = federation.SourceEDU{Pos: e.Pos, Type: federation.EDUDirectToDevice, EDU: e.EDU}
+		out[i] = federation.SourceEDU{Pos: e.Pos, Type: matrix.EDUDirectToDevice, EDU: e.EDU}
 	}
 	return out, nil
 }
@@ -48,7 +49,7 @@ func (o toDeviceOutbox) Delete(ctx context.Context, destination string, position
 	if err != nil {
 		return nil, err
 	}
-	return map[string]int{federation.EDUDirectToDevice: n}, nil
+	return map[string]int{matrix.EDUDirectToDevice: n}, nil
 }
 
 func (o toDeviceOutbox) Expire(ctx context.Context, cutoff time.Time, limit int) ([]federation.DestinationCount, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/storage"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
@@ -99,7 +100,7 @@ func testDeviceListOutbox(t *testing.T, e *Env) {
 	_, got := peekDL(t, b, remote)
 	require.Len(t, got, 1, "one EDU per destination, however many of its users share the room")
 	u := got[0]
-	require.Equal(t, devicelists.EDUDeviceListUpdate, u.Type)
+	require.Equal(t, matrix.EDUDeviceListUpdate, u.Type)
 	require.Equal(t, alice, u.Content.UserID)
 	require.Equal(t, "A1", u.Content.DeviceID)
 	require.Equal(t, h1, u.Content.StreamID, "stream_id is the device-list position of the change")
@@ -133,7 +134,7 @@ func testDeviceListOutbox(t *testing.T, e *Env) {
 	require.NoError(t, dl.PutCrossSigning(ctx(t), alice, devicelists.CrossSigningKeys{UserSigning: crossKey(alice, "user_signing", "U")}))
 	_, got = peekDL(t, b, remote)
 	require.Len(t, got, 4, "a user-signing key change is not sent")
-	require.Equal(t, devicelists.EDUSigningKeyUpdate, got[3].Type)
+	require.Equal(t, matrix.EDUSigningKeyUpdate, got[3].Type)
 	require.Equal(t, alice, got[3].Content.UserID)
 	require.JSONEq(t, string(master), string(got[3].Content.Master))
 	require.Nil(t, got[3].Content.SelfSigning)
@@ -204,7 +205,7 @@ func testDeviceListOutboxAnyRoom(t *testing.T, e *Env) {
 	require.NoError(t, dl.PutCrossSigning(ctx(t), alice, devicelists.CrossSigningKeys{Master: crossKey(alice, "master", "M")}))
 	_, got := peekDL(t, b, "d.test")
 	require.Len(t, got, 2)
-	require.Equal(t, devicelists.EDUSigningKeyUpdate, got[1].Type)
+	require.Equal(t, matrix.EDUSigningKeyUpdate, got[1].Type)
 
 	// Bob shares only the plaintext room with Alice: her change is not his
 	// client's business (device_lists.changed counts encrypted rooms).
@@ -282,7 +283,7 @@ func testDeviceListOutboxExactDelete(t *testing.T, e *Env) {
 	// DeleteOutbox: exactly the listed positions of the destination.
 	byType, err := b.Devices().DeleteOutbox(ctx(t), remote, []int64{q[3].Pos, qo[3].Pos, q[3].Pos + 1_000_000})
 	require.NoError(t, err)
-	require.Equal(t, map[string]int{devicelists.EDUDeviceListUpdate: 1}, byType, "a position of another destination is not deleted")
+	require.Equal(t, map[string]int{matrix.EDUDeviceListUpdate: 1}, byType, "a position of another destination is not deleted")
 	left, _ := peekDL(t, b, remote)
 	require.Equal(t, []int64{q[1].Pos}, dlPositions(left))
 	bl, err := b.Devices().OutboxBacklog(ctx(t))

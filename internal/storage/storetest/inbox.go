@@ -16,7 +16,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
-	"github.com/todeviced/todeviced/internal/mxerr"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/storage"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
@@ -489,9 +489,9 @@ func testSinceNeverIssued(t *testing.T, e *Env) {
 		_, err := b.Inbox().Sync(ctx(t), inbox.SyncQuery{Device: dev, AckLo: since.Lo, AckHi: since.Hi, Limit: 100})
 		require.ErrorIs(t, err, inbox.ErrNotIssued, "since %+v", since)
 		_, err = svc.Sync(ctx(t), dev, since, 100)
-		e, ok := mxerr.As(err)
+		e, ok := matrix.AsError(err)
 		require.True(t, ok, "the service answers a Matrix error: %v", err)
-		require.Equal(t, mxerr.InvalidParam, e.Code)
+		require.Equal(t, matrix.InvalidParam, e.Code)
 	}
 	all, err := svc.Sync(ctx(t), dev, inbox.Position{NID: dev.NID}, 100)
 	require.NoError(t, err)

@@ -1,16 +1,10 @@
-// Package mxerr is the Matrix error vocabulary shared by the domain packages
-// and the HTTP layer: a domain decides *which* Matrix error a request earns
-// (M_INVALID_PARAM, M_TOO_LARGE, …), httpapi turns it into a response in one
-// place. Anything that is not an *Error is an internal failure (500 M_UNKNOWN).
-package mxerr
+package matrix
 
 import (
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
-
-	"github.com/todeviced/todeviced/internal/mxjson"
 )
 
 // Code is a Matrix errcode.
@@ -45,27 +39,27 @@ type Error struct {
 func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
 
 // MaxMessage bounds an error message in bytes. Messages quote client input
-// through mxjson.Quote (a short prefix); this is the backstop for a caller
+// through Quote (a short prefix); this is the backstop for a caller
 // that forgot, so a hostile megabyte is never echoed back.
 const MaxMessage = 512
 
 // New returns an error with the status the spec gives code. Quote client
-// input with mxjson.Quote.
-func New(code Code, format string, args ...any) *Error {
+// input with Quote.
+func Errorf(code Code, format string, args ...any) *Error {
 	return &Error{Status: statusOf(code), Code: code, Message: bounded(fmt.Sprintf(format, args...))}
 }
 
 // WithStatus returns an error with an explicit status, for codes whose status
 // depends on context (M_UNRECOGNIZED is 404 or 405).
-func WithStatus(status int, code Code, format string, args ...any) *Error {
+func ErrorfStatus(status int, code Code, format string, args ...any) *Error {
 	return &Error{Status: status, Code: code, Message: bounded(fmt.Sprintf(format, args...))}
 }
 
 // bounded cuts a message to MaxMessage bytes at a rune boundary.
-func bounded(s string) string { return mxjson.Cut(s, MaxMessage) }
+func bounded(s string) string { return Cut(s, MaxMessage) }
 
 // As reports whether err is (or wraps) a Matrix error and returns it.
-func As(err error) (*Error, bool) {
+func AsError(err error) (*Error, bool) {
 	var e *Error
 	if errors.As(err, &e) {
 		return e, true

@@ -1,4 +1,4 @@
-package matrixfed
+package matrix
 
 import (
 	"bytes"
@@ -10,11 +10,6 @@ import (
 	"strings"
 	"unicode/utf8"
 )
-
-// maxSafeInteger is 2^53-1, the largest integer the Matrix canonical JSON
-// encoding allows: beyond it IEEE doubles (which many JSON libraries use for
-// every number) lose precision, so two servers could disagree on the bytes.
-const maxSafeInteger = 1<<53 - 1
 
 // maxJSONDepth bounds nesting so that hostile input cannot make the encoder
 // recurse without limit. Python-based homeservers fail somewhat below 1000
@@ -42,12 +37,12 @@ var ErrNotCanonicalizable = errors.New("JSON cannot be encoded canonically")
 // trailing data are rejected too: each would let two parties read different
 // content under one signature.
 func CanonicalJSON(raw []byte) ([]byte, error) {
-	return appendCanonicalJSON(make([]byte, 0, len(raw)), raw)
+	return AppendCanonicalJSON(make([]byte, 0, len(raw)), raw)
 }
 
-// appendCanonicalJSON is CanonicalJSON writing into out (appending), so that
+// AppendCanonicalJSON is CanonicalJSON writing into out (appending), so that
 // a caller can build a larger canonical document around raw in one buffer.
-func appendCanonicalJSON(out, raw []byte) ([]byte, error) {
+func AppendCanonicalJSON(out, raw []byte) ([]byte, error) {
 	if !utf8.Valid(raw) {
 		return nil, fmt.Errorf("%w: input is not valid UTF-8", ErrNotCanonicalizable)
 	}
@@ -175,7 +170,7 @@ func (p *canonicalizer) number() error {
 		// A plain integer of at most 16 characters: canonical unless it is
 		// out of range or a negative zero.
 		n, err := strconv.ParseInt(string(lit), 10, 64)
-		if err == nil && n <= maxSafeInteger && n >= -maxSafeInteger {
+		if err == nil && n <= MaxSafeInteger && n >= -MaxSafeInteger {
 			if n == 0 {
 				p.out = append(p.out, '0')
 			} else {
@@ -233,7 +228,7 @@ func (p *canonicalizer) escapedString(start int, emit bool) ([]byte, error) {
 		case c == '"':
 			p.i++
 			if emit {
-				p.out = appendCanonicalString(p.out, buf)
+				p.out = AppendCanonicalString(p.out, buf)
 			}
 			return buf, nil
 		case c < 0x20:
@@ -470,11 +465,11 @@ func canonicalNumber(lit string) (string, error) {
 	if exp < 0 {
 		return "", fmt.Errorf("number %s is not an integer; canonical JSON allows integers only", lit)
 	}
-	if len(digits)+exp > len(strconv.Itoa(maxSafeInteger)) {
+	if len(digits)+exp > len(strconv.Itoa(MaxSafeInteger)) {
 		return "", fmt.Errorf("number %s is out of the canonical integer range", lit)
 	}
 	n, err := strconv.ParseInt(digits+strings.Repeat("0", exp), 10, 64)
-	if err != nil || n > maxSafeInteger {
+	if err != nil || n > MaxSafeInteger {
 		return "", fmt.Errorf("number %s is out of the canonical integer range", lit)
 	}
 	if neg {
@@ -483,12 +478,12 @@ func canonicalNumber(lit string) (string, error) {
 	return strconv.FormatInt(n, 10), nil
 }
 
-// appendCanonicalString appends s as a JSON string with only the escapes the
+// AppendCanonicalString appends s as a JSON string with only the escapes the
 // canonical grammar allows: quote, backslash and the C0 control characters.
 // Everything else, including '<', '>', '&', U+2028, U+2029 and all non-ASCII
 // text, is written as raw UTF-8 (encoding/json would escape those, which is
 // why it cannot be used here).
-func appendCanonicalString(out []byte, s []byte) []byte {
+func AppendCanonicalString(out []byte, s []byte) []byte {
 	const hex = "0123456789abcdef"
 	out = append(out, '"')
 	start := 0

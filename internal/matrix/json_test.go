@@ -1,4 +1,4 @@
-package mxjson
+package matrix
 
 import (
 	"encoding/json"
@@ -26,12 +26,12 @@ func TestCheckDepth(t *testing.T) {
 		{[]byte(`1`), 0, true},
 		{[]byte(`[]`), 0, false},
 	} {
-		err := Check(tc.in, tc.limit)
+		err := CheckJSON(tc.in, tc.limit)
 		if tc.ok && err != nil {
-			t.Errorf("Check(%.40s, %d): unexpected %v", tc.in, tc.limit, err)
+			t.Errorf("CheckJSON(%.40s, %d): unexpected %v", tc.in, tc.limit, err)
 		}
 		if !tc.ok && !errors.Is(err, ErrTooDeep) {
-			t.Errorf("Check(%.40s, %d) = %v, want ErrTooDeep", tc.in, tc.limit, err)
+			t.Errorf("CheckJSON(%.40s, %d) = %v, want ErrTooDeep", tc.in, tc.limit, err)
 		}
 	}
 }
@@ -40,7 +40,7 @@ func TestCheckDepth(t *testing.T) {
 // be refused without recursion (a recursive checker overflows the stack).
 func TestCheckHuge(t *testing.T) {
 	b := append([]byte(`{"x":`), []byte(strings.Repeat("[", 7_000_000))...)
-	if err := Check(b, MaxDepth); !errors.Is(err, ErrTooDeep) {
+	if err := CheckJSON(b, MaxDepth); !errors.Is(err, ErrTooDeep) {
 		t.Fatalf("Check = %v, want ErrTooDeep", err)
 	}
 }
@@ -52,8 +52,8 @@ func TestCheckSyntax(t *testing.T) {
 		"\"\xff\"", `1 2`, `{}{}`, `[}`, `{]`, `NaN`, `Infinity`,
 	}
 	for _, s := range bad {
-		if err := Check([]byte(s), MaxDepth); !errors.Is(err, ErrSyntax) {
-			t.Errorf("Check(%q) = %v, want ErrSyntax", s, err)
+		if err := CheckJSON([]byte(s), MaxDepth); !errors.Is(err, ErrSyntax) {
+			t.Errorf("CheckJSON(%q) = %v, want ErrSyntax", s, err)
 		}
 	}
 	good := []string{
@@ -61,8 +61,8 @@ func TestCheckSyntax(t *testing.T) {
 		`"é"`,
 	}
 	for _, s := range good {
-		if err := Check([]byte(s), MaxDepth); err != nil {
-			t.Errorf("Check(%q) = %v, want nil", s, err)
+		if err := CheckJSON([]byte(s), MaxDepth); err != nil {
+			t.Errorf("CheckJSON(%q) = %v, want nil", s, err)
 		}
 	}
 }
@@ -100,13 +100,13 @@ func FuzzCheck(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		err := Check(b, 8)
+		err := CheckJSON(b, 8)
 		if errors.Is(err, ErrTooDeep) {
 			return
 		}
 		// Check also refuses invalid UTF-8, which json.Valid lets through.
 		if (err == nil) != (json.Valid(b) && utf8.Valid(b)) {
-			t.Fatalf("Check(%q) = %v but json.Valid = %v", b, err, json.Valid(b))
+			t.Fatalf("CheckJSON(%q) = %v but json.Valid = %v", b, err, json.Valid(b))
 		}
 		if err == nil {
 			if d := depth(b); d > 8 {

@@ -1,4 +1,4 @@
-package mxid
+package matrix
 
 import (
 	"testing"

@@ -1,9 +1,4 @@
-// Package mxjson holds the limits every JSON value todeviced accepts must
-// meet, so that whatever is accepted can be stored and then emitted again by
-// every encoder on its way out (the /sync encoder, canonical JSON for
-// federation): DESIGN invariant 12. Its checks are iterative, so no input can
-// make them recurse.
-package mxjson
+package matrix
 
 import (
 	"errors"
@@ -42,7 +37,7 @@ var (
 // Check reports whether b is exactly one valid JSON value, of valid UTF-8,
 // nested at most maxDepth levels. It does not allocate in proportion to the
 // depth of b beyond maxDepth bytes.
-func Check(b []byte, maxDepth int) error {
+func CheckJSON(b []byte, maxDepth int) error {
 	_, err := scan(b, maxDepth, false)
 	return err
 }

@@ -1,6 +1,4 @@
-// Package mxid parses Matrix identifiers: user ids and server names, following
-// the grammar of the specification's appendix.
-package mxid
+package matrix
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package mxid
+package matrix
 
 import (
 	"strings"
@@ -15,8 +15,8 @@ func TestValidate(t *testing.T) {
 	}
 	for kind, ss := range good {
 		for _, s := range ss {
-			if err := Validate(kind, s); err != nil {
-				t.Errorf("Validate(%s, %q): unexpected %v", kind, s, err)
+			if err := ValidateID(kind, s); err != nil {
+				t.Errorf("ValidateID(%s, %q): unexpected %v", kind, s, err)
 			}
 		}
 	}
@@ -28,8 +28,8 @@ func TestValidate(t *testing.T) {
 	}
 	for kind, ss := range bad {
 		for _, s := range ss {
-			if err := Validate(kind, s); err == nil {
-				t.Errorf("Validate(%s, %q): expected an error", kind, s)
+			if err := ValidateID(kind, s); err == nil {
+				t.Errorf("ValidateID(%s, %q): expected an error", kind, s)
 			}
 		}
 	}

@@ -1,4 +1,4 @@
-package mxid
+package matrix
 
 import (
 	"fmt"
@@ -35,7 +35,7 @@ const (
 // The grammar is not narrowed further (to the spec's "opaque identifier"
 // characters) because clients and servers in the wild use device ids, event
 // types and transaction ids outside it, and refusing them would break them.
-func Validate(kind Kind, s string) error {
+func ValidateID(kind Kind, s string) error {
 	if s == "" {
 		return fmt.Errorf("%s is empty", kind)
 	}
@@ -53,11 +53,11 @@ func Validate(kind Kind, s string) error {
 
 // ValidateDeviceID, ValidateEventType, ValidateTxnID, ValidateMessageID and
 // ValidateRoomID are Validate for one kind.
-func ValidateDeviceID(s string) error  { return Validate(DeviceID, s) }
-func ValidateEventType(s string) error { return Validate(EventType, s) }
-func ValidateTxnID(s string) error     { return Validate(TxnID, s) }
-func ValidateMessageID(s string) error { return Validate(MessageID, s) }
-func ValidateRoomID(s string) error    { return Validate(RoomID, s) }
+func ValidateDeviceID(s string) error  { return ValidateID(DeviceID, s) }
+func ValidateEventType(s string) error { return ValidateID(EventType, s) }
+func ValidateTxnID(s string) error     { return ValidateID(TxnID, s) }
+func ValidateMessageID(s string) error { return ValidateID(MessageID, s) }
+func ValidateRoomID(s string) error    { return ValidateID(RoomID, s) }
 
 // ValidateText checks free text that is stored and echoed (display names):
 // valid UTF-8 without NUL or other control characters except tab and

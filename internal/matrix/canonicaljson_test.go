@@ -1,4 +1,4 @@
-package matrixfed
+package matrix
 
 import (
 	"bytes"
