@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -73,19 +74,9 @@ func (t deviceTx) UpsertMemberships(ctx context.Context, roomID string, ms []dev
 	return out, nil
 }
 
-// streamStateSQL reads the device-list stream's head (never below the
-// pruning point, so positions are never reused) and pruning point. The inbox
-// store runs it too, inside /sync's round trip.
-const streamStateSQL = `
-	SELECT greatest(coalesce((SELECT max(pos) FROM device_list_stream), 0), device_list_pruned_below),
-	       device_list_pruned_below
-	FROM meta`
-
-func (s *deviceStore) StreamState(ctx context.Context) (devicelists.StreamState, error) {
-	var st devicelists.StreamState
-	err := s.db.pool.QueryRow(ctx, streamStateSQL).Scan(&st.Head, &st.PrunedBelow)
-	return st, err
-}
+// streamStateSQL is sqlstmt.StreamState, which the inbox store runs inside
+// /sync's read.
+var streamStateSQL = sqlstmt.StreamState.SQL(sqlstmt.Postgres)
 
 func (s *deviceStore) LocalKeys(ctx context.Context, query map[string][]string) ([]devicelists.DeviceKeys, error) {
 	var allOf, exUsers, exDevices []string

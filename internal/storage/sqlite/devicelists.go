@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 )
 
 // The device-list stream needs no lock of its own, where PostgreSQL takes an
@@ -107,24 +108,9 @@ func upsertMemberships(ctx context.Context, tx *sql.Tx, roomID string, ms []devi
 	return userMemberships(rows, len(ms))
 }
 
-// StreamState reads the head as the newest position or, once pruning has
-// emptied the stream, the pruning point: the head never goes back.
-// streamStateSQL reads the device-list stream's head (never below the
-// pruning point, so positions are never reused) and pruning point. The inbox
-// store runs it too, inside /sync's read transaction.
-const streamStateSQL = `
-	SELECT max(coalesce((SELECT max(pos) FROM device_list_stream), 0), device_list_pruned_below),
-	       device_list_pruned_below
-	FROM meta`
-
-func (s *deviceStore) StreamState(ctx context.Context) (devicelists.StreamState, error) {
-	var st devicelists.StreamState
-	err := s.db.readers.QueryRowContext(ctx, streamStateSQL).Scan(&st.Head, &st.PrunedBelow)
-	if err != nil {
-		return devicelists.StreamState{}, fmt.Errorf("reading the device-list stream state: %w", err)
-	}
-	return st, nil
-}
+// streamStateSQL is sqlstmt.StreamState, which the inbox store runs inside
+// /sync's read.
+var streamStateSQL = sqlstmt.StreamState.SQL(sqlstmt.SQLite)
 
 // LocalKeys reads, in one snapshot, every live device of the users asked
 // for whole and the named devices of the others, then orders them by user

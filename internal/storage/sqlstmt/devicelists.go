@@ -521,7 +521,23 @@ var (
 		)
 		SELECT dest FROM d WHERE dest IS NOT NULL`)
 	remoteUserCount = New(`SELECT count(*) FROM remote_device_lists`)
+	// StreamState reads the device-list stream's head (never below the
+	// pruning point, so positions are never reused: the head never goes
+	// back once pruning has emptied the stream) and pruning point. The
+	// inbox stores run it too, inside /sync's read.
+	StreamState = New(`
+		SELECT greatest(coalesce((SELECT max(pos) FROM device_list_stream), 0), device_list_pruned_below),
+		       device_list_pruned_below
+		FROM meta`)
 )
+
+func (q DeviceReads) StreamState(ctx context.Context) (devicelists.StreamState, error) {
+	var st devicelists.StreamState
+	if err := q.C.QueryRow(ctx, StreamState).Scan(&st.Head, &st.PrunedBelow); err != nil {
+		return devicelists.StreamState{}, fmt.Errorf("reading the device-list stream state: %w", err)
+	}
+	return st, nil
+}
 
 func scanDevice(row Row) (devicelists.Device, error) {
 	var d devicelists.Device
