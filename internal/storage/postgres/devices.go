@@ -3,22 +3,37 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
 // deviceStore is the devicelists.DB of PostgreSQL: transactions and the
 // calls of one statement. deviceTx holds the statements run inside a
 // transaction; devicelists writes the transactions themselves.
-type deviceStore struct{ db *DB }
+type deviceStore struct {
+	sqlstmt.DeviceReads
+	db *DB
+}
 
-// deviceTx is devicelists.Tx on a pgx transaction.
-type deviceTx struct{ tx pgx.Tx }
+func newDeviceStore(db *DB) *deviceStore {
+	return &deviceStore{DeviceReads: sqlstmt.DeviceReads{C: sqlstmt.PgxConn{R: db.pool}}, db: db}
+}
+
+// deviceTx is devicelists.Tx on a pgx transaction: the shared statements
+// and those written for PostgreSQL here.
+type deviceTx struct {
+	sqlstmt.DeviceTx
+	tx pgx.Tx
+}
+
+func newDeviceTx(tx pgx.Tx) deviceTx {
+	return deviceTx{DeviceTx: sqlstmt.DeviceTx{C: sqlstmt.PgxConn{R: tx}}, tx: tx}
+}
 
 var (
 	_ devicelists.DB = (*deviceStore)(nil)
@@ -31,7 +46,7 @@ func (s *deviceStore) Write(ctx context.Context, fn func(devicelists.Tx) ([]wake
 	var wake []wakeup.Key
 	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
-		if wake, err = fn(deviceTx{tx}); err != nil {
+		if wake, err = fn(newDeviceTx(tx)); err != nil {
 			return err
 		}
 		return notifyKeys(ctx, tx, wake)
@@ -45,33 +60,7 @@ func (s *deviceStore) Write(ctx context.Context, fn func(devicelists.Tx) ([]wake
 
 // Read runs fn in a read-only repeatable-read snapshot.
 func (s *deviceStore) Read(ctx context.Context, fn func(devicelists.Tx) error) error {
-	return s.db.readTx(ctx, func(tx pgx.Tx) error { return fn(deviceTx{tx}) })
-}
-
-func (t deviceTx) TokenTaken(ctx context.Context, tokenHash []byte, userID, deviceID string) (bool, error) {
-	var taken bool
-	if err := t.tx.QueryRow(ctx, `
-		SELECT EXISTS (SELECT 1 FROM devices
-			WHERE token_hash = $1 AND NOT (user_id = $2 AND device_id = $3))`,
-		tokenHash, userID, deviceID).Scan(&taken); err != nil {
-		return false, fmt.Errorf("checking the token is free: %w", err)
-	}
-	return taken, nil
-}
-
-func (t deviceTx) LiveDevice(ctx context.Context, userID, deviceID string) (devicelists.StoredDevice, bool, error) {
-	var d devicelists.StoredDevice
-	err := t.tx.QueryRow(ctx, `
-		SELECT nid, display_name, keys FROM devices
-		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL FOR UPDATE`,
-		userID, deviceID).Scan(&d.NID, &d.DisplayName, &d.Keys)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return d, false, nil
-	}
-	if err != nil {
-		return d, false, fmt.Errorf("looking up device: %w", err)
-	}
-	return d, true, nil
+	return s.db.readTx(ctx, func(tx pgx.Tx) error { return fn(newDeviceTx(tx)) })
 }
 
 // UpsertDevice is one upsert whatever old says: "created" comes from xmax,
@@ -97,104 +86,6 @@ func (t deviceTx) UpsertDevice(ctx context.Context, p devicelists.PutDevice, _ *
 		return d, false, devicelists.ErrTokenInUse
 	}
 	return d, created, err
-}
-
-func (t deviceTx) TombstoneDevice(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
-	d := devicelists.Device{UserID: userID, DeviceID: deviceID}
-	var name *string
-	err := t.tx.QueryRow(ctx, `
-		UPDATE devices SET deleted_at = now(), token_hash = NULL
-		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL
-		RETURNING nid, display_name`, userID, deviceID).Scan(&d.NID, &name)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return d, devicelists.ErrNotFound
-	}
-	if name != nil {
-		d.DisplayName = *name
-	}
-	return d, err
-}
-
-func (t deviceTx) LiveDeviceKeys(ctx context.Context, userID string) ([]devicelists.DeviceKeys, error) {
-	rows, err := t.tx.Query(ctx, `
-		SELECT device_id, coalesce(display_name, ''), keys FROM devices
-		WHERE user_id = $1 AND deleted_at IS NULL AND keys IS NOT NULL`, userID)
-	if err != nil {
-		return nil, err
-	}
-	return collectDeviceKeys(rows, userID)
-}
-
-func (t deviceTx) Head(ctx context.Context, userID string) (int64, error) {
-	var head int64
-	err := t.tx.QueryRow(ctx, `SELECT stream_id FROM device_list_heads WHERE user_id = $1`, userID).Scan(&head)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("reading device-list head: %w", err)
-	}
-	return head, nil
-}
-
-func (t deviceTx) SetHead(ctx context.Context, userID string, pos int64) error {
-	if _, err := t.tx.Exec(ctx, `
-		INSERT INTO device_list_heads (user_id, stream_id) VALUES ($1, $2)
-		ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id`, userID, pos); err != nil {
-		return fmt.Errorf("storing device-list head: %w", err)
-	}
-	return nil
-}
-
-func scanDevice(row pgx.Row) (devicelists.Device, error) {
-	var d devicelists.Device
-	var name *string
-	err := row.Scan(&d.NID, &d.UserID, &d.DeviceID, &name)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return d, devicelists.ErrNotFound
-	}
-	if name != nil {
-		d.DisplayName = *name
-	}
-	return d, err
-}
-
-func (s *deviceStore) DeviceByToken(ctx context.Context, tokenHash []byte) (devicelists.Device, error) {
-	return scanDevice(s.db.pool.QueryRow(ctx, `
-		SELECT nid, user_id, device_id, display_name FROM devices
-		WHERE token_hash = $1 AND deleted_at IS NULL`, tokenHash))
-}
-
-func (s *deviceStore) Device(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
-	return scanDevice(s.db.pool.QueryRow(ctx, `
-		SELECT nid, user_id, device_id, display_name FROM devices
-		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL`, userID, deviceID))
-}
-
-func (s *deviceStore) collect(ctx context.Context, sql string, args ...any) ([]devicelists.Device, error) {
-	rows, err := s.db.pool.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []devicelists.Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
-}
-
-func (s *deviceStore) UserDevices(ctx context.Context, userID string) ([]devicelists.Device, error) {
-	return s.collect(ctx, `
-		SELECT nid, user_id, device_id, display_name FROM devices
-		WHERE user_id = $1 AND deleted_at IS NULL ORDER BY device_id`, userID)
-}
-
-func (s *deviceStore) Tombstones(ctx context.Context, limit int) ([]devicelists.Device, error) {
-	return s.collect(ctx, `
-		SELECT nid, user_id, device_id, display_name FROM devices
-		WHERE deleted_at IS NOT NULL ORDER BY nid LIMIT $1`, limit)
 }
 
 func (s *deviceStore) ForgetTombstone(ctx context.Context, nid int64) error {

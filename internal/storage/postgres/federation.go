@@ -11,6 +11,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 )
 
 // FederationDB returns the federation store's statements and runner
@@ -22,15 +23,15 @@ func (db *DB) FederationDB() federation.Database { return fedDB{db} }
 type fedDB struct{ db *DB }
 
 func (d fedDB) InTx(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
-	return d.db.inTx(ctx, func(tx pgx.Tx) error { return fn(ctx, fedQueries{tx}) })
+	return d.db.inTx(ctx, func(tx pgx.Tx) error { return fn(ctx, newFedQueries(tx)) })
 }
 
 func (d fedDB) Each(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
-	return fn(ctx, fedQueries{d.db.pool})
+	return fn(ctx, newFedQueries(d.db.pool))
 }
 
 func (d fedDB) Read(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
-	return fn(ctx, fedQueries{d.db.pool})
+	return fn(ctx, newFedQueries(d.db.pool))
 }
 
 // conn is a pool or a transaction.
@@ -38,11 +39,19 @@ type conn interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // fedQueries implements federation.Queries. Its tables are federation's,
 // and the outbox rows a stored transaction covers (outboxTables).
-type fedQueries struct{ c conn }
+type fedQueries struct {
+	sqlstmt.FedQueries
+	c conn
+}
+
+func newFedQueries(c conn) fedQueries {
+	return fedQueries{FedQueries: sqlstmt.FedQueries{C: sqlstmt.PgxConn{R: c}}, c: c}
+}
 
 // micros passes a duration to SQL as a whole number of microseconds, the
 // resolution of timestamptz.
@@ -106,14 +115,6 @@ func (q fedQueries) RenewLease(ctx context.Context, l federation.Lease, ttl time
 		l.Destination, l.Holder, l.Generation, micros(ttl)))
 }
 
-func (q fedQueries) ReleaseLease(ctx context.Context, l federation.Lease) error {
-	_, err := q.c.Exec(ctx, `
-		UPDATE federation_destinations SET lease_holder = NULL, lease_until = NULL
-		WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
-		l.Destination, l.Holder, l.Generation)
-	return err
-}
-
 func (q fedQueries) LockLease(ctx context.Context, l federation.Lease) (bool, error) {
 	var one int
 	return scanFound(q.c.QueryRow(ctx, `
@@ -122,30 +123,11 @@ func (q fedQueries) LockLease(ctx context.Context, l federation.Lease) (bool, er
 		FOR NO KEY UPDATE`, l.Destination, l.Holder, l.Generation), &one)
 }
 
-func (q fedQueries) ResetBackoff(ctx context.Context, l federation.Lease) (bool, error) {
-	return affected(q.c.Exec(ctx, `
-		UPDATE federation_destinations SET failures = 0, retry_at = NULL
-		WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
-		l.Destination, l.Holder, l.Generation))
-}
-
 func (q fedQueries) BackOff(ctx context.Context, l federation.Lease, wait time.Duration) (bool, error) {
 	return affected(q.c.Exec(ctx, `
 		UPDATE federation_destinations SET failures = failures + 1, retry_at = now() + $4 * interval '1 microsecond'
 		WHERE destination = $1 AND lease_holder = $2 AND lease_generation = $3`,
 		l.Destination, l.Holder, l.Generation, micros(wait)))
-}
-
-func (q fedQueries) CountAttempt(ctx context.Context, destination, txnID string, status int) (int, bool, error) {
-	var same int
-	found, err := scanFound(q.c.QueryRow(ctx, `
-		UPDATE federation_txns SET
-			attempts = attempts + 1,
-			same_status = CASE WHEN $3 = 0 THEN 0 WHEN last_status = $3 THEN same_status + 1 ELSE 1 END,
-			last_status = $3
-		WHERE destination = $1 AND txn_id = $2
-		RETURNING same_status`, destination, txnID, status), &same)
-	return same, found, err
 }
 
 func (q fedQueries) StoredTxn(ctx context.Context, destination string) (*federation.StoredTxn, error) {
@@ -163,26 +145,6 @@ func (q fedQueries) StoredTxn(ctx context.Context, destination string) (*federat
 	return t, nil
 }
 
-func (q fedQueries) TxnItems(ctx context.Context, destination string) ([]federation.TxnItem, error) {
-	rows, err := q.c.Query(ctx, `
-		SELECT source, pos FROM federation_txn_items WHERE destination = $1 ORDER BY source, pos`, destination)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (federation.TxnItem, error) {
-		var it federation.TxnItem
-		err := r.Scan(&it.Source, &it.Pos)
-		return it, err
-	})
-}
-
-func (q fedQueries) InsertTxn(ctx context.Context, destination string, t *federation.StoredTxn) (bool, error) {
-	return affected(q.c.Exec(ctx, `
-		INSERT INTO federation_txns (destination, txn_id, edus, origin_server_ts)
-		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
-		destination, t.ID, []byte(t.EDUs), t.OriginServerTS))
-}
-
 func (q fedQueries) InsertTxnItems(ctx context.Context, destination string, items []federation.TxnItem) error {
 	sources := make([]string, len(items))
 	positions := make([]int64, len(items))
@@ -193,23 +155,6 @@ func (q fedQueries) InsertTxnItems(ctx context.Context, destination string, item
 		INSERT INTO federation_txn_items (destination, source, pos)
 		SELECT $1, s, p FROM unnest($2::text[], $3::bigint[]) AS i(s, p)`,
 		destination, sources, positions)
-	return err
-}
-
-func (q fedQueries) UpdateTxn(ctx context.Context, destination, txnID string, t *federation.StoredTxn) (bool, error) {
-	return affected(q.c.Exec(ctx, `
-		UPDATE federation_txns SET txn_id = $3, edus = $4, origin_server_ts = $5,
-			attempts = 0, last_status = 0, same_status = 0
-		WHERE destination = $1 AND txn_id = $2`,
-		destination, txnID, t.ID, []byte(t.EDUs), t.OriginServerTS))
-}
-
-func (q fedQueries) DeleteTxn(ctx context.Context, destination, txnID string) (bool, error) {
-	return affected(q.c.Exec(ctx, `DELETE FROM federation_txns WHERE destination = $1 AND txn_id = $2`, destination, txnID))
-}
-
-func (q fedQueries) DeleteTxnItems(ctx context.Context, destination string) error {
-	_, err := q.c.Exec(ctx, `DELETE FROM federation_txn_items WHERE destination = $1`, destination)
 	return err
 }
 
@@ -229,32 +174,10 @@ func (q fedQueries) DeleteOutboxRows(ctx context.Context, source, destination st
 	return int(tag.RowsAffected()), err
 }
 
-func (q fedQueries) TxnDestinations(ctx context.Context) ([]string, error) {
-	rows, err := q.c.Query(ctx, `SELECT destination FROM federation_txns ORDER BY destination`)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
 func (q fedQueries) BackingOff(ctx context.Context) (int, error) {
 	var n int
 	err := q.c.QueryRow(ctx, `SELECT count(*) FROM federation_destinations WHERE retry_at > now()`).Scan(&n)
 	return n, err
-}
-
-func (q fedQueries) InboundTxn(ctx context.Context, origin, txnID string) ([]byte, bool, error) {
-	var resp []byte
-	found, err := scanFound(q.c.QueryRow(ctx, `SELECT response FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2`,
-		origin, txnID), &resp)
-	return resp, found, err
-}
-
-func (q fedQueries) RecordInboundTxn(ctx context.Context, origin, txnID string, response []byte) error {
-	_, err := q.c.Exec(ctx, `
-		INSERT INTO federation_inbound_txns (origin, txn_id, response) VALUES ($1, $2, $3)
-		ON CONFLICT DO NOTHING`, origin, txnID, response)
-	return err
 }
 
 func (q fedQueries) PruneInboundTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {

@@ -7,21 +7,29 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 )
 
 // inboxDB runs the inbox upkeep's statements, each on the pool.
 type inboxDB struct{ db *DB }
 
 func (d inboxDB) Each(ctx context.Context, fn func(context.Context, inbox.Queries) error) error {
-	return fn(ctx, inboxQueries{d.db.pool})
+	return fn(ctx, newInboxQueries(d.db.pool))
 }
 
 func (d inboxDB) Read(ctx context.Context, fn func(context.Context, inbox.Queries) error) error {
-	return fn(ctx, inboxQueries{d.db.pool})
+	return fn(ctx, newInboxQueries(d.db.pool))
 }
 
 // inboxQueries implements inbox.Queries.
-type inboxQueries struct{ c conn }
+type inboxQueries struct {
+	sqlstmt.InboxQueries
+	c conn
+}
+
+func newInboxQueries(c conn) inboxQueries {
+	return inboxQueries{InboxQueries: sqlstmt.InboxQueries{C: sqlstmt.PgxConn{R: c}}, c: c}
+}
 
 // queueTables are the tables of the inbox's queues.
 var queueTables = [...]string{inbox.DeviceInbox: "device_inbox", inbox.ToDeviceOutbox: "todevice_outbox"}
@@ -89,37 +97,12 @@ func (q inboxQueries) Oldest(ctx context.Context, queue inbox.Queue) (time.Time,
 	return *oldest, nil
 }
 
-func (q inboxQueries) PeekOutbox(ctx context.Context, destination string, limit int) ([]inbox.QueuedEDU, error) {
-	rows, err := q.c.Query(ctx, `
-		SELECT pos, destination, message_id, edu, enqueued_at FROM todevice_outbox
-		WHERE destination = $1 ORDER BY pos LIMIT $2`, destination, limit)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (inbox.QueuedEDU, error) {
-		var e inbox.QueuedEDU
-		err := r.Scan(&e.Pos, &e.Destination, &e.MessageID, &e.EDU, &e.EnqueuedAt)
-		return e, err
-	})
-}
-
 func (q inboxQueries) DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error) {
 	return deleteOutboxRows(ctx, q.c, destination, positions)
 }
 
 func (q inboxQueries) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]string, error) {
 	return expireOutboxDestinations(ctx, q.c, "todevice_outbox", inbox.OutboxSource, cutoff, limit)
-}
-
-func (q inboxQueries) OutboxDestinations(ctx context.Context) ([]string, error) {
-	rows, err := q.c.Query(ctx, `
-		SELECT destination FROM todevice_outbox_destinations d
-		WHERE EXISTS (SELECT 1 FROM todevice_outbox o WHERE o.destination = d.destination)
-		ORDER BY destination`)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // exactCountBelow is the table size up to which a backlog counts rows

@@ -3,25 +3,40 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
 // deviceStore is the devicelists.DB of SQLite: transactions and the calls
 // of one statement. deviceTx holds the statements run inside a
 // transaction; devicelists writes the transactions themselves.
-type deviceStore struct{ db *DB }
+type deviceStore struct {
+	sqlstmt.DeviceReads
+	db *DB
+}
 
-// deviceTx is devicelists.Tx on a SQLite transaction. now is the
-// transaction's clock reading (microseconds), so created_at follows stream
-// positions and pruning by position prunes by age.
+func newDeviceStore(db *DB) *deviceStore {
+	return &deviceStore{DeviceReads: sqlstmt.DeviceReads{C: sqlstmt.SQLiteConn{R: db.readers}}, db: db}
+}
+
+// deviceTx is devicelists.Tx on a SQLite transaction: the shared
+// statements and those written for SQLite here. now is the transaction's
+// clock reading (microseconds, what the statements' {now} binds), so
+// created_at follows stream positions and pruning by position prunes by
+// age.
 type deviceTx struct {
+	sqlstmt.DeviceTx
 	tx  *sql.Tx
 	now int64
+}
+
+func newDeviceTx(tx *sql.Tx) deviceTx {
+	now := micros(time.Now())
+	return deviceTx{DeviceTx: sqlstmt.DeviceTx{C: sqlstmt.SQLiteConn{R: tx, Now: now}}, tx: tx, now: now}
 }
 
 var (
@@ -35,7 +50,7 @@ func (s *deviceStore) Write(ctx context.Context, fn func(devicelists.Tx) ([]wake
 	var wake []wakeup.Key
 	err := s.db.write(ctx, func(tx *sql.Tx) error {
 		var err error
-		wake, err = fn(deviceTx{tx: tx, now: micros(time.Now())})
+		wake, err = fn(newDeviceTx(tx))
 		return err
 	})
 	if err != nil {
@@ -47,39 +62,7 @@ func (s *deviceStore) Write(ctx context.Context, fn func(devicelists.Tx) ([]wake
 
 // Read runs fn in a read transaction on a reader connection.
 func (s *deviceStore) Read(ctx context.Context, fn func(devicelists.Tx) error) error {
-	return s.db.read(ctx, func(tx *sql.Tx) error { return fn(deviceTx{tx: tx, now: micros(time.Now())}) })
-}
-
-// TokenTaken needs no unique index to be right: writers take turns, so
-// nobody takes the token between the check and the write.
-func (t deviceTx) TokenTaken(ctx context.Context, tokenHash []byte, userID, deviceID string) (bool, error) {
-	var taken bool
-	if err := t.tx.QueryRowContext(ctx, `
-		SELECT EXISTS (SELECT 1 FROM devices
-			WHERE token_hash = ? AND NOT (user_id = ? AND device_id = ?))`,
-		tokenHash, userID, deviceID).Scan(&taken); err != nil {
-		return false, fmt.Errorf("checking the token is free: %w", err)
-	}
-	return taken, nil
-}
-
-func (t deviceTx) LiveDevice(ctx context.Context, userID, deviceID string) (devicelists.StoredDevice, bool, error) {
-	var d devicelists.StoredDevice
-	var name sql.NullString
-	err := t.tx.QueryRowContext(ctx, `
-		SELECT nid, display_name, keys FROM devices
-		WHERE user_id = ? AND device_id = ? AND deleted_at IS NULL`,
-		userID, deviceID).Scan(&d.NID, &name, &d.Keys)
-	if errors.Is(err, sql.ErrNoRows) {
-		return d, false, nil
-	}
-	if err != nil {
-		return d, false, fmt.Errorf("looking up device: %w", err)
-	}
-	if name.Valid {
-		d.DisplayName = &name.String
-	}
-	return d, true, nil
+	return s.db.read(ctx, func(tx *sql.Tx) error { return fn(newDeviceTx(tx)) })
 }
 
 // UpsertDevice inserts or updates as LiveDevice found: with writers taking
@@ -124,107 +107,6 @@ func (t deviceTx) UpsertDevice(ctx context.Context, p devicelists.PutDevice, old
 		d.DisplayName = &dn.String
 	}
 	return d, old == nil, nil
-}
-
-func (t deviceTx) TombstoneDevice(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
-	d := devicelists.Device{UserID: userID, DeviceID: deviceID}
-	var name sql.NullString
-	err := t.tx.QueryRowContext(ctx, `
-		UPDATE devices SET deleted_at = ?, token_hash = NULL
-		WHERE user_id = ? AND device_id = ? AND deleted_at IS NULL
-		RETURNING nid, display_name`, t.now, userID, deviceID).Scan(&d.NID, &name)
-	if errors.Is(err, sql.ErrNoRows) {
-		return d, devicelists.ErrNotFound
-	}
-	if err != nil {
-		return d, fmt.Errorf("deleting device: %w", err)
-	}
-	d.DisplayName = name.String
-	return d, nil
-}
-
-func (t deviceTx) LiveDeviceKeys(ctx context.Context, userID string) ([]devicelists.DeviceKeys, error) {
-	return deviceKeysOf(ctx, t.tx, `
-		SELECT device_id, display_name, keys FROM devices
-		WHERE user_id = ? AND deleted_at IS NULL AND keys IS NOT NULL`, userID)
-}
-
-func (t deviceTx) Head(ctx context.Context, userID string) (int64, error) {
-	var head int64
-	err := t.tx.QueryRowContext(ctx, `SELECT stream_id FROM device_list_heads WHERE user_id = ?`, userID).Scan(&head)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return 0, fmt.Errorf("reading device-list head: %w", err)
-	}
-	return head, nil
-}
-
-func (t deviceTx) SetHead(ctx context.Context, userID string, pos int64) error {
-	if _, err := t.tx.ExecContext(ctx, `
-		INSERT INTO device_list_heads (user_id, stream_id) VALUES (?, ?)
-		ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id`, userID, pos); err != nil {
-		return fmt.Errorf("storing device-list head: %w", err)
-	}
-	return nil
-}
-
-const deviceColumns = `nid, user_id, device_id, display_name`
-
-func scanDevice(row interface{ Scan(...any) error }) (devicelists.Device, error) {
-	var d devicelists.Device
-	var name sql.NullString
-	err := row.Scan(&d.NID, &d.UserID, &d.DeviceID, &name)
-	if errors.Is(err, sql.ErrNoRows) {
-		return d, devicelists.ErrNotFound
-	}
-	if err != nil {
-		return d, fmt.Errorf("reading device: %w", err)
-	}
-	d.DisplayName = name.String
-	return d, nil
-}
-
-func (s *deviceStore) DeviceByToken(ctx context.Context, tokenHash []byte) (devicelists.Device, error) {
-	return scanDevice(s.db.readers.QueryRowContext(ctx, `
-		SELECT `+deviceColumns+` FROM devices
-		WHERE token_hash = ? AND deleted_at IS NULL`, tokenHash))
-}
-
-func (s *deviceStore) Device(ctx context.Context, userID, deviceID string) (devicelists.Device, error) {
-	return scanDevice(s.db.readers.QueryRowContext(ctx, `
-		SELECT `+deviceColumns+` FROM devices
-		WHERE user_id = ? AND device_id = ? AND deleted_at IS NULL`, userID, deviceID))
-}
-
-func (s *deviceStore) collect(ctx context.Context, query string, args ...any) ([]devicelists.Device, error) {
-	rows, err := s.db.readers.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing devices: %w", err)
-	}
-	defer rows.Close()
-	var out []devicelists.Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("listing devices: %w", err)
-	}
-	return out, nil
-}
-
-func (s *deviceStore) UserDevices(ctx context.Context, userID string) ([]devicelists.Device, error) {
-	return s.collect(ctx, `
-		SELECT `+deviceColumns+` FROM devices
-		WHERE user_id = ? AND deleted_at IS NULL ORDER BY device_id`, userID)
-}
-
-func (s *deviceStore) Tombstones(ctx context.Context, limit int) ([]devicelists.Device, error) {
-	return s.collect(ctx, `
-		SELECT `+deviceColumns+` FROM devices
-		WHERE deleted_at IS NOT NULL ORDER BY nid LIMIT ?`, limit)
 }
 
 func (s *deviceStore) ForgetTombstone(ctx context.Context, nid int64) error {

@@ -10,6 +10,7 @@ import (
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 )
 
 // Federation returns the federation store.
@@ -27,7 +28,7 @@ func (db *DB) FederationDB() federation.Database { return fedDB{db} }
 type fedDB struct{ db *DB }
 
 func (d fedDB) InTx(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
-	return d.db.write(ctx, func(tx *sql.Tx) error { return fn(ctx, fedQueries{tx}) })
+	return d.db.write(ctx, func(tx *sql.Tx) error { return fn(ctx, newFedQueries(tx)) })
 }
 
 // Each runs the statements in one write transaction: every write goes
@@ -37,11 +38,18 @@ func (d fedDB) Each(ctx context.Context, fn func(context.Context, federation.Que
 }
 
 func (d fedDB) Read(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
-	return d.db.read(ctx, func(tx *sql.Tx) error { return fn(ctx, fedQueries{tx}) })
+	return d.db.read(ctx, func(tx *sql.Tx) error { return fn(ctx, newFedQueries(tx)) })
 }
 
 // fedQueries implements federation.Queries. Times are INTEGER microseconds.
-type fedQueries struct{ tx *sql.Tx }
+type fedQueries struct {
+	sqlstmt.FedQueries
+	tx *sql.Tx
+}
+
+func newFedQueries(tx *sql.Tx) fedQueries {
+	return fedQueries{FedQueries: sqlstmt.FedQueries{C: sqlstmt.SQLiteConn{R: tx, Now: micros(time.Now())}}, tx: tx}
+}
 
 func usDuration(us int64) time.Duration {
 	if us <= 0 {
@@ -111,14 +119,6 @@ func (q fedQueries) RenewLease(ctx context.Context, l federation.Lease, ttl time
 		micros(time.Now())+ttl.Microseconds(), l.Destination, l.Holder, l.Generation))
 }
 
-func (q fedQueries) ReleaseLease(ctx context.Context, l federation.Lease) error {
-	_, err := q.tx.ExecContext(ctx, `
-		UPDATE federation_destinations SET lease_holder = NULL, lease_until = NULL
-		WHERE destination = ? AND lease_holder = ? AND lease_generation = ?`,
-		l.Destination, l.Holder, l.Generation)
-	return err
-}
-
 // LockLease needs no lock: the write transaction holds the writer.
 func (q fedQueries) LockLease(ctx context.Context, l federation.Lease) (bool, error) {
 	var one int
@@ -128,30 +128,11 @@ func (q fedQueries) LockLease(ctx context.Context, l federation.Lease) (bool, er
 		l.Destination, l.Holder, l.Generation), &one)
 }
 
-func (q fedQueries) ResetBackoff(ctx context.Context, l federation.Lease) (bool, error) {
-	return rowsAffected(q.tx.ExecContext(ctx, `
-		UPDATE federation_destinations SET failures = 0, retry_at = NULL
-		WHERE destination = ? AND lease_holder = ? AND lease_generation = ?`,
-		l.Destination, l.Holder, l.Generation))
-}
-
 func (q fedQueries) BackOff(ctx context.Context, l federation.Lease, wait time.Duration) (bool, error) {
 	return rowsAffected(q.tx.ExecContext(ctx, `
 		UPDATE federation_destinations SET failures = failures + 1, retry_at = ?
 		WHERE destination = ? AND lease_holder = ? AND lease_generation = ?`,
 		micros(time.Now())+wait.Microseconds(), l.Destination, l.Holder, l.Generation))
-}
-
-func (q fedQueries) CountAttempt(ctx context.Context, destination, txnID string, status int) (int, bool, error) {
-	var same int
-	found, err := scanFound(q.tx.QueryRowContext(ctx, `
-		UPDATE federation_txns SET
-			attempts = attempts + 1,
-			same_status = CASE WHEN ?1 = 0 THEN 0 WHEN last_status = ?1 THEN same_status + 1 ELSE 1 END,
-			last_status = ?1
-		WHERE destination = ?2 AND txn_id = ?3
-		RETURNING same_status`, status, destination, txnID), &same)
-	return same, found, err
 }
 
 func (q fedQueries) StoredTxn(ctx context.Context, destination string) (*federation.StoredTxn, error) {
@@ -169,31 +150,6 @@ func (q fedQueries) StoredTxn(ctx context.Context, destination string) (*federat
 	return t, nil
 }
 
-func (q fedQueries) TxnItems(ctx context.Context, destination string) ([]federation.TxnItem, error) {
-	rows, err := q.tx.QueryContext(ctx, `
-		SELECT source, pos FROM federation_txn_items WHERE destination = ? ORDER BY source, pos`, destination)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []federation.TxnItem
-	for rows.Next() {
-		var it federation.TxnItem
-		if err := rows.Scan(&it.Source, &it.Pos); err != nil {
-			return nil, err
-		}
-		out = append(out, it)
-	}
-	return out, rows.Err()
-}
-
-func (q fedQueries) InsertTxn(ctx context.Context, destination string, t *federation.StoredTxn) (bool, error) {
-	return rowsAffected(q.tx.ExecContext(ctx, `
-		INSERT INTO federation_txns (destination, txn_id, edus, origin_server_ts, created_at)
-		VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-		destination, t.ID, []byte(t.EDUs), t.OriginServerTS, micros(time.Now())))
-}
-
 func (q fedQueries) InsertTxnItems(ctx context.Context, destination string, items []federation.TxnItem) error {
 	for chunk := range slices.Chunk(items, maxRowsPerStatement) {
 		args := make([]any, 0, 3*len(chunk))
@@ -206,23 +162,6 @@ func (q fedQueries) InsertTxnItems(ctx context.Context, destination string, item
 		}
 	}
 	return nil
-}
-
-func (q fedQueries) UpdateTxn(ctx context.Context, destination, txnID string, t *federation.StoredTxn) (bool, error) {
-	return rowsAffected(q.tx.ExecContext(ctx, `
-		UPDATE federation_txns SET txn_id = ?, edus = ?, origin_server_ts = ?,
-			attempts = 0, last_status = 0, same_status = 0
-		WHERE destination = ? AND txn_id = ?`,
-		t.ID, []byte(t.EDUs), t.OriginServerTS, destination, txnID))
-}
-
-func (q fedQueries) DeleteTxn(ctx context.Context, destination, txnID string) (bool, error) {
-	return rowsAffected(q.tx.ExecContext(ctx, `DELETE FROM federation_txns WHERE destination = ? AND txn_id = ?`, destination, txnID))
-}
-
-func (q fedQueries) DeleteTxnItems(ctx context.Context, destination string) error {
-	_, err := q.tx.ExecContext(ctx, `DELETE FROM federation_txn_items WHERE destination = ?`, destination)
-	return err
 }
 
 // outboxTables are the outboxes whose rows stored transactions cover, by
@@ -239,29 +178,11 @@ func (q fedQueries) DeleteOutboxRows(ctx context.Context, source, destination st
 	return deleteRowsAt(ctx, q.tx, table, destination, positions)
 }
 
-func (q fedQueries) TxnDestinations(ctx context.Context) ([]string, error) {
-	return queryStrings(ctx, q.tx, `SELECT destination FROM federation_txns ORDER BY destination`)
-}
-
 func (q fedQueries) BackingOff(ctx context.Context) (int, error) {
 	var n int
 	err := q.tx.QueryRowContext(ctx, `SELECT count(*) FROM federation_destinations WHERE retry_at > ?`,
 		micros(time.Now())).Scan(&n)
 	return n, err
-}
-
-func (q fedQueries) InboundTxn(ctx context.Context, origin, txnID string) ([]byte, bool, error) {
-	var resp []byte
-	found, err := scanFound(q.tx.QueryRowContext(ctx, `SELECT response FROM federation_inbound_txns WHERE origin = ? AND txn_id = ?`,
-		origin, txnID), &resp)
-	return resp, found, err
-}
-
-func (q fedQueries) RecordInboundTxn(ctx context.Context, origin, txnID string, response []byte) error {
-	_, err := q.tx.ExecContext(ctx, `
-		INSERT INTO federation_inbound_txns (origin, txn_id, response, received_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT DO NOTHING`, origin, txnID, response, micros(time.Now()))
-	return err
 }
 
 func (q fedQueries) PruneInboundTxns(ctx context.Context, cutoff time.Time, limit int) (int, error) {

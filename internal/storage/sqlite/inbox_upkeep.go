@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 )
 
 // inboxDB runs the inbox upkeep's statements: writes in one write
@@ -13,15 +14,22 @@ import (
 type inboxDB struct{ db *DB }
 
 func (d inboxDB) Each(ctx context.Context, fn func(context.Context, inbox.Queries) error) error {
-	return d.db.write(ctx, func(tx *sql.Tx) error { return fn(ctx, inboxQueries{tx}) })
+	return d.db.write(ctx, func(tx *sql.Tx) error { return fn(ctx, newInboxQueries(tx)) })
 }
 
 func (d inboxDB) Read(ctx context.Context, fn func(context.Context, inbox.Queries) error) error {
-	return d.db.read(ctx, func(tx *sql.Tx) error { return fn(ctx, inboxQueries{tx}) })
+	return d.db.read(ctx, func(tx *sql.Tx) error { return fn(ctx, newInboxQueries(tx)) })
 }
 
 // inboxQueries implements inbox.Queries.
-type inboxQueries struct{ tx *sql.Tx }
+type inboxQueries struct {
+	sqlstmt.InboxQueries
+	tx *sql.Tx
+}
+
+func newInboxQueries(tx *sql.Tx) inboxQueries {
+	return inboxQueries{InboxQueries: sqlstmt.InboxQueries{C: sqlstmt.SQLiteConn{R: tx}}, tx: tx}
+}
 
 // queueTables are the tables of the inbox's queues.
 var queueTables = [...]string{inbox.DeviceInbox: "device_inbox", inbox.ToDeviceOutbox: "todevice_outbox"}
@@ -116,39 +124,10 @@ func (q inboxQueries) Oldest(ctx context.Context, queue inbox.Queue) (time.Time,
 	return fromMicros(oldest.Int64), nil
 }
 
-func (q inboxQueries) PeekOutbox(ctx context.Context, destination string, limit int) ([]inbox.QueuedEDU, error) {
-	rows, err := q.tx.QueryContext(ctx, `
-		SELECT pos, destination, message_id, edu, enqueued_at FROM todevice_outbox
-		WHERE destination = ? ORDER BY pos LIMIT ?`, destination, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []inbox.QueuedEDU
-	for rows.Next() {
-		var e inbox.QueuedEDU
-		var edu []byte
-		var at int64
-		if err := rows.Scan(&e.Pos, &e.Destination, &e.MessageID, &edu, &at); err != nil {
-			return nil, err
-		}
-		e.EDU, e.EnqueuedAt = edu, fromMicros(at)
-		out = append(out, e)
-	}
-	return out, rows.Err()
-}
-
 func (q inboxQueries) DeleteOutbox(ctx context.Context, destination string, positions []int64) (int, error) {
 	return deleteRowsAt(ctx, q.tx, "todevice_outbox", destination, positions)
 }
 
 func (q inboxQueries) ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]string, error) {
 	return expireOutboxDestinations(ctx, q.tx, "todevice_outbox", inbox.OutboxSource, cutoff, limit)
-}
-
-func (q inboxQueries) OutboxDestinations(ctx context.Context) ([]string, error) {
-	return queryStrings(ctx, q.tx, `
-		SELECT destination FROM todevice_outbox_destinations d
-		WHERE EXISTS (SELECT 1 FROM todevice_outbox o WHERE o.destination = d.destination)
-		ORDER BY destination`)
 }

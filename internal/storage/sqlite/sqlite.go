@@ -336,7 +336,7 @@ func (db *DB) Inbox() inbox.Store {
 
 // Devices returns the device registry store.
 func (db *DB) Devices() devicelists.Store {
-	return devicelists.NewStore(&deviceStore{db: db}, db.opts.DeviceListHooks)
+	return devicelists.NewStore(newDeviceStore(db), db.opts.DeviceListHooks)
 }
 
 // WaitingWriters reports how many writers are queued for the writer
