@@ -37,6 +37,14 @@ import (
 // by one, so one bad send cannot fail the others.
 
 // Group bounds: a group stops taking sends at either.
+//
+// They and groupWriters are constants, not settings: no measurement has
+// found a value that helps on some hardware (issue 14; docs/PERFORMANCE.md,
+// "Group accept settings"). The bounds only cap a group's size when more
+// than 64 sends queue at once (8 concurrent senders never fill one), and
+// then keep a group's transaction, and the locks it holds, short; one, two
+// or four writers, 16 or 256 sends, moved BenchmarkAcceptConcurrent less
+// than the noise between its own repeated runs.
 const (
 	maxGroupSends = 64
 	maxGroupRows  = 8000
@@ -45,7 +53,7 @@ const (
 // groupWriters is how many groups are written at once. Two let one group's
 // preparation (expanding recipients, streaming rows) overlap the other's
 // commit; groups to the same devices still commit one after the other, on
-// the device locks.
+// the device locks, so more writers only add waiting ones.
 const groupWriters = 2
 
 type acceptQueue struct {

@@ -369,6 +369,14 @@ func (d lockedDevices) expand(msgs []inbox.LocalMessage, sender, typ string, out
 	return unknown, len(out.nids) - before
 }
 
+// ackAsyncCommitSQL, first in an acknowledging sync's pipeline, lets that
+// implicit transaction commit without waiting for its WAL flush: its only
+// write is the acknowledgement's DELETE (see Sync). is_local confines it to
+// the transaction, which a pipeline ends at its Sync message, after the
+// COMMIT has read the setting. Later commits with synchronous_commit on
+// flush the WAL up to their own record, the DELETE's included.
+const ackAsyncCommitSQL = `SELECT set_config('synchronous_commit', 'off', true)`
+
 // issuedInboxSQL is the highest inbox position ever issued: the identity
 // sequence's last value (0 before the first). Sequences never go back, not
 // when rows are deleted, nor at a restart.
@@ -379,16 +387,28 @@ const issuedInboxSQL = `(SELECT CASE WHEN is_called THEN last_value ELSE 0 END F
 // at or below AckLo was deleted before that position was handed out, so the
 // delete never walks the dead entries of earlier acknowledgements, and the
 // fetch starts right above AckHi for the same reason.
+//
+// The transaction's only write is that DELETE, and it commits without
+// waiting for its WAL flush (ackAsyncCommitSQL; DESIGN invariant 11). A
+// DELETE lost in a crash leaves rows at or below AckHi behind, and every
+// read filters on pos > since, so a client holding AckHi (or anything newer)
+// is never given them again; the next acknowledgement or the device's purge
+// removes them. Nothing that adds data commits this way: sends are
+// transactions of their own with synchronous_commit on, and the setting is
+// local to this transaction, so it never leaks to the pooled connection.
 func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncResult, error) {
 	b := &pgx.Batch{}
-	if q.DeviceListHead {
-		b.Queue(streamStateSQL)
-	}
 	// A since above every position issued is refused, and deletes nothing:
 	// the check is part of the acknowledging DELETE (or, with nothing to
 	// acknowledge, a statement of its own), in the same round trip.
 	ack := q.AckHi > q.AckLo
 	check := !ack && q.AckHi > 0
+	if ack {
+		b.Queue(ackAsyncCommitSQL)
+	}
+	if q.DeviceListHead {
+		b.Queue(streamStateSQL)
+	}
 	if ack {
 		b.Queue(`
 			WITH issued AS (SELECT `+issuedInboxSQL+` AS pos),
@@ -412,6 +432,11 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 	br := s.db.pool.SendBatch(ctx, b)
 	defer br.Close()
 	var res inbox.SyncResult
+	if ack {
+		if _, err := br.Exec(); err != nil {
+			return res, fmt.Errorf("acknowledging messages: %w", err)
+		}
+	}
 	if q.DeviceListHead {
 		var pruned int64
 		if err := br.QueryRow().Scan(&res.DeviceListHead, &pruned); err != nil {
