@@ -181,6 +181,8 @@ type Tx interface {
 	PruneOldest(ctx context.Context, cutoff time.Time, limit int) (n int, top int64, err error)
 	// RaisePrunedBelow raises the pruning point to pos.
 	RaisePrunedBelow(ctx context.Context, pos int64) error
+
+	KeyTx
 }
 
 // StoredDevice is a local device's row as PutDevice reads and writes it.
