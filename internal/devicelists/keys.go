@@ -208,9 +208,9 @@ func (r *Service) storedEd25519(ctx context.Context, userID, deviceID string) (e
 	return nil, nil
 }
 
-// UploadKeys stores a local device's keys (POST /keys/upload). Device keys
-// go through PutDevice: a change is a device-list change and the same keys
-// again change nothing. A DeviceKeys object that differs from the stored
+// UploadKeys stores a local device's keys (POST /keys/upload), all in one
+// transaction. Device keys take PutDevice's path: a change is a
+// device-list change and the same keys again change nothing. A DeviceKeys object that differs from the stored
 // one replaces it, as Synapse does (the spec says nothing; Synapse
 // discusses refusing a changed identity key, element-hq/synapse#18511).
 // One-time and fallback keys must be signed by the device's ed25519 key
@@ -258,12 +258,8 @@ func (r *Service) UploadKeys(ctx context.Context, userID, deviceID string, u Key
 		}
 		return UploadResult{}, fmt.Errorf("reading device: %w", err)
 	}
-	if deviceKeys != nil {
-		if _, _, err := r.PutDevice(ctx, userID, deviceID, "", nil, deviceKeys); err != nil {
-			return UploadResult{}, err
-		}
-	}
-	counts, err := r.store.UploadKeys(ctx, KeyUpload{UserID: userID, DeviceID: deviceID, OneTimeKeys: otks, FallbackKeys: fbs})
+	counts, keysChanged, err := r.store.UploadKeys(ctx, KeyUpload{UserID: userID, DeviceID: deviceID, DeviceKeys: deviceKeys,
+		FederateDisplayName: r.federationNames, OneTimeKeys: otks, FallbackKeys: fbs})
 	if errors.Is(err, ErrNotFound) {
 		return UploadResult{}, matrix.Errorf(matrix.NotFound, "No such device.")
 	}
@@ -272,6 +268,9 @@ func (r *Service) UploadKeys(ctx context.Context, userID, deviceID string, u Key
 			return UploadResult{}, err
 		}
 		return UploadResult{}, fmt.Errorf("storing one-time keys: %w", err)
+	}
+	if keysChanged {
+		r.m.changes.WithLabelValues(ChangeDeviceUpdate).Inc()
 	}
 	r.m.keysUploaded.WithLabelValues(KeyOneTime).Add(float64(len(otks)))
 	r.m.keysUploaded.WithLabelValues(KeyFallback).Add(float64(len(fbs)))

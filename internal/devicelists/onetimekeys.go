@@ -32,6 +32,12 @@ func (k OneTimeKey) FullID() string { return k.Algorithm + ":" + k.KeyID }
 type KeyUpload struct {
 	UserID   string
 	DeviceID string
+	// DeviceKeys, when set, replaces the device's keys (a DeviceKeys
+	// object), through the device-key path of PutDevice: a change is a
+	// device-list change, the same keys again change nothing.
+	DeviceKeys json.RawMessage
+	// FederateDisplayName is PutDevice's, for the device-list update.
+	FederateDisplayName bool
 	// OneTimeKeys are added; one already stored under the same id with the
 	// same content is ignored, with other content refused.
 	OneTimeKeys []OneTimeKey
@@ -69,12 +75,13 @@ type ClaimedKey struct {
 
 // OneTimeKeyStore is the persistence of one-time and fallback keys.
 type OneTimeKeyStore interface {
-	// UploadKeys stores a live device's one-time and fallback keys in one
-	// transaction and returns its counts after it. A one-time key id
-	// already stored with other content refuses the whole upload
-	// (M_INVALID_PARAM, as Synapse does); a device not live is
-	// ErrNotFound. Stored keys wake the device.
-	UploadKeys(ctx context.Context, u KeyUpload) (KeyCounts, error)
+	// UploadKeys stores a live device's device keys, one-time and
+	// fallback keys in one transaction and returns its counts after it,
+	// and whether the device keys changed. A one-time key id already
+	// stored with other content refuses the whole upload (M_INVALID_PARAM,
+	// as Synapse does); a device not live is ErrNotFound. Stored keys
+	// wake the device.
+	UploadKeys(ctx context.Context, u KeyUpload) (KeyCounts, bool, error)
 	// ClaimKeys hands out one key per claim of a live device: a one-time
 	// key of the algorithm, deleted as it is handed out, so that each is
 	// handed out exactly once whoever claims concurrently; failing that,
@@ -137,8 +144,10 @@ func keyCounts(ctx context.Context, tx Tx, nid int64) (KeyCounts, error) {
 
 // UploadKeys locks the device row first (the lock order of every device
 // write): a deletion racing the upload either comes first (ErrNotFound)
-// or deletes the keys stored here.
-func (s *store) UploadKeys(ctx context.Context, u KeyUpload) (KeyCounts, error) {
+// or deletes the keys stored here. New device keys are written as
+// PutDevice writes them, in the same transaction, so that a refused
+// upload stores nothing.
+func (s *store) UploadKeys(ctx context.Context, u KeyUpload) (KeyCounts, bool, error) {
 	otks := slices.Clone(u.OneTimeKeys)
 	slices.SortFunc(otks, func(a, b OneTimeKey) int { return cmp.Compare(a.FullID(), b.FullID()) })
 	ids := make([]string, len(otks))
@@ -146,7 +155,9 @@ func (s *store) UploadKeys(ctx context.Context, u KeyUpload) (KeyCounts, error) 
 		ids[i] = k.FullID()
 	}
 	var counts KeyCounts
+	var keysChanged bool
 	err := s.db.Write(ctx, func(tx Tx) ([]wakeup.Key, error) {
+		keysChanged = false
 		dev, live, err := tx.LiveDevice(ctx, u.UserID, u.DeviceID)
 		if err != nil {
 			return nil, err
@@ -184,15 +195,33 @@ func (s *store) UploadKeys(ctx context.Context, u KeyUpload) (KeyCounts, error) 
 		if counts, err = keyCounts(ctx, tx, dev.NID); err != nil {
 			return nil, err
 		}
-		if !changed {
-			return nil, nil
+		var wake []wakeup.Key
+		if changed {
+			wake = append(wake, wakeup.DeviceKey(dev.NID))
 		}
-		return []wakeup.Key{wakeup.DeviceKey(dev.NID)}, nil
+		if u.DeviceKeys != nil && !bytes.Equal(dev.Keys, u.DeviceKeys) {
+			p := PutDevice{UserID: u.UserID, DeviceID: u.DeviceID, Keys: u.DeviceKeys, FederateDisplayName: u.FederateDisplayName}
+			now, _, err := tx.UpsertDevice(ctx, p, &dev)
+			if err != nil {
+				return nil, err
+			}
+			name := ""
+			if now.DisplayName != nil {
+				name = *now.DisplayName
+			}
+			out, err := s.localDeviceChanged(ctx, tx, u.UserID, p.Update(name, now.Keys))
+			if err != nil {
+				return nil, err
+			}
+			keysChanged = true
+			wake = append(wake, out...)
+		}
+		return wake, nil
 	})
 	if err != nil {
-		return KeyCounts{}, err
+		return KeyCounts{}, false, err
 	}
-	return counts, nil
+	return counts, keysChanged, nil
 }
 
 // ClaimKeys claims in a fixed order (user, device, algorithm), so that two

@@ -260,3 +260,31 @@ func TestKeyCountsWakeSync(t *testing.T) {
 		require.Equal(t, map[string]int{curve: 5}, s.Counts)
 	})
 }
+
+// An e2ee-only sliding-sync connection (no to_device extension) gets the
+// counts and is woken by a claim too.
+func TestSlidingSyncE2EEKeyCountsWake(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := start(t, b)
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		a1 := servertest.NewE2EDevice(alice, "A1")
+		r := in.Do(t, http.MethodPost, uploadPath, "tok-alice", map[string]any{"device_keys": a1.DeviceKeys(), "one_time_keys": a1.OneTimeKeys(0, 2)})
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		first := ss(t, in, "tok-alice", "", 0, ssBody(false, "", 0, true))
+
+		done := make(chan servertest.Response, 1)
+		go func() {
+			done <- rawSS(context.Background(), t, in, "tok-alice", first.Pos, time.Minute, ssBody(false, "", 0, true))
+		}()
+		time.Sleep(200 * time.Millisecond)
+		claimOne(t, in, "tok-bob", alice, "A1")
+		select {
+		case r := <-done:
+			require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+			require.JSONEq(t, `{"signed_curve25519":1}`, string(mustField(t, r.Body, "extensions", "e2ee", "device_one_time_keys_count")))
+		case <-time.After(30 * time.Second):
+			t.Fatal("the e2ee-only connection did not wake when the counts changed")
+		}
+	})
+}

@@ -57,6 +57,18 @@ func TestFederationKeysClaim(t *testing.T) {
 		require.Equal(t, 2.0, b.metric("todeviced_one_time_keys_claimed_total"))
 		require.Equal(t, 1.0, b.metric("todeviced_fallback_keys_served_total"))
 
+		// The internal twin of the federation claim, for a homeserver that
+		// serves federation itself: local users only.
+		status, body = b.do(http.MethodPost, "/_matrix/client/v3/keys/upload", bobTok, map[string]any{"one_time_keys": b1.OneTimeKeys(5, 1)})
+		require.Equal(t, http.StatusOK, status, "%s", body)
+		var fed struct {
+			OneTimeKeys map[string]map[string]map[string]json.RawMessage `json:"one_time_keys"`
+		}
+		require.NoError(t, json.Unmarshal(b.internal(http.MethodPost, "/federation/user/keys/claim",
+			map[string]any{"one_time_keys": map[string]any{bob: map[string]string{"B1": "signed_curve25519"}, alice: map[string]string{"A1": "signed_curve25519"}}}), &fed))
+		require.Contains(t, fed.OneTimeKeys[bob]["B1"], "signed_curve25519:AAAA0005")
+		require.NotContains(t, fed.OneTimeKeys, alice, "another server's user is not answered for")
+
 		// B's federation route wants X-Matrix.
 		status, _ = b.do(http.MethodPost, "/_matrix/federation/v1/user/keys/claim", "", map[string]any{"one_time_keys": q})
 		require.Equal(t, http.StatusUnauthorized, status)

@@ -304,8 +304,8 @@ func (t timedFederationDB) Read(ctx context.Context, fn func(context.Context, fe
 	return t.d.run(ctx, func(ctx context.Context) error { return t.db.Read(ctx, fn) })
 }
 
-func (t timedDevices) UploadKeys(ctx context.Context, u devicelists.KeyUpload) (devicelists.KeyCounts, error) {
-	return call1(t.d, ctx, func(ctx context.Context) (devicelists.KeyCounts, error) { return t.s.UploadKeys(ctx, u) })
+func (t timedDevices) UploadKeys(ctx context.Context, u devicelists.KeyUpload) (devicelists.KeyCounts, bool, error) {
+	return call2(t.d, ctx, func(ctx context.Context) (devicelists.KeyCounts, bool, error) { return t.s.UploadKeys(ctx, u) })
 }
 
 func (t timedDevices) ClaimKeys(ctx context.Context, claims []devicelists.KeyClaim) ([]devicelists.ClaimedKey, error) {

@@ -27,7 +27,7 @@ func otks(alg string, from, n int) []devicelists.OneTimeKey {
 
 func upload(t *testing.T, b storage.Backend, u devicelists.KeyUpload) devicelists.KeyCounts {
 	t.Helper()
-	c, err := b.Devices().UploadKeys(ctx(t), u)
+	c, _, err := b.Devices().UploadKeys(ctx(t), u)
 	require.NoError(t, err)
 	return c
 }
@@ -53,13 +53,34 @@ func testOneTimeKeyCounts(t *testing.T, e *Env) {
 	conflict := otks(curve, 0, 1)
 	conflict[0].Key = json.RawMessage(`{"key":"different"}`)
 	conflict = append(conflict, otks(curve, 50, 1)...)
-	_, err := b.Devices().UploadKeys(ctx(t), devicelists.KeyUpload{UserID: alice, DeviceID: "A1", OneTimeKeys: conflict})
+	_, _, err := b.Devices().UploadKeys(ctx(t), devicelists.KeyUpload{UserID: alice, DeviceID: "A1", OneTimeKeys: conflict,
+		DeviceKeys: keysFor(alice, "A1", "new")})
 	require.Error(t, err, "an id stored with other content is refused")
 	got, err := b.Devices().KeyCounts(ctx(t), d.NID)
 	require.NoError(t, err)
 	require.Equal(t, 4, got.OneTimeKeys[curve], "a refused upload stores nothing")
+	keys, err := b.Devices().LocalKeys(ctx(t), map[string][]string{alice: {"A1"}})
+	require.NoError(t, err)
+	require.Nil(t, keys[0].Keys, "not even its device keys")
 
-	_, err = b.Devices().UploadKeys(ctx(t), devicelists.KeyUpload{UserID: alice, DeviceID: "NOPE", OneTimeKeys: otks(curve, 0, 1)})
+	// Device keys: a change is a device-list change, the same keys again
+	// are not.
+	head := func() int64 {
+		st, err := b.Devices().StreamState(ctx(t))
+		require.NoError(t, err)
+		return st.Head
+	}
+	h0 := head()
+	_, changed, err := b.Devices().UploadKeys(ctx(t), devicelists.KeyUpload{UserID: alice, DeviceID: "A1", DeviceKeys: keysFor(alice, "A1", "k1")})
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.Equal(t, h0+1, head())
+	_, changed, err = b.Devices().UploadKeys(ctx(t), devicelists.KeyUpload{UserID: alice, DeviceID: "A1", DeviceKeys: keysFor(alice, "A1", "k1")})
+	require.NoError(t, err)
+	require.False(t, changed)
+	require.Equal(t, h0+1, head(), "the same keys again are no change")
+
+	_, _, err = b.Devices().UploadKeys(ctx(t), devicelists.KeyUpload{UserID: alice, DeviceID: "NOPE", OneTimeKeys: otks(curve, 0, 1)})
 	require.ErrorIs(t, err, devicelists.ErrNotFound)
 
 	none, err := b.Devices().KeyCounts(ctx(t), d.NID+1000)
