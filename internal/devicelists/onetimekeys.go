@@ -261,13 +261,3 @@ func (s *store) ClaimKeys(ctx context.Context, claims []KeyClaim) ([]ClaimedKey,
 	}
 	return out, nil
 }
-
-func (s *store) KeyCounts(ctx context.Context, nid int64) (KeyCounts, error) {
-	var c KeyCounts
-	err := s.db.Read(ctx, func(tx Tx) error {
-		var err error
-		c, err = keyCounts(ctx, tx, nid)
-		return err
-	})
-	return c, err
-}

@@ -53,6 +53,7 @@ type Queries interface {
 	FailResync(ctx context.Context, userID string, failures int, retryIn time.Duration) error
 	ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error)
 	RemoteUserCount(ctx context.Context) (int, error)
+	KeyCounts(ctx context.Context, nid int64) (KeyCounts, error)
 }
 
 // Tx is the statements the store runs inside a transaction DB hands it.

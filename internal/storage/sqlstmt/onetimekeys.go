@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 )
@@ -50,6 +51,13 @@ var (
 		SELECT algorithm, count(*) FROM one_time_keys WHERE device_nid = $1 GROUP BY algorithm`)
 	unusedFallbackKeys = New(`
 		SELECT algorithm FROM fallback_keys WHERE device_nid = $1 AND NOT used ORDER BY algorithm`)
+	// keyCounts reads both counts of a device in one statement, for
+	// /sync: (algorithm, one-time keys left, 0) rows, then (algorithm, 0,
+	// 1) for each unused fallback key.
+	keyCounts = New(`
+		SELECT algorithm, count(*), 0 FROM one_time_keys WHERE device_nid = $1 GROUP BY algorithm
+		UNION ALL
+		SELECT algorithm, 0, 1 FROM fallback_keys WHERE device_nid = $1 AND NOT used`)
 	deleteOneTimeKeys  = New(`DELETE FROM one_time_keys WHERE device_nid = $1`)
 	deleteFallbackKeys = New(`DELETE FROM fallback_keys WHERE device_nid = $1`)
 )
@@ -131,4 +139,29 @@ func (t DeviceTx) DeleteDeviceKeys(ctx context.Context, nid int64) error {
 		return err
 	}
 	return t.exec(ctx, "deleting fallback keys", deleteFallbackKeys, nid)
+}
+
+// KeyCounts is one statement outside a transaction: /sync reads it on
+// every check, so it costs one round trip.
+func (r DeviceReads) KeyCounts(ctx context.Context, nid int64) (devicelists.KeyCounts, error) {
+	out := devicelists.KeyCounts{OneTimeKeys: map[string]int{}, UnusedFallback: []string{}}
+	rows, err := r.C.Query(ctx, keyCounts, nid)
+	if err != nil {
+		return out, fmt.Errorf("counting one-time keys: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var alg string
+		var n, fallback int64
+		if err := rows.Scan(&alg, &n, &fallback); err != nil {
+			return out, fmt.Errorf("counting one-time keys: %w", err)
+		}
+		if fallback == 1 {
+			out.UnusedFallback = append(out.UnusedFallback, alg)
+		} else {
+			out.OneTimeKeys[alg] = int(n)
+		}
+	}
+	slices.Sort(out.UnusedFallback)
+	return out, rows.Err()
 }
