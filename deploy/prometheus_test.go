@@ -351,6 +351,21 @@ func runLoad(t *testing.T, ctx context.Context, a, b *servertest.Instance) {
 		return familySum(t, b.Registry(), "todeviced_device_list_updates_received_total") >= 1
 	})
 
+	// End-to-end keys: Alice's new device uploads signed keys, and Bob on
+	// b.test claims them over federation until only the fallback key is
+	// left.
+	a3 := servertest.NewE2EDevice(alice, "A3")
+	r := a.Do(t, http.MethodPost, "/_matrix/client/v3/keys/upload", "tok-alice-A3", map[string]any{
+		"device_keys": a3.DeviceKeys(), "one_time_keys": a3.OneTimeKeys(0, 2), "fallback_keys": a3.FallbackKey("F"),
+	})
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	for range 3 {
+		r := b.Do(t, http.MethodPost, "/_matrix/client/v3/keys/claim", "tok-bob-B1",
+			map[string]any{"one_time_keys": map[string]any{alice: map[string]any{"A3": "signed_curve25519"}}})
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		require.Contains(t, string(r.Body), "signed_curve25519:", "a key of Alice's device over federation")
+	}
+
 	// Requests that fail on the client's side, twice: a labelled series is
 	// born at its first increment, which rate() cannot see, so a code
 	// answered once would leave the 4xx ratio at zero.

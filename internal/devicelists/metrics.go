@@ -26,7 +26,19 @@ type Metrics struct {
 	received    *prometheus.CounterVec
 	resyncs     *prometheus.CounterVec
 	remoteUsers prometheus.Gauge
+
+	keysUploaded   *prometheus.CounterVec
+	keysClaimed    prometheus.Counter
+	keysExhausted  prometheus.Counter
+	fallbackServed prometheus.Counter
 }
+
+// Kinds of uploaded key: the fixed values of the kind label of
+// todeviced_e2e_keys_uploaded_total.
+const (
+	KeyOneTime  = "one_time"
+	KeyFallback = "fallback"
+)
 
 // NewMetrics creates the metrics and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -51,6 +63,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "todeviced_device_list_remote_users",
 			Help: "Remote users whose device list is cached (they share an encrypted room with a local user).",
 		}),
+		keysUploaded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "todeviced_e2e_keys_uploaded_total",
+			Help: "One-time and fallback keys accepted by /keys/upload, by kind (one_time, fallback).",
+		}, []string{"kind"}),
+		keysClaimed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "todeviced_one_time_keys_claimed_total",
+			Help: "One-time keys of local devices handed out by claims (each exactly once).",
+		}),
+		keysExhausted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "todeviced_one_time_keys_exhausted_total",
+			Help: "Claims of a local device that found no one-time key of the algorithm left (answered with the fallback key, or nothing).",
+		}),
+		fallbackServed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "todeviced_fallback_keys_served_total",
+			Help: "Claims of a local device answered with its fallback key.",
+		}),
+	}
+	for _, k := range []string{KeyOneTime, KeyFallback} {
+		m.keysUploaded.WithLabelValues(k)
 	}
 	for _, k := range []string{ChangeNewDevice, ChangeDeviceUpdate, ChangeDeletedDevice, ChangeCrossSigning, ChangeEncryption, ChangeRemote} {
 		m.changes.WithLabelValues(k)
@@ -62,7 +93,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.resyncs.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.changes, m.memberships, m.received, m.resyncs, m.remoteUsers)
+		reg.MustRegister(m.changes, m.memberships, m.received, m.resyncs, m.remoteUsers,
+			m.keysUploaded, m.keysClaimed, m.keysExhausted, m.fallbackServed)
 	}
 	return m
 }

@@ -7,8 +7,8 @@ import (
 	"fmt"
 )
 
-// Remote is what device lists need of other servers: the two queries of
-// the server-server API they make. The wiring fills it with the signed
+// Remote is what device lists need of other servers: the queries of the
+// server-server API they make. The wiring fills it with the signed
 // federation client; devicelists knows nothing of signing or discovery.
 //
 // An error that carries a remote server's answer is a *StatusError (a
@@ -24,6 +24,10 @@ type Remote interface {
 	// user's devices for an empty list): the body of POST
 	// /_matrix/federation/v1/user/keys/query.
 	QueryKeys(ctx context.Context, server string, deviceKeys map[string][]string) (json.RawMessage, error)
+	// ClaimKeys claims one-time keys of a server's users' devices (user id
+	// -> device id -> algorithm): the body of POST
+	// /_matrix/federation/v1/user/keys/claim.
+	ClaimKeys(ctx context.Context, server string, oneTimeKeys map[string]map[string]string) (json.RawMessage, error)
 }
 
 // ErrBadResponse is wrapped when a server answered 2xx but the body could

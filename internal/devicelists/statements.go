@@ -53,6 +53,7 @@ type Queries interface {
 	FailResync(ctx context.Context, userID string, failures int, retryIn time.Duration) error
 	ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error)
 	RemoteUserCount(ctx context.Context) (int, error)
+	KeyCounts(ctx context.Context, nid int64) (KeyCounts, error)
 }
 
 // Tx is the statements the store runs inside a transaction DB hands it.
@@ -181,6 +182,8 @@ type Tx interface {
 	PruneOldest(ctx context.Context, cutoff time.Time, limit int) (n int, top int64, err error)
 	// RaisePrunedBelow raises the pruning point to pos.
 	RaisePrunedBelow(ctx context.Context, pos int64) error
+
+	KeyTx
 }
 
 // StoredDevice is a local device's row as PutDevice reads and writes it.

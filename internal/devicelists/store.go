@@ -156,8 +156,9 @@ type Store interface {
 	PutDevice(ctx context.Context, p PutDevice) (d Device, created bool, err error)
 
 	// DeleteDevice turns the device into a tombstone in one transaction:
-	// its token stops working, sends serialized on its row see it gone, and
-	// its waiters are woken (they find the device gone). It returns
+	// its token stops working, sends serialized on its row see it gone, its
+	// one-time and fallback keys are deleted, and its waiters are woken
+	// (they find the device gone). It returns
 	// ErrNotFound if there is no such live device.
 	DeleteDevice(ctx context.Context, userID, deviceID string) (Device, error)
 
@@ -216,6 +217,7 @@ type Store interface {
 
 	OutboundStore
 	RemoteStore
+	OneTimeKeyStore
 }
 
 // OutboundStore is what other servers learn of local users' devices: the

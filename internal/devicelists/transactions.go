@@ -181,6 +181,9 @@ func (s *store) DeleteDevice(ctx context.Context, userID, deviceID string) (Devi
 		if d, err = tx.TombstoneDevice(ctx, userID, deviceID); err != nil {
 			return nil, err
 		}
+		if err := tx.DeleteDeviceKeys(ctx, d.NID); err != nil {
+			return nil, err
+		}
 		wake, err := s.localDeviceChanged(ctx, tx, userID, DeviceUpdate{DeviceID: deviceID, Deleted: true})
 		if err != nil {
 			return nil, err

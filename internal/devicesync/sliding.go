@@ -36,15 +36,22 @@ const posClockSkew = 5 * time.Minute
 // MaxToDeviceLimit caps the to_device extension's limit (as Synapse does).
 const MaxToDeviceLimit = inbox.DefaultSyncLimit
 
-// KeyCounts is the seam for the e2ee extension's one-time-key fields
-// (device_one_time_keys_count, device_unused_fallback_key_types), which
-// need the E2EE key storage of the key issue. A nil KeyCounts (today's
-// wiring) omits both fields. The key issue also makes a count change end a
-// waiting request: a wake-up of the device (an e2ee-only request waits on
-// the user's key alone today, see Request.ListsOnly) and a check that
-// compares the counts.
+// KeyCounts is the seam for the one-time-key fields of a sync
+// (device_one_time_keys_count, device_unused_fallback_key_types): the
+// classic and internal /sync and the sliding-sync e2ee extension. A nil
+// KeyCounts omits them. StoredKeyCounts fills it from devicelists' key
+// storage; a change of the counts ends a waiting sync that asked for them
+// (Request.KeyCounts: the device's wake-up key is in the wait, and each
+// check compares the counts).
 type KeyCounts interface {
 	KeyCounts(ctx context.Context, dev inbox.Recipient) (oneTimeKeys map[string]int, unusedFallbackTypes []string, err error)
+}
+
+// StoredKeyCounts is KeyCounts from the device service's key storage.
+type StoredKeyCounts struct{ Devices *devicelists.Service }
+
+func (k StoredKeyCounts) KeyCounts(ctx context.Context, dev inbox.Recipient) (map[string]int, []string, error) {
+	return k.Devices.KeyCounts(ctx, dev.NID)
 }
 
 // ToDeviceExtension is a to_device extension that is enabled.
@@ -70,7 +77,8 @@ type ExtensionsRequest struct {
 	// position); its zero value (a new connection) gives no device_lists.
 	Lists ListsSince
 	// Timeout is how long to wait for a to-device message (when ToDevice is
-	// set) or a device-list change (when E2EE is set and Lists incremental).
+	// set), a device-list change (when E2EE is set and Lists incremental)
+	// or a change of the device's one-time-key counts (when E2EE is set).
 	Timeout time.Duration
 }
 
@@ -123,6 +131,7 @@ func (s *Service) Extensions(ctx context.Context, req ExtensionsRequest) (Extens
 	sreq := Request{Device: req.Device, ToDevice: inbox.Position{NID: req.Device.NID}, Timeout: req.Timeout}
 	if req.E2EE {
 		sreq.Lists = req.Lists
+		sreq.KeyCounts = true
 	}
 	if req.ToDevice != nil {
 		if req.ToDevice.Since != "" {
@@ -160,12 +169,7 @@ func (s *Service) Extensions(ctx context.Context, req ExtensionsRequest) (Extens
 		out.ToDevice = &ToDeviceResult{NextBatch: res.Token(), Events: res.ToDevice.Events, Limited: res.ToDevice.Limited}
 	}
 	if req.E2EE {
-		out.E2EE = &E2EEResult{DeviceLists: res.Lists}
-		if s.counts != nil {
-			if out.E2EE.OneTimeKeys, out.E2EE.FallbackTypes, err = s.counts.KeyCounts(ctx, req.Device); err != nil {
-				return ExtensionsResult{}, err
-			}
-		}
+		out.E2EE = &E2EEResult{DeviceLists: res.Lists, OneTimeKeys: res.OneTimeKeys, FallbackTypes: res.FallbackTypes}
 	}
 	return out, nil
 }

@@ -14,6 +14,8 @@ package devicesync
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
@@ -71,6 +73,10 @@ type Request struct {
 	// without the to_device extension): nothing is acknowledged or
 	// returned, and only the user's device lists end the wait.
 	ListsOnly bool
+	// KeyCounts asks for the device's one-time-key counts and unused
+	// fallback key types (when the Service has a KeyCounts); a change of
+	// them during the wait ends it (an upload or a claim wakes the device).
+	KeyCounts bool
 }
 
 // Result is what a sync found, and where the next one starts.
@@ -85,6 +91,10 @@ type Result struct {
 	// ListsHead is the device-list position the answer covers: the next
 	// device-list since.
 	ListsHead int64
+	// OneTimeKeys and FallbackTypes are the device's counts, nil when not
+	// asked for or no KeyCounts is wired.
+	OneTimeKeys   map[string]int
+	FallbackTypes []string
 }
 
 // Token is the next client /sync token.
@@ -110,9 +120,11 @@ func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
 	pos, dl := req.ToDevice, req.Lists
 	res := Result{epoch: s.Epoch()}
 	keys := []wakeup.Key{wakeup.DeviceKey(req.Device.NID), wakeup.UserKey(req.Device.UserID)}
-	if req.ListsOnly {
+	counts := req.KeyCounts && s.counts != nil
+	if req.ListsOnly && !counts {
 		keys = keys[1:]
 	}
+	checked := false
 	_, err := s.hub.Poll(ctx, req.Timeout, keys, func(ctx context.Context) (bool, error) {
 		// The device-list head is read with the inbox, before it, in one
 		// round trip, so the answer never claims a position whose changes
@@ -142,6 +154,17 @@ func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
 			res.Lists = &c
 			found = found || len(c.Changed)+len(c.Left) > 0
 		}
+		if counts {
+			otk, fb, err := s.counts.KeyCounts(ctx, req.Device)
+			if err != nil {
+				return false, err
+			}
+			// The counts the wait started with are what the client
+			// knows: a later check that reads others ends the wait.
+			found = found || (checked && (!maps.Equal(otk, res.OneTimeKeys) || !slices.Equal(fb, res.FallbackTypes)))
+			res.OneTimeKeys, res.FallbackTypes = otk, fb
+		}
+		checked = true
 		return found, nil
 	})
 	if res.ToDevice.Events == nil {

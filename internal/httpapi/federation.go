@@ -46,6 +46,7 @@ func (a *api) federationRoutes(r chi.Router) {
 	r.Put("/_matrix/federation/v1/send/{txnId}", a.federationSend)
 	r.Get(devicelists.UserDevicesPath+"{userId}", a.federationUserDevices)
 	r.Post(devicelists.UserKeysPath, a.federationUserKeys)
+	r.Post(devicelists.UserKeysClaimPath, a.federationUserKeysClaim)
 }
 
 func (a *api) internalFederationRoutes(r chi.Router) {
@@ -54,6 +55,7 @@ func (a *api) internalFederationRoutes(r chi.Router) {
 	// answers them: the same answers, without X-Matrix.
 	r.Get("/federation/user/devices/{userId}", a.answerUserDevices)
 	r.Post("/federation/user/keys/query", a.internalUserKeys)
+	r.Post("/federation/user/keys/claim", a.internalUserKeysClaim)
 	if a.cfg.Federation.Feed != nil {
 		r.Get("/federation/outbox/destinations", a.feedDestinations)
 		r.Get("/federation/outbox", a.feedPull)
@@ -313,4 +315,31 @@ func (a *api) answerUserKeys(w http.ResponseWriter, r *http.Request, body []byte
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// federationUserKeysClaim is POST /_matrix/federation/v1/user/keys/claim:
+// one-time keys of local users' devices.
+func (a *api) federationUserKeysClaim(w http.ResponseWriter, r *http.Request) {
+	ra, ok := a.authorize(w, r)
+	if !ok {
+		return
+	}
+	body, release, ok := a.readBoundedBody(w, r, maxInternalBytes)
+	if !ok {
+		return
+	}
+	defer release()
+	if !a.verify(w, r, ra, body) {
+		return
+	}
+	a.answerUserKeysClaim(w, r, body)
+}
+
+func (a *api) internalUserKeysClaim(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r, maxInternalBytes)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	a.answerUserKeysClaim(w, r, body)
 }

@@ -118,6 +118,9 @@ type internalDeviceLists struct {
 type internalSyncBody struct {
 	ToDevice    internalToDevice    `json:"to_device"`
 	DeviceLists internalDeviceLists `json:"device_lists"`
+
+	OneTimeKeysCount   map[string]int `json:"device_one_time_keys_count,omitempty"`
+	UnusedFallbackKeys *[]string      `json:"device_unused_fallback_key_types,omitempty"`
 }
 
 // internalSync serves the homeserver's sync service: the to-device part and
@@ -158,10 +161,11 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := devicesync.Request{
-		Device:   inbox.Recipient{UserID: dev.UserID, NID: dev.NID},
-		ToDevice: inbox.Position{NID: dev.NID},
-		Limit:    limit,
-		Timeout:  timeout,
+		Device:    inbox.Recipient{UserID: dev.UserID, NID: dev.NID},
+		ToDevice:  inbox.Position{NID: dev.NID},
+		Limit:     limit,
+		Timeout:   timeout,
+		KeyCounts: true,
 	}
 	if s := q.Get("to_device_since"); s != "" {
 		if req.ToDevice, err = devicesync.ParseToDevice(a.devsync.Epoch(), req.Device, s); err != nil {
@@ -193,7 +197,9 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 			NextBatch: res.ToDeviceToken(),
 			Limited:   res.ToDevice.Limited,
 		},
-		DeviceLists: lists,
+		DeviceLists:        lists,
+		OneTimeKeysCount:   res.OneTimeKeys,
+		UnusedFallbackKeys: fallbackTypes(res),
 	})
 }
 

@@ -51,3 +51,78 @@ func (a *api) keysQuery(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, res)
 }
+
+// keysUpload answers POST /_matrix/client/v3/keys/upload for the device
+// of the access token.
+func (a *api) keysUpload(w http.ResponseWriter, r *http.Request) {
+	dev := deviceFrom(r)
+	a.answerKeysUpload(w, r, dev.UserID, dev.DeviceID)
+}
+
+// internalKeysUpload is the same upload for a homeserver that
+// authenticates its clients itself.
+func (a *api) internalKeysUpload(w http.ResponseWriter, r *http.Request) {
+	userID, deviceID, err := a.userDevice(r)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	a.answerKeysUpload(w, r, userID, deviceID)
+}
+
+func (a *api) answerKeysUpload(w http.ResponseWriter, r *http.Request, userID, deviceID string) {
+	var u devicelists.KeysUpload
+	if err := readObject(w, r, maxInternalBytes, &u); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	res, err := a.devices.UploadKeys(r.Context(), userID, deviceID, u)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// keysClaim answers POST /_matrix/client/v3/keys/claim (and the internal
+// POST /keys/claim): local devices' keys and, through federation, remote
+// ones.
+func (a *api) keysClaim(w http.ResponseWriter, r *http.Request) {
+	var q devicelists.KeysClaim
+	if err := readObject(w, r, maxInternalBytes, &q); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if q.OneTimeKeys == nil {
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "Missing 'one_time_keys'."))
+		return
+	}
+	res, err := a.devices.ClaimKeys(r.Context(), q)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// answerUserKeysClaim answers the federation claim (local users only), for
+// the X-Matrix route and its internal twin.
+func (a *api) answerUserKeysClaim(w http.ResponseWriter, r *http.Request, body []byte) {
+	var q struct {
+		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
+	}
+	if err := decodeObject(body, &q); err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if q.OneTimeKeys == nil {
+		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "Missing 'one_time_keys'."))
+		return
+	}
+	res, err := a.devices.ClaimLocalKeys(r.Context(), q.OneTimeKeys)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}

@@ -117,6 +117,8 @@ func NewRouter(cfg Config) http.Handler {
 				r.Get(v+"/sync", a.sync)
 				r.Get(v+"/keys/changes", a.keyChanges)
 				r.Post(v+"/keys/query", a.keysQuery)
+				r.Post(v+"/keys/upload", a.keysUpload)
+				r.Post(v+"/keys/claim", a.keysClaim)
 			}
 			r.Post(strings.TrimPrefix(SlidingSyncPath, "/_matrix/client"), a.slidingSync)
 		})
@@ -138,6 +140,8 @@ func NewRouter(cfg Config) http.Handler {
 			r.Get("/sync", a.internalSync)
 			r.Post("/sync/extensions", a.internalSyncExtensions)
 			r.Get("/keys/changes", a.internalKeyChanges)
+			r.Post("/users/{userId}/devices/{deviceId}/keys/upload", a.internalKeysUpload)
+			r.Post("/keys/claim", a.keysClaim)
 			if cfg.Federation != nil {
 				a.internalFederationRoutes(r)
 			}

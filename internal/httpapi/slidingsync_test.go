@@ -202,8 +202,9 @@ func TestSlidingSyncE2EEDeviceLists(t *testing.T) {
 		require.NotNil(t, first.Extensions.E2EE)
 		require.Nil(t, first.Extensions.E2EE.DeviceLists, "a new connection has no device-list delta")
 		require.Nil(t, first.Extensions.ToDevice)
-		require.NotContains(t, string(rawSS(context.Background(), t, in, "tok-alice", "", 0, ssBody(false, "", 0, true)).Body),
-			"one_time_keys", "the key fields come with the key issue: omitted")
+		e2ee := rawSS(context.Background(), t, in, "tok-alice", "", 0, ssBody(false, "", 0, true)).Body
+		require.JSONEq(t, `{"signed_curve25519":0}`, string(mustField(t, e2ee, "extensions", "e2ee", "device_one_time_keys_count")))
+		require.JSONEq(t, `[]`, string(mustField(t, e2ee, "extensions", "e2ee", "device_unused_fallback_key_types")))
 
 		in.PutDevice(t, bob, "B2", "tok-bob2")
 		next := ss(t, in, "tok-alice", first.Pos, 0, ssBody(false, "", 0, true))

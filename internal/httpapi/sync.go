@@ -36,6 +36,23 @@ type syncBody struct {
 	Rooms       roomsBody        `json:"rooms"`
 	AccountData emptyEvents      `json:"account_data"`
 	Presence    emptyEvents      `json:"presence"`
+	// The one-time-key fields, omitted only when no key counts are wired
+	// (tests).
+	OneTimeKeysCount   map[string]int `json:"device_one_time_keys_count,omitempty"`
+	UnusedFallbackKeys *[]string      `json:"device_unused_fallback_key_types,omitempty"`
+}
+
+// fallbackTypes is the unused fallback key types for JSON: nil when not
+// read, never a null list.
+func fallbackTypes(res devicesync.Result) *[]string {
+	if res.OneTimeKeys == nil {
+		return nil
+	}
+	t := res.FallbackTypes
+	if t == nil {
+		t = []string{}
+	}
+	return &t
 }
 
 func (a *api) sync(w http.ResponseWriter, r *http.Request) {
@@ -47,10 +64,11 @@ func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := devicesync.Request{
-		Device:   inbox.Recipient{UserID: dev.UserID, NID: dev.NID},
-		ToDevice: inbox.Position{NID: dev.NID},
-		Limit:    inbox.DefaultSyncLimit,
-		Timeout:  timeout,
+		Device:    inbox.Recipient{UserID: dev.UserID, NID: dev.NID},
+		ToDevice:  inbox.Position{NID: dev.NID},
+		Limit:     inbox.DefaultSyncLimit,
+		Timeout:   timeout,
+		KeyCounts: true,
 	}
 	if s := q.Get("since"); s != "" {
 		tok, err := devicesync.ParseToken(a.devsync.Epoch(), req.Device, s)
@@ -73,6 +91,9 @@ func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 		ToDevice:    toDeviceBody{Events: res.ToDevice.Events},
 		AccountData: emptyEvents{Events: []struct{}{}},
 		Presence:    emptyEvents{Events: []struct{}{}},
+
+		OneTimeKeysCount:   res.OneTimeKeys,
+		UnusedFallbackKeys: fallbackTypes(res),
 	}
 	if res.Lists != nil {
 		body.DeviceLists = &deviceListsBody{Changed: res.Lists.Changed, Left: res.Lists.Left}

@@ -28,6 +28,10 @@ func (r deviceListRemote) QueryKeys(ctx context.Context, server string, deviceKe
 	return r.do(ctx, server, http.MethodPost, devicelists.UserKeysPath, map[string]any{"device_keys": deviceKeys})
 }
 
+func (r deviceListRemote) ClaimKeys(ctx context.Context, server string, oneTimeKeys map[string]map[string]string) (json.RawMessage, error) {
+	return r.do(ctx, server, http.MethodPost, devicelists.UserKeysClaimPath, map[string]any{"one_time_keys": oneTimeKeys})
+}
+
 func (r deviceListRemote) do(ctx context.Context, server, method, path string, body any) (json.RawMessage, error) {
 	var out json.RawMessage
 	err := r.client.Do(ctx, server, method, path, nil, body, &out)

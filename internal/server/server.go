@@ -141,7 +141,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		BodyTimeout: cfg.RequestBodyTimeout,
 		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
 		Inbox: s.inbox, Devices: s.devices, Logger: log, Metrics: httpapi.NewMetrics(reg),
-		Sync:         devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub}),
+		Sync: devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub,
+			KeyCounts: devicesync.StoredKeyCounts{Devices: s.devices}}),
 		PurgeDeleted: s.kickPurge, Federation: fed,
 	})
 	s.metrics = s.metricsMux()

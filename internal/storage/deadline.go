@@ -303,3 +303,15 @@ func (t timedFederationDB) Each(ctx context.Context, fn func(context.Context, fe
 func (t timedFederationDB) Read(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
 	return t.d.run(ctx, func(ctx context.Context) error { return t.db.Read(ctx, fn) })
 }
+
+func (t timedDevices) UploadKeys(ctx context.Context, u devicelists.KeyUpload) (devicelists.KeyCounts, bool, error) {
+	return call2(t.d, ctx, func(ctx context.Context) (devicelists.KeyCounts, bool, error) { return t.s.UploadKeys(ctx, u) })
+}
+
+func (t timedDevices) ClaimKeys(ctx context.Context, claims []devicelists.KeyClaim) ([]devicelists.ClaimedKey, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.ClaimedKey, error) { return t.s.ClaimKeys(ctx, claims) })
+}
+
+func (t timedDevices) KeyCounts(ctx context.Context, nid int64) (devicelists.KeyCounts, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.KeyCounts, error) { return t.s.KeyCounts(ctx, nid) })
+}
