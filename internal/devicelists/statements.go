@@ -181,6 +181,10 @@ type Tx interface {
 	PruneOldest(ctx context.Context, cutoff time.Time, limit int) (n int, top int64, err error)
 	// RaisePrunedBelow raises the pruning point to pos.
 	RaisePrunedBelow(ctx context.Context, pos int64) error
+
+	// CrossSigningTx are the statements of uploaded cross-signing keys and
+	// signatures (crosssigning.go).
+	CrossSigningTx
 }
 
 // StoredDevice is a local device's row as PutDevice reads and writes it.

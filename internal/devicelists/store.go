@@ -216,6 +216,7 @@ type Store interface {
 
 	OutboundStore
 	RemoteStore
+	CrossSigningStore
 }
 
 // OutboundStore is what other servers learn of local users' devices: the

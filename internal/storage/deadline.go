@@ -303,3 +303,20 @@ func (t timedFederationDB) Each(ctx context.Context, fn func(context.Context, fe
 func (t timedFederationDB) Read(ctx context.Context, fn func(context.Context, federation.Queries) error) error {
 	return t.d.run(ctx, func(ctx context.Context) error { return t.db.Read(ctx, fn) })
 }
+
+func (t timedDevices) UploadCrossSigning(ctx context.Context, userID string, keys map[string]json.RawMessage,
+	check func(map[string]json.RawMessage, time.Time) (bool, error)) (bool, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.UploadCrossSigning(ctx, userID, keys, check) })
+}
+
+func (t timedDevices) AllowCrossSigningReplacement(ctx context.Context, userID string, until time.Time) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.AllowCrossSigningReplacement(ctx, userID, until) })
+}
+
+func (t timedDevices) PutSignatures(ctx context.Context, signer string, sigs []devicelists.Signature) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.PutSignatures(ctx, signer, sigs) })
+}
+
+func (t timedDevices) Signatures(ctx context.Context, targets []string) ([]devicelists.Signature, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.Signature, error) { return t.s.Signatures(ctx, targets) })
+}

@@ -103,6 +103,7 @@ func Run(t *testing.T, h Harness) {
 		{"RemoteResyncBackoff", testRemoteResyncBackoff},
 		{"ResyncIfUnknownDevice", testResyncIfUnknownDevice},
 		{"UserDeviceList", testUserDeviceList},
+		{"CrossSigningSignatures", testCrossSigningSignatures},
 		{"FederationLease", testLease},
 		{"FederationLeaseConcurrentAcquire", testLeaseConcurrentAcquire},
 		{"FederationFencing", testFencing},
