@@ -117,6 +117,8 @@ func NewRouter(cfg Config) http.Handler {
 				r.Get(v+"/sync", a.sync)
 				r.Get(v+"/keys/changes", a.keyChanges)
 				r.Post(v+"/keys/query", a.keysQuery)
+				r.Post(v+"/keys/device_signing/upload", a.deviceSigningUpload)
+				r.Post(v+"/keys/signatures/upload", a.signaturesUpload)
 			}
 			r.Post(strings.TrimPrefix(SlidingSyncPath, "/_matrix/client"), a.slidingSync)
 		})
@@ -132,6 +134,8 @@ func NewRouter(cfg Config) http.Handler {
 			r.Put("/users/{userId}/devices/{deviceId}", a.putDevice)
 			r.Delete("/users/{userId}/devices/{deviceId}", a.deleteDevice)
 			r.Put("/users/{userId}/cross_signing", a.putCrossSigning)
+			r.Post("/users/{userId}/cross_signing/replace_allowed", a.allowCrossSigningReplacement)
+			r.Post("/users/{userId}/signatures", a.internalSignatures)
 			r.Put("/rooms/{roomId}/encryption", a.putRoomEncryption)
 			r.Put("/rooms/{roomId}/members/{userId}", a.putRoomMember)
 			r.Put("/rooms/{roomId}/members", a.putRoomMembers)
