@@ -95,6 +95,7 @@ func testCrossSigningSignatures(t *testing.T, e *Env) {
 	require.NoError(t, dl.SetRoomEncrypted(ctx(t), roomE))
 	member(t, dl, roomE, alice, "join")
 	member(t, dl, roomE, bob, "join")
+	member(t, dl, roomE, remoteU, "join")
 	dev, am, as, au := NewSigner(1), NewSigner(2), NewSigner(3), NewSigner(4)
 	bm, bu := NewSigner(5), NewSigner(6)
 	putDevice(t, dl, alice, "A1", dev.DeviceKeys(alice, "A1"))
@@ -139,6 +140,19 @@ func testCrossSigningSignatures(t *testing.T, e *Env) {
 	fed, err := dl.QueryLocalKeys(ctx(t), map[string][]string{alice: nil})
 	require.NoError(t, err)
 	require.NotEmpty(t, signatureOf(t, fed.DeviceKeys[alice]["A1"], alice, as.KeyID()), "other servers see it too")
+	edus, err := b.Devices().PeekOutbox(ctx(t), "remote.test", 100)
+	require.NoError(t, err)
+	last := edus[len(edus)-1]
+	require.Equal(t, "m.device_list_update", last.Type)
+	var update struct {
+		Content struct {
+			DeviceID string          `json:"device_id"`
+			Keys     json.RawMessage `json:"keys"`
+		} `json:"content"`
+	}
+	require.NoError(t, json.Unmarshal(last.EDU, &update))
+	require.Equal(t, "A1", update.Content.DeviceID)
+	require.NotEmpty(t, signatureOf(t, update.Content.Keys, alice, as.KeyID()), "and are told with the keys")
 
 	_, err = dl.UploadSignatures(ctx(t), alice, map[string]map[string]json.RawMessage{
 		alice: {"A1": as.Sign(dev.DeviceKeys(alice, "A1"), alice, as.KeyID())},
@@ -161,6 +175,18 @@ func testCrossSigningSignatures(t *testing.T, e *Env) {
 	require.NoError(t, err)
 	h3 := head(t, dl)
 	require.Equal(t, []string{alice}, changes(t, dl, bob, h2, h3).Changed)
+	edus, err = b.Devices().PeekOutbox(ctx(t), "remote.test", 100)
+	require.NoError(t, err)
+	last = edus[len(edus)-1]
+	require.Equal(t, "m.signing_key_update", last.Type)
+	var signing struct {
+		Content struct {
+			MasterKey json.RawMessage `json:"master_key"`
+		} `json:"content"`
+	}
+	require.NoError(t, json.Unmarshal(last.EDU, &signing))
+	require.NotEmpty(t, signatureOf(t, signing.Content.MasterKey, alice, "ed25519:A1"))
+	queued := len(edus)
 
 	// Bob signs Alice's master key: only Bob sees Alice changed, and only
 	// Bob sees his signature.
@@ -178,6 +204,11 @@ func testCrossSigningSignatures(t *testing.T, e *Env) {
 	require.Greater(t, h5, h4)
 	require.Equal(t, []string{alice}, changes(t, dl, bob, h4, h5).Changed, "the signer sees the signed user changed")
 	require.Empty(t, changes(t, dl, alice, h4, h5).Changed, "nobody else does")
+	edus, err = b.Devices().PeekOutbox(ctx(t), "remote.test", 100)
+	require.NoError(t, err)
+	for _, e := range edus[queued:] {
+		require.NotContains(t, string(e.EDU), bu.KeyID(), "a signature on another user's key stays here")
+	}
 	q, err = dl.QueryKeys(ctx(t), bob, devicelists.KeysQuery{DeviceKeys: map[string][]string{alice: nil}})
 	require.NoError(t, err)
 	require.NotEmpty(t, signatureOf(t, q.MasterKeys[alice], bob, bu.KeyID()))
