@@ -332,6 +332,16 @@ func (r *Service) QueryKeys(ctx context.Context, requester string, q KeysQuery) 
 			timeout = min(time.Duration(*q.Timeout)*time.Millisecond, time.Minute)
 		}
 		r.remoteKeys(ctx, remote, timeout, &res)
+		// The requester's own signatures on remote users' master keys.
+		var users []string
+		for _, q := range remote {
+			for u := range q {
+				users = append(users, u)
+			}
+		}
+		if err := r.addSignatures(ctx, requester, users, &res); err != nil {
+			return res, err
+		}
 	}
 	return res, nil
 }
@@ -382,7 +392,7 @@ func (r *Service) localKeys(ctx context.Context, requester string, local map[str
 			res.UserSigningKeys[u] = k
 		}
 	}
-	return nil
+	return r.addSignatures(ctx, requester, users, res)
 }
 
 func (r *Service) remoteKeys(ctx context.Context, remote map[string]map[string][]string, timeout time.Duration, res *KeysResult) {

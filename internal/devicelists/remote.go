@@ -618,10 +618,17 @@ func (r *Service) UserDevices(ctx context.Context, userID string) (UserDevices, 
 	if err != nil {
 		return UserDevices{}, err
 	}
+	sigs, err := r.store.Signatures(ctx, []string{userID})
+	if err != nil {
+		return UserDevices{}, err
+	}
 	out := UserDevices{UserID: userID, StreamID: l.StreamID, Devices: make([]userDeviceJSON, 0, len(l.Devices)),
 		MasterKey: l.MasterKey, SelfSigningKey: l.SelfSigningKey}
+	if l.MasterKey != nil {
+		out.MasterKey = mergeMasterSignatures(l.MasterKey, userID, sigs, "")
+	}
 	for _, d := range l.Devices {
-		dev := userDeviceJSON{DeviceID: d.DeviceID, Keys: d.Keys}
+		dev := userDeviceJSON{DeviceID: d.DeviceID, Keys: mergeDeviceSignatures(d.Keys, userID, d.DeviceID, sigs, "")}
 		if r.federationNames {
 			dev.DisplayName = d.DisplayName
 		}

@@ -184,6 +184,9 @@ type Tx interface {
 	RaisePrunedBelow(ctx context.Context, pos int64) error
 
 	KeyTx
+	// CrossSigningTx are the statements of uploaded cross-signing keys and
+	// signatures (crosssigning.go).
+	CrossSigningTx
 }
 
 // StoredDevice is a local device's row as PutDevice reads and writes it.

@@ -218,6 +218,7 @@ type Store interface {
 	OutboundStore
 	RemoteStore
 	OneTimeKeyStore
+	CrossSigningStore
 }
 
 // OutboundStore is what other servers learn of local users' devices: the

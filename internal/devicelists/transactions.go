@@ -209,45 +209,67 @@ func sortedTypes(keys map[string]json.RawMessage) []string {
 
 func (s *store) PutCrossSigning(ctx context.Context, userID string, keys map[string]json.RawMessage) (bool, error) {
 	var changed bool
-	types := sortedTypes(keys)
-	err := s.db.Write(ctx, func(tx Tx) ([]wakeup.Key, error) {
-		changed = false
+	err := s.db.Write(ctx, func(tx Tx) (wake []wakeup.Key, err error) {
 		if err := tx.LockStream(ctx); err != nil {
 			return nil, err
 		}
-		public := false // the master or self-signing key changed: other servers are told
-		for _, t := range types {
-			n, err := tx.PutCrossSigningKey(ctx, userID, t, keys[t])
-			if err != nil {
-				return nil, err
-			}
-			if n {
-				changed = true
-				public = public || t != UserSigningKey
-			}
-		}
-		if !changed {
-			return nil, nil
-		}
-		_, wake, err := s.deviceChanged(ctx, tx, userID)
-		if err != nil || !public {
-			return wake, err
-		}
-		cs, err := crossSigningKeys(ctx, tx, userID)
-		if err != nil {
-			return nil, err
-		}
-		edu, err := SigningKeyUpdateEDU(userID, cs[MasterKey], cs[SelfSigningKey])
-		if err != nil {
-			return nil, err
-		}
-		out, err := s.queueOutbound(ctx, tx, userID, matrix.EDUSigningKeyUpdate, edu)
-		return append(wake, out...), err
+		changed, wake, err = s.putCrossSigning(ctx, tx, userID, keys)
+		return wake, err
 	})
 	if err != nil {
 		return false, err
 	}
 	return changed, nil
+}
+
+// putCrossSigning stores a local user's cross-signing keys and records a
+// change: a device-list change, and an m.signing_key_update when the master
+// or self-signing key changed. The caller holds the stream lock.
+func (s *store) putCrossSigning(ctx context.Context, tx Tx, userID string, keys map[string]json.RawMessage) (bool, []wakeup.Key, error) {
+	changed := false
+	public := false // the master or self-signing key changed: other servers are told
+	for _, t := range sortedTypes(keys) {
+		n, err := tx.PutCrossSigningKey(ctx, userID, t, keys[t])
+		if err != nil {
+			return false, nil, err
+		}
+		if n {
+			changed = true
+			public = public || t != UserSigningKey
+		}
+	}
+	if !changed {
+		return false, nil, nil
+	}
+	_, wake, err := s.deviceChanged(ctx, tx, userID)
+	if err != nil || !public {
+		return true, wake, err
+	}
+	out, err := s.queueSigningKeyUpdate(ctx, tx, userID)
+	return true, append(wake, out...), err
+}
+
+// queueSigningKeyUpdate queues an m.signing_key_update of a local user's
+// master and self-signing keys, with the signatures everyone sees, for the
+// servers sharing a room with the user.
+func (s *store) queueSigningKeyUpdate(ctx context.Context, tx Tx, userID string) ([]wakeup.Key, error) {
+	cs, err := crossSigningKeys(ctx, tx, userID)
+	if err != nil {
+		return nil, err
+	}
+	master := cs[MasterKey]
+	if master != nil {
+		sigs, err := tx.SignaturesOf(ctx, []string{userID})
+		if err != nil {
+			return nil, err
+		}
+		master = mergeMasterSignatures(master, userID, sigs, "")
+	}
+	edu, err := SigningKeyUpdateEDU(userID, master, cs[SelfSigningKey])
+	if err != nil {
+		return nil, err
+	}
+	return s.queueOutbound(ctx, tx, userID, matrix.EDUSigningKeyUpdate, edu)
 }
 
 func (s *store) SetRoomEncrypted(ctx context.Context, roomID string) (bool, error) {
@@ -582,6 +604,14 @@ func (s *store) Changes(ctx context.Context, userID string, from, to int64) (Cha
 			return err
 		}
 		for _, u := range devChanged {
+			changed[u] = true
+		}
+		// New signatures of userID's on other users' keys.
+		signed, err := tx.SignatureChanges(ctx, userID, from, to)
+		if err != nil {
+			return err
+		}
+		for _, u := range signed {
 			changed[u] = true
 		}
 		entries, err := tx.RoomChanges(ctx, userID, from, to)

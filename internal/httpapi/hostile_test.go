@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -26,6 +27,20 @@ type hostileCase struct {
 	status int
 	code   string
 	n      int // for sends answered 200: the marker bob must receive
+}
+
+// manySignatures is a signatures upload naming n keys.
+func manySignatures(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"@alice:localhost":{`)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"K%d":{}`, i)
+	}
+	b.WriteString("}}")
+	return b.String()
 }
 
 func deep(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
@@ -117,6 +132,33 @@ func hostileCases() []hostileCase {
 			body: `{"one_time_keys":{"@b\u0000:localhost":{"B1":"signed_curve25519"}}}`, status: 400, code: "M_INVALID_PARAM"},
 		{name: "internal: keys/upload unknown device", method: "POST", path: in + "/users/@bob:localhost/devices/NOPE/keys/upload", token: "internal",
 			body: `{}`, status: 404, code: "M_NOT_FOUND"},
+		// Cross-signing keys and signatures.
+		{name: "device_signing deep body", method: "POST", path: "/_matrix/client/v3/keys/device_signing/upload", token: "alice",
+			body: `{"x":` + deep(100_000) + `}`, status: 400, code: "M_BAD_JSON"},
+		{name: "device_signing float in key", method: "POST", path: "/_matrix/client/v3/keys/device_signing/upload", token: "alice",
+			body: `{"master_key":{"user_id":"@alice:localhost","usage":["master"],"keys":{},"f":0.5}}`, status: 400, code: "M_BAD_JSON"},
+		{name: "device_signing key not an object", method: "POST", path: "/_matrix/client/v3/keys/device_signing/upload", token: "alice",
+			body: `{"master_key":"x"}`, status: 400, code: "M_BAD_JSON"},
+		{name: "device_signing NUL in user id", method: "POST", path: "/_matrix/client/v3/keys/device_signing/upload", token: "alice",
+			body: `{"master_key":{"user_id":"@alice:localhost\u0000","usage":["master"],"keys":{}}}`, status: 400, code: "M_INVALID_PARAM"},
+		{name: "device_signing usage not a list", method: "POST", path: "/_matrix/client/v3/keys/device_signing/upload", token: "alice",
+			body: `{"master_key":{"user_id":"@alice:localhost","usage":"master","keys":{}}}`, status: 400, code: "M_BAD_JSON"},
+		{name: "device_signing huge key", method: "POST", path: "/_matrix/client/v3/keys/device_signing/upload", token: "alice",
+			body: `{"master_key":{"user_id":"@alice:localhost","x":"` + strings.Repeat("a", 70_000) + `"}}`, status: 413, code: "M_TOO_LARGE"},
+		{name: "signatures deep body", method: "POST", path: "/_matrix/client/v3/keys/signatures/upload", token: "alice",
+			body: `{"@alice:localhost":{"A1":` + deep(100_000) + `}}`, status: 400, code: "M_BAD_JSON"},
+		{name: "signatures not objects", method: "POST", path: "/_matrix/client/v3/keys/signatures/upload", token: "alice",
+			body: `{"@alice:localhost":["A1"]}`, status: 400, code: "M_BAD_JSON"},
+		{name: "signatures of junk are failures", method: "POST", path: "/_matrix/client/v3/keys/signatures/upload", token: "alice",
+			body: `{"@alice:localhost":{"A1":"x","B\u0000":{"x":` + deep(40) + `}},"@x\u0000:localhost":{"K":{}},"bad":{"K":{"f":0.5}}}`, status: 200},
+		{name: "signatures too many", method: "POST", path: "/_matrix/client/v3/keys/signatures/upload", token: "alice",
+			body: manySignatures(1001), status: 413, code: "M_TOO_LARGE"},
+		{name: "internal: replace_allowed NUL user", method: "POST", path: in + "/users/@eve%00:localhost/cross_signing/replace_allowed", token: "internal",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "internal: replace_allowed remote user", method: "POST", path: in + "/users/@eve:remote.test/cross_signing/replace_allowed", token: "internal",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "internal: signatures NUL user", method: "POST", path: in + "/users/@eve%00:localhost/signatures", token: "internal",
+			body: `{}`, status: 400, code: "M_INVALID_PARAM"},
 		// Internal API.
 		{name: "internal: %00 in device path", method: "PUT", path: in + "/users/@eve:localhost/devices/E%00", token: "internal",
 			body: `{}`, status: 400, code: "M_INVALID_PARAM"},

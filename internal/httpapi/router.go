@@ -119,6 +119,8 @@ func NewRouter(cfg Config) http.Handler {
 				r.Post(v+"/keys/query", a.keysQuery)
 				r.Post(v+"/keys/upload", a.keysUpload)
 				r.Post(v+"/keys/claim", a.keysClaim)
+				r.Post(v+"/keys/device_signing/upload", a.deviceSigningUpload)
+				r.Post(v+"/keys/signatures/upload", a.signaturesUpload)
 			}
 			r.Post(strings.TrimPrefix(SlidingSyncPath, "/_matrix/client"), a.slidingSync)
 		})
@@ -134,6 +136,8 @@ func NewRouter(cfg Config) http.Handler {
 			r.Put("/users/{userId}/devices/{deviceId}", a.putDevice)
 			r.Delete("/users/{userId}/devices/{deviceId}", a.deleteDevice)
 			r.Put("/users/{userId}/cross_signing", a.putCrossSigning)
+			r.Post("/users/{userId}/cross_signing/replace_allowed", a.allowCrossSigningReplacement)
+			r.Post("/users/{userId}/signatures", a.internalSignatures)
 			r.Put("/rooms/{roomId}/encryption", a.putRoomEncryption)
 			r.Put("/rooms/{roomId}/members/{userId}", a.putRoomMember)
 			r.Put("/rooms/{roomId}/members", a.putRoomMembers)

@@ -26,6 +26,8 @@ const (
 	Unauthorized  Code = "M_UNAUTHORIZED"
 	Unknown       Code = "M_UNKNOWN"
 	Unavailable   Code = "M_UNAVAILABLE"
+	// InvalidSignature: a signature did not verify (keys/signatures/upload).
+	InvalidSignature Code = "M_INVALID_SIGNATURE"
 )
 
 // Error is a Matrix error a request deserves.

@@ -315,3 +315,20 @@ func (t timedDevices) ClaimKeys(ctx context.Context, claims []devicelists.KeyCla
 func (t timedDevices) KeyCounts(ctx context.Context, nid int64) (devicelists.KeyCounts, error) {
 	return call1(t.d, ctx, func(ctx context.Context) (devicelists.KeyCounts, error) { return t.s.KeyCounts(ctx, nid) })
 }
+
+func (t timedDevices) UploadCrossSigning(ctx context.Context, userID string, keys map[string]json.RawMessage,
+	check func(map[string]json.RawMessage, time.Time) (bool, error)) (bool, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.UploadCrossSigning(ctx, userID, keys, check) })
+}
+
+func (t timedDevices) AllowCrossSigningReplacement(ctx context.Context, userID string, until time.Time) error {
+	return t.d.run(ctx, func(ctx context.Context) error { return t.s.AllowCrossSigningReplacement(ctx, userID, until) })
+}
+
+func (t timedDevices) PutSignatures(ctx context.Context, signer string, sigs []devicelists.Signature) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.PutSignatures(ctx, signer, sigs) })
+}
+
+func (t timedDevices) Signatures(ctx context.Context, targets []string) ([]devicelists.Signature, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.Signature, error) { return t.s.Signatures(ctx, targets) })
+}

@@ -106,6 +106,7 @@ func Run(t *testing.T, h Harness) {
 		{"OneTimeKeyCounts", testOneTimeKeyCounts},
 		{"ClaimAndFallback", testClaimAndFallback},
 		{"ClaimExactlyOnce", testClaimExactlyOnce},
+		{"CrossSigningSignatures", testCrossSigningSignatures},
 		{"FederationLease", testLease},
 		{"FederationLeaseConcurrentAcquire", testLeaseConcurrentAcquire},
 		{"FederationFencing", testFencing},
