@@ -45,8 +45,8 @@ func (a *api) federationRoutes(r chi.Router) {
 	r.Get("/_matrix/federation/v1/version", a.federationVersion)
 	r.Put("/_matrix/federation/v1/send/{txnId}", a.federationSend)
 	r.Get(devicelists.UserDevicesPath+"{userId}", a.federationUserDevices)
-	r.Post(devicelists.UserKeysPath, a.federationUserKeys)
-	r.Post(devicelists.UserKeysClaimPath, a.federationUserKeysClaim)
+	r.Post(devicelists.UserKeysPath, a.signedQuery(a.answerUserKeys))
+	r.Post(devicelists.UserKeysClaimPath, a.signedQuery(a.answerUserKeysClaim))
 }
 
 func (a *api) internalFederationRoutes(r chi.Router) {
@@ -54,8 +54,8 @@ func (a *api) internalFederationRoutes(r chi.Router) {
 	// The two device-list queries, for a homeserver whose federation API
 	// answers them: the same answers, without X-Matrix.
 	r.Get("/federation/user/devices/{userId}", a.answerUserDevices)
-	r.Post("/federation/user/keys/query", a.internalUserKeys)
-	r.Post("/federation/user/keys/claim", a.internalUserKeysClaim)
+	r.Post("/federation/user/keys/query", a.internalQuery(a.answerUserKeys))
+	r.Post("/federation/user/keys/claim", a.internalQuery(a.answerUserKeysClaim))
 	if a.cfg.Federation.Feed != nil {
 		r.Get("/federation/outbox/destinations", a.feedDestinations)
 		r.Get("/federation/outbox", a.feedPull)
@@ -270,31 +270,40 @@ func (a *api) answerUserDevices(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-// federationUserKeys is POST /_matrix/federation/v1/user/keys/query: the
-// keys of local users, in the shape of the client /keys/query.
-func (a *api) federationUserKeys(w http.ResponseWriter, r *http.Request) {
-	ra, ok := a.authorize(w, r)
-	if !ok {
-		return
+// signedQuery serves a federation query whose body answer reads, once the
+// request's X-Matrix authorization is checked (before the body is read) and
+// its signature over the body verified: POST /user/keys/query (local users'
+// keys, in the shape of the client /keys/query) and /user/keys/claim (local
+// devices' one-time keys).
+func (a *api) signedQuery(answer func(http.ResponseWriter, *http.Request, []byte)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ra, ok := a.authorize(w, r)
+		if !ok {
+			return
+		}
+		body, release, ok := a.readBoundedBody(w, r, maxInternalBytes)
+		if !ok {
+			return
+		}
+		defer release()
+		if !a.verify(w, r, ra, body) {
+			return
+		}
+		answer(w, r, body)
 	}
-	body, release, ok := a.readBoundedBody(w, r, maxInternalBytes)
-	if !ok {
-		return
-	}
-	defer release()
-	if !a.verify(w, r, ra, body) {
-		return
-	}
-	a.answerUserKeys(w, r, body)
 }
 
-func (a *api) internalUserKeys(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
+// internalQuery serves the same queries on the internal API, for a
+// homeserver whose federation API answers them (no X-Matrix there).
+func (a *api) internalQuery(answer func(http.ResponseWriter, *http.Request, []byte)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := readBody(w, r, maxInternalBytes)
+		if err != nil {
+			writeError(w, r, a.log, err)
+			return
+		}
+		answer(w, r, body)
 	}
-	a.answerUserKeys(w, r, body)
 }
 
 func (a *api) answerUserKeys(w http.ResponseWriter, r *http.Request, body []byte) {
@@ -315,31 +324,4 @@ func (a *api) answerUserKeys(w http.ResponseWriter, r *http.Request, body []byte
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
-}
-
-// federationUserKeysClaim is POST /_matrix/federation/v1/user/keys/claim:
-// one-time keys of local users' devices.
-func (a *api) federationUserKeysClaim(w http.ResponseWriter, r *http.Request) {
-	ra, ok := a.authorize(w, r)
-	if !ok {
-		return
-	}
-	body, release, ok := a.readBoundedBody(w, r, maxInternalBytes)
-	if !ok {
-		return
-	}
-	defer release()
-	if !a.verify(w, r, ra, body) {
-		return
-	}
-	a.answerUserKeysClaim(w, r, body)
-}
-
-func (a *api) internalUserKeysClaim(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r, maxInternalBytes)
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
-	a.answerUserKeysClaim(w, r, body)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
@@ -123,22 +124,35 @@ type internalSyncBody struct {
 	UnusedFallbackKeys *[]string      `json:"device_unused_fallback_key_types,omitempty"`
 }
 
+// internalSyncDevice reads what every internal sync names: the local device
+// (user_id, device_id), which must exist, and the long-poll timeout.
+func (a *api) internalSyncDevice(r *http.Request) (devicelists.Device, time.Duration, error) {
+	q := r.URL.Query()
+	userID, deviceID := q.Get("user_id"), q.Get("device_id")
+	if userID == "" || deviceID == "" {
+		return devicelists.Device{}, 0, matrix.Errorf(matrix.MissingParam, "user_id and device_id are required.")
+	}
+	if err := a.devices.CheckLocalDevice(userID, deviceID); err != nil {
+		return devicelists.Device{}, 0, err
+	}
+	timeout, err := parseTimeout(q.Get("timeout"))
+	if err != nil {
+		return devicelists.Device{}, 0, err
+	}
+	dev, err := a.devices.Device(r.Context(), userID, deviceID)
+	if errors.Is(err, devicelists.ErrNotFound) {
+		err = matrix.Errorf(matrix.NotFound, "No such device.")
+	}
+	return dev, timeout, err
+}
+
 // internalSync serves the homeserver's sync service: the to-device part and
 // the device-list part of one device's sync, each with a position of its own
 // so a homeserver can embed them in its tokens (and sliding sync can use the
 // to-device one alone).
 func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	userID, deviceID := q.Get("user_id"), q.Get("device_id")
-	if userID == "" || deviceID == "" {
-		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "user_id and device_id are required."))
-		return
-	}
-	if err := a.devices.CheckLocalDevice(userID, deviceID); err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
-	timeout, err := parseTimeout(q.Get("timeout"))
+	dev, timeout, err := a.internalSyncDevice(r)
 	if err != nil {
 		writeError(w, r, a.log, err)
 		return
@@ -151,14 +165,6 @@ func (a *api) internalSync(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		limit = min(n, inbox.DefaultSyncLimit)
-	}
-	dev, err := a.devices.Device(r.Context(), userID, deviceID)
-	if err != nil {
-		if errors.Is(err, devicelists.ErrNotFound) {
-			err = matrix.Errorf(matrix.NotFound, "No such device.")
-		}
-		writeError(w, r, a.log, err)
-		return
 	}
 	req := devicesync.Request{
 		Device:    inbox.Recipient{UserID: dev.UserID, NID: dev.NID},

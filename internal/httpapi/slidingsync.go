@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/matrix"
@@ -174,25 +173,8 @@ type internalExtensionsBody struct {
 // connection state and passes it back as device_lists_since.
 func (a *api) internalSyncExtensions(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	userID, deviceID := q.Get("user_id"), q.Get("device_id")
-	if userID == "" || deviceID == "" {
-		writeError(w, r, a.log, matrix.Errorf(matrix.MissingParam, "user_id and device_id are required."))
-		return
-	}
-	if err := a.devices.CheckLocalDevice(userID, deviceID); err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
-	timeout, err := parseTimeout(q.Get("timeout"))
+	d, timeout, err := a.internalSyncDevice(r)
 	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
-	d, err := a.devices.Device(r.Context(), userID, deviceID)
-	if err != nil {
-		if errors.Is(err, devicelists.ErrNotFound) {
-			err = matrix.Errorf(matrix.NotFound, "No such device.")
-		}
 		writeError(w, r, a.log, err)
 		return
 	}
