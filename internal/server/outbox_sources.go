@@ -53,20 +53,12 @@ func (o toDeviceOutbox) Delete(ctx context.Context, destination string, position
 }
 
 func (o toDeviceOutbox) Expire(ctx context.Context, cutoff time.Time, limit int) ([]federation.DestinationCount, error) {
-	counts, err := o.store.ExpireOutbox(ctx, cutoff, limit)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]federation.DestinationCount, len(counts))
-	for i, c := range counts {
-		out[i] = federation.DestinationCount{Destination: c.Destination, Count: c.Count}
-	}
-	return out, nil
+	return fedCounts(o.store.ExpireOutbox(ctx, cutoff, limit))
 }
 
 func (o toDeviceOutbox) Backlog(ctx context.Context) (federation.Backlog, error) {
 	b, err := o.store.OutboxBacklog(ctx)
-	return federation.Backlog{Pending: b.Pending, Oldest: b.Oldest}, err
+	return federation.Backlog(b), err
 }
 
 // deviceListOutbox is the device-list outbox as a federation.Outbox.
@@ -98,20 +90,28 @@ func (o deviceListOutbox) Delete(ctx context.Context, destination string, positi
 }
 
 func (o deviceListOutbox) Expire(ctx context.Context, cutoff time.Time, limit int) ([]federation.DestinationCount, error) {
-	counts, err := o.store.ExpireOutbox(ctx, cutoff, limit)
+	return fedCounts(o.store.ExpireOutbox(ctx, cutoff, limit))
+}
+
+func (o deviceListOutbox) Backlog(ctx context.Context) (federation.Backlog, error) {
+	b, err := o.store.OutboxBacklog(ctx)
+	return federation.Backlog(b), err
+}
+
+// fedCounts converts an outbox's per-destination counts (the inbox's and
+// the device lists' types have federation's shape) to federation's type.
+func fedCounts[C ~struct {
+	Destination string
+	Count       int
+}](counts []C, err error) ([]federation.DestinationCount, error) {
 	if err != nil {
 		return nil, err
 	}
 	out := make([]federation.DestinationCount, len(counts))
 	for i, c := range counts {
-		out[i] = federation.DestinationCount{Destination: c.Destination, Count: c.Count}
+		out[i] = federation.DestinationCount(c)
 	}
 	return out, nil
-}
-
-func (o deviceListOutbox) Backlog(ctx context.Context) (federation.Backlog, error) {
-	b, err := o.store.OutboxBacklog(ctx)
-	return federation.Backlog{Pending: b.Pending, Oldest: b.Oldest}, err
 }
 
 // toDeviceInbox is the inbox as the federation receiver stores inbound
