@@ -56,8 +56,10 @@ var (
 	liveDevice = New(`
 		SELECT nid, display_name, keys, dehydrated_data IS NOT NULL FROM devices
 		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL {forupdate}`)
+	// tombstoneDevice frees the token and drops a dehydrated device's data
+	// (private keys, encrypted: nobody reads them again).
 	tombstoneDevice = New(`
-		UPDATE devices SET deleted_at = {now}, token_hash = NULL
+		UPDATE devices SET deleted_at = {now}, token_hash = NULL, dehydrated_data = NULL
 		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL
 		RETURNING nid, display_name`)
 	liveDeviceKeys = New(`
