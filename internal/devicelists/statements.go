@@ -54,6 +54,7 @@ type Queries interface {
 	ResyncIfUnknownDevice(ctx context.Context, userID, deviceID string) (bool, error)
 	RemoteUserCount(ctx context.Context) (int, error)
 	KeyCounts(ctx context.Context, nid int64) (KeyCounts, error)
+	Dehydrated(ctx context.Context, userID string) (DehydratedDevice, error)
 }
 
 // Tx is the statements the store runs inside a transaction DB hands it.
@@ -184,6 +185,9 @@ type Tx interface {
 	RaisePrunedBelow(ctx context.Context, pos int64) error
 
 	KeyTx
+	// DehydratedTx are the statements of dehydrated devices
+	// (dehydrated.go).
+	DehydratedTx
 	// CrossSigningTx are the statements of uploaded cross-signing keys and
 	// signatures (crosssigning.go).
 	CrossSigningTx
@@ -194,6 +198,8 @@ type StoredDevice struct {
 	NID         int64
 	DisplayName *string // nil: none
 	Keys        []byte  // nil: none
+	// Dehydrated: the user's dehydrated device (dehydrated.go).
+	Dehydrated bool
 }
 
 // MembershipChange is a membership UpsertMemberships wrote.

@@ -219,6 +219,7 @@ type Store interface {
 	RemoteStore
 	OneTimeKeyStore
 	CrossSigningStore
+	DehydratedStore
 }
 
 // OutboundStore is what other servers learn of local users' devices: the

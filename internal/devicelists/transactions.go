@@ -177,18 +177,10 @@ func (s *store) PutDevice(ctx context.Context, p PutDevice) (Device, bool, error
 func (s *store) DeleteDevice(ctx context.Context, userID, deviceID string) (Device, error) {
 	var d Device
 	err := s.db.Write(ctx, func(tx Tx) ([]wakeup.Key, error) {
+		var wake []wakeup.Key
 		var err error
-		if d, err = tx.TombstoneDevice(ctx, userID, deviceID); err != nil {
-			return nil, err
-		}
-		if err := tx.DeleteDeviceKeys(ctx, d.NID); err != nil {
-			return nil, err
-		}
-		wake, err := s.localDeviceChanged(ctx, tx, userID, DeviceUpdate{DeviceID: deviceID, Deleted: true})
-		if err != nil {
-			return nil, err
-		}
-		return append(wake, wakeup.DeviceKey(d.NID)), nil
+		d, wake, err = s.deleteDevice(ctx, tx, userID, deviceID)
+		return wake, err
 	})
 	if err != nil {
 		return Device{}, err

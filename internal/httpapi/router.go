@@ -123,6 +123,11 @@ func NewRouter(cfg Config) http.Handler {
 				r.Post(v+"/keys/signatures/upload", a.signaturesUpload)
 			}
 			r.Post(strings.TrimPrefix(SlidingSyncPath, "/_matrix/client"), a.slidingSync)
+			dehydrated := strings.TrimPrefix(DehydratedDevicePath, "/_matrix/client")
+			r.Put(dehydrated, a.withUser(false, a.putDehydrated))
+			r.Get(dehydrated, a.withUser(false, a.getDehydrated))
+			r.Delete(dehydrated, a.withUser(false, a.deleteDehydrated))
+			r.Post(dehydrated+"/{deviceId}/events", a.withUser(false, a.dehydratedEvents))
 		})
 	})
 
@@ -146,6 +151,10 @@ func NewRouter(cfg Config) http.Handler {
 			r.Get("/keys/changes", a.internalKeyChanges)
 			r.Post("/users/{userId}/devices/{deviceId}/keys/upload", a.internalKeysUpload)
 			r.Post("/keys/claim", a.keysClaim)
+			r.Put("/users/{userId}/dehydrated_device", a.withUser(true, a.putDehydrated))
+			r.Get("/users/{userId}/dehydrated_device", a.withUser(true, a.getDehydrated))
+			r.Delete("/users/{userId}/dehydrated_device", a.withUser(true, a.deleteDehydrated))
+			r.Post("/users/{userId}/dehydrated_device/{deviceId}/events", a.withUser(true, a.dehydratedEvents))
 			if cfg.Federation != nil {
 				a.internalFederationRoutes(r)
 			}

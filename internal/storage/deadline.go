@@ -308,6 +308,20 @@ func (t timedDevices) UploadKeys(ctx context.Context, u devicelists.KeyUpload) (
 	return call2(t.d, ctx, func(ctx context.Context) (devicelists.KeyCounts, bool, error) { return t.s.UploadKeys(ctx, u) })
 }
 
+func (t timedDevices) PutDehydrated(ctx context.Context, p devicelists.DehydratedPut) (devicelists.Device, *devicelists.Device, error) {
+	return call2(t.d, ctx, func(ctx context.Context) (devicelists.Device, *devicelists.Device, error) {
+		return t.s.PutDehydrated(ctx, p)
+	})
+}
+
+func (t timedDevices) DeleteDehydrated(ctx context.Context, userID string) (devicelists.Device, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.Device, error) { return t.s.DeleteDehydrated(ctx, userID) })
+}
+
+func (t timedDevices) Dehydrated(ctx context.Context, userID string) (devicelists.DehydratedDevice, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.DehydratedDevice, error) { return t.s.Dehydrated(ctx, userID) })
+}
+
 func (t timedDevices) ClaimKeys(ctx context.Context, claims []devicelists.KeyClaim) ([]devicelists.ClaimedKey, error) {
 	return call1(t.d, ctx, func(ctx context.Context) ([]devicelists.ClaimedKey, error) { return t.s.ClaimKeys(ctx, claims) })
 }

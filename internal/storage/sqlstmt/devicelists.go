@@ -54,10 +54,12 @@ var (
 		SELECT EXISTS (SELECT 1 FROM devices
 			WHERE token_hash = $1 AND NOT (user_id = $2 AND device_id = $3))`)
 	liveDevice = New(`
-		SELECT nid, display_name, keys FROM devices
+		SELECT nid, display_name, keys, dehydrated_data IS NOT NULL FROM devices
 		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL {forupdate}`)
+	// tombstoneDevice frees the token and drops a dehydrated device's data
+	// (private keys, encrypted: nobody reads them again).
 	tombstoneDevice = New(`
-		UPDATE devices SET deleted_at = {now}, token_hash = NULL
+		UPDATE devices SET deleted_at = {now}, token_hash = NULL, dehydrated_data = NULL
 		WHERE user_id = $1 AND device_id = $2 AND deleted_at IS NULL
 		RETURNING nid, display_name`)
 	liveDeviceKeys = New(`
@@ -235,7 +237,7 @@ func (t DeviceTx) TokenTaken(ctx context.Context, tokenHash []byte, userID, devi
 
 func (t DeviceTx) LiveDevice(ctx context.Context, userID, deviceID string) (devicelists.StoredDevice, bool, error) {
 	var d devicelists.StoredDevice
-	err := t.C.QueryRow(ctx, liveDevice, userID, deviceID).Scan(&d.NID, &d.DisplayName, &d.Keys)
+	err := t.C.QueryRow(ctx, liveDevice, userID, deviceID).Scan(&d.NID, &d.DisplayName, &d.Keys, &d.Dehydrated)
 	if IsNoRows(err) {
 		return d, false, nil
 	}

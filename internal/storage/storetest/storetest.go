@@ -107,6 +107,8 @@ func Run(t *testing.T, h Harness) {
 		{"ClaimAndFallback", testClaimAndFallback},
 		{"ClaimExactlyOnce", testClaimExactlyOnce},
 		{"CrossSigningSignatures", testCrossSigningSignatures},
+		{"DehydratedDevices", testDehydratedDevices},
+		{"DehydratedConcurrentUploads", testDehydratedConcurrentUploads},
 		{"FederationLease", testLease},
 		{"FederationLeaseConcurrentAcquire", testLeaseConcurrentAcquire},
 		{"FederationFencing", testFencing},
