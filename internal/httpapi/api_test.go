@@ -378,8 +378,8 @@ func TestVersionsAndCORS(t *testing.T) {
 		in := start(t, b)
 		r := in.Do(t, "GET", "/_matrix/client/versions", "", nil)
 		require.Equal(t, 200, r.Status)
-		require.JSONEq(t, `{"versions":[],"unstable_features":{}}`, string(r.Body),
-			"a spec version claims the whole client-server API; standalone todeviced serves a few endpoints of it")
+		require.JSONEq(t, `{"versions":[],"unstable_features":{"org.matrix.simplified_msc3575":true,"org.matrix.msc3814":true}}`, string(r.Body),
+			"a spec version claims the whole client-server API; standalone todeviced serves a few endpoints of it, and two unstable features whole")
 		r = in.Do(t, "OPTIONS", "/_matrix/client/v3/sync", "", nil)
 		require.Equal(t, http.StatusNoContent, r.Status)
 		require.Equal(t, "*", r.Header.Get("Access-Control-Allow-Origin"))

@@ -26,14 +26,20 @@ func pathParam(r *http.Request, name string) (string, error) {
 
 // versions answers GET /_matrix/client/versions. A version in that list
 // claims the whole client-server API of that version (login, rooms,
-// profiles, …), and todeviced serves four endpoints of it, so it claims
-// none: the list is empty and unstable_features too. The endpoints it does
-// serve follow their definition in v1.1 to v1.12 (unchanged for what
-// todeviced does). Behind a homeserver, the homeserver answers /versions.
+// profiles, …), and todeviced serves a few endpoints of it, so it claims
+// none. The endpoints it does serve follow their definition in v1.1 to
+// v1.12. An unstable feature names what it covers, so the two todeviced
+// serves whole are listed: simplified sliding sync (MSC4186, for the
+// extension-only connections clients open for encryption) and dehydrated
+// devices (MSC3814); clients look for them there before using them. Behind
+// a homeserver, the homeserver answers /versions.
 func (a *api) versions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
-		"versions":          []string{},
-		"unstable_features": map[string]bool{},
+		"versions": []string{},
+		"unstable_features": map[string]bool{
+			"org.matrix.simplified_msc3575": true,
+			"org.matrix.msc3814":            true,
+		},
 	})
 }
 
