@@ -94,6 +94,7 @@ func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, 
 	}
 	s.m.Enqueued.WithLabelValues(OriginLocal).Add(float64(res.Delivered))
 	s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(res.Unknown + a.Unaddressable))
+	s.countStale(res.Dropped)
 	for _, e := range a.Remote {
 		s.m.Forwarded.Add(float64(e.Messages))
 	}
@@ -118,6 +119,7 @@ func (s *Service) AcceptRemote(ctx context.Context, batch []*RemoteAccept) ([]Ac
 		}
 		s.m.Enqueued.WithLabelValues(OriginFederation).Add(float64(r.Delivered))
 		s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(r.Unknown + batch[i].Unaddressable))
+		s.countStale(r.Dropped)
 	}
 	return res, nil
 }

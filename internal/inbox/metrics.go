@@ -81,6 +81,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{DropUnknownDevice, DropDeviceDeleted, DropExpired, DropUndeliverable} {
 		m.Dropped.WithLabelValues(r)
 	}
+	for _, r := range staleReasons {
+		m.Dropped.WithLabelValues(r)
+	}
 	if reg != nil {
 		reg.MustRegister(m.Enqueued, m.Delivered, m.Acknowledged, m.Dropped, m.Forwarded,
 			m.Pending, m.OldestAge, m.DeliveryDelay, m.Duplicates)

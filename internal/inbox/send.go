@@ -118,6 +118,7 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 	for _, d := range destinations {
 		a.Remote = append(a.Remote, e.split(d, remote[d])...)
 	}
+	a.Stale = markStale(a.EventType, a.Local)
 	return a, nil
 }
 
@@ -277,5 +278,6 @@ func BuildRemoteAccept(serverName, origin, messageID, sender, eventType string, 
 			r.Local = append(r.Local, LocalMessage{UserID: userID, DeviceID: deviceID, Content: devices[deviceID]})
 		}
 	}
+	r.Stale = markStale(r.EventType, r.Local)
 	return r, nil
 }

@@ -52,6 +52,9 @@ type Accept struct {
 	// Unaddressable counts messages dropped before storage: "*" next to
 	// other device ids is just a device id nobody has.
 	Unaddressable int
+	// Stale is true when a local message has an MSC3944 rule (stale.go):
+	// only then does the accept path look at pending messages.
+	Stale bool
 }
 
 // AcceptResult says what storing an Accept did.
@@ -65,6 +68,9 @@ type AcceptResult struct {
 	Delivered int
 	Unknown   int
 	Queued    int
+	// Dropped counts messages the MSC3944 rules dropped, by reason: pending
+	// ones and new ones (see PlanStale).
+	Dropped map[string]int
 }
 
 // Recipient is one incarnation of a local device as the inbox addresses it.
@@ -123,6 +129,8 @@ type RemoteAccept struct {
 	// Unaddressable counts messages dropped before storage ("*" next to
 	// other device ids).
 	Unaddressable int
+	// Stale is as in Accept.
+	Stale bool
 }
 
 // DestinationCount is a number of outbox EDUs of one destination.
