@@ -286,6 +286,7 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	var rows recipientRows
 	var edus []inbox.OutboundEDU
 	var lookup txnKeys // duplicates of transactions recorded before this group
+	stale := false
 	for i, q := range group {
 		a := q.a
 		if first := firstOf[a.Txn]; first != i || !inserted[a.Txn] {
@@ -301,10 +302,24 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 		results[i].Unknown, results[i].Delivered = devs.expand(a.Local, a.Sender, a.EventType, &rows)
 		edus = append(edus, a.Remote...)
 		results[i].Queued = len(a.Remote)
+		stale = stale || a.Stale
+	}
+	b = &pgx.Batch{}
+	if stale {
+		plan, err := applyStale(ctx, conn, &rows, b)
+		if err != nil {
+			return nil, nil, err
+		}
+		from := 0
+		for i := range group {
+			n := results[i].Delivered // 0 for duplicates
+			results[i].Delivered -= plan.Skipped(from, from+n)
+			results[i].Dropped = plan.Drops(from, from+n)
+			from += n
+		}
 	}
 	keys = rows.wakeKeys(nil)
 
-	b = &pgx.Batch{}
 	if err := rows.write(ctx, conn.Conn, s.db.opts.InboxWrite, b); err != nil {
 		return nil, nil, err
 	}

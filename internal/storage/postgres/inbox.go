@@ -122,6 +122,14 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 	b = &pgx.Batch{}
 	var rows recipientRows
 	res.Unknown, res.Delivered = devs.expand(a.Local, a.Sender, a.EventType, &rows)
+	if a.Stale {
+		plan, err := applyStale(ctx, conn, &rows, b)
+		if err != nil {
+			return res, nil, err
+		}
+		res.Delivered -= plan.Skipped(0, res.Delivered)
+		res.Dropped = plan.Drops(0, len(plan.Skip))
+	}
 	keys = rows.wakeKeys(nil)
 	if err := rows.write(ctx, conn.Conn, s.db.opts.InboxWrite, b); err != nil {
 		return res, nil, err
@@ -553,9 +561,24 @@ func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAcce
 				return err
 			}
 			var out recipientRows
+			stale := false
 			for i, r := range batch {
 				if !results[i].Duplicate {
 					results[i].Unknown, results[i].Delivered = devs.expand(r.Local, r.Sender, r.EventType, &out)
+					stale = stale || r.Stale
+				}
+			}
+			if stale {
+				plan, err := applyStale(ctx, tx, &out, b)
+				if err != nil {
+					return err
+				}
+				from := 0
+				for i := range batch {
+					n := results[i].Delivered
+					results[i].Delivered -= plan.Skipped(from, from+n)
+					results[i].Dropped = plan.Drops(from, from+n)
+					from += n
 				}
 			}
 			if len(out.nids) > 0 {

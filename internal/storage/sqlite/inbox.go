@@ -74,6 +74,13 @@ func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptR
 				return err
 			}
 			res.Unknown = unknown
+			if a.Stale {
+				var plan inbox.StalePlan
+				if rows, plan, err = applyStale(ctx, tx, rows, a.Sender, a.EventType); err != nil {
+					return err
+				}
+				res.Dropped = plan.Drops(0, len(plan.Skip))
+			}
 			if err := insertInboxRows(ctx, tx, rows, a.Sender, a.EventType, now); err != nil {
 				return err
 			}
@@ -368,6 +375,13 @@ func (s *inboxStore) AcceptRemote(ctx context.Context, batch []*inbox.RemoteAcce
 				return err
 			}
 			results[i].Unknown = unknown
+			if r.Stale {
+				var plan inbox.StalePlan
+				if rows, plan, err = applyStale(ctx, tx, rows, r.Sender, r.EventType); err != nil {
+					return err
+				}
+				results[i].Dropped = plan.Drops(0, len(plan.Skip))
+			}
 			if err := insertInboxRows(ctx, tx, rows, r.Sender, r.EventType, now); err != nil {
 				return err
 			}

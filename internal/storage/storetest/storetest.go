@@ -121,6 +121,12 @@ func Run(t *testing.T, h Harness) {
 		{"InboundDedupeAtomicWithInboxRows", testInboundDedupe},
 		{"InboundBatch", testInboundBatch},
 		{"InboundTxnRecord", testInboundTxnRecord},
+		{"StaleKeyRequestCancelled", testStaleKeyRequestCancelled},
+		{"StaleKeyRequestRepeated", testStaleKeyRequestRepeated},
+		{"StaleSecretRequestCancelled", testStaleSecretRequestCancelled},
+		{"StaleVerificationCancelled", testStaleVerificationCancelled},
+		{"StaleRemote", testStaleRemote},
+		{"StaleConcurrent", testStaleConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
