@@ -79,6 +79,7 @@ func Run(t *testing.T, h Harness) {
 		{"PruneTxns", testPruneTxns},
 		{"ExpireMessages", testExpireMessages},
 		{"Backlog", testBacklog},
+		{"AdminInbox", testAdminInbox},
 		{"PoolStats", testPoolStats},
 		{"Durable", testDurable},
 		{"DeviceRegistry", testDeviceRegistry},
