@@ -41,7 +41,9 @@ type Config struct {
 	ServerName string
 	// InternalSecret enables the internal API; empty turns it off (404).
 	InternalSecret string
-	MaxSendBytes   int64
+	// AdminSecret enables the admin API; empty turns it off (404).
+	AdminSecret  string
+	MaxSendBytes int64
 	// BodyTimeout bounds the time a request body takes to arrive (0:
 	// DefaultBodyTimeout).
 	BodyTimeout time.Duration
@@ -150,6 +152,9 @@ func NewRouter(cfg Config) http.Handler {
 				a.internalFederationRoutes(r)
 			}
 		})
+	}
+	if cfg.AdminSecret != "" {
+		a.adminRoutes(r)
 	}
 	return r
 }

@@ -1,0 +1,146 @@
+package httpapi_test
+
+import (
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/todeviced/todeviced/internal/httpapi"
+	"github.com/todeviced/todeviced/internal/server"
+	"github.com/todeviced/todeviced/internal/servertest"
+)
+
+const adminSecret = "test-admin-secret-8c1f"
+
+// startAdmin starts an instance with the admin API on, logging to the
+// returned buffer.
+func startAdmin(t *testing.T, b servertest.Backend) (*servertest.Instance, *lockedBuffer) {
+	cfg := servertest.Config(b.NewURL(t))
+	cfg.AdminSecret = adminSecret
+	logs := &lockedBuffer{}
+	return servertest.StartLogged(t, cfg, server.Options{}, slog.New(slog.NewJSONHandler(logs, nil))), logs
+}
+
+func TestAdminAPIAuth(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		off := start(t, b)
+		r := off.Do(t, "GET", "/_todeviced/admin/v1/inboxes/largest", adminSecret, nil)
+		require.Equal(t, 404, r.Status, "no admin secret, no admin API")
+		require.Equal(t, "M_UNRECOGNIZED", r.Errcode(t))
+
+		in, logs := startAdmin(t, b)
+		const path = "/_todeviced/admin/v1/inboxes/largest"
+		r = in.Do(t, "GET", path, "", nil)
+		require.Equal(t, 401, r.Status)
+		require.Equal(t, "M_MISSING_TOKEN", r.Errcode(t))
+		r = in.Do(t, "GET", path+"?access_token="+adminSecret, "", nil)
+		require.Equal(t, 401, r.Status, "the secret is taken from the Authorization header only")
+		r = in.Do(t, "GET", path, servertest.Secret, nil)
+		require.Equal(t, 401, r.Status, "the internal secret is not the admin's")
+		require.Equal(t, "M_UNKNOWN_TOKEN", r.Errcode(t))
+		r = in.Do(t, "GET", path, adminSecret, nil)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		require.JSONEq(t, `{"inboxes":[]}`, string(r.Body))
+		require.Contains(t, logs.String(), `"msg":"admin request refused"`)
+		require.NotContains(t, logs.String(), adminSecret, "the secret is never logged")
+	})
+}
+
+func TestAdminInboxActions(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in, logs := startAdmin(t, b)
+		in.PutDevice(t, alice, "A1", "ta")
+		in.PutDevice(t, bob, "B1", "tb")
+		in.PutDevice(t, bob, "B2", "tb2")
+		in.PutDevice(t, "@carol:localhost", "C1", "tc")
+		for i := range 3 {
+			in.Send(t, "tc", "m.spam", "s"+string(rune('0'+i)), map[string]map[string]any{bob: {"*": map[string]any{"n": i}}})
+		}
+		in.Send(t, "ta", "m.room_key", "k", map[string]map[string]any{bob: {"B1": map[string]any{"n": 10}}})
+
+		admin := func(method, path string, body any) map[string]any {
+			t.Helper()
+			r := in.Do(t, method, "/_todeviced/admin/v1"+path, adminSecret, body)
+			require.Equal(t, 200, r.Status, "%s %s: %s", method, path, r.Body)
+			return r.JSON(t)
+		}
+		got := admin("GET", "/users/@bob:localhost/devices/B1/inbox", nil)
+		require.EqualValues(t, 4, got["count"])
+		require.NotNil(t, got["oldest_ts"])
+		require.Equal(t, []any{map[string]any{"key": "m.spam", "count": 3.0}, map[string]any{"key": "m.room_key", "count": 1.0}}, got["by_type"])
+		require.Equal(t, []any{map[string]any{"key": "@carol:localhost", "count": 3.0}, map[string]any{"key": alice, "count": 1.0}}, got["by_sender"])
+
+		devs := admin("GET", "/users/@bob:localhost/devices", nil)["devices"].([]any)
+		require.Len(t, devs, 2)
+		require.Equal(t, "B1", devs[0].(map[string]any)["device_id"])
+		require.EqualValues(t, 4, devs[0].(map[string]any)["count"])
+		require.EqualValues(t, 3, devs[1].(map[string]any)["count"])
+
+		top := admin("GET", "/inboxes/largest?limit=1", nil)["inboxes"].([]any)
+		require.Len(t, top, 1)
+		require.Equal(t, "B1", top[0].(map[string]any)["device_id"])
+
+		r := in.Do(t, "POST", "/_todeviced/admin/v1/users/@bob:localhost/devices/B1/inbox/purge", adminSecret, `{"type":"m.spam","sender":"@carol:localhost"}`)
+		require.Equal(t, 400, r.Status)
+		require.Equal(t, "M_INVALID_PARAM", r.Errcode(t))
+		require.EqualValues(t, 3, admin("POST", "/users/@bob:localhost/devices/B2/inbox/purge", map[string]string{"type": "m.spam"})["purged"])
+		require.EqualValues(t, 0, admin("GET", "/users/@bob:localhost/devices/B2/inbox", nil)["count"])
+		require.EqualValues(t, 4, admin("GET", "/users/@bob:localhost/devices/B1/inbox", nil)["count"], "a purge never touches another device's rows")
+		require.EqualValues(t, 3, admin("POST", "/users/@bob:localhost/devices/B1/inbox/purge", map[string]string{"sender": "@carol:localhost"})["purged"])
+
+		// What is left is delivered; a long-poll waiting through a purge is
+		// unaffected and answers the next message.
+		first := in.Sync(t, "tb", "", 0)
+		require.Equal(t, []int{10}, ns(first.ToDevice.Events))
+		polled := make(chan servertest.SyncResponse, 1)
+		go func() { polled <- in.Sync(t, "tb", first.NextBatch, 20*time.Second) }()
+		time.Sleep(200 * time.Millisecond)
+		require.EqualValues(t, 0, admin("POST", "/users/@bob:localhost/devices/B1/inbox/purge", map[string]any{})["purged"])
+		in.Send(t, "ta", "m.room_key", "k2", map[string]map[string]any{bob: {"B1": map[string]any{"n": 11}}})
+		select {
+		case res := <-polled:
+			require.Equal(t, []int{11}, ns(res.ToDevice.Events))
+		case <-time.After(15 * time.Second):
+			t.Fatal("the long-poll did not answer the message sent after the purge")
+		}
+
+		// Errors.
+		for _, c := range []struct {
+			method, path string
+			body         any
+			status       int
+		}{
+			{"GET", "/users/@bob:localhost/devices/NOPE/inbox", nil, 404},
+			{"GET", "/users/@bob:elsewhere/devices/B1/inbox", nil, 400},
+			{"GET", "/users/bob/devices", nil, 400},
+			{"GET", "/inboxes/largest?limit=0", nil, 400},
+			{"GET", "/inboxes/largest?limit=1001", nil, 400},
+			{"POST", "/users/@bob:localhost/devices/B1/inbox/purge", `[]`, 400},
+			{"POST", "/users/@bob:localhost/devices/B1/inbox/purge", `{"sender":"carol"}`, 400},
+		} {
+			r := in.Do(t, c.method, "/_todeviced/admin/v1"+c.path, adminSecret, c.body)
+			require.Equal(t, c.status, r.Status, "%s %s: %s", c.method, c.path, r.Body)
+		}
+
+		// The audit log: one line per action, who and what, never the secret.
+		var purge map[string]any
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, `"action":"purge inbox"`) && strings.Contains(line, `"device_id":"B2"`) {
+				require.NoError(t, json.Unmarshal([]byte(line), &purge))
+			}
+		}
+		require.NotNil(t, purge, "no audit line for the purge in %s", logs.String())
+		require.Equal(t, "admin action", purge["msg"])
+		require.Equal(t, "INFO", purge["level"])
+		require.Equal(t, httpapi.SecretHash(adminSecret), purge["secret"])
+		require.Contains(t, purge["remote"], "127.0.0.1:")
+		require.Equal(t, bob, purge["user_id"])
+		require.Equal(t, "m.spam", purge["type"])
+		require.EqualValues(t, 3, purge["purged"])
+		require.NotContains(t, logs.String(), adminSecret)
+	})
+}
