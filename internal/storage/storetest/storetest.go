@@ -114,6 +114,7 @@ func Run(t *testing.T, h Harness) {
 		{"FederationStoredTxnRoundTrip", testStoredTxnRoundTrip},
 		{"FederationCompleteDeletesExactlyTheRows", testCompleteDeletesExactlyTheRows},
 		{"FederationReplaceTxn", testReplaceTxn},
+		{"FederationAdminDestinations", testAdminDestinations},
 		{"OutboxOrderUnderConcurrentAccepts", testOutboxOrder},
 		{"ExpireOutbox", testExpireOutbox},
 		{"OutboxBacklog", testOutboxBacklog},
