@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,9 @@ const adminUsage = `Usage: todeviced admin [--admin-url URL] [--admin-secret S] 
                                                delete a device's pending messages of one type, of one sender, or all
   devices USER_ID                              a user's devices and their inbox sizes
   top [--limit N]                              the largest inboxes on the server (default 20)
+  destinations [--limit N]                     federation destinations: backlog, oldest, backoff, lease, last status
+  retry DESTINATION                            end a destination's backoff and send now
+  drop-queue DESTINATION                       delete everything queued for a destination
 The secret comes from --admin-secret or TODEVICED_ADMIN_SECRET; the URL from
 --admin-url or TODEVICED_ADMIN_URL (default: the local --listen address).`
 
@@ -52,7 +56,7 @@ func adminCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	typ := fs.String("type", "", "purge: only messages of this event type")
 	sender := fs.String("sender", "", "purge: only messages from this user")
 	all := fs.Bool("all", false, "purge: every pending message of the device")
-	limit := fs.Int("limit", 20, "top: how many inboxes")
+	limit := fs.Int("limit", 20, "top, destinations: how many")
 	pos, err := parseAdminArgs(fs, args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -107,6 +111,43 @@ func adminCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		}
 		return c.do(ctx, stderr, http.MethodGet, "/inboxes/largest?limit="+strconv.Itoa(*limit), nil, &v, func(w io.Writer) {
 			printSizes(w, v.Inboxes)
+		})
+	case cmd == "destinations" && len(pos) == 0:
+		var v struct {
+			Destinations []httpapi.AdminDestination `json:"destinations"`
+		}
+		return c.do(ctx, stderr, http.MethodGet, "/federation/destinations?limit="+strconv.Itoa(*limit), nil, &v, func(w io.Writer) {
+			fmt.Fprintln(w, "DESTINATION\tQUEUED\tOLDEST\tFAILURES\tRETRY\tLEASE\tTXN\tATTEMPTS\tLAST STATUS")
+			for _, d := range v.Destinations {
+				retry := "-"
+				if d.BackingOff {
+					retry = fmtTS(d.RetryTS)
+				}
+				lease := "-"
+				if d.LeaseHolder != "" {
+					lease = d.LeaseHolder
+				}
+				fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\t%s\t%s\t%d\t%d\n", d.Destination, d.Queued, fmtTS(d.OldestTS), d.Failures, retry,
+					lease, cmp.Or(d.TxnID, "-"), d.TxnAttempts, d.LastStatus)
+			}
+		})
+	case cmd == "retry" && len(pos) == 1:
+		var v struct {
+			Found bool `json:"found"`
+		}
+		return c.do(ctx, stderr, http.MethodPost, "/federation/destinations/"+esc(pos[0])+"/retry", nil, &v, func(w io.Writer) {
+			if v.Found {
+				fmt.Fprintf(w, "%s: backoff ended, sending now\n", pos[0])
+			} else {
+				fmt.Fprintf(w, "%s: never tried, nothing to reset\n", pos[0])
+			}
+		})
+	case cmd == "drop-queue" && len(pos) == 1:
+		var v struct {
+			Dropped int `json:"dropped"`
+		}
+		return c.do(ctx, stderr, http.MethodPost, "/federation/destinations/"+esc(pos[0])+"/drop", nil, &v, func(w io.Writer) {
+			fmt.Fprintf(w, "%s: dropped %d EDU(s)\n", pos[0], v.Dropped)
 		})
 	}
 	return bad()

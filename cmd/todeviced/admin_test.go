@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -90,4 +92,37 @@ func TestAdminSecretPlaceholderRefused(t *testing.T) {
 		require.Equal(t, 2, code, "%q: %s", args, stderr.String())
 		require.Contains(t, stderr.String(), "--admin-secret")
 	}
+}
+
+// TestAdminCLIDestinations: the federation commands against a federating
+// server whose only peer never answers.
+func TestAdminCLIDestinations(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		const secret = "cli-admin-secret-7a9b"
+		cfg := servertest.Config(b.NewURL(t))
+		cfg.AdminSecret = secret
+		cfg.ServerName = "a.test"
+		cfg.SigningKey = t.TempDir() + "/a.key"
+		cfg.FederationDestinations = map[string]string{"remote.test": "http://127.0.0.1:1"}
+		cfg.FederationBackoffMin, cfg.FederationBackoffMax = time.Hour, 2*time.Hour
+		in := servertest.Start(t, cfg, server.Options{})
+		in.PutDevice(t, "@alice:a.test", "A1", "ta")
+		in.Send(t, "ta", "m.test", "1", map[string]map[string]any{"@x:remote.test": {"D": map[string]any{"n": 1}}})
+
+		admin := func(args ...string) string {
+			t.Helper()
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), append([]string{"admin", "--admin-url", in.URL, "--admin-secret", secret}, args...), &stdout, &stderr, env(nil))
+			require.Equal(t, 0, code, "admin %v: %s%s", args, stdout.String(), stderr.String())
+			return stdout.String()
+		}
+		servertest.WaitFor(t, "the failed attempt", func() bool {
+			return regexp.MustCompile(`remote\.test\s+1\s+20\S+ \(.*\)\s+1\s+20`).MatchString(admin("destinations"))
+		})
+		require.Regexp(t, `DESTINATION\s+QUEUED\s+OLDEST\s+FAILURES\s+RETRY\s+LEASE\s+TXN\s+ATTEMPTS\s+LAST STATUS`, admin("destinations"))
+		require.Contains(t, admin("retry", "remote.test"), "remote.test: backoff ended, sending now")
+		require.Contains(t, admin("retry", "never.test"), "never tried")
+		require.Contains(t, admin("drop-queue", "remote.test"), "remote.test: dropped 1 EDU(s)")
+		require.Contains(t, admin("--json", "destinations"), `"queued": 0`)
+	})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/matrix"
 )
@@ -34,6 +35,11 @@ func (a *api) adminRoutes(r chi.Router) {
 		r.Get("/users/{userId}/devices/{deviceId}/inbox", a.adminInbox)
 		r.Post("/users/{userId}/devices/{deviceId}/inbox/purge", a.adminPurgeInbox)
 		r.Get("/inboxes/largest", a.adminLargestInboxes)
+		if a.cfg.AdminFederation != nil {
+			r.Get("/federation/destinations", a.adminDestinations)
+			r.Post("/federation/destinations/{destination}/retry", a.adminRetryDestination)
+			r.Post("/federation/destinations/{destination}/drop", a.adminDropDestination)
+		}
 	})
 }
 
@@ -263,4 +269,89 @@ func (a *api) adminLargestInboxes(w http.ResponseWriter, r *http.Request) {
 	}
 	audit(r.Context(), "action", "largest inboxes", "limit", limit)
 	writeJSON(w, http.StatusOK, map[string]any{"inboxes": adminSizes(top)})
+}
+
+// AdminDestination is one destination in GET /federation/destinations.
+type AdminDestination struct {
+	Destination  string `json:"destination"`
+	Queued       int64  `json:"queued"`
+	OldestTS     *int64 `json:"oldest_ts"`
+	Failures     int    `json:"failures"`
+	RetryTS      *int64 `json:"retry_ts"`
+	BackingOff   bool   `json:"backing_off"`
+	LeaseHolder  string `json:"lease_holder,omitempty"`
+	LeaseUntilTS *int64 `json:"lease_until_ts"`
+	TxnID        string `json:"txn_id,omitempty"`
+	TxnAttempts  int    `json:"txn_attempts"`
+	LastStatus   int    `json:"last_status"`
+}
+
+func (a *api) adminDestinations(w http.ResponseWriter, r *http.Request) {
+	limit, err := adminLimit(r, 100, federation.MaxAdminDestinations)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	ds, err := a.cfg.AdminFederation.Destinations(r.Context(), limit)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	now := time.Now()
+	out := make([]AdminDestination, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, AdminDestination{
+			Destination: d.Destination, Queued: d.Queued, OldestTS: adminTime(d.Oldest), Failures: d.Failures,
+			RetryTS: adminTime(d.RetryAt), BackingOff: d.RetryAt != nil && d.RetryAt.After(now),
+			LeaseHolder: d.LeaseHolder, LeaseUntilTS: adminTime(d.LeaseUntil),
+			TxnID: d.TxnID, TxnAttempts: d.TxnAttempts, LastStatus: d.LastStatus,
+		})
+	}
+	audit(r.Context(), "action", "destinations", "limit", limit)
+	writeJSON(w, http.StatusOK, map[string]any{"destinations": out})
+}
+
+// adminDestinationParam reads the path's server name.
+func adminDestinationParam(r *http.Request) (string, error) {
+	d, err := pathParam(r, "destination")
+	if err != nil {
+		return "", err
+	}
+	if err := matrix.ValidateServerName(d); err != nil {
+		return "", matrix.Errorf(matrix.InvalidParam, "Invalid destination: %v.", err)
+	}
+	return d, nil
+}
+
+func (a *api) adminRetryDestination(w http.ResponseWriter, r *http.Request) {
+	d, err := adminDestinationParam(r)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	found, err := a.cfg.AdminFederation.RetryNow(r.Context(), d)
+	audit(r.Context(), "action", "retry destination", "destination", d, "found", found)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if a.cfg.AdminRetryNow != nil {
+		a.cfg.AdminRetryNow(d)
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"found": found})
+}
+
+func (a *api) adminDropDestination(w http.ResponseWriter, r *http.Request) {
+	d, err := adminDestinationParam(r)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	n, err := a.cfg.AdminFederation.DropQueue(r.Context(), d)
+	audit(r.Context(), "action", "drop destination queue", "destination", d, "dropped", n)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"dropped": n})
 }

@@ -144,3 +144,61 @@ func TestAdminInboxActions(t *testing.T) {
 		require.NotContains(t, logs.String(), adminSecret)
 	})
 }
+
+func TestAdminDestinations(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		cfg := servertest.Config(b.NewURL(t))
+		cfg.AdminSecret = adminSecret
+		cfg.ServerName = "a.test"
+		cfg.SigningKey = t.TempDir() + "/a.key"
+		cfg.FederationDestinations = map[string]string{"remote.test": "http://127.0.0.1:1", "other.test": "http://127.0.0.1:1"}
+		cfg.FederationBackoffMin, cfg.FederationBackoffMax = time.Hour, 2*time.Hour
+		logs := &lockedBuffer{}
+		in := servertest.StartLogged(t, cfg, server.Options{}, slog.New(slog.NewJSONHandler(logs, nil)))
+		in.PutDevice(t, "@alice:a.test", "A1", "ta")
+		for i, u := range []string{"@x:remote.test", "@y:remote.test", "@z:other.test"} {
+			in.Send(t, "ta", "m.test", "r"+string(rune('0'+i)), map[string]map[string]any{u: {"D": map[string]any{"n": i}}})
+		}
+
+		list := func() map[string]map[string]any {
+			r := in.Do(t, "GET", "/_todeviced/admin/v1/federation/destinations", adminSecret, nil)
+			require.Equal(t, 200, r.Status, "%s", r.Body)
+			out := map[string]map[string]any{}
+			for _, d := range r.JSON(t)["destinations"].([]any) {
+				m := d.(map[string]any)
+				out[m["destination"].(string)] = m
+			}
+			return out
+		}
+		servertest.WaitFor(t, "both destinations backing off after a failed attempt", func() bool {
+			ds := list()
+			return len(ds) == 2 && ds["remote.test"]["backing_off"] == true && ds["other.test"]["backing_off"] == true
+		})
+		remote := list()["remote.test"]
+		require.EqualValues(t, 2, remote["queued"])
+		require.NotNil(t, remote["oldest_ts"])
+		require.EqualValues(t, 1, remote["failures"])
+		require.EqualValues(t, 1, remote["txn_attempts"])
+		require.NotEmpty(t, remote["txn_id"])
+
+		// Retry now: the sender tries again at once, not in an hour.
+		r := in.Do(t, "POST", "/_todeviced/admin/v1/federation/destinations/remote.test/retry", adminSecret, nil)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		require.JSONEq(t, `{"found":true}`, string(r.Body))
+		servertest.WaitFor(t, "a second attempt", func() bool { return list()["remote.test"]["txn_attempts"] == 2.0 })
+
+		// Drop the queue: only that destination's.
+		r = in.Do(t, "POST", "/_todeviced/admin/v1/federation/destinations/remote.test/drop", adminSecret, nil)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		require.JSONEq(t, `{"dropped":2}`, string(r.Body))
+		ds := list()
+		require.EqualValues(t, 0, ds["remote.test"]["queued"])
+		require.Nil(t, ds["remote.test"]["txn_id"])
+		require.EqualValues(t, 1, ds["other.test"]["queued"])
+
+		r = in.Do(t, "POST", "/_todeviced/admin/v1/federation/destinations/bad%20name/drop", adminSecret, nil)
+		require.Equal(t, 400, r.Status)
+		require.Contains(t, logs.String(), `"action":"drop destination queue","destination":"remote.test","dropped":2`)
+		require.Contains(t, logs.String(), `"action":"retry destination","destination":"remote.test","found":true`)
+	})
+}

@@ -200,6 +200,8 @@ func hostileCases() []hostileCase {
 			body: "{\"sender\":\"@\xc3:localhost\"}", status: 400},
 		{name: "admin: purge type not a string", method: "POST", path: adm + "/users/@bob:localhost/devices/B1/inbox/purge", token: "admin",
 			body: `{"type":5}`, status: 400, code: "M_BAD_JSON"},
+		{name: "admin: destinations while federation is off", method: "GET", path: adm + "/federation/destinations", token: "admin",
+			status: 404, code: "M_UNRECOGNIZED"},
 		{name: "admin: purge unknown device", method: "POST", path: adm + "/users/@bob:localhost/devices/NOPE/inbox/purge", token: "admin",
 			body: `{}`, status: 404, code: "M_NOT_FOUND"},
 	}

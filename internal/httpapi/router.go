@@ -15,6 +15,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
+	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/matrix"
 )
@@ -42,8 +43,13 @@ type Config struct {
 	// InternalSecret enables the internal API; empty turns it off (404).
 	InternalSecret string
 	// AdminSecret enables the admin API; empty turns it off (404).
-	AdminSecret  string
-	MaxSendBytes int64
+	AdminSecret string
+	// AdminFederation serves the admin's federation routes (nil while
+	// federation is off); AdminRetryNow kicks this process's sender after a
+	// "retry now" (nil without one).
+	AdminFederation federation.Store
+	AdminRetryNow   func(destination string)
+	MaxSendBytes    int64
 	// BodyTimeout bounds the time a request body takes to arrive (0:
 	// DefaultBodyTimeout).
 	BodyTimeout time.Duration

@@ -136,6 +136,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 			return nil, err
 		}
 	}
+	var adminFederation federation.Store
+	var adminRetryNow func(string)
+	if fed != nil {
+		adminFederation = backend.Federation()
+		if s.sender != nil {
+			adminRetryNow = s.sender.RetryNow
+		}
+	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, AdminSecret: cfg.AdminSecret, MaxSendBytes: cfg.MaxSendBytes,
 		BodyTimeout: cfg.RequestBodyTimeout,
@@ -144,6 +152,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		Sync: devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub,
 			KeyCounts: devicesync.StoredKeyCounts{Devices: s.devices}}),
 		PurgeDeleted: s.kickPurge, Federation: fed,
+		AdminFederation: adminFederation, AdminRetryNow: adminRetryNow,
 	})
 	s.metrics = s.metricsMux()
 	return s, nil
