@@ -292,6 +292,14 @@ func (t timedDevices) SweepRemoteUsers(ctx context.Context, after string, limit 
 	return call2(t.d, ctx, func(ctx context.Context) (string, int, error) { return t.s.SweepRemoteUsers(ctx, after, limit) })
 }
 
+func (t timedDevices) RemoteCache(ctx context.Context, userID string) (devicelists.RemoteCacheState, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.RemoteCacheState, error) { return t.s.RemoteCache(ctx, userID) })
+}
+
+func (t timedDevices) ForceResync(ctx context.Context, userID string) (bool, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.ForceResync(ctx, userID) })
+}
+
 func (t timedDevices) RemoteUserCount(ctx context.Context) (int, error) {
 	return call1(t.d, ctx, t.s.RemoteUserCount)
 }

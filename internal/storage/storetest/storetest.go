@@ -102,6 +102,7 @@ func Run(t *testing.T, h Harness) {
 		{"RemoteDeviceListUpdates", testRemoteDeviceListUpdates},
 		{"RemoteDeviceListDropped", testRemoteDeviceListDropped},
 		{"RemoteResyncBackoff", testRemoteResyncBackoff},
+		{"AdminRemoteCache", testAdminRemoteCache},
 		{"ResyncIfUnknownDevice", testResyncIfUnknownDevice},
 		{"UserDeviceList", testUserDeviceList},
 		{"OneTimeKeyCounts", testOneTimeKeyCounts},
