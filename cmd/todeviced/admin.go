@@ -31,6 +31,8 @@ const adminUsage = `Usage: todeviced admin [--admin-url URL] [--admin-secret S] 
   destinations [--limit N]                     federation destinations: backlog, oldest, backoff, lease, last status
   retry DESTINATION                            end a destination's backoff and send now
   drop-queue DESTINATION                       delete everything queued for a destination
+  device-list USER_ID                          a remote user's cached device list and resync state
+  resync USER_ID                               make a remote user's device list due for a resync now
 The secret comes from --admin-secret or TODEVICED_ADMIN_SECRET; the URL from
 --admin-url or TODEVICED_ADMIN_URL (default: the local --listen address).`
 
@@ -140,6 +142,38 @@ func adminCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 				fmt.Fprintf(w, "%s: backoff ended, sending now\n", pos[0])
 			} else {
 				fmt.Fprintf(w, "%s: never tried, nothing to reset\n", pos[0])
+			}
+		})
+	case cmd == "device-list" && len(pos) == 1:
+		var v httpapi.AdminRemoteDeviceList
+		return c.do(ctx, stderr, http.MethodGet, "/users/"+esc(pos[0])+"/device_list", nil, &v, func(w io.Writer) {
+			if !v.Tracked {
+				fmt.Fprintf(w, "%s: not tracked (no local user shares an encrypted room with them)\n", v.UserID)
+				return
+			}
+			state := "fresh"
+			if v.Stale {
+				state = "stale, resync due " + fmtTS(v.RetryTS)
+			}
+			fmt.Fprintf(w, "%s: stream_id %d, %s, %d failure(s), updated %s\n", v.UserID, v.StreamID, state, v.Failures, fmtTS(v.UpdatedTS))
+			fmt.Fprintln(w, "\nDEVICE\tNAME\tKEYS")
+			for _, d := range v.Devices {
+				keys := "no"
+				if len(d.Keys) > 0 {
+					keys = "yes"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\n", d.DeviceID, cmp.Or(d.DisplayName, "-"), keys)
+			}
+		})
+	case cmd == "resync" && len(pos) == 1:
+		var v struct {
+			Found bool `json:"found"`
+		}
+		return c.do(ctx, stderr, http.MethodPost, "/users/"+esc(pos[0])+"/device_list/resync", nil, &v, func(w io.Writer) {
+			if v.Found {
+				fmt.Fprintf(w, "%s: resync due now\n", pos[0])
+			} else {
+				fmt.Fprintf(w, "%s: not tracked, nothing to resync\n", pos[0])
 			}
 		})
 	case cmd == "drop-queue" && len(pos) == 1:

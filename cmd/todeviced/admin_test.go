@@ -124,5 +124,7 @@ func TestAdminCLIDestinations(t *testing.T) {
 		require.Contains(t, admin("retry", "never.test"), "never tried")
 		require.Contains(t, admin("drop-queue", "remote.test"), "remote.test: dropped 1 EDU(s)")
 		require.Contains(t, admin("--json", "destinations"), `"queued": 0`)
+		require.Contains(t, admin("device-list", "@rita:remote.test"), "@rita:remote.test: not tracked")
+		require.Contains(t, admin("resync", "@rita:remote.test"), "not tracked, nothing to resync")
 	})
 }

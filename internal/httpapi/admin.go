@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -35,6 +36,8 @@ func (a *api) adminRoutes(r chi.Router) {
 		r.Get("/users/{userId}/devices/{deviceId}/inbox", a.adminInbox)
 		r.Post("/users/{userId}/devices/{deviceId}/inbox/purge", a.adminPurgeInbox)
 		r.Get("/inboxes/largest", a.adminLargestInboxes)
+		r.Get("/users/{userId}/device_list", a.adminRemoteDeviceList)
+		r.Post("/users/{userId}/device_list/resync", a.adminForceResync)
 		if a.cfg.AdminFederation != nil {
 			r.Get("/federation/destinations", a.adminDestinations)
 			r.Post("/federation/destinations/{destination}/retry", a.adminRetryDestination)
@@ -354,4 +357,65 @@ func (a *api) adminDropDestination(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"dropped": n})
+}
+
+// AdminRemoteDevice is one cached device of a remote user.
+type AdminRemoteDevice struct {
+	DeviceID    string          `json:"device_id"`
+	DisplayName string          `json:"display_name,omitempty"`
+	Keys        json.RawMessage `json:"keys,omitempty"`
+}
+
+// AdminRemoteDeviceList is the answer of GET /users/{userId}/device_list.
+type AdminRemoteDeviceList struct {
+	UserID       string              `json:"user_id"`
+	Tracked      bool                `json:"tracked"`
+	StreamID     int64               `json:"stream_id"`
+	Stale        bool                `json:"stale"`
+	SeenStreamID int64               `json:"seen_stream_id"`
+	Failures     int                 `json:"failures"`
+	RetryTS      *int64              `json:"retry_ts"`
+	UpdatedTS    *int64              `json:"updated_ts"`
+	Devices      []AdminRemoteDevice `json:"devices"`
+}
+
+func (a *api) adminRemoteDeviceList(w http.ResponseWriter, r *http.Request) {
+	userID, err := pathParam(r, "userId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	st, err := a.devices.AdminRemoteCache(r.Context(), userID)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	out := AdminRemoteDeviceList{UserID: userID, Tracked: st.Tracked, StreamID: st.StreamID, Stale: st.Stale, SeenStreamID: st.SeenStreamID,
+		Failures: st.Failures, RetryTS: adminTime(st.RetryAt), UpdatedTS: adminTime(&st.UpdatedAt), Devices: []AdminRemoteDevice{}}
+	if !st.Stale {
+		out.RetryTS = nil // the time of a past resync's claim, not a plan
+	}
+	for _, d := range st.Devices {
+		out.Devices = append(out.Devices, AdminRemoteDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName, Keys: d.Keys})
+	}
+	audit(r.Context(), "action", "remote device list", "user_id", userID)
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *api) adminForceResync(w http.ResponseWriter, r *http.Request) {
+	userID, err := pathParam(r, "userId")
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	found, err := a.devices.AdminForceResync(r.Context(), userID)
+	audit(r.Context(), "action", "force resync", "user_id", userID, "found", found)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return
+	}
+	if found && a.cfg.AdminKickResync != nil {
+		a.cfg.AdminKickResync()
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"found": found})
 }

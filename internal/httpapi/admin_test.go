@@ -202,3 +202,52 @@ func TestAdminDestinations(t *testing.T) {
 		require.Contains(t, logs.String(), `"action":"retry destination","destination":"remote.test","found":true`)
 	})
 }
+
+func TestAdminRemoteDeviceList(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		cfg := servertest.Config(b.NewURL(t))
+		cfg.AdminSecret = adminSecret
+		cfg.ServerName = "a.test"
+		cfg.SigningKey = t.TempDir() + "/a.key"
+		cfg.FederationDestinations = map[string]string{"remote.test": "http://127.0.0.1:1"}
+		cfg.FederationBackoffMin, cfg.FederationBackoffMax = time.Hour, 2*time.Hour // no retry but the forced one
+		logs := &lockedBuffer{}
+		in := servertest.StartLogged(t, cfg, server.Options{}, slog.New(slog.NewJSONHandler(logs, nil)))
+		const room = "/_todeviced/internal/v1/rooms/%21r%3Aa.test"
+		require.Equal(t, 200, in.Do(t, "PUT", room+"/encryption", servertest.Secret, map[string]any{}).Status)
+		r := in.Do(t, "PUT", room+"/members", servertest.Secret, map[string]any{"members": map[string]any{
+			"@alice:a.test":     map[string]any{"membership": "join", "stream_ordering": 1},
+			"@rita:remote.test": map[string]any{"membership": "join", "stream_ordering": 2},
+		}})
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+
+		get := func(user string) map[string]any {
+			r := in.Do(t, "GET", "/_todeviced/admin/v1/users/"+user+"/device_list", adminSecret, nil)
+			require.Equal(t, 200, r.Status, "%s", r.Body)
+			return r.JSON(t)
+		}
+		servertest.WaitFor(t, "a failed resync", func() bool { return get("@rita:remote.test")["failures"] == 1.0 })
+		rita := get("@rita:remote.test")
+		require.Equal(t, true, rita["tracked"])
+		require.Equal(t, true, rita["stale"])
+		require.NotNil(t, rita["retry_ts"])
+		require.Equal(t, []any{}, rita["devices"])
+		require.Equal(t, false, get("@nobody:remote.test")["tracked"])
+
+		failedBefore := counterValue(t, in, "todeviced_device_list_resyncs_total", "result", "failed")
+		r = in.Do(t, "POST", "/_todeviced/admin/v1/users/@rita:remote.test/device_list/resync", adminSecret, nil)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		require.JSONEq(t, `{"found":true}`, string(r.Body))
+		r = in.Do(t, "POST", "/_todeviced/admin/v1/users/@nobody:remote.test/device_list/resync", adminSecret, nil)
+		require.JSONEq(t, `{"found":false}`, string(r.Body))
+		r = in.Do(t, "GET", "/_todeviced/admin/v1/users/@alice:a.test/device_list", adminSecret, nil)
+		require.Equal(t, 400, r.Status, "a local user's list is not a cache")
+		require.Equal(t, "M_INVALID_PARAM", r.Errcode(t))
+		require.Contains(t, logs.String(), `"action":"force resync","user_id":"@rita:remote.test","found":true`)
+		// The kicked worker tries again at once, its backoff forgotten: one
+		// more failed resync is counted.
+		servertest.WaitFor(t, "the forced resync's attempt", func() bool {
+			return counterValue(t, in, "todeviced_device_list_resyncs_total", "result", "failed") >= failedBefore+1
+		})
+	})
+}

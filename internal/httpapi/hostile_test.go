@@ -202,6 +202,12 @@ func hostileCases() []hostileCase {
 			body: `{"type":5}`, status: 400, code: "M_BAD_JSON"},
 		{name: "admin: destinations while federation is off", method: "GET", path: adm + "/federation/destinations", token: "admin",
 			status: 404, code: "M_UNRECOGNIZED"},
+		{name: "admin: device list NUL user", method: "GET", path: adm + "/users/@r%00:remote.test/device_list", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: device list of this server in another case", method: "GET", path: adm + "/users/@bob:LOCALHOST/device_list", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: resync not a user id", method: "POST", path: adm + "/users/rita/device_list/resync", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
 		{name: "admin: purge unknown device", method: "POST", path: adm + "/users/@bob:localhost/devices/NOPE/inbox/purge", token: "admin",
 			body: `{}`, status: 404, code: "M_NOT_FOUND"},
 	}

@@ -49,6 +49,9 @@ type Config struct {
 	// "retry now" (nil without one).
 	AdminFederation federation.Store
 	AdminRetryNow   func(destination string)
+	// AdminKickResync starts the device-list resync worker after a forced
+	// resync (nil while federation is off).
+	AdminKickResync func()
 	MaxSendBytes    int64
 	// BodyTimeout bounds the time a request body takes to arrive (0:
 	// DefaultBodyTimeout).

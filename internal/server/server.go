@@ -138,6 +138,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	var adminFederation federation.Store
 	var adminRetryNow func(string)
+	var adminKickResync func()
+	if s.deviceFed != nil {
+		adminKickResync = s.deviceFed.Kick
+	}
 	if fed != nil {
 		adminFederation = backend.Federation()
 		if s.sender != nil {
@@ -152,7 +156,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		Sync: devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub,
 			KeyCounts: devicesync.StoredKeyCounts{Devices: s.devices}}),
 		PurgeDeleted: s.kickPurge, Federation: fed,
-		AdminFederation: adminFederation, AdminRetryNow: adminRetryNow,
+		AdminFederation: adminFederation, AdminRetryNow: adminRetryNow, AdminKickResync: adminKickResync,
 	})
 	s.metrics = s.metricsMux()
 	return s, nil
