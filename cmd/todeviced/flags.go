@@ -70,6 +70,7 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.DatabaseTimeout, "database-timeout", cfg.DatabaseTimeout, "longest a database call may take; past it the request answers 503 M_UNAVAILABLE (a frozen or locked database never answers)")
 	fs.StringVar(&cfg.ServerName, "server-name", cfg.ServerName, "this homeserver's name; federation stays off while it is localhost")
 	fs.StringVar(&cfg.InternalSecret, "internal-secret", cfg.InternalSecret, "bearer secret of /_todeviced/internal/* (empty: internal API off)")
+	fs.StringVar(&cfg.AdminSecret, "admin-secret", cfg.AdminSecret, "bearer secret of the admin API /_todeviced/admin/v1 and of todeviced admin (empty: admin API off)")
 	fs.StringVar(&cfg.UpstreamAuthURL, "upstream-auth-url", cfg.UpstreamAuthURL, "homeserver base URL whose /account/whoami verifies tokens todeviced does not hold (cached 5 s)")
 	fs.StringVar(&cfg.SigningKey, "signing-key", cfg.SigningKey, "ed25519 signing key file (the homeserver's, behind one); created if missing")
 	fs.BoolVar(&cfg.Migrate, "migrate", cfg.Migrate, "apply database migrations at start-up")

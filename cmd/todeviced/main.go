@@ -3,6 +3,7 @@
 //	todeviced [serve] [flags]            run the server (default)
 //	todeviced migrate [up|status]        apply or list database migrations
 //	todeviced device add USER DEVICE     create a device, print its access token
+//	todeviced admin COMMAND …            call the admin API (todeviced admin --help)
 //	todeviced version                    print the version
 //
 // Every flag has a TODEVICED_* environment variable; a flag wins.
@@ -42,6 +43,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	cmd := "serve"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	}
+	if cmd == "admin" {
+		return adminCmd(ctx, args, stdout, stderr, getenv)
 	}
 	cfg := server.Defaults()
 	fs := newFlagSet("todeviced "+cmd, &cfg, stderr)
@@ -85,7 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 }
 
 func usage(stderr io.Writer, msg string) int {
-	fmt.Fprintf(stderr, "todeviced: %s\nUsage: todeviced [serve|migrate [up|status]|device add USER_ID DEVICE_ID|version] [flags]; todeviced --help lists the flags\n", msg)
+	fmt.Fprintf(stderr, "todeviced: %s\nUsage: todeviced [serve|migrate [up|status]|device add USER_ID DEVICE_ID|admin COMMAND|version] [flags]; todeviced --help lists the flags\n", msg)
 	return 2
 }
 

@@ -144,6 +144,12 @@ type Tx interface {
 
 	// RemoteState reads (and locks) a tracked user's state.
 	RemoteState(ctx context.Context, userID string) (RemoteState, bool, error)
+	// AdminRemoteState reads a tracked user's whole resync state into st
+	// (without locking), and whether the user is tracked.
+	AdminRemoteState(ctx context.Context, userID string, st *RemoteCacheState) (bool, error)
+	// ForceResync makes a tracked user stale, due now, failures zero; false
+	// for a user not tracked.
+	ForceResync(ctx context.Context, userID string) (bool, error)
 	// RemoteSeen reads (and locks) the newest stream_id seen of a tracked
 	// user since the last resync.
 	RemoteSeen(ctx context.Context, userID string) (int64, bool, error)

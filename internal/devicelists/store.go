@@ -298,6 +298,13 @@ type RemoteStore interface {
 	SweepRemoteUsers(ctx context.Context, after string, limit int) (next string, dropped int, err error)
 	// RemoteUserCount counts the tracked remote users.
 	RemoteUserCount(ctx context.Context) (int, error)
+
+	// RemoteCache reads a remote user's cached list and resync state in
+	// one snapshot (admin).
+	RemoteCache(ctx context.Context, userID string) (RemoteCacheState, error)
+	// ForceResync makes a tracked remote user due for a resync now, its
+	// backoff forgotten; false for a user not tracked (admin).
+	ForceResync(ctx context.Context, userID string) (bool, error)
 }
 
 // OutboxSource names the device-list outbox among the federation sender's

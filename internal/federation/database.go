@@ -35,6 +35,7 @@ var ErrUnknownSource = errors.New("unknown EDU source")
 // where the Database call that handed them out runs (a transaction or the
 // pool). Times are the database clock's.
 type Queries interface {
+	AdminQueries
 	// AcquireLease makes holder the destination's lease holder until ttl
 	// from now, creating the destination, when nobody holds an unexpired
 	// lease and its backoff has ended; the generation grows by one. ok is

@@ -140,4 +140,14 @@ type Store interface {
 	RecordInboundTxn(ctx context.Context, origin, txnID string, response []byte) error
 	// PruneInboundTxns deletes up to limit records received before cutoff.
 	PruneInboundTxns(ctx context.Context, cutoff time.Time, limit int) (int, error)
+
+	// Destinations lists up to limit destinations known or with EDUs
+	// queued, the largest queue first (admin).
+	Destinations(ctx context.Context, limit int) ([]DestinationState, error)
+	// RetryNow ends the destination's backoff; false for a destination
+	// never tried (admin).
+	RetryNow(ctx context.Context, destination string) (bool, error)
+	// DropQueue fences the destination's lease and deletes its stored
+	// transaction and every EDU queued for it, in one transaction (admin).
+	DropQueue(ctx context.Context, destination string) (int, error)
 }

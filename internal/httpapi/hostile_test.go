@@ -22,7 +22,7 @@ type hostileCase struct {
 	name   string
 	method string
 	path   string
-	token  string // "alice", "internal" or "" for none
+	token  string // "alice", "internal", "admin" or "" for none
 	body   string
 	status int
 	code   string
@@ -58,6 +58,7 @@ func toBob(content string) string {
 // suite beside the federation tests.
 func hostileCases() []hostileCase {
 	in := "/_todeviced/internal/v1"
+	adm := "/_todeviced/admin/v1"
 	return []hostileCase{
 		// Observation 1: unbounded recursion in the body decoder.
 		{name: "7M open brackets", method: "PUT", path: sendPath("m.t", "deep1"), token: "alice",
@@ -214,6 +215,39 @@ func hostileCases() []hostileCase {
 			body: `{}`, status: 400, code: "M_INVALID_PARAM"},
 		{name: "internal: sync NUL device", method: "GET", path: in + "/sync?user_id=@bob:localhost&device_id=B%00", token: "internal",
 			status: 400, code: "M_INVALID_PARAM"},
+		// Admin API.
+		{name: "admin: no secret", method: "GET", path: adm + "/inboxes/largest", status: 401, code: "M_MISSING_TOKEN"},
+		{name: "admin: internal secret", method: "GET", path: adm + "/inboxes/largest", token: "internal", status: 401, code: "M_UNKNOWN_TOKEN"},
+		{name: "admin: %00 in device path", method: "GET", path: adm + "/users/@bob:localhost/devices/B%00/inbox", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: invalid UTF-8 user", method: "GET", path: adm + "/users/@b%C3:localhost/devices", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: NUL user", method: "GET", path: adm + "/users/@b%00:localhost/devices", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: limit not a number", method: "GET", path: adm + "/inboxes/largest?limit=1e3", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: limit huge", method: "GET", path: adm + "/inboxes/largest?limit=99999999999999999999", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: purge deep body", method: "POST", path: adm + "/users/@bob:localhost/devices/B1/inbox/purge", token: "admin",
+			body: `{"type":` + strings.Repeat("[", 60_000), status: 400, code: "M_BAD_JSON"},
+		{name: "admin: purge body too large", method: "POST", path: adm + "/users/@bob:localhost/devices/B1/inbox/purge", token: "admin",
+			body: `{"type":"` + strings.Repeat("a", 100_000) + `"}`, status: 413, code: "M_TOO_LARGE"},
+		{name: "admin: purge NUL type", method: "POST", path: adm + "/users/@bob:localhost/devices/B1/inbox/purge", token: "admin",
+			body: `{"type":"m.\u0000"}`, status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: purge invalid UTF-8 sender", method: "POST", path: adm + "/users/@bob:localhost/devices/B1/inbox/purge", token: "admin",
+			body: "{\"sender\":\"@\xc3:localhost\"}", status: 400},
+		{name: "admin: purge type not a string", method: "POST", path: adm + "/users/@bob:localhost/devices/B1/inbox/purge", token: "admin",
+			body: `{"type":5}`, status: 400, code: "M_BAD_JSON"},
+		{name: "admin: destinations while federation is off", method: "GET", path: adm + "/federation/destinations", token: "admin",
+			status: 404, code: "M_UNRECOGNIZED"},
+		{name: "admin: device list NUL user", method: "GET", path: adm + "/users/@r%00:remote.test/device_list", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: device list of this server in another case", method: "GET", path: adm + "/users/@bob:LOCALHOST/device_list", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: resync not a user id", method: "POST", path: adm + "/users/rita/device_list/resync", token: "admin",
+			status: 400, code: "M_INVALID_PARAM"},
+		{name: "admin: purge unknown device", method: "POST", path: adm + "/users/@bob:localhost/devices/NOPE/inbox/purge", token: "admin",
+			body: `{}`, status: 404, code: "M_NOT_FOUND"},
 	}
 }
 
@@ -222,10 +256,10 @@ func hostileCases() []hostileCase {
 // then delivered by /sync, on both backends (DESIGN invariants 10 and 12).
 func TestHostileInput(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		in := start(t, b)
+		in, _ := startAdmin(t, b)
 		in.PutDevice(t, alice, "A1", "tok-alice")
 		in.PutDevice(t, bob, "B1", "tok-bob")
-		tokens := map[string]string{"alice": "tok-alice", "internal": servertest.Secret}
+		tokens := map[string]string{"alice": "tok-alice", "internal": servertest.Secret, "admin": adminSecret}
 		var want []int
 		for _, c := range hostileCases() {
 			r := in.Do(t, c.method, c.path, tokens[c.token], c.body)

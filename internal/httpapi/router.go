@@ -15,6 +15,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
+	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/matrix"
 )
@@ -41,7 +42,17 @@ type Config struct {
 	ServerName string
 	// InternalSecret enables the internal API; empty turns it off (404).
 	InternalSecret string
-	MaxSendBytes   int64
+	// AdminSecret enables the admin API; empty turns it off (404).
+	AdminSecret string
+	// AdminFederation serves the admin's federation routes (nil while
+	// federation is off); AdminRetryNow kicks this process's sender after a
+	// "retry now" (nil without one).
+	AdminFederation federation.Store
+	AdminRetryNow   func(destination string)
+	// AdminKickResync starts the device-list resync worker after a forced
+	// resync (nil while federation is off).
+	AdminKickResync func()
+	MaxSendBytes    int64
 	// BodyTimeout bounds the time a request body takes to arrive (0:
 	// DefaultBodyTimeout).
 	BodyTimeout time.Duration
@@ -159,6 +170,9 @@ func NewRouter(cfg Config) http.Handler {
 				a.internalFederationRoutes(r)
 			}
 		})
+	}
+	if cfg.AdminSecret != "" {
+		a.adminRoutes(r)
 	}
 	return r
 }

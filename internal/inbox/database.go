@@ -66,4 +66,21 @@ type Queries interface {
 	ExpireOutbox(ctx context.Context, cutoff time.Time, limit int) ([]string, error)
 	// OutboxDestinations lists the destinations with EDUs queued.
 	OutboxDestinations(ctx context.Context) ([]string, error)
+
+	// InboxSummary counts the device's pending messages and reads when the
+	// oldest was accepted (nil if none).
+	InboxSummary(ctx context.Context, d Recipient) (int64, *time.Time, error)
+	// InboxCountsByType and InboxCountsBySender count the device's pending
+	// messages by type and by sender, largest first, at most limit keys.
+	InboxCountsByType(ctx context.Context, d Recipient, limit int) ([]KeyCount, error)
+	InboxCountsBySender(ctx context.Context, d Recipient, limit int) ([]KeyCount, error)
+	// UserInboxes lists the user's live devices with their inbox sizes, by
+	// device id.
+	UserInboxes(ctx context.Context, userID string) ([]InboxSize, error)
+	// LargestInboxes lists the limit largest inboxes of live or deleted
+	// devices, largest first.
+	LargestInboxes(ctx context.Context, limit int) ([]InboxSize, error)
+	// PurgeInboxRows deletes up to limit of the device's messages matching
+	// f, lowest positions first, and returns how many it deleted.
+	PurgeInboxRows(ctx context.Context, d Recipient, f PurgeFilter, limit int) (int, error)
 }

@@ -255,6 +255,16 @@ type Store interface {
 	// OutboxBacklog reports the queued EDUs of every destination (Pending may
 	// be an estimate for large tables) and when the oldest was queued.
 	OutboxBacklog(ctx context.Context) (Backlog, error)
+
+	// InboxStats reads one device's pending messages (admin).
+	InboxStats(ctx context.Context, d Recipient) (InboxStats, error)
+	// UserInboxes lists a user's live devices with their inbox sizes (admin).
+	UserInboxes(ctx context.Context, userID string) ([]InboxSize, error)
+	// LargestInboxes lists the limit largest inboxes, largest first (admin).
+	LargestInboxes(ctx context.Context, limit int) ([]InboxSize, error)
+	// PurgeInbox deletes up to limit of one device's messages matching f,
+	// lowest positions first, never another device's (admin).
+	PurgeInbox(ctx context.Context, d Recipient, f PurgeFilter, limit int) (int, error)
 }
 
 // Hooks lets tests stop a store at interesting points. Production code leaves

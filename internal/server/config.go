@@ -82,6 +82,7 @@ type Config struct {
 	RequestBodyTimeout     time.Duration
 	ServerName             string
 	InternalSecret         string
+	AdminSecret            string
 	UpstreamAuthURL        string
 	SigningKey             string
 	Migrate                bool
@@ -157,6 +158,14 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--internal-secret %q is a placeholder, and whoever knows it can create devices and tokens: "+
 			"set a random secret (e.g. TODEVICED_INTERNAL_SECRET=$(openssl rand -hex 32)), or leave it empty to turn the internal API off",
 			c.InternalSecret))
+	}
+	if c.AdminSecret != "" && slices.Contains(placeholderSecrets, strings.ToLower(strings.TrimSpace(c.AdminSecret))) {
+		errs = append(errs, fmt.Errorf("--admin-secret %q is a placeholder, and whoever knows it can purge inboxes and federation queues: "+
+			"set a random secret (e.g. TODEVICED_ADMIN_SECRET=$(openssl rand -hex 32)), or leave it empty to turn the admin API off",
+			c.AdminSecret))
+	}
+	if c.AdminSecret != "" && c.AdminSecret == c.InternalSecret {
+		errs = append(errs, errors.New("--admin-secret must differ from --internal-secret: the homeserver holds the internal one"))
 	}
 	if c.Listen == "" {
 		errs = append(errs, errors.New("--listen must not be empty"))
@@ -238,6 +247,7 @@ func (c Config) LogAttrs() []any {
 		"database_timeout", c.DatabaseTimeout.String(),
 		"server_name", c.ServerName,
 		"internal_api", c.InternalSecret != "",
+		"admin_api", c.AdminSecret != "",
 		"upstream_auth", c.UpstreamAuthURL,
 		"migrate", c.Migrate,
 		"federation", c.FederationEnabled(),

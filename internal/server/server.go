@@ -136,14 +136,27 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 			return nil, err
 		}
 	}
+	var adminFederation federation.Store
+	var adminRetryNow func(string)
+	var adminKickResync func()
+	if s.deviceFed != nil {
+		adminKickResync = s.deviceFed.Kick
+	}
+	if fed != nil {
+		adminFederation = backend.Federation()
+		if s.sender != nil {
+			adminRetryNow = s.sender.RetryNow
+		}
+	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
-		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, MaxSendBytes: cfg.MaxSendBytes,
+		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, AdminSecret: cfg.AdminSecret, MaxSendBytes: cfg.MaxSendBytes,
 		BodyTimeout: cfg.RequestBodyTimeout,
 		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
 		Inbox: s.inbox, Devices: s.devices, Logger: log, Metrics: httpapi.NewMetrics(reg),
 		Sync: devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub,
 			KeyCounts: devicesync.StoredKeyCounts{Devices: s.devices}}),
 		PurgeDeleted: s.kickPurge, Federation: fed,
+		AdminFederation: adminFederation, AdminRetryNow: adminRetryNow, AdminKickResync: adminKickResync,
 	})
 	s.metrics = s.metricsMux()
 	return s, nil

@@ -136,6 +136,22 @@ func (t timedInbox) OutboxDestinations(ctx context.Context) ([]string, error) {
 	return call1(t.d, ctx, t.s.OutboxDestinations)
 }
 
+func (t timedInbox) InboxStats(ctx context.Context, d inbox.Recipient) (inbox.InboxStats, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (inbox.InboxStats, error) { return t.s.InboxStats(ctx, d) })
+}
+
+func (t timedInbox) UserInboxes(ctx context.Context, userID string) ([]inbox.InboxSize, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]inbox.InboxSize, error) { return t.s.UserInboxes(ctx, userID) })
+}
+
+func (t timedInbox) LargestInboxes(ctx context.Context, limit int) ([]inbox.InboxSize, error) {
+	return call1(t.d, ctx, func(ctx context.Context) ([]inbox.InboxSize, error) { return t.s.LargestInboxes(ctx, limit) })
+}
+
+func (t timedInbox) PurgeInbox(ctx context.Context, d inbox.Recipient, f inbox.PurgeFilter, limit int) (int, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (int, error) { return t.s.PurgeInbox(ctx, d, f, limit) })
+}
+
 func (t timedInbox) OutboxBacklog(ctx context.Context) (inbox.Backlog, error) {
 	return call1(t.d, ctx, t.s.OutboxBacklog)
 }
@@ -274,6 +290,14 @@ func (t timedDevices) RemoteDeviceLists(ctx context.Context, userIDs []string) (
 
 func (t timedDevices) SweepRemoteUsers(ctx context.Context, after string, limit int) (string, int, error) {
 	return call2(t.d, ctx, func(ctx context.Context) (string, int, error) { return t.s.SweepRemoteUsers(ctx, after, limit) })
+}
+
+func (t timedDevices) RemoteCache(ctx context.Context, userID string) (devicelists.RemoteCacheState, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (devicelists.RemoteCacheState, error) { return t.s.RemoteCache(ctx, userID) })
+}
+
+func (t timedDevices) ForceResync(ctx context.Context, userID string) (bool, error) {
+	return call1(t.d, ctx, func(ctx context.Context) (bool, error) { return t.s.ForceResync(ctx, userID) })
 }
 
 func (t timedDevices) RemoteUserCount(ctx context.Context) (int, error) {
