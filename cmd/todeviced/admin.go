@@ -191,19 +191,10 @@ func adminCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 // environment it reads only the connection's settings (a TODEVICED_TYPE
 // left in a shell must never narrow or widen a purge).
 func parseAdminArgs(fs *flag.FlagSet, args []string, getenv func(string) string) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		positional = append(positional, fs.Arg(0))
-		args = fs.Args()[1:]
+	positional, given, err := parseInterleaved(fs, args)
+	if err != nil {
+		return nil, err
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	for _, name := range []string{"admin-url", "admin-secret", "listen"} {
 		if v, ok := lookupEnv(getenv, envName(name)); ok && !given[name] {
 			if err := fs.Set(name, v); err != nil {

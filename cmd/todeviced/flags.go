@@ -107,13 +107,13 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseArgs parses flags wherever they stand among the positional arguments,
-// then fills every flag not given from its environment variable.
-func parseArgs(fs *flag.FlagSet, args []string, getenv func(string) string) ([]string, error) {
+// parseInterleaved parses flags wherever they stand among the positional
+// arguments, returning the positional ones and the names of the flags given.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, map[string]bool, error) {
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if fs.NArg() == 0 {
 			break
@@ -123,6 +123,16 @@ func parseArgs(fs *flag.FlagSet, args []string, getenv func(string) string) ([]s
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	return positional, given, nil
+}
+
+// parseArgs parses flags wherever they stand among the positional arguments,
+// then fills every flag not given from its environment variable.
+func parseArgs(fs *flag.FlagSet, args []string, getenv func(string) string) ([]string, error) {
+	positional, given, err := parseInterleaved(fs, args)
+	if err != nil {
+		return nil, err
+	}
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
 		if given[f.Name] {

@@ -80,16 +80,9 @@ func (r *Service) AdminForceResync(ctx context.Context, userID string) (bool, er
 
 // requireRemote parses a user id that must be remote.
 func (r *Service) requireRemote(userID string) (matrix.UserID, error) {
-	uid, err := matrix.ParseUserID(userID)
-	if err != nil {
-		return matrix.UserID{}, matrix.Errorf(matrix.InvalidParam, "Invalid user id %q: %v.", matrix.Quote(userID), err)
+	uid, local, err := r.parseLocality(userID)
+	if err == nil && local {
+		err = matrix.Errorf(matrix.InvalidParam, "User %q is local: only remote users' lists are cached.", matrix.Quote(userID))
 	}
-	local, err := r.isLocal(userID, uid)
-	if err != nil {
-		return matrix.UserID{}, err
-	}
-	if local {
-		return matrix.UserID{}, matrix.Errorf(matrix.InvalidParam, "User %q is local: only remote users' lists are cached.", matrix.Quote(userID))
-	}
-	return uid, nil
+	return uid, err
 }

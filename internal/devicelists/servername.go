@@ -23,16 +23,23 @@ func (r *Service) isLocal(userID string, uid matrix.UserID) (bool, error) {
 
 // requireLocal parses a user id that must be local.
 func (r *Service) requireLocal(userID string) (matrix.UserID, error) {
+	uid, local, err := r.parseLocality(userID)
+	if err == nil && !local {
+		err = matrix.Errorf(matrix.InvalidParam, "User %q is not local to %q.", matrix.Quote(userID), r.serverName)
+	}
+	return uid, err
+}
+
+// parseLocality parses a user id and says whether it is local (refusing
+// this server's name written in another case, see isLocal).
+func (r *Service) parseLocality(userID string) (matrix.UserID, bool, error) {
 	uid, err := matrix.ParseUserID(userID)
 	if err != nil {
-		return matrix.UserID{}, matrix.Errorf(matrix.InvalidParam, "Invalid user id %q: %v.", matrix.Quote(userID), err)
+		return matrix.UserID{}, false, matrix.Errorf(matrix.InvalidParam, "Invalid user id %q: %v.", matrix.Quote(userID), err)
 	}
 	local, err := r.isLocal(userID, uid)
 	if err != nil {
-		return matrix.UserID{}, err
+		return matrix.UserID{}, false, err
 	}
-	if !local {
-		return matrix.UserID{}, matrix.Errorf(matrix.InvalidParam, "User %q is not local to %q.", matrix.Quote(userID), r.serverName)
-	}
-	return uid, nil
+	return uid, local, nil
 }
