@@ -48,6 +48,9 @@ type Config struct {
 	MaxAge time.Duration
 	// Now returns the current time (tests inject a clock).
 	Now func() time.Time
+	// DeviceExists, when set, lets sync drop key and secret requests whose
+	// requesting (local) device no longer exists (MSC3944).
+	DeviceExists DeviceExistsFunc
 }
 
 // Service is the inbox.
@@ -175,7 +178,18 @@ func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit
 	s.m.Acknowledged.Add(float64(res.Acked))
 	b := Batch{Next: since.Acked(), Limited: res.More, Events: make([]Event, 0, len(res.Messages))}
 	now := s.cfg.Now()
+	drops := syncDropper{s: s, now: now}
 	for _, msg := range res.Messages {
+		reason, err := drops.drop(ctx, msg)
+		if err != nil {
+			return Batch{}, 0, fmt.Errorf("checking requesting device: %w", err)
+		}
+		if reason != "" {
+			// MSC3944, like an undeliverable row: left out, acknowledged
+			// with the batch.
+			s.m.Dropped.WithLabelValues(reason).Inc()
+			continue
+		}
 		if err := matrix.CheckJSON(msg.Content, matrix.MaxDepth); err != nil {
 			// Stored before the door refused such content (DESIGN
 			// invariant 13): it would fail the whole answer, every time,
