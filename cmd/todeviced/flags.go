@@ -92,6 +92,8 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", cfg.RequestBodyTimeout, "longest a request body may take to arrive after its headers; a slower client is answered 408 and disconnected")
 	fs.Float64Var(&cfg.SendRateLimit, "send-rate-limit", cfg.SendRateLimit, "sendToDevice requests a second per sending device, on each replica (0: no limit); over it: 429 M_LIMIT_EXCEEDED")
 	fs.IntVar(&cfg.SendBurst, "send-burst", cfg.SendBurst, "sendToDevice requests a device may make at once before --send-rate-limit applies")
+	fs.Float64Var(&cfg.KeyRequestRateLimit, "key-request-rate-limit", cfg.KeyRequestRateLimit, "m.room_key_request messages to other users a second, per recipient user, per sending device (per sending user over federation), on each replica (0: no limit); over it they are dropped and counted, the send still answers 200")
+	fs.IntVar(&cfg.KeyRequestBurst, "key-request-burst", cfg.KeyRequestBurst, "room key requests to other users a sender may make at once before --key-request-rate-limit applies")
 	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go profiling (net/http/pprof) at /debug/pprof/ on the metrics listener")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may take to finish at shutdown")
 	fs.Usage = func() {

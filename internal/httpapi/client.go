@@ -67,7 +67,7 @@ func (a *api) sendToDevice(w http.ResponseWriter, r *http.Request) {
 	if a.limit != nil {
 		// Before anything is read or recorded: a refused request is not a
 		// transaction, so the client's retry with the same txnId is served.
-		if ok, wait := a.limit.allow(dev.NID); !ok {
+		if ok, wait := a.limit.Allow(dev.NID); !ok {
 			e := matrix.Errorf(matrix.LimitExceeded, "Too many requests.")
 			e.RetryAfter = wait
 			writeError(w, r, a.log, e)

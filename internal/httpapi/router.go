@@ -76,7 +76,7 @@ type Config struct {
 
 type api struct {
 	cfg     Config
-	limit   *limiter
+	limit   *inbox.RateLimiter[int64]
 	log     *slog.Logger
 	inbox   *inbox.Service
 	devices *devicelists.Service
@@ -104,7 +104,7 @@ func NewRouter(cfg Config) http.Handler {
 	}
 	a := &api{cfg: cfg, log: cfg.Logger, inbox: cfg.Inbox, devices: cfg.Devices, devsync: cfg.Sync}
 	if cfg.SendRate > 0 {
-		a.limit = newLimiter(cfg.SendRate, cfg.SendBurst, nil)
+		a.limit = inbox.NewRateLimiter[int64](cfg.SendRate, cfg.SendBurst, nil)
 	}
 
 	r := chi.NewRouter()

@@ -3,7 +3,9 @@ package httpapi_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -77,5 +79,35 @@ func TestStaleRequestsDropped(t *testing.T) {
 		} {
 			require.Equal(t, want, counterValue(t, in, "todeviced_messages_dropped_total", "reason", reason), reason)
 		}
+	})
+}
+
+// TestStaleAtSyncDropped: MSC3944's sync-time rules through the router. A
+// verification request more than ten minutes old and a key or secret
+// request whose requesting device was deleted are left out, counted, and
+// acknowledged with the batch; everything around them is delivered.
+func TestStaleAtSyncDropped(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := start(t, b)
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, alice, "A2", "tok-alice2")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		to := func(c map[string]any) map[string]map[string]any { return map[string]map[string]any{bob: {"B1": c}} }
+		now := time.Now().UnixMilli()
+		in.Send(t, "tok-alice", "m.key.verification.request", "1", to(map[string]any{"transaction_id": "t1", "timestamp": now - 11*60*1000, "n": 1}))
+		in.Send(t, "tok-alice", "m.key.verification.request", "2", to(map[string]any{"transaction_id": "t2", "timestamp": now, "n": 2}))
+		in.Send(t, "tok-alice", "m.room_key_request", "3", to(map[string]any{"action": "request", "request_id": "r1", "requesting_device_id": "A2", "n": 3}))
+		in.Send(t, "tok-alice", "m.room_key_request", "4", to(map[string]any{"action": "request", "request_id": "r2", "requesting_device_id": "A1", "n": 4}))
+		in.Send(t, "tok-alice", "m.secret.request", "5", to(map[string]any{"action": "request", "request_id": "s1", "requesting_device_id": "A2", "n": 5}))
+		in.Send(t, "tok-alice", "m.room_key_request", "6", to(map[string]any{"action": "request_cancellation", "request_id": "r3", "requesting_device_id": "A2", "n": 6}))
+		in.Send(t, "tok-alice", "m.room.encrypted", "7", to(map[string]any{"requesting_device_id": "A2", "action": "request", "request_id": "x", "n": 7}))
+		require.Equal(t, http.StatusOK, in.DeleteDevice(t, alice, "A2").Status)
+
+		s := in.Sync(t, "tok-bob", "", 0)
+		require.Equal(t, []int{2, 4, 6, 7}, ns(s.ToDevice.Events))
+		s = in.Sync(t, "tok-bob", s.NextBatch, 0)
+		require.Empty(t, s.ToDevice.Events, "the dropped rows were acknowledged with the batch")
+		require.Equal(t, 1.0, counterValue(t, in, "todeviced_messages_dropped_total", "reason", "verification_request_expired"))
+		require.Equal(t, 2.0, counterValue(t, in, "todeviced_messages_dropped_total", "reason", "requesting_device_gone"))
 	})
 }

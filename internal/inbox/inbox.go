@@ -48,13 +48,23 @@ type Config struct {
 	MaxAge time.Duration
 	// Now returns the current time (tests inject a clock).
 	Now func() time.Time
+	// DeviceExists, when set, lets sync drop key and secret requests whose
+	// requesting (local) device no longer exists (MSC3944).
+	DeviceExists DeviceExistsFunc
+	// KeyRequestRate limits m.room_key_request to other users: messages
+	// to one recipient user a second per sending device (local senders) or
+	// per sending user (federation), KeyRequestBurst saved up; 0 turns the
+	// limit off.
+	KeyRequestRate  float64
+	KeyRequestBurst int
 }
 
 // Service is the inbox.
 type Service struct {
-	cfg Config
-	log *slog.Logger
-	m   *Metrics
+	cfg  Config
+	log  *slog.Logger
+	m    *Metrics
+	keys keyLimits
 }
 
 // New returns an inbox service.
@@ -71,7 +81,7 @@ func New(cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
+	return &Service{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, keys: newKeyLimits(cfg)}
 }
 
 // Epoch is the database epoch that tokens carry.
@@ -80,6 +90,11 @@ func (s *Service) Epoch() string { return s.cfg.Store.Epoch() }
 // Send accepts a sendToDevice request from the device txn names. It returns
 // the response body: the recorded one when txn was seen before.
 func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, error) {
+	msgs, limited := s.limitLocal(txn, msgs)
+	if limited > 0 {
+		s.m.Dropped.WithLabelValues(DropKeyRequestRateLimited).Add(float64(limited))
+		s.log.InfoContext(ctx, "dropped room key requests over the rate limit", "user_id", txn.UserID, "device_id", txn.DeviceID, "messages", limited)
+	}
 	a, err := BuildAccept(s.cfg.ServerName, txn, msgs)
 	if err != nil {
 		return nil, err
@@ -108,6 +123,12 @@ func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, 
 func (s *Service) AcceptRemote(ctx context.Context, batch []*RemoteAccept) ([]AcceptResult, error) {
 	if len(batch) == 0 {
 		return nil, nil
+	}
+	for _, r := range batch {
+		if n := s.limitRemote(r); n > 0 {
+			s.m.Dropped.WithLabelValues(DropKeyRequestRateLimited).Add(float64(n))
+			s.log.InfoContext(ctx, "dropped room key requests over the rate limit", "origin", r.Origin, "sender", r.Sender, "messages", n)
+		}
 	}
 	res, err := s.cfg.Store.AcceptRemote(ctx, batch)
 	if err != nil {
@@ -175,7 +196,18 @@ func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit
 	s.m.Acknowledged.Add(float64(res.Acked))
 	b := Batch{Next: since.Acked(), Limited: res.More, Events: make([]Event, 0, len(res.Messages))}
 	now := s.cfg.Now()
+	drops := syncDropper{s: s, now: now}
 	for _, msg := range res.Messages {
+		reason, err := drops.drop(ctx, msg)
+		if err != nil {
+			return Batch{}, 0, fmt.Errorf("checking requesting device: %w", err)
+		}
+		if reason != "" {
+			// MSC3944, like an undeliverable row: left out, acknowledged
+			// with the batch.
+			s.m.Dropped.WithLabelValues(reason).Inc()
+			continue
+		}
 		if err := matrix.CheckJSON(msg.Content, matrix.MaxDepth); err != nil {
 			// Stored before the door refused such content (DESIGN
 			// invariant 13): it would fail the whole answer, every time,

@@ -78,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{OriginLocal, OriginFederation} {
 		m.Enqueued.WithLabelValues(o)
 	}
-	for _, r := range []string{DropUnknownDevice, DropDeviceDeleted, DropExpired, DropUndeliverable} {
+	for _, r := range []string{DropUnknownDevice, DropDeviceDeleted, DropExpired, DropUndeliverable, DropKeyRequestRateLimited} {
 		m.Dropped.WithLabelValues(r)
 	}
 	for _, r := range staleReasons {

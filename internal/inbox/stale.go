@@ -41,7 +41,8 @@ const (
 )
 
 // staleReasons are the MSC3944 drop reasons, for the metric's fixed label set.
-var staleReasons = []string{DropKeyRequestCancelled, DropKeyRequestRepeated, DropSecretRequestCancelled, DropVerificationCancelled}
+var staleReasons = []string{DropKeyRequestCancelled, DropKeyRequestRepeated, DropSecretRequestCancelled, DropVerificationCancelled,
+	DropVerificationExpired, DropRequestingDeviceGone}
 
 // StaleKey names a pending request a later message can make stale: its
 // event type and its ids. Two messages match when their senders, recipient

@@ -10,6 +10,7 @@ import (
 
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/httpapi"
+	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/matrixfed"
 	"github.com/todeviced/todeviced/internal/storage"
@@ -95,6 +96,8 @@ type Config struct {
 	MaxSendBytes           int64
 	SendRateLimit          float64
 	SendBurst              int
+	KeyRequestRateLimit    float64
+	KeyRequestBurst        int
 	ShutdownTimeout        time.Duration
 	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics listener.
 	Pprof                bool
@@ -118,19 +121,22 @@ type Config struct {
 // Defaults returns the configuration with every default applied.
 func Defaults() Config {
 	return Config{
-		Listen:          DefaultListen,
-		MetricsListen:   DefaultMetricsListen,
-		DatabaseURL:     DefaultDatabaseURL,
-		ServerName:      DefaultServerName,
-		SigningKey:      DefaultSigningKey,
-		Migrate:         true,
-		LogLevel:        slog.LevelInfo,
-		LogFormat:       "auto",
-		InboxMaxAge:     DefaultInboxMaxAge,
-		TxnRetention:    24 * time.Hour,
-		SendBurst:       DefaultSendBurst,
-		ShutdownTimeout: DefaultShutdownTimeout,
-		DatabaseTimeout: DefaultDatabaseTimeout,
+		Listen:        DefaultListen,
+		MetricsListen: DefaultMetricsListen,
+		DatabaseURL:   DefaultDatabaseURL,
+		ServerName:    DefaultServerName,
+		SigningKey:    DefaultSigningKey,
+		Migrate:       true,
+		LogLevel:      slog.LevelInfo,
+		LogFormat:     "auto",
+		InboxMaxAge:   DefaultInboxMaxAge,
+		TxnRetention:  24 * time.Hour,
+		SendBurst:     DefaultSendBurst,
+
+		KeyRequestRateLimit: inbox.DefaultKeyRequestRate,
+		KeyRequestBurst:     inbox.DefaultKeyRequestBurst,
+		ShutdownTimeout:     DefaultShutdownTimeout,
+		DatabaseTimeout:     DefaultDatabaseTimeout,
 
 		RequestBodyTimeout: DefaultRequestBodyTimeout,
 
@@ -178,6 +184,9 @@ func (c Config) Validate() error {
 	}
 	if c.SendRateLimit < 0 || c.SendBurst < 0 {
 		errs = append(errs, errors.New("--send-rate-limit and --send-burst must not be negative"))
+	}
+	if c.KeyRequestRateLimit < 0 || c.KeyRequestBurst < 0 {
+		errs = append(errs, errors.New("--key-request-rate-limit and --key-request-burst must not be negative"))
 	}
 	if c.RequestBodyTimeout <= 0 {
 		errs = append(errs, errors.New("--request-body-timeout must be positive"))

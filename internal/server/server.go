@@ -118,6 +118,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	s.inbox = inbox.New(inbox.Config{
 		ServerName: cfg.ServerName, Store: backend.Inbox(), Metrics: inbox.NewMetrics(reg), Logger: log,
 		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
+		KeyRequestRate: cfg.KeyRequestRateLimit, KeyRequestBurst: cfg.KeyRequestBurst,
+		DeviceExists: func(ctx context.Context, userID, deviceID string) (bool, error) {
+			_, err := s.devices.Device(ctx, userID, deviceID)
+			if errors.Is(err, devicelists.ErrNotFound) {
+				return false, nil
+			}
+			return err == nil, err
+		},
 	})
 	s.devices = devicelists.New(backend.Devices(), cfg.ServerName, log, devicelists.NewMetrics(reg))
 	s.devices.SetFederationDeviceNames(cfg.FederationDeviceNames)

@@ -1,4 +1,4 @@
-package httpapi
+package inbox
 
 import (
 	"testing"
@@ -9,32 +9,32 @@ import (
 
 func TestLimiter(t *testing.T) {
 	now := time.Unix(1000, 0)
-	l := newLimiter(2, 3, func() time.Time { return now })
+	l := NewRateLimiter[int64](2, 3, func() time.Time { return now })
 	for range 3 {
-		ok, _ := l.allow(1)
+		ok, _ := l.Allow(1)
 		require.True(t, ok, "the burst is available at once")
 	}
-	ok, wait := l.allow(1)
+	ok, wait := l.Allow(1)
 	require.False(t, ok)
 	require.Equal(t, 500*time.Millisecond, wait, "at 2/s the next token comes in half a second")
-	ok, _ = l.allow(2)
+	ok, _ = l.Allow(2)
 	require.True(t, ok, "devices have buckets of their own")
 
 	now = now.Add(wait)
-	ok, _ = l.allow(1)
+	ok, _ = l.Allow(1)
 	require.True(t, ok)
-	ok, _ = l.allow(1)
+	ok, _ = l.Allow(1)
 	require.False(t, ok)
 
 	now = now.Add(time.Hour)
 	for range 3 {
-		ok, _ := l.allow(1)
+		ok, _ := l.Allow(1)
 		require.True(t, ok, "a bucket refills up to the burst, not beyond")
 	}
-	ok, _ = l.allow(1)
+	ok, _ = l.Allow(1)
 	require.False(t, ok)
 
 	now = now.Add(2 * time.Minute)
-	l.allow(3)
+	l.Allow(3)
 	require.Len(t, l.buckets, 1, "refilled buckets are forgotten")
 }

@@ -1,4 +1,4 @@
-package httpapi
+package inbox
 
 import (
 	"math"
@@ -6,18 +6,19 @@ import (
 	"time"
 )
 
-// limiter is a token bucket per key (a sending device): rate tokens a second,
+// RateLimiter is a token bucket per key (a sending device, a sending user):
+// rate tokens a second,
 // at most burst saved up. It is per replica: a client spreading its requests
 // over n replicas gets n times the rate, which is fine for the job (stopping
 // one broken or abusive client from flooding inboxes) and needs no shared
 // state.
-type limiter struct {
+type RateLimiter[K comparable] struct {
 	rate  float64
 	burst float64
 	now   func() time.Time
 
 	mu      sync.Mutex
-	buckets map[int64]*bucket
+	buckets map[K]*bucket
 	swept   time.Time
 }
 
@@ -26,15 +27,17 @@ type bucket struct {
 	last   time.Time
 }
 
-func newLimiter(rate float64, burst int, now func() time.Time) *limiter {
+// NewRateLimiter returns a limiter of rate tokens a second, burst saved up
+// (at least 1); now is the clock (nil: time.Now).
+func NewRateLimiter[K comparable](rate float64, burst int, now func() time.Time) *RateLimiter[K] {
 	if now == nil {
 		now = time.Now
 	}
-	return &limiter{rate: rate, burst: math.Max(float64(burst), 1), now: now, buckets: map[int64]*bucket{}}
+	return &RateLimiter[K]{rate: rate, burst: math.Max(float64(burst), 1), now: now, buckets: map[K]*bucket{}}
 }
 
-// allow takes a token for key, or says how long until one is available.
-func (l *limiter) allow(key int64) (bool, time.Duration) {
+// Allow takes a token for key, or says how long until one is available.
+func (l *RateLimiter[K]) Allow(key K) (bool, time.Duration) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -57,7 +60,7 @@ func (l *limiter) allow(key int64) (bool, time.Duration) {
 // sweep forgets buckets that have refilled completely (they are equal to a
 // fresh one), at most once a minute, so the map stays as small as the set of
 // recently active devices.
-func (l *limiter) sweep(now time.Time) {
+func (l *RateLimiter[K]) sweep(now time.Time) {
 	if now.Sub(l.swept) < time.Minute {
 		return
 	}

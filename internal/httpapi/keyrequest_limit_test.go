@@ -1,0 +1,41 @@
+package httpapi_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/todeviced/todeviced/internal/server"
+	"github.com/todeviced/todeviced/internal/servertest"
+)
+
+// TestKeyRequestRateLimit: through the router, room key requests to other
+// users over the sending device's limit are dropped and counted while the
+// send answers 200; requests to the sender's own devices, other event
+// types and other sending devices are not touched.
+func TestKeyRequestRateLimit(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		cfg := servertest.Config(b.NewURL(t))
+		cfg.KeyRequestRateLimit, cfg.KeyRequestBurst = 0.0001, 2 // no refill during the test
+		in := servertest.Start(t, cfg, server.Options{})
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, alice, "A2", "tok-alice2")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		req := func(n int) map[string]any {
+			return map[string]any{"action": "request", "request_id": "r" + string(rune('a'+n)), "requesting_device_id": "A1", "n": n}
+		}
+		// One token per recipient user: each send to bob takes one.
+		in.Send(t, "tok-alice", "m.room_key_request", "1", map[string]map[string]any{bob: {"B1": req(1)}})
+		in.Send(t, "tok-alice", "m.room_key_request", "2", map[string]map[string]any{bob: {"B1": req(2)}, alice: {"A2": req(2)}})
+		in.Send(t, "tok-alice", "m.room_key_request", "3", map[string]map[string]any{bob: {"B1": req(3)}, alice: {"A2": req(3)}})
+		in.Send(t, "tok-alice", "m.room_key_request", "4", map[string]map[string]any{bob: {"B1": req(4)}})
+		in.Send(t, "tok-alice", "m.other", "5", map[string]map[string]any{bob: {"B1": map[string]any{"n": 5}}})
+		in.Send(t, "tok-alice2", "m.room_key_request", "6", map[string]map[string]any{bob: {"B1": req(6)}})
+
+		s := in.Sync(t, "tok-bob", "", 0)
+		require.Equal(t, []int{1, 2, 5, 6}, ns(s.ToDevice.Events), "the third and fourth requests from A1 are over the limit")
+		s = in.Sync(t, "tok-alice2", "", 0)
+		require.Equal(t, []int{2, 3}, ns(s.ToDevice.Events), "requests to the sender's own devices are not limited")
+		require.Equal(t, 2.0, counterValue(t, in, "todeviced_messages_dropped_total", "reason", "key_request_rate_limited"))
+	})
+}
