@@ -87,6 +87,7 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.Var(levelFlag{&cfg.LogLevel}, "log-level", "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "auto (text on a terminal, else JSON), json or text")
 	fs.DurationVar(&cfg.InboxMaxAge, "inbox-max-age", cfg.InboxMaxAge, "drop messages pending longer than this (0: keep forever)")
+	fs.IntVar(&cfg.InboxMaxMessages, "inbox-max-messages", cfg.InboxMaxMessages, "bound each device's inbox: housekeeping trims an inbox over it, requests and verification steps first, then the oldest (0: off)")
 	fs.DurationVar(&cfg.TxnRetention, "txn-retention", cfg.TxnRetention, "how long sendToDevice transaction ids are remembered (at least 24h)")
 	fs.Int64Var(&cfg.MaxSendBytes, "max-send-bytes", cfg.MaxSendBytes, "largest sendToDevice body accepted (0: 16 MiB)")
 	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", cfg.RequestBodyTimeout, "longest a request body may take to arrive after its headers; a slower client is answered 408 and disconnected")

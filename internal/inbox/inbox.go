@@ -46,6 +46,8 @@ type Config struct {
 	TxnRetention time.Duration
 	// MaxAge drops messages pending longer than this; 0 keeps them forever.
 	MaxAge time.Duration
+	// MaxMessages bounds each device's inbox (TrimInboxes); 0 is no bound.
+	MaxMessages int
 	// Now returns the current time (tests inject a clock).
 	Now func() time.Time
 	// DeviceExists, when set, lets sync drop key and secret requests whose
@@ -287,6 +289,9 @@ func (s *Service) Housekeep(ctx context.Context) error {
 				break
 			}
 		}
+	}
+	if _, err := s.TrimInboxes(ctx); err != nil {
+		return err
 	}
 	return s.RefreshBacklog(ctx)
 }

@@ -13,6 +13,9 @@ const (
 	// DropUndeliverable: stored content no answer can carry (rows written
 	// before the door checked depth), skipped at sync time.
 	DropUndeliverable = "undeliverable"
+	// DropInboxFull: trimmed from an inbox over --inbox-max-messages
+	// (TrimInboxes).
+	DropInboxFull = "inbox_full"
 )
 
 // Origins: values of the origin label of todeviced_messages_enqueued_total.
@@ -78,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{OriginLocal, OriginFederation} {
 		m.Enqueued.WithLabelValues(o)
 	}
-	for _, r := range []string{DropUnknownDevice, DropDeviceDeleted, DropExpired, DropUndeliverable, DropKeyRequestRateLimited} {
+	for _, r := range []string{DropUnknownDevice, DropDeviceDeleted, DropExpired, DropUndeliverable, DropKeyRequestRateLimited, DropInboxFull} {
 		m.Dropped.WithLabelValues(r)
 	}
 	for _, r := range staleReasons {

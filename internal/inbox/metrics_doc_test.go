@@ -34,5 +34,5 @@ func TestDropReasonsDocumented(t *testing.T) {
 			}
 		}
 	}
-	require.Equal(t, 11, n)
+	require.Equal(t, 12, n)
 }

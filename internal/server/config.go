@@ -92,13 +92,16 @@ type Config struct {
 	LogLevel               slog.Level
 	LogFormat              string
 	InboxMaxAge            time.Duration
-	TxnRetention           time.Duration
-	MaxSendBytes           int64
-	SendRateLimit          float64
-	SendBurst              int
-	KeyRequestRateLimit    float64
-	KeyRequestBurst        int
-	ShutdownTimeout        time.Duration
+	// InboxMaxMessages bounds each device's inbox (--inbox-max-messages;
+	// 0: no bound).
+	InboxMaxMessages    int
+	TxnRetention        time.Duration
+	MaxSendBytes        int64
+	SendRateLimit       float64
+	SendBurst           int
+	KeyRequestRateLimit float64
+	KeyRequestBurst     int
+	ShutdownTimeout     time.Duration
 	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics listener.
 	Pprof                bool
 	FederationOutbox     string
@@ -178,6 +181,9 @@ func (c Config) Validate() error {
 	}
 	if c.TxnRetention < 24*time.Hour {
 		errs = append(errs, errors.New("--txn-retention must be at least 24h (clients retry for that long)"))
+	}
+	if c.InboxMaxMessages < 0 {
+		errs = append(errs, errors.New("--inbox-max-messages must not be negative (0 is no bound)"))
 	}
 	if c.InboxMaxAge < 0 {
 		errs = append(errs, errors.New("--inbox-max-age must not be negative (0 keeps messages forever)"))
@@ -263,7 +269,7 @@ func (c Config) LogAttrs() []any {
 		"federation_outbox", c.FederationOutbox,
 		"federation_device_names", c.FederationDeviceNames,
 		"federation_message_ttl", c.FederationMessageTTL.String(),
-		"inbox_max_age", c.InboxMaxAge.String(),
+		"inbox_max_age", c.InboxMaxAge.String(), "inbox_max_messages", c.InboxMaxMessages,
 		"log_level", c.LogLevel.String(),
 	}
 }

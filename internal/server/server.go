@@ -117,7 +117,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	s.inbox = inbox.New(inbox.Config{
 		ServerName: cfg.ServerName, Store: backend.Inbox(), Metrics: inbox.NewMetrics(reg), Logger: log,
-		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge,
+		TxnRetention: cfg.TxnRetention, MaxAge: cfg.InboxMaxAge, MaxMessages: cfg.InboxMaxMessages,
 		KeyRequestRate: cfg.KeyRequestRateLimit, KeyRequestBurst: cfg.KeyRequestBurst,
 		DeviceExists: func(ctx context.Context, userID, deviceID string) (bool, error) {
 			_, err := s.devices.Device(ctx, userID, deviceID)

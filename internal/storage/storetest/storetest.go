@@ -78,6 +78,7 @@ func Run(t *testing.T, h Harness) {
 		{"SendRacingDeleteLeavesNoRows", testSendRacingDelete},
 		{"PruneTxns", testPruneTxns},
 		{"ExpireMessages", testExpireMessages},
+		{"InboxBound", testInboxBound},
 		{"Backlog", testBacklog},
 		{"AdminInbox", testAdminInbox},
 		{"PoolStats", testPoolStats},
