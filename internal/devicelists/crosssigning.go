@@ -137,13 +137,7 @@ func strippedCanonical(raw json.RawMessage) ([]byte, error) {
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
 		return nil, matrix.Errorf(matrix.BadJSON, "A signed key must be a JSON object.")
 	}
-	delete(obj, "signatures")
-	delete(obj, "unsigned")
-	b, err := json.Marshal(obj)
-	if err != nil {
-		return nil, matrix.Errorf(matrix.BadJSON, "A signed key is not valid JSON.")
-	}
-	c, err := matrix.CanonicalJSON(b)
+	c, err := matrix.SignedJSON(obj)
 	if err != nil {
 		return nil, matrix.Errorf(matrix.BadJSON, "A signed key has no canonical JSON: %v.", err)
 	}

@@ -80,16 +80,7 @@ func verifySigned(what string, obj map[string]json.RawMessage, userID, keyID str
 	if err != nil || len(raw) != ed25519.SignatureSize {
 		return matrix.Errorf(matrix.InvalidParam, "%s: the signature by %s is not an unpadded base64 ed25519 signature.", what, keyID)
 	}
-	signed := make(map[string]json.RawMessage, len(obj))
-	for k, v := range obj {
-		if k != "signatures" && k != "unsigned" {
-			signed[k] = v
-		}
-	}
-	b, err := json.Marshal(signed)
-	if err == nil {
-		b, err = matrix.CanonicalJSON(b)
-	}
+	b, err := matrix.SignedJSON(obj)
 	if err != nil {
 		return matrix.Errorf(matrix.BadJSON, "%s cannot be put in canonical JSON: %v.", what, err)
 	}

@@ -43,7 +43,7 @@ func SignJSON(serverName, keyID string, key ed25519.PrivateKey, raw []byte) ([]b
 	if err != nil {
 		return nil, fmt.Errorf("signing JSON as %s: %w", serverName, err)
 	}
-	payload, err := signedPayload(obj)
+	payload, err := matrix.SignedJSON(obj)
 	if err != nil {
 		return nil, fmt.Errorf("signing JSON as %s: %w", serverName, err)
 	}
@@ -103,7 +103,7 @@ func VerifyJSON(serverName, keyID string, pub ed25519.PublicKey, raw []byte) err
 	if err != nil {
 		return fmt.Errorf("verifying JSON signed by %s: %w: decoding signature for %s: %w", serverName, ErrInvalidSignature, keyID, err)
 	}
-	payload, err := signedPayload(obj)
+	payload, err := matrix.SignedJSON(obj)
 	if err != nil {
 		return fmt.Errorf("verifying JSON signed by %s: %w", serverName, err)
 	}
@@ -158,21 +158,4 @@ func parseSignatures(raw json.RawMessage) (map[string]map[string]json.RawMessage
 		return nil, errors.New(`"signatures" is not an object of objects`)
 	}
 	return signatures, nil
-}
-
-// signedPayload returns the bytes a signature covers: the canonical encoding
-// of obj without "signatures" and "unsigned". obj is not modified.
-func signedPayload(obj map[string]json.RawMessage) ([]byte, error) {
-	rest := make(map[string]json.RawMessage, len(obj))
-	for k, v := range obj {
-		if k == "signatures" || k == "unsigned" {
-			continue
-		}
-		rest[k] = v
-	}
-	encoded, err := json.Marshal(rest)
-	if err != nil {
-		return nil, fmt.Errorf("encoding object to sign: %w", err)
-	}
-	return matrix.CanonicalJSON(encoded)
 }
