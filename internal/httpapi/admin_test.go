@@ -98,7 +98,7 @@ func TestAdminInboxActions(t *testing.T) {
 		require.Equal(t, []int{10}, ns(first.ToDevice.Events))
 		polled := make(chan servertest.SyncResponse, 1)
 		go func() { polled <- in.Sync(t, "tb", first.NextBatch, 20*time.Second) }()
-		time.Sleep(200 * time.Millisecond)
+		servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Hub().Len() == 1 })
 		require.EqualValues(t, 0, admin("POST", "/users/@bob:localhost/devices/B1/inbox/purge", map[string]any{})["purged"])
 		in.Send(t, "ta", "m.room_key", "k2", map[string]map[string]any{bob: {"B1": map[string]any{"n": 11}}})
 		select {

@@ -244,13 +244,11 @@ func TestKeyCountsWakeSync(t *testing.T) {
 			},
 		} {
 			done := make(chan syncCounts, 1)
-			start := time.Now()
 			go func() { done <- syncKeys(t, in, "tok-alice", s.NextBatch, time.Minute) }()
-			time.Sleep(200 * time.Millisecond) // let the long-poll register
+			servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Hub().Len() == 1 })
 			change()
 			select {
 			case got := <-done:
-				require.Less(t, time.Since(start), 30*time.Second)
 				require.NotEqual(t, s.Counts, got.Counts)
 				s = got
 			case <-time.After(30 * time.Second):
@@ -277,7 +275,7 @@ func TestSlidingSyncE2EEKeyCountsWake(t *testing.T) {
 		go func() {
 			done <- rawSS(context.Background(), t, in, "tok-alice", first.Pos, time.Minute, ssBody(false, "", 0, true))
 		}()
-		time.Sleep(200 * time.Millisecond)
+		servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Hub().Len() == 1 })
 		claimOne(t, in, "tok-bob", alice, "A1")
 		select {
 		case r := <-done:
