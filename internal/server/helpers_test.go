@@ -318,3 +318,12 @@ func hasLabel(m *dto.Metric, k, v string) bool {
 func (n *node) metric(name string, labels ...string) float64 {
 	return metric(n.t, n.srv.Registry(), name, labels...)
 }
+
+// metricReaches waits until a counter is at least want and returns it. The
+// sender counts what it sent just after the commit that idle() and
+// idleLists() watch for, so read at once the counter can lag that one step.
+func (n *node) metricReaches(name, labels string, want float64) float64 {
+	n.t.Helper()
+	waitUntil(n.t, name+" to count what was sent", func() bool { return n.metric(name, labels) >= want })
+	return n.metric(name, labels)
+}
