@@ -81,6 +81,7 @@ func newFlagSet(name string, cfg *server.Config, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.FederationLeaseTTL, "federation-lease-ttl", cfg.FederationLeaseTTL, "how long a replica's claim to send to a destination lasts unless renewed (a dead replica's destinations wait this long)")
 	fs.DurationVar(&cfg.FederationBackoffMin, "federation-backoff-min", cfg.FederationBackoffMin, "backoff ceiling after a destination's first failure; it doubles per failure (full jitter)")
 	fs.DurationVar(&cfg.FederationBackoffMax, "federation-backoff-max", cfg.FederationBackoffMax, "largest backoff ceiling between attempts to a failing destination")
+	fs.BoolVar(&cfg.ParkLongPolls, "park-long-polls", cfg.ParkLongPolls, "let HTTP/1.1 /sync long-polls wait without a goroutine or buffers (false: each waits on its connection's goroutines)")
 	fs.BoolVar(&cfg.FederationDeviceNames, "federation-device-names", cfg.FederationDeviceNames, "show local devices' display names to other servers (device-list EDUs, /user/devices, /user/keys/query)")
 	fs.DurationVar(&cfg.FederationRequestTimeout, "federation-request-timeout", cfg.FederationRequestTimeout, "deadline of a whole outbound federation request (discovery, connect, TLS, headers, body), key fetches included")
 	fs.Int64Var(&cfg.FederationInflightBytes, "federation-inflight-bytes", cfg.FederationInflightBytes, "federation request bodies read at once before their signature is verified; over it: 429 M_LIMIT_EXCEEDED")

@@ -117,15 +117,34 @@ func (r Result) ListsToken() string { return FormatLists(r.epoch, r.ListsHead) }
 // above every position issued is refused (M_INVALID_PARAM) by the store's
 // sync query before it deletes anything.
 func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
+	w, res, err := s.Begin(ctx, req)
+	if w == nil {
+		return res, err
+	}
+	return w.Wait(ctx)
+}
+
+// Waiting is a sync that found nothing at its first check and has a
+// timeout: its owner waits for it (Wait) or detaches it (Detach).
+type Waiting struct {
+	p   *wakeup.Parked
+	res *Result
+}
+
+// Begin is Sync's first check (the only one that acknowledges). It returns
+// the answer at once, with a nil Waiting, when that check found something
+// or failed or req.Timeout is 0; otherwise a Waiting, already registered
+// with the hub so no wake-up after the check is missed.
+func (s *Service) Begin(ctx context.Context, req Request) (*Waiting, Result, error) {
 	pos, dl := req.ToDevice, req.Lists
-	res := Result{epoch: s.Epoch()}
+	res := &Result{epoch: s.Epoch()}
 	keys := []wakeup.Key{wakeup.DeviceKey(req.Device.NID), wakeup.UserKey(req.Device.UserID)}
 	counts := req.KeyCounts && s.counts != nil
 	if req.ListsOnly && !counts {
 		keys = keys[1:]
 	}
 	checked := false
-	_, err := s.hub.Poll(ctx, req.Timeout, keys, func(ctx context.Context) (bool, error) {
+	p, _, err := s.hub.Begin(ctx, req.Timeout, keys, func(ctx context.Context) (bool, error) {
 		// The device-list head is read with the inbox, before it, in one
 		// round trip, so the answer never claims a position whose changes
 		// it did not include.
@@ -167,11 +186,34 @@ func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
 		checked = true
 		return found, nil
 	})
-	if res.ToDevice.Events == nil {
-		res.ToDevice.Events = []inbox.Event{}
+	if p == nil {
+		return nil, res.answer(), err
 	}
-	return res, err
+	return &Waiting{p: p, res: res}, Result{}, nil
 }
+
+// answer is the Result as handed out: never a nil event list.
+func (r *Result) answer() Result {
+	if r.ToDevice.Events == nil {
+		r.ToDevice.Events = []inbox.Event{}
+	}
+	return *r
+}
+
+// Wait waits on the caller's goroutine, as Sync does after its first check.
+func (w *Waiting) Wait(ctx context.Context) (Result, error) {
+	_, err := w.p.Wait(ctx)
+	return w.res.answer(), err
+}
+
+// Detach waits without a goroutine (wakeup.Parked.Detach): later checks
+// run with ctx, and finish gets the answer once, on another goroutine.
+func (w *Waiting) Detach(ctx context.Context, finish func(Result, error)) {
+	w.p.Detach(ctx, func(_ bool, err error) { finish(w.res.answer(), err) })
+}
+
+// Cancel ends a detached wait with err.
+func (w *Waiting) Cancel(err error) { w.p.Cancel(err) }
 
 // listChanges answers an incremental device-list since up to head, and
 // returns where the next check of the same long-poll starts.

@@ -42,11 +42,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// statusRecorder remembers the status a handler wrote.
+// statusRecorder remembers the status a handler wrote, and what observe
+// needs to record the request when a parked long-poll answers after its
+// handler has returned (park.go).
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int
+
+	log   *slog.Logger
+	m     *Metrics
+	start time.Time
+	// detached is set when the handler parked the request: observe then
+	// leaves the recording to finishDetached. route is the route pattern
+	// taken before the router reused its context.
+	detached bool
+	route    string
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -83,39 +94,57 @@ func routePattern(r *http.Request) string {
 func observe(log *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			start := time.Now()
-			rec := &statusRecorder{ResponseWriter: w}
+			rec := &statusRecorder{ResponseWriter: w, log: log, m: m, start: time.Now()}
 			m.InFlight.Inc()
 			defer func() {
-				m.InFlight.Dec()
 				if p := recover(); p != nil {
 					if p == http.ErrAbortHandler {
+						m.InFlight.Dec()
 						panic(p)
 					}
 					log.ErrorContext(r.Context(), "handler panicked", "route", routePattern(r), "panic", p)
-					if rec.status == 0 {
+					if rec.status == 0 && !rec.detached {
 						writeError(rec, r, log, matrix.Errorf(matrix.Unknown, "Internal server error."))
 					}
+				}
+				if rec.detached {
+					return // the parked poll records itself when it answers
 				}
 				status := rec.status
 				if status == 0 {
 					// The client left during a long-poll and nothing was written.
 					status = 499
 				}
-				route := routePattern(r)
-				d := time.Since(start)
-				m.Requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
-				m.Duration.WithLabelValues(route, r.Method).Observe(d.Seconds())
-				level := slog.LevelInfo
-				if status >= 500 {
-					level = slog.LevelError
-				}
-				log.Log(r.Context(), level, "request", "method", r.Method, "route", route, "status", status,
-					"duration_ms", float64(d.Microseconds())/1000, "bytes", rec.bytes)
+				rec.record(r, routePattern(r), status, rec.bytes)
 			}()
 			next.ServeHTTP(rec, r)
 		})
 	}
+}
+
+// detach hands the recording of the request to finishDetached. The
+// response writer is dropped: net/http's holds the connection's buffers,
+// which a parked request must not keep alive.
+func (s *statusRecorder) detach(route string) {
+	s.detached, s.route, s.ResponseWriter = true, route, nil
+}
+
+// finishDetached records a parked request once it has answered.
+func (s *statusRecorder) finishDetached(r *http.Request, status, bytes int) {
+	s.record(r, s.route, status, bytes)
+}
+
+func (s *statusRecorder) record(r *http.Request, route string, status, bytes int) {
+	s.m.InFlight.Dec()
+	d := time.Since(s.start)
+	s.m.Requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+	s.m.Duration.WithLabelValues(route, r.Method).Observe(d.Seconds())
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelError
+	}
+	s.log.Log(r.Context(), level, "request", "method", r.Method, "route", route, "status", status,
+		"duration_ms", float64(d.Microseconds())/1000, "bytes", bytes)
 }
 
 // cors lets browser clients (Element Web and the like) call the client API,

@@ -70,8 +70,12 @@ type Config struct {
 	// Federation enables the federation routes; nil while federation is
 	// off.
 	Federation *FederationConfig
-	Logger     *slog.Logger
-	Metrics    *Metrics
+	// Parking, when it has wrapped the API's listener, lets HTTP/1.1
+	// long-polls of /sync wait without a goroutine (park.go); nil waits on
+	// the request's goroutine.
+	Parking *Parking
+	Logger  *slog.Logger
+	Metrics *Metrics
 }
 
 type api struct {

@@ -78,7 +78,18 @@ func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 		}
 		req.ToDevice, req.Lists = tok.ToDevice, tok.Lists
 	}
-	res, err := a.devsync.Sync(r.Context(), req)
+	wait, res, err := a.devsync.Begin(r.Context(), req)
+	if wait != nil {
+		if a.cfg.Parking.park(w, r, wait, a.answerSync) {
+			return // answered later, from the hub (park.go)
+		}
+		res, err = wait.Wait(r.Context())
+	}
+	a.answerSync(w, r, res, err)
+}
+
+// answerSync writes a client /sync's answer.
+func (a *api) answerSync(w http.ResponseWriter, r *http.Request, res devicesync.Result, err error) {
 	if err != nil {
 		if errors.Is(err, devicesync.ErrDeviceGone) {
 			err = matrix.Errorf(matrix.UnknownToken, "The device was deleted.")

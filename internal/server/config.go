@@ -102,6 +102,9 @@ type Config struct {
 	KeyRequestRateLimit float64
 	KeyRequestBurst     int
 	ShutdownTimeout     time.Duration
+	// ParkLongPolls lets HTTP/1.1 /sync long-polls wait without a
+	// goroutine (--park-long-polls; httpapi.Parking).
+	ParkLongPolls bool
 	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics listener.
 	Pprof                bool
 	FederationOutbox     string
@@ -139,6 +142,7 @@ func Defaults() Config {
 		KeyRequestRateLimit: inbox.DefaultKeyRequestRate,
 		KeyRequestBurst:     inbox.DefaultKeyRequestBurst,
 		ShutdownTimeout:     DefaultShutdownTimeout,
+		ParkLongPolls:       true,
 		DatabaseTimeout:     DefaultDatabaseTimeout,
 
 		RequestBodyTimeout: DefaultRequestBodyTimeout,
@@ -268,6 +272,7 @@ func (c Config) LogAttrs() []any {
 		"federation", c.FederationEnabled(),
 		"federation_outbox", c.FederationOutbox,
 		"federation_device_names", c.FederationDeviceNames,
+		"park_long_polls", c.ParkLongPolls,
 		"federation_message_ttl", c.FederationMessageTTL.String(),
 		"inbox_max_age", c.InboxMaxAge.String(), "inbox_max_messages", c.InboxMaxMessages,
 		"log_level", c.LogLevel.String(),

@@ -33,10 +33,13 @@ const http2MaxStreams = 1000
 
 // Server is one todeviced process.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	backend  storage.Backend
-	hub      *wakeup.Hub
+	cfg     Config
+	log     *slog.Logger
+	backend storage.Backend
+	hub     *wakeup.Hub
+	// parking holds HTTP/1.1 long-polls waiting without a goroutine (nil
+	// with --park-long-polls=false).
+	parking  *httpapi.Parking
 	inbox    *inbox.Service
 	devices  *devicelists.Service
 	registry *prometheus.Registry
@@ -65,6 +68,9 @@ type Options struct {
 	Registry *prometheus.Registry
 	// FederationSweepInterval overrides the sender's sweep interval.
 	FederationSweepInterval time.Duration
+	// ParkSweepInterval overrides how often parked long-polls are checked
+	// for a client that left (httpapi.Parking).
+	ParkSweepInterval time.Duration
 	// Version is reported by todeviced_build_info ("dev" when empty) and to
 	// other servers.
 	Version string
@@ -156,7 +162,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 			adminRetryNow = s.sender.RetryNow
 		}
 	}
+	if cfg.ParkLongPolls {
+		s.parking = httpapi.NewParking(log, opts.ParkSweepInterval)
+	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
+		Parking:    s.parking,
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, AdminSecret: cfg.AdminSecret, MaxSendBytes: cfg.MaxSendBytes,
 		BodyTimeout: cfg.RequestBodyTimeout,
 		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
@@ -248,6 +258,10 @@ func (s *Server) MetricsHandler() http.Handler { return s.metrics }
 // Hub is the wake-up hub (tests watch its waiters).
 func (s *Server) Hub() *wakeup.Hub { return s.hub }
 
+// Parking holds the parked HTTP/1.1 long-polls (nil with
+// --park-long-polls=false).
+func (s *Server) Parking() *httpapi.Parking { return s.parking }
+
 // Inbox is the inbox service.
 func (s *Server) Inbox() *inbox.Service { return s.inbox }
 
@@ -263,6 +277,9 @@ func (s *Server) Registry() *prometheus.Registry { return s.registry }
 // Close answers waiting long-polls, stops the background jobs and closes
 // the database.
 func (s *Server) Close() {
+	if s.parking != nil {
+		s.parking.Close()
+	}
 	s.hub.Close()
 	if s.stop != nil {
 		s.stop()
@@ -308,6 +325,9 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 	api.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: http2MaxStreams}
 	servers := []*http.Server{api}
 	errc := make(chan error, 2)
+	if s.parking != nil {
+		apiLn = s.parking.Listener(apiLn)
+	}
 	go func() { errc <- api.Serve(apiLn) }()
 	if metricsLn != nil {
 		ms := &http.Server{Handler: s.metrics, ReadHeaderTimeout: 10 * time.Second}
@@ -330,10 +350,19 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 	// while the metrics listener itself stays up until the API has drained
 	// (servers[0] shuts down first), so the last moments can be scraped.
 	s.draining.Store(true)
-	// Long-polls answer now, empty, so their clients come back elsewhere.
+	// Long-polls answer now, empty, so their clients come back elsewhere
+	// (parked ones close their connection after the answer).
+	if s.parking != nil {
+		s.parking.Close()
+	}
 	s.hub.Close()
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
+	if s.parking != nil {
+		if err := s.parking.Drain(sctx); err != nil {
+			s.log.Warn("parked long-polls did not answer before the shutdown deadline", "err", err)
+		}
+	}
 	for _, srv := range servers {
 		if err := srv.Shutdown(sctx); err != nil {
 			s.log.Warn("in-flight requests did not finish before the shutdown deadline", "err", err)

@@ -66,6 +66,9 @@ type Waiter struct {
 	hub  *Hub
 	keys []Key
 	c    chan struct{}
+	// fn, when set, is also called on every signal (ParkPoll), with the
+	// hub locked.
+	fn func()
 }
 
 // C returns the channel that is signalled on a wake-up.
@@ -73,7 +76,11 @@ func (w *Waiter) C() <-chan struct{} { return w.c }
 
 // Register adds a waiter for keys. Call Close when done.
 func (h *Hub) Register(keys ...Key) *Waiter {
-	w := &Waiter{hub: h, keys: keys, c: make(chan struct{}, 1)}
+	return h.register(&Waiter{hub: h, keys: keys, c: make(chan struct{}, 1)})
+}
+
+func (h *Hub) register(w *Waiter) *Waiter {
+	keys := w.keys
 	h.mu.Lock()
 	for _, k := range keys {
 		m := h.waiters[k]
@@ -120,6 +127,9 @@ func (w *Waiter) signal() {
 	select {
 	case w.c <- struct{}{}:
 	default:
+	}
+	if w.fn != nil {
+		w.fn()
 	}
 }
 
@@ -183,7 +193,18 @@ func (h *Hub) Len() int {
 // Close makes every current and future Poll return at once with no result, as
 // a server shutting down answers its long-polls.
 func (h *Hub) Close() {
-	h.once.Do(func() { close(h.closed) })
+	h.once.Do(func() {
+		close(h.closed)
+		// Parked polls (ParkPoll) have no goroutine selecting on closed:
+		// a signal makes each check in and answer.
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for w := range h.all {
+			if w.fn != nil {
+				w.fn()
+			}
+		}
+	})
 }
 
 // Closing returns a channel closed when the hub is closed.
@@ -217,33 +238,9 @@ func runShallow(ctx context.Context, check func(ctx context.Context) (bool, erro
 // check is called at least once, after registration, so a change that commits
 // between the caller's last read and the registration is never missed.
 func (h *Hub) Poll(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error)) (bool, error) {
-	var w *Waiter
-	if timeout > 0 {
-		w = h.Register(keys...)
-		defer w.Close()
-	}
-	if timeout <= 0 {
-		return check(ctx)
-	}
-	done, err := runShallow(ctx, check)
-	if err != nil || done {
+	p, done, err := h.Begin(ctx, timeout, keys, check)
+	if p == nil {
 		return done, err
 	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		select {
-		case <-w.C():
-		case <-timer.C:
-			return false, nil
-		case <-h.closed:
-			return false, nil
-		case <-ctx.Done():
-			return false, ctx.Err()
-		}
-		done, err := runShallow(ctx, check)
-		if err != nil || done {
-			return done, err
-		}
-	}
+	return p.Wait(ctx)
 }

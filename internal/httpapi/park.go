@@ -1,0 +1,417 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/todeviced/todeviced/internal/devicesync"
+)
+
+// Parking lets an HTTP/1.1 long-poll wait with no goroutine and no buffers.
+//
+// net/http holds two goroutines and 8 KiB of bufio buffers for every
+// connection with a request in flight, about 45 KB resident a waiting
+// /sync, and nothing outside net/http changes that (docs/PERFORMANCE.md).
+// So a /sync that finds nothing at its first check takes its connection
+// over (Hijack): net/http's goroutines end, its buffers go, and what waits
+// is the socket, the hub's registration, a timer and the request. When the
+// poll ends (a wake-up that found something, the timeout, shutdown) a
+// goroutine of the hub's writes the answer, the same bytes the handler
+// would have written, and hands the connection back to net/http through
+// the listener, which accepts it as if it were new: the next request on it
+// is served as usual.
+//
+// While a connection is parked nobody reads it, so a client that goes away
+// is noticed by a sweep that peeks at every parked socket (sweepInterval)
+// instead of at once. HTTP/2 streams cannot be taken over and keep waiting
+// on their goroutine, as do requests that asked to close the connection.
+type Parking struct {
+	log      *slog.Logger
+	interval time.Duration
+
+	mu     sync.Mutex
+	ln     *parkingListener
+	parked map[*parkedSync]struct{}
+	closed bool
+	idle   *sync.Cond // signalled when parked empties
+	stop   chan struct{}
+}
+
+// sweepInterval is how often parked connections are checked for a client
+// that left: at most this long a closed socket and its poll linger.
+const sweepInterval = 5 * time.Second
+
+// writeTimeout bounds the write of a parked poll's answer.
+const writeTimeout = 30 * time.Second
+
+// errClientGone cancels a parked poll whose client closed the connection.
+var errClientGone = errors.New("the client closed the connection")
+
+// NewParking returns a Parking that parks nothing until Listener has
+// wrapped the API's listener. sweep is how often parked connections are
+// checked for a client that left (sweepInterval when 0).
+func NewParking(log *slog.Logger, sweep time.Duration) *Parking {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if sweep <= 0 {
+		sweep = sweepInterval
+	}
+	p := &Parking{log: log, interval: sweep, parked: map[*parkedSync]struct{}{}, stop: make(chan struct{})}
+	p.idle = sync.NewCond(&p.mu)
+	return p
+}
+
+// Listener wraps the API's listener, so parked connections can be handed
+// back to the server that accepts from it. Call it once.
+func (p *Parking) Listener(ln net.Listener) net.Listener {
+	l := &parkingListener{Listener: ln, back: make(chan net.Conn), accepted: make(chan accepted), done: make(chan struct{})}
+	go l.pump()
+	p.mu.Lock()
+	p.ln = l
+	p.mu.Unlock()
+	go p.sweep()
+	return l
+}
+
+// Len is the number of parked long-polls.
+func (p *Parking) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.parked)
+}
+
+// Close stops parking: later long-polls wait on their goroutines, and
+// parked ones close their connection after answering. Call Drain to wait
+// for their answers (the wake-up hub's Close makes them answer).
+func (p *Parking) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.closed = true
+		close(p.stop)
+	}
+}
+
+// Drain waits until every parked long-poll has answered, or ctx ends.
+func (p *Parking) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		p.mu.Lock()
+		for len(p.parked) > 0 {
+			p.idle.Wait()
+		}
+		p.mu.Unlock()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// parkable says whether r's connection can be taken over: HTTP/1.1 that
+// stays open (an HTTP/1.0 client or "Connection: close" gets the answer on
+// its goroutine, as before).
+func (p *Parking) parkable(r *http.Request) bool {
+	if p == nil || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Close {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ln != nil && !p.closed
+}
+
+// parkedSync is one parked /sync.
+type parkedSync struct {
+	p    *Parking
+	conn net.Conn
+	// prefix is what the client sent after the request (pipelining), to
+	// be read before the socket when the connection is handed back.
+	prefix []byte
+	// header is what the middleware set for the answer before the park.
+	header http.Header
+	req    *http.Request
+	rec    *statusRecorder
+	wait   *devicesync.Waiting
+	answer func(http.ResponseWriter, *http.Request, devicesync.Result, error)
+
+	mu       sync.Mutex
+	finished bool // the answer is being written: the sweep keeps off
+}
+
+// park takes the connection of a waiting /sync over. It returns false,
+// having changed nothing, when it cannot (then the caller waits as usual).
+// answer writes the sync's answer: park calls it later with a response
+// writer of its own.
+func (p *Parking) park(w http.ResponseWriter, r *http.Request, wait *devicesync.Waiting, answer func(http.ResponseWriter, *http.Request, devicesync.Result, error)) bool {
+	if !p.parkable(r) {
+		return false
+	}
+	rec := recorderOf(w)
+	if rec == nil {
+		return false
+	}
+	header := w.Header().Clone()
+	route := routePattern(r)
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	ps := &parkedSync{p: p, conn: conn, header: header, rec: rec, wait: wait, answer: answer}
+	if n := brw.Reader.Buffered(); n > 0 {
+		ps.prefix, _ = brw.Reader.Peek(n)
+		ps.prefix = bytes.Clone(ps.prefix)
+	}
+	// The request's context ends when the handler returns; later checks
+	// and the answer keep its values but not its cancellation, and a
+	// route context of their own (chi reuses the request's).
+	rctx := chi.NewRouteContext()
+	rctx.RoutePatterns = []string{route}
+	ctx := context.WithValue(context.WithoutCancel(r.Context()), chi.RouteCtxKey, rctx)
+	ps.req = r.WithContext(ctx)
+	rec.detach(route)
+
+	p.mu.Lock()
+	p.parked[ps] = struct{}{}
+	p.mu.Unlock()
+	wait.Detach(ctx, ps.finish)
+	return true
+}
+
+// recorderOf finds the observe middleware's recorder under w.
+func recorderOf(w http.ResponseWriter) *statusRecorder {
+	for {
+		switch x := w.(type) {
+		case *statusRecorder:
+			return x
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = x.Unwrap()
+		default:
+			return nil
+		}
+	}
+}
+
+// finish answers a parked /sync: on the hub's goroutine, once.
+func (ps *parkedSync) finish(res devicesync.Result, err error) {
+	ps.mu.Lock()
+	ps.finished = true
+	ps.mu.Unlock()
+	defer ps.p.unpark(ps)
+	status, n := 499, 0 // the client left and nothing was written
+	defer func() {
+		if v := recover(); v != nil {
+			ps.p.log.Error("parked long-poll panicked", "route", ps.rec.route, "panic", v)
+			_ = ps.conn.Close()
+			status = 500
+		}
+		ps.rec.finishDetached(ps.req, status, n)
+	}()
+	if errors.Is(err, errClientGone) {
+		_ = ps.conn.Close()
+		return
+	}
+	resp := &bufferedResponse{header: ps.header}
+	ps.answer(resp, ps.req, res, err)
+	keepAlive := !ps.p.isClosed()
+	if err := resp.writeTo(ps.conn, keepAlive); err != nil {
+		_ = ps.conn.Close()
+		return
+	}
+	status, n = resp.status, resp.body.Len()
+	if !keepAlive {
+		_ = ps.conn.Close()
+		return
+	}
+	var c net.Conn = ps.conn
+	if len(ps.prefix) > 0 {
+		c = &prefixConn{Conn: ps.conn, r: io.MultiReader(bytes.NewReader(ps.prefix), ps.conn)}
+	}
+	if !ps.p.handBack(c) {
+		_ = ps.conn.Close()
+	}
+}
+
+func (p *Parking) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+func (p *Parking) unpark(ps *parkedSync) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.parked, ps)
+	if len(p.parked) == 0 {
+		p.idle.Broadcast()
+	}
+}
+
+func (p *Parking) handBack(c net.Conn) bool {
+	p.mu.Lock()
+	ln := p.ln
+	p.mu.Unlock()
+	return ln != nil && ln.handBack(c)
+}
+
+// sweep cancels the parked polls whose client has gone.
+func (p *Parking) sweep() {
+	t := time.NewTicker(p.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		all := make([]*parkedSync, 0, len(p.parked))
+		for ps := range p.parked {
+			all = append(all, ps)
+		}
+		p.mu.Unlock()
+		for _, ps := range all {
+			ps.mu.Lock()
+			gone := !ps.finished && peerClosed(ps.conn)
+			ps.mu.Unlock()
+			if gone {
+				ps.wait.Cancel(errClientGone)
+			}
+		}
+	}
+}
+
+// bufferedResponse is the http.ResponseWriter a parked poll answers into.
+type bufferedResponse struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (b *bufferedResponse) Header() http.Header { return b.header }
+
+func (b *bufferedResponse) WriteHeader(code int) {
+	if b.status == 0 {
+		b.status = code
+	}
+}
+
+func (b *bufferedResponse) Write(p []byte) (int, error) {
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	return b.body.Write(p)
+}
+
+// writeTo writes the response to c as HTTP/1.1, as net/http would have.
+func (b *bufferedResponse) writeTo(c net.Conn, keepAlive bool) error {
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	h := b.header
+	h.Set("Content-Length", strconv.Itoa(b.body.Len()))
+	if h.Get("Date") == "" {
+		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	if !keepAlive {
+		h.Set("Connection", "close")
+	}
+	var out bytes.Buffer
+	out.Grow(b.body.Len() + 256)
+	fmt.Fprintf(&out, "HTTP/1.1 %d %s\r\n", b.status, http.StatusText(b.status))
+	if err := h.Write(&out); err != nil {
+		return err
+	}
+	out.WriteString("\r\n")
+	out.Write(b.body.Bytes())
+	if err := c.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+		return err
+	}
+	if _, err := c.Write(out.Bytes()); err != nil {
+		return err
+	}
+	return c.SetDeadline(time.Time{})
+}
+
+// prefixConn reads the bytes a client pipelined behind a parked request
+// before the socket.
+type prefixConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// parkingListener is the API listener plus the connections handed back.
+type parkingListener struct {
+	net.Listener
+	back     chan net.Conn
+	accepted chan accepted
+	done     chan struct{}
+	once     sync.Once
+}
+
+type accepted struct {
+	c   net.Conn
+	err error
+}
+
+// pump accepts from the real listener, so Accept can wait on it and on
+// handed-back connections at once.
+func (l *parkingListener) pump() {
+	for {
+		c, err := l.Listener.Accept()
+		select {
+		case l.accepted <- accepted{c, err}:
+		case <-l.done:
+			if c != nil {
+				_ = c.Close()
+			}
+			return
+		}
+		if err != nil && errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
+}
+
+func (l *parkingListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.back:
+		return c, nil
+	case a := <-l.accepted:
+		return a.c, a.err
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *parkingListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// handBack gives c to the server's next Accept; false once the listener
+// is closed.
+func (l *parkingListener) handBack(c net.Conn) bool {
+	select {
+	case l.back <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}

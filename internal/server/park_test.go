@@ -1,0 +1,321 @@
+package server_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/todeviced/todeviced/internal/server"
+	"github.com/todeviced/todeviced/internal/servertest"
+)
+
+// rawClient speaks HTTP/1.1 on one TCP connection it controls, so tests
+// can tell a connection handed back after a parked long-poll from a new one
+// and pipeline requests.
+type rawClient struct {
+	t    testing.TB
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialRaw(t testing.TB, in *servertest.Instance) *rawClient {
+	t.Helper()
+	u, err := url.Parse(in.URL)
+	require.NoError(t, err)
+	c, err := net.Dial("tcp", u.Host)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return &rawClient{t: t, conn: c, r: bufio.NewReader(c)}
+}
+
+func syncRequest(token, since string, timeoutMS int, extra string) string {
+	q := url.Values{"timeout": {fmt.Sprint(timeoutMS)}}
+	if since != "" {
+		q.Set("since", since)
+	}
+	return "GET /_matrix/client/v3/sync?" + q.Encode() + " HTTP/1.1\r\nHost: todeviced\r\nAuthorization: Bearer " +
+		token + "\r\n" + extra + "\r\n"
+}
+
+func (c *rawClient) write(s string) {
+	c.t.Helper()
+	_, err := io.WriteString(c.conn, s)
+	require.NoError(c.t, err)
+}
+
+// read reads one response; the body is returned whole.
+func (c *rawClient) read() (*http.Response, []byte) {
+	c.t.Helper()
+	require.NoError(c.t, c.conn.SetReadDeadline(time.Now().Add(time.Minute)))
+	resp, err := http.ReadResponse(c.r, nil)
+	require.NoError(c.t, err)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(c.t, err)
+	return resp, body
+}
+
+type rawSync struct {
+	NextBatch string `json:"next_batch"`
+	ToDevice  struct {
+		Events []struct {
+			Type    string         `json:"type"`
+			Content map[string]any `json:"content"`
+		} `json:"events"`
+	} `json:"to_device"`
+}
+
+func decodeSync(t testing.TB, body []byte) rawSync {
+	t.Helper()
+	var s rawSync
+	require.NoError(t, json.Unmarshal(body, &s), "%s", body)
+	return s
+}
+
+// waitParked waits until n long-polls are parked and registered with the
+// hub.
+func waitParked(t testing.TB, in *servertest.Instance, n int) {
+	t.Helper()
+	servertest.WaitFor(t, fmt.Sprintf("%d parked long-polls", n), func() bool {
+		return in.Server.Parking().Len() == n && in.Server.Hub().Len() == n
+	})
+}
+
+// A waiting HTTP/1.1 /sync gives its connection to the hub: the message
+// that wakes it comes back on that connection with the headers the
+// middleware set, and the connection then serves the next request (the
+// acknowledging sync), so it was handed back to the server rather than
+// closed.
+func TestParkedLongPollAnswersOnItsConnection(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := servertest.Start(t, servertest.Config(b.NewURL(t)), server.Options{})
+		in.PutDevice(t, "@a:localhost", "A", "tok-a")
+		in.PutDevice(t, "@b:localhost", "B", "tok-b")
+		c := dialRaw(t, in)
+
+		c.write(syncRequest("tok-b", "", 0, ""))
+		resp, body := c.read()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		first := decodeSync(t, body)
+
+		c.write(syncRequest("tok-b", first.NextBatch, 60_000, ""))
+		waitParked(t, in, 1)
+		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+
+		resp, body = c.read()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+		require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+		require.Equal(t, "*", resp.Header.Get("Access-Control-Allow-Origin"), "the CORS middleware's headers survive the park")
+		require.False(t, resp.Close, "the connection stays open")
+		got := decodeSync(t, body)
+		require.Len(t, got.ToDevice.Events, 1)
+		require.Equal(t, float64(1), got.ToDevice.Events[0].Content["n"])
+		waitParked(t, in, 0)
+
+		// The same connection serves the next request: it acknowledges.
+		c.write(syncRequest("tok-b", got.NextBatch, 0, ""))
+		resp, body = c.read()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+		require.Empty(t, decodeSync(t, body).ToDevice.Events)
+	})
+}
+
+// A parked long-poll that nothing wakes answers empty at its timeout, with
+// the since it was given, and keeps its connection.
+func TestParkedLongPollTimesOut(t *testing.T) {
+	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+	c := dialRaw(t, in)
+	c.write(syncRequest("tok-b", "", 0, ""))
+	_, body := c.read()
+	since := decodeSync(t, body).NextBatch
+
+	c.write(syncRequest("tok-b", since, 300, ""))
+	resp, body := c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	got := decodeSync(t, body)
+	require.Empty(t, got.ToDevice.Events)
+	require.Equal(t, since, got.NextBatch)
+	waitParked(t, in, 0)
+
+	c.write("GET /_matrix/client/versions HTTP/1.1\r\nHost: todeviced\r\n\r\n")
+	resp, _ = c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// A request the client pipelined behind a parked long-poll is read by the
+// server the poll hands the connection back to, in order.
+func TestParkedLongPollKeepsPipelinedRequest(t *testing.T) {
+	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in.PutDevice(t, "@a:localhost", "A", "tok-a")
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+	c := dialRaw(t, in)
+	c.write(syncRequest("tok-b", "", 0, ""))
+	_, body := c.read()
+	since := decodeSync(t, body).NextBatch
+
+	c.write(syncRequest("tok-b", since, 60_000, "") + "GET /_matrix/client/versions HTTP/1.1\r\nHost: todeviced\r\n\r\n")
+	waitParked(t, in, 1)
+	in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+	resp, body := c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
+	resp, body = c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, string(body), `"versions"`)
+}
+
+// A client that closes its connection while parked is noticed by the
+// sweep: its poll leaves the hub and is counted as 499, without waiting
+// for its timeout.
+func TestParkedLongPollClientGone(t *testing.T) {
+	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")),
+		server.Options{ParkSweepInterval: 20 * time.Millisecond})
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+	c := dialRaw(t, in)
+	c.write(syncRequest("tok-b", "", 0, ""))
+	_, body := c.read()
+	c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 300_000, ""))
+	waitParked(t, in, 1)
+	require.NoError(t, c.conn.Close())
+	waitParked(t, in, 0)
+	servertest.WaitFor(t, "the 499 to be counted", func() bool {
+		return metric(t, in.Server.Registry(), "todeviced_http_requests_total", "code=499") == 1
+	})
+}
+
+// A device deleted while its long-poll is parked gets the same error as on
+// a goroutine, written by the parked answer.
+func TestParkedLongPollDeviceDeleted(t *testing.T) {
+	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+	c := dialRaw(t, in)
+	c.write(syncRequest("tok-b", "", 0, ""))
+	_, body := c.read()
+	c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 300_000, ""))
+	waitParked(t, in, 1)
+	in.DeleteDevice(t, "@b:localhost", "B")
+	resp, body := c.read()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s", body)
+	require.Contains(t, string(body), "M_UNKNOWN_TOKEN")
+}
+
+// Shutdown answers parked long-polls (empty, so clients come back
+// elsewhere) and closes their connections.
+func TestParkedLongPollShutdown(t *testing.T) {
+	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+	c := dialRaw(t, in)
+	c.write(syncRequest("tok-b", "", 0, ""))
+	_, body := c.read()
+	c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 300_000, ""))
+	waitParked(t, in, 1)
+	stopped := make(chan struct{})
+	go func() { in.Stop(t); close(stopped) }()
+	resp, body := c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	require.True(t, resp.Close, "Connection: close")
+	_, err := c.r.ReadByte()
+	require.ErrorIs(t, err, io.EOF)
+	<-stopped
+}
+
+// Requests that cannot be taken over wait on their goroutine as before: an
+// HTTP/1.1 request asking to close the connection, HTTP/1.0, and any
+// request with --park-long-polls=false.
+func TestLongPollsThatDoNotPark(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		park  bool
+		proto string
+		extra string
+	}{
+		{"connection close", true, "HTTP/1.1", "Connection: close\r\n"},
+		{"HTTP/1.0", true, "HTTP/1.0", ""},
+		{"parking off", false, "HTTP/1.1", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := servertest.Config("sqlite:" + filepath.Join(t.TempDir(), "p.db"))
+			cfg.ParkLongPolls = tc.park
+			in := servertest.Start(t, cfg, server.Options{})
+			in.PutDevice(t, "@a:localhost", "A", "tok-a")
+			in.PutDevice(t, "@b:localhost", "B", "tok-b")
+			since := in.Sync(t, "tok-b", "", 0).NextBatch
+			c := dialRaw(t, in)
+			c.write(strings.Replace(syncRequest("tok-b", since, 60_000, tc.extra), "HTTP/1.1", tc.proto, 1))
+			servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Server.Hub().Len() == 1 })
+			if tc.park {
+				require.Equal(t, 0, in.Server.Parking().Len())
+			} else {
+				require.Nil(t, in.Server.Parking())
+			}
+			in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+			resp, body := c.read()
+			require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+			require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
+		})
+	}
+}
+
+// BenchmarkParkedSyncMemory measures what one waiting HTTP/1.1 /sync
+// costs the server with --park-long-polls on and off: b.N (at least 200)
+// real TCP connections each send a long-poll, and the Go heap and stacks
+// in use are compared with before (the client side of each connection, a
+// socket and no goroutine, is in the same process and counted too).
+func BenchmarkParkedSyncMemory(b *testing.B) {
+	for _, park := range []bool{true, false} {
+		b.Run(fmt.Sprintf("park=%v", park), func(b *testing.B) {
+			cfg := servertest.Config("sqlite:" + filepath.Join(b.TempDir(), "p.db"))
+			cfg.ParkLongPolls = park
+			in := servertest.Start(b, cfg, server.Options{})
+			n := max(b.N, 200)
+			for i := range n {
+				in.PutDevice(b, "@u:localhost", fmt.Sprint("D", i), fmt.Sprint("tok", i))
+			}
+			u, _ := url.Parse(in.URL)
+			var ms runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&ms)
+			before := ms.HeapInuse + ms.StackInuse
+			conns := make([]net.Conn, n)
+			b.ResetTimer()
+			for i := range n {
+				c, err := net.Dial("tcp", u.Host)
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns[i] = c
+				if _, err := io.WriteString(c, syncRequest(fmt.Sprint("tok", i), "", 600_000, "")); err != nil {
+					b.Fatal(err)
+				}
+			}
+			servertest.WaitFor(b, "every long-poll to wait", func() bool { return in.Server.Hub().Len() == n })
+			b.StopTimer()
+			for range 5 {
+				runtime.GC()
+			}
+			runtime.ReadMemStats(&ms)
+			if f := os.Getenv("PARK_HEAP_PROFILE"); f != "" {
+				out, _ := os.Create(fmt.Sprintf("%s.%v", f, park))
+				_ = pprof.WriteHeapProfile(out)
+				out.Close()
+			}
+			b.ReportMetric(float64(int64(ms.HeapInuse+ms.StackInuse)-int64(before))/float64(n)/1024, "KiB/waiter")
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+	}
+}
