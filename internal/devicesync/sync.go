@@ -117,25 +117,29 @@ func (r Result) ListsToken() string { return FormatLists(r.epoch, r.ListsHead) }
 // above every position issued is refused (M_INVALID_PARAM) by the store's
 // sync query before it deletes anything.
 func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
-	w, res, err := s.Begin(ctx, req)
-	if w == nil {
-		return res, err
-	}
-	return w.Wait(ctx)
+	keys, check, res := s.prepare(req)
+	_, err := s.hub.Poll(ctx, req.Timeout, keys, check)
+	return res.answer(), err
 }
 
-// Waiting is a sync that found nothing at its first check and has a
-// timeout: its owner waits for it (Wait) or detaches it (Detach).
-type Waiting struct {
-	p   *wakeup.Parked
-	res *Result
+// Waiting is a parked sync (Park), for its owner to cancel.
+type Waiting struct{ p *wakeup.Parked }
+
+// Cancel ends a parked sync with err.
+func (w *Waiting) Cancel(err error) { w.p.Cancel(err) }
+
+// Park is a sync whose every check, the first included, runs on the wake-up
+// hub's workers while nothing waits on a goroutine: finish is called once,
+// on a worker, with what Sync would have returned. req.Timeout must be
+// positive. The returned Waiting is only for Cancel.
+func (s *Service) Park(ctx context.Context, req Request, finish func(Result, error)) *Waiting {
+	keys, check, res := s.prepare(req)
+	return &Waiting{p: s.hub.Park(ctx, req.Timeout, keys, check, func(_ bool, err error) { finish(res.answer(), err) })}
 }
 
-// Begin is Sync's first check (the only one that acknowledges). It returns
-// the answer at once, with a nil Waiting, when that check found something
-// or failed or req.Timeout is 0; otherwise a Waiting, already registered
-// with the hub so no wake-up after the check is missed.
-func (s *Service) Begin(ctx context.Context, req Request) (*Waiting, Result, error) {
+// prepare returns what a sync waits for, its check (which fills res) and
+// res.
+func (s *Service) prepare(req Request) ([]wakeup.Key, func(context.Context) (bool, error), *Result) {
 	pos, dl := req.ToDevice, req.Lists
 	res := &Result{epoch: s.Epoch()}
 	keys := []wakeup.Key{wakeup.DeviceKey(req.Device.NID), wakeup.UserKey(req.Device.UserID)}
@@ -144,7 +148,7 @@ func (s *Service) Begin(ctx context.Context, req Request) (*Waiting, Result, err
 		keys = keys[1:]
 	}
 	checked := false
-	p, _, err := s.hub.Begin(ctx, req.Timeout, keys, func(ctx context.Context) (bool, error) {
+	check := func(ctx context.Context) (bool, error) {
 		// The device-list head is read with the inbox, before it, in one
 		// round trip, so the answer never claims a position whose changes
 		// it did not include.
@@ -185,11 +189,8 @@ func (s *Service) Begin(ctx context.Context, req Request) (*Waiting, Result, err
 		}
 		checked = true
 		return found, nil
-	})
-	if p == nil {
-		return nil, res.answer(), err
 	}
-	return &Waiting{p: p, res: res}, Result{}, nil
+	return keys, check, res
 }
 
 // answer is the Result as handed out: never a nil event list.
@@ -199,21 +200,6 @@ func (r *Result) answer() Result {
 	}
 	return *r
 }
-
-// Wait waits on the caller's goroutine, as Sync does after its first check.
-func (w *Waiting) Wait(ctx context.Context) (Result, error) {
-	_, err := w.p.Wait(ctx)
-	return w.res.answer(), err
-}
-
-// Detach waits without a goroutine (wakeup.Parked.Detach): later checks
-// run with ctx, and finish gets the answer once, on another goroutine.
-func (w *Waiting) Detach(ctx context.Context, finish func(Result, error)) {
-	w.p.Detach(ctx, func(_ bool, err error) { finish(w.res.answer(), err) })
-}
-
-// Cancel ends a detached wait with err.
-func (w *Waiting) Cancel(err error) { w.p.Cancel(err) }
 
 // listChanges answers an incremental device-list since up to head, and
 // returns where the next check of the same long-poll starts.

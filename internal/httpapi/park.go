@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -44,8 +45,12 @@ type Parking struct {
 	ln     *parkingListener
 	parked map[*parkedSync]struct{}
 	closed bool
-	idle   *sync.Cond // signalled when parked empties
-	stop   chan struct{}
+	// lastHeader is the headers of the last parked poll (sharedHeader).
+	lastHeader http.Header
+	// standIns are the stand-in requests by method and route.
+	standIns sync.Map
+	idle     *sync.Cond // signalled when parked empties
+	stop     chan struct{}
 }
 
 // sweepInterval is how often parked connections are checked for a client
@@ -142,22 +147,28 @@ type parkedSync struct {
 	// prefix is what the client sent after the request (pipelining), to
 	// be read before the socket when the connection is handed back.
 	prefix []byte
-	// header is what the middleware set for the answer before the park.
+	// header is what the middleware set for the answer before the park,
+	// shared with other parked polls: read only.
 	header http.Header
+	// req stands in for the request when answering: its method and a
+	// context with its route (shared, read only).
 	req    *http.Request
 	rec    *statusRecorder
-	wait   *devicesync.Waiting
 	answer func(http.ResponseWriter, *http.Request, devicesync.Result, error)
 
 	mu       sync.Mutex
+	wait     *devicesync.Waiting
 	finished bool // the answer is being written: the sweep keeps off
 }
 
-// park takes the connection of a waiting /sync over. It returns false,
-// having changed nothing, when it cannot (then the caller waits as usual).
-// answer writes the sync's answer: park calls it later with a response
-// writer of its own.
-func (p *Parking) park(w http.ResponseWriter, r *http.Request, wait *devicesync.Waiting, answer func(http.ResponseWriter, *http.Request, devicesync.Result, error)) bool {
+// park takes the connection of a /sync long-poll over and starts it with
+// start, which must call finish once with the sync's answer. It returns
+// false, having changed nothing, when it cannot (then the caller serves
+// the request as usual). answer writes the sync's answer: park calls it
+// later with a response writer of its own.
+func (p *Parking) park(w http.ResponseWriter, r *http.Request,
+	start func(ctx context.Context, finish func(devicesync.Result, error)) *devicesync.Waiting,
+	answer func(http.ResponseWriter, *http.Request, devicesync.Result, error)) bool {
 	if !p.parkable(r) {
 		return false
 	}
@@ -165,30 +176,68 @@ func (p *Parking) park(w http.ResponseWriter, r *http.Request, wait *devicesync.
 	if rec == nil {
 		return false
 	}
-	header := w.Header().Clone()
 	route := routePattern(r)
+	header := p.sharedHeader(w.Header())
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return false
 	}
-	ps := &parkedSync{p: p, conn: conn, header: header, rec: rec, wait: wait, answer: answer}
+	ps := &parkedSync{p: p, conn: conn, header: header, rec: rec, answer: answer, req: p.standIn(route, r.Method)}
 	if n := brw.Reader.Buffered(); n > 0 {
 		ps.prefix, _ = brw.Reader.Peek(n)
 		ps.prefix = bytes.Clone(ps.prefix)
 	}
-	// The request's context ends when the handler returns; later checks
-	// and the answer keep its values but not its cancellation, and a
-	// route context of their own (chi reuses the request's).
-	rctx := chi.NewRouteContext()
-	rctx.RoutePatterns = []string{route}
-	ctx := context.WithValue(context.WithoutCancel(r.Context()), chi.RouteCtxKey, rctx)
-	ps.req = r.WithContext(ctx)
 	rec.detach(route)
 
 	p.mu.Lock()
 	p.parked[ps] = struct{}{}
 	p.mu.Unlock()
-	wait.Detach(ctx, ps.finish)
+	wait := start(ps.req.Context(), ps.finish)
+	ps.mu.Lock()
+	ps.wait = wait
+	ps.mu.Unlock()
+	return true
+}
+
+// standIn returns the request parked answers of route and method are
+// written and logged for. The request's own context ends when its handler
+// returns, and the router reuses its route context; the stand-in carries a
+// context that never ends, with a route context of its own.
+func (p *Parking) standIn(route, method string) *http.Request {
+	key := method + " " + route
+	if r, ok := p.standIns.Load(key); ok {
+		return r.(*http.Request)
+	}
+	rctx := chi.NewRouteContext()
+	rctx.RoutePatterns = []string{route}
+	ctx := context.WithValue(context.Background(), chi.RouteCtxKey, rctx)
+	r, _ := p.standIns.LoadOrStore(key, (&http.Request{Method: method}).WithContext(ctx))
+	return r.(*http.Request)
+}
+
+// sharedHeader returns a read-only copy of h, the same copy for every
+// parked poll whose middleware set the same headers (all of them, today:
+// the CORS headers).
+func (p *Parking) sharedHeader(h http.Header) http.Header {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if headersEqual(p.lastHeader, h) {
+		return p.lastHeader
+	}
+	p.lastHeader = h.Clone()
+	return p.lastHeader
+}
+
+func headersEqual(a, b http.Header) bool {
+	if a == nil || len(a) != len(b) {
+		return false
+	}
+	for k, av := range a {
+		bv, ok := b[k]
+		if !ok || !slices.Equal(av, bv) {
+			return false
+		}
+	}
 	return true
 }
 
@@ -225,7 +274,7 @@ func (ps *parkedSync) finish(res devicesync.Result, err error) {
 		_ = ps.conn.Close()
 		return
 	}
-	resp := &bufferedResponse{header: ps.header}
+	resp := &bufferedResponse{header: ps.header.Clone()}
 	ps.answer(resp, ps.req, res, err)
 	keepAlive := !ps.p.isClosed()
 	if err := resp.writeTo(ps.conn, keepAlive); err != nil {
@@ -286,10 +335,11 @@ func (p *Parking) sweep() {
 		p.mu.Unlock()
 		for _, ps := range all {
 			ps.mu.Lock()
-			gone := !ps.finished && peerClosed(ps.conn)
+			wait := ps.wait
+			gone := wait != nil && !ps.finished && peerClosed(ps.conn)
 			ps.mu.Unlock()
 			if gone {
-				ps.wait.Cancel(errClientGone)
+				wait.Cancel(errClientGone)
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -78,13 +79,12 @@ func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 		}
 		req.ToDevice, req.Lists = tok.ToDevice, tok.Lists
 	}
-	wait, res, err := a.devsync.Begin(r.Context(), req)
-	if wait != nil {
-		if a.cfg.Parking.park(w, r, wait, a.answerSync) {
-			return // answered later, from the hub (park.go)
-		}
-		res, err = wait.Wait(r.Context())
+	if req.Timeout > 0 && a.cfg.Parking.park(w, r, func(ctx context.Context, finish func(devicesync.Result, error)) *devicesync.Waiting {
+		return a.devsync.Park(ctx, req, finish)
+	}, a.answerSync) {
+		return // answered later, by the hub's workers (park.go)
 	}
+	res, err := a.devsync.Sync(r.Context(), req)
 	a.answerSync(w, r, res, err)
 }
 

@@ -43,6 +43,11 @@ type Hub struct {
 	closed  chan struct{}
 	once    sync.Once
 
+	// runq holds detached polls (Parked) waiting for a worker.
+	runMu   sync.Mutex
+	runq    []*Parked
+	workers int
+
 	observers map[int]func(keys []Key)
 	nextObs   int
 
@@ -66,7 +71,7 @@ type Waiter struct {
 	hub  *Hub
 	keys []Key
 	c    chan struct{}
-	// fn, when set, is also called on every signal (ParkPoll), with the
+	// fn, when set, is also called on every signal (Hub.Park), with the
 	// hub locked.
 	fn func()
 }
@@ -195,7 +200,7 @@ func (h *Hub) Len() int {
 func (h *Hub) Close() {
 	h.once.Do(func() {
 		close(h.closed)
-		// Parked polls (ParkPoll) have no goroutine selecting on closed:
+		// Parked polls (Hub.Park) have no goroutine selecting on closed:
 		// a signal makes each check in and answer.
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -238,9 +243,33 @@ func runShallow(ctx context.Context, check func(ctx context.Context) (bool, erro
 // check is called at least once, after registration, so a change that commits
 // between the caller's last read and the registration is never missed.
 func (h *Hub) Poll(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error)) (bool, error) {
-	p, done, err := h.Begin(ctx, timeout, keys, check)
-	if p == nil {
+	var w *Waiter
+	if timeout > 0 {
+		w = h.Register(keys...)
+		defer w.Close()
+	}
+	if timeout <= 0 {
+		return check(ctx)
+	}
+	done, err := runShallow(ctx, check)
+	if err != nil || done {
 		return done, err
 	}
-	return p.Wait(ctx)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-w.C():
+		case <-timer.C:
+			return false, nil
+		case <-h.closed:
+			return false, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		done, err := runShallow(ctx, check)
+		if err != nil || done {
+			return done, err
+		}
+	}
 }

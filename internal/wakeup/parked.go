@@ -6,14 +6,13 @@ import (
 	"time"
 )
 
-// Parked is a long-poll between its first check and its answer. Begin makes
-// one; its owner then either waits for it on its own goroutine (Wait, which
-// is all Poll does) or detaches it (Detach): a detached poll holds no
-// goroutine while it waits. A wake-up, its timeout, Cancel or the hub's
-// closing starts a goroutine that checks again, and finish is called once,
-// on such a goroutine, with what the poll came to. That is how an HTTP/1.1
-// long-poll parks with nothing but its connection and a few small objects
-// (internal/httpapi/park.go).
+// Parked is a long-poll that waits without a goroutine (Hub.Park). Its
+// checks run on the hub's workers, at most maxParkedWorkers goroutines
+// whatever the number of polls: the first at once, the next after each
+// wake-up. When a check finds something or fails, the timeout passes, the
+// hub closes or Cancel is called, finish is called once, on a worker, with
+// what the poll came to. That is how an HTTP/1.1 long-poll waits with
+// nothing but its socket and a few small objects (internal/httpapi/park.go).
 type Parked struct {
 	h       *Hub
 	w       *Waiter
@@ -21,86 +20,41 @@ type Parked struct {
 	check   func(ctx context.Context) (bool, error)
 
 	mu       sync.Mutex
-	detached bool
 	ctx      context.Context
 	finish   func(done bool, err error)
 	timer    *time.Timer
-	running  bool  // a goroutine is checking (or finishing)
+	running  bool  // queued for or held by a worker
 	again    bool  // something happened while it was
 	timedOut bool  // the timeout passed
 	canceled error // Cancel's error
 	ended    bool
 }
 
-// Begin registers for keys and calls check once, as Poll does. When check
-// is done, fails, or timeout is not positive, it returns a nil Parked with
-// check's answer. Otherwise the caller must Wait for the returned Parked or
-// Detach it.
-func (h *Hub) Begin(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error)) (*Parked, bool, error) {
-	if timeout <= 0 {
-		done, err := check(ctx)
-		return nil, done, err
-	}
-	p := &Parked{h: h, timeout: timeout, check: check}
-	p.w = h.register(&Waiter{hub: h, keys: keys, c: make(chan struct{}, 1), fn: p.signal})
-	done, err := runShallow(ctx, check)
-	if err != nil || done {
-		p.w.Close()
-		return nil, done, err
-	}
-	return p, false, nil
-}
-
-// Wait waits on the caller's goroutine until check is done, the timeout
-// passes (done false), the hub closes (done false) or ctx ends (ctx.Err()),
-// checking again after every wake-up.
-func (p *Parked) Wait(ctx context.Context) (bool, error) {
-	defer p.w.Close()
-	timer := time.NewTimer(p.timeout)
-	defer timer.Stop()
-	for {
-		select {
-		case <-p.w.C():
-		case <-timer.C:
-			return false, nil
-		case <-p.h.closed:
-			return false, nil
-		case <-ctx.Done():
-			return false, ctx.Err()
-		}
-		done, err := runShallow(ctx, p.check)
-		if err != nil || done {
-			return done, err
-		}
-	}
-}
-
-// Detach lets the poll wait without a goroutine. Later checks run with ctx,
-// which must outlive the caller's request. finish is called exactly once,
-// on a goroutine of the hub's making: with done true (or check's error)
-// when a check after a wake-up found something; with done false when the
-// timeout passed or the hub closed; with Cancel's error after Cancel.
-func (p *Parked) Detach(ctx context.Context, finish func(done bool, err error)) {
+// Park registers for keys and queues the poll's first check. Checks run
+// with ctx, which must outlive the caller's request; finish is called as
+// Parked says. timeout must be positive. As with Poll, the registration
+// comes before the first check, so no wake-up after it is missed.
+func (h *Hub) Park(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error), finish func(done bool, err error)) *Parked {
+	p := &Parked{h: h, timeout: timeout, check: check, ctx: ctx, finish: finish}
+	p.w = &Waiter{hub: h, keys: keys, fn: p.signal} // no channel: nobody selects on it
+	// Registered before p.mu is taken: a wake-up calls signal with the hub
+	// locked, and signal takes p.mu.
+	h.register(p.w)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.detached, p.ctx, p.finish = true, ctx, finish
-	p.timer = time.AfterFunc(p.timeout, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		p.timedOut = true
-		p.kickLocked()
-	})
-	select {
-	case <-p.w.C():
-		// Woken between the first check and now.
-		p.kickLocked()
-	case <-p.h.closed:
-		p.kickLocked()
-	default:
+	if !p.ended {
+		p.timer = time.AfterFunc(p.timeout, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.timedOut = true
+			p.kickLocked()
+		})
 	}
+	p.kickLocked()
+	return p
 }
 
-// Cancel ends a detached poll: finish gets err (unless the poll has ended
+// Cancel ends the poll: finish gets err (unless the poll has ended
 // already). The owner calls it when the client has gone away.
 func (p *Parked) Cancel(err error) {
 	p.mu.Lock()
@@ -117,12 +71,10 @@ func (p *Parked) Cancel(err error) {
 func (p *Parked) signal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.detached {
-		p.kickLocked()
-	}
+	p.kickLocked()
 }
 
-// kickLocked makes sure a goroutine looks at the poll after this moment.
+// kickLocked makes sure a worker looks at the poll after this moment.
 func (p *Parked) kickLocked() {
 	if p.ended {
 		return
@@ -132,51 +84,91 @@ func (p *Parked) kickLocked() {
 		return
 	}
 	p.running = true
-	go p.run()
+	p.h.enqueue(p)
 }
 
-// run checks until nothing new happened while it did, or the poll ends.
-func (p *Parked) run() {
-	for {
-		p.mu.Lock()
-		p.again = false
-		timedOut, canceled := p.timedOut, p.canceled
-		p.mu.Unlock()
-		var (
-			done bool
-			err  error
-			end  = true
-		)
-		select {
-		case <-p.h.closed:
+// runOnce checks the poll once, or ends it; if something happened while it
+// checked, it queues the poll again (behind the others, so one busy device
+// cannot hold a worker).
+func (p *Parked) runOnce() {
+	p.mu.Lock()
+	p.again = false
+	timedOut, canceled := p.timedOut, p.canceled
+	p.mu.Unlock()
+	var (
+		done bool
+		err  error
+		end  = true
+	)
+	select {
+	case <-p.h.closed:
+	default:
+		switch {
+		case canceled != nil:
+			err = canceled
+		case timedOut:
 		default:
-			switch {
-			case canceled != nil:
-				err = canceled
-			case timedOut:
-			default:
-				done, err = p.check(p.ctx)
-				end = done || err != nil
-			}
+			done, err = p.check(p.ctx)
+			end = done || err != nil
 		}
-		if end {
-			p.end(done, err)
+	}
+	if end {
+		p.end(done, err)
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.again {
+		p.again = false
+		p.h.enqueue(p)
+		return
+	}
+	p.running = false
+}
+
+// maxParkedWorkers bounds the goroutines checking detached polls. Checks
+// read the database, whose pool is the real bound; a herd of polls (every
+// client reconnecting after a restart) waits in the queue as a few small
+// objects each, not as thousands of goroutines queueing for a connection.
+const maxParkedWorkers = 32
+
+// enqueue queues p for a worker, starting one if fewer than
+// maxParkedWorkers run. Workers exit when the queue is empty.
+func (h *Hub) enqueue(p *Parked) {
+	h.runMu.Lock()
+	h.runq = append(h.runq, p)
+	start := h.workers < maxParkedWorkers
+	if start {
+		h.workers++
+	}
+	h.runMu.Unlock()
+	if start {
+		go h.work()
+	}
+}
+
+func (h *Hub) work() {
+	for {
+		h.runMu.Lock()
+		if len(h.runq) == 0 {
+			h.workers--
+			h.runMu.Unlock()
 			return
 		}
-		p.mu.Lock()
-		if !p.again {
-			p.running = false
-			p.mu.Unlock()
-			return
-		}
-		p.mu.Unlock()
+		p := h.runq[0]
+		h.runq[0] = nil
+		h.runq = h.runq[1:]
+		h.runMu.Unlock()
+		p.runOnce()
 	}
 }
 
 func (p *Parked) end(done bool, err error) {
 	p.mu.Lock()
 	p.ended = true
-	p.timer.Stop()
+	if p.timer != nil {
+		p.timer.Stop()
+	}
 	finish := p.finish
 	p.mu.Unlock()
 	p.w.Close()

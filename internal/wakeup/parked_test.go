@@ -1,0 +1,175 @@
+package wakeup
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+type parkResult struct {
+	done bool
+	err  error
+}
+
+func park(h *Hub, timeout time.Duration, key Key, check func(context.Context) (bool, error)) (*Parked, chan parkResult) {
+	c := make(chan parkResult, 2) // 2: a second finish would be seen
+	p := h.Park(context.Background(), timeout, []Key{key}, check, func(done bool, err error) { c <- parkResult{done, err} })
+	return p, c
+}
+
+// A parked poll whose first check finds something finishes at once, on a
+// worker, and leaves the hub.
+func TestParkFirstCheckDone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		_, c := park(h, time.Minute, DeviceKey(1), func(context.Context) (bool, error) { return true, nil })
+		require.Equal(t, parkResult{done: true}, <-c)
+		synctest.Wait()
+		require.Equal(t, 0, h.Len())
+		require.Empty(t, c, "finish is called once")
+	})
+}
+
+// The registration comes before the first check: a wake-up while it runs
+// makes a second check, which finds the message.
+func TestParkRegistersBeforeFirstCheck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		var checks atomic.Int32
+		_, c := park(h, time.Minute, DeviceKey(7), func(context.Context) (bool, error) {
+			if checks.Add(1) == 1 {
+				h.Wake(DeviceKey(7))
+				return false, nil
+			}
+			return true, nil
+		})
+		require.Equal(t, parkResult{done: true}, <-c)
+		require.Equal(t, int32(2), checks.Load())
+	})
+}
+
+// Between checks a parked poll holds no goroutine; a wake-up of its key
+// checks again, another key's does not, and a check that finds nothing
+// keeps it parked.
+func TestParkWaitsWithoutAGoroutine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		var checks atomic.Int32
+		found := atomic.Bool{}
+		_, c := park(h, time.Minute, DeviceKey(1), func(context.Context) (bool, error) {
+			checks.Add(1)
+			return found.Load(), nil
+		})
+		synctest.Wait()
+		require.Equal(t, int32(1), checks.Load())
+		require.Equal(t, 1, h.Len())
+		base := runtime.NumGoroutine()
+
+		h.Wake(DeviceKey(2))
+		synctest.Wait()
+		require.Equal(t, int32(1), checks.Load(), "another device's wake-up")
+
+		h.Wake(DeviceKey(1)) // spurious: nothing found
+		synctest.Wait()
+		require.Equal(t, int32(2), checks.Load())
+		require.Empty(t, c)
+		require.Equal(t, base, runtime.NumGoroutine(), "no goroutine left waiting")
+
+		found.Store(true)
+		h.Wake(DeviceKey(1))
+		require.Equal(t, parkResult{done: true}, <-c)
+		require.Equal(t, 0, h.Len())
+	})
+}
+
+// The timeout ends a parked poll with done false and no further check; so
+// does the hub's closing; Cancel ends it with its error.
+func TestParkEnds(t *testing.T) {
+	nothing := func(context.Context) (bool, error) { return false, nil }
+	t.Run("timeout", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := NewHub()
+			_, c := park(h, 30*time.Second, DeviceKey(1), nothing)
+			start := time.Now()
+			require.Equal(t, parkResult{}, <-c)
+			require.Equal(t, 30*time.Second, time.Since(start))
+			require.Equal(t, 0, h.Len())
+		})
+	})
+	t.Run("hub closed", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := NewHub()
+			_, c := park(h, time.Minute, DeviceKey(1), nothing)
+			synctest.Wait()
+			h.Close()
+			require.Equal(t, parkResult{}, <-c)
+			_, c = park(h, time.Minute, DeviceKey(1), func(context.Context) (bool, error) {
+				t.Error("a poll parked after the close is answered without a check")
+				return false, nil
+			})
+			require.Equal(t, parkResult{}, <-c)
+		})
+	})
+	t.Run("cancel", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := NewHub()
+			p, c := park(h, time.Minute, DeviceKey(1), nothing)
+			synctest.Wait()
+			gone := errors.New("gone")
+			p.Cancel(gone)
+			require.Equal(t, parkResult{err: gone}, <-c)
+			p.Cancel(gone)
+			synctest.Wait()
+			require.Empty(t, c, "finish is called once")
+		})
+	})
+	t.Run("check error", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := NewHub()
+			boom := errors.New("boom")
+			_, c := park(h, time.Minute, DeviceKey(1), func(context.Context) (bool, error) { return false, boom })
+			require.Equal(t, parkResult{err: boom}, <-c)
+		})
+	})
+}
+
+// However many polls are parked and woken at once, at most
+// maxParkedWorkers goroutines check them, and every one is answered.
+func TestParkBoundsWorkers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		const n = 500
+		release := make(chan struct{})
+		var running, most atomic.Int32
+		results := make(chan parkResult, n)
+		for i := range n {
+			h.Park(context.Background(), time.Minute, []Key{DeviceKey(int64(i))}, func(context.Context) (bool, error) {
+				now := running.Add(1)
+				for {
+					m := most.Load()
+					if now <= m || most.CompareAndSwap(m, now) {
+						break
+					}
+				}
+				<-release
+				running.Add(-1)
+				return true, nil
+			}, func(done bool, err error) { results <- parkResult{done, err} })
+		}
+		synctest.Wait()
+		require.Equal(t, int32(maxParkedWorkers), running.Load())
+		close(release)
+		for range n {
+			require.Equal(t, parkResult{done: true}, <-results)
+		}
+		require.LessOrEqual(t, most.Load(), int32(maxParkedWorkers))
+		synctest.Wait()
+		require.Equal(t, 0, h.workers, "workers exit when the queue is empty")
+	})
+}
