@@ -122,10 +122,18 @@ func NewRouter(cfg Config) http.Handler {
 		r.Use(cors)
 		r.Get("/versions", a.versions)
 		r.Group(func(r chi.Router) {
+			// /sync alone starts on a remembered token: its every effect
+			// is guarded by the token in its own round trip. Other routes'
+			// writes are not, so they read the token first.
+			r.Use(a.requireSyncDevice)
+			for _, v := range []string{"/v3", "/r0"} {
+				r.Get(v+"/sync", a.sync)
+			}
+		})
+		r.Group(func(r chi.Router) {
 			r.Use(a.requireDevice)
 			for _, v := range []string{"/v3", "/r0"} {
 				r.Put(v+"/sendToDevice/{eventType}/{txnId}", a.sendToDevice)
-				r.Get(v+"/sync", a.sync)
 				r.Get(v+"/keys/changes", a.keyChanges)
 				r.Post(v+"/keys/query", a.keysQuery)
 				r.Post(v+"/keys/upload", a.keysUpload)

@@ -3,7 +3,9 @@ package httpapi
 import (
 	"errors"
 	"net/http"
+	"net/url"
 
+	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/matrix"
@@ -36,8 +38,7 @@ type syncBody struct {
 	Rooms       roomsBody        `json:"rooms"`
 	AccountData emptyEvents      `json:"account_data"`
 	Presence    emptyEvents      `json:"presence"`
-	// The one-time-key fields, omitted only when no key counts are wired
-	// (tests).
+	// The one-time-key fields (read on every check, never omitted).
 	OneTimeKeysCount   map[string]int `json:"device_one_time_keys_count,omitempty"`
 	UnusedFallbackKeys *[]string      `json:"device_unused_fallback_key_types,omitempty"`
 }
@@ -55,33 +56,43 @@ func fallbackTypes(res devicesync.Result) *[]string {
 	return &t
 }
 
+// sync serves the client /sync, authenticated by requireSyncDevice: every
+// check is guarded by the token (a cached device is unverified until the
+// first check's round trip says otherwise). When the guard fails the token
+// is looked up again and, if it names a device, the sync is served as that
+// device: a since made for another device acknowledges nothing of it
+// (devicesync.ParseToken). A token revoked while the sync waits ends it
+// with 401 M_UNKNOWN_TOKEN at its next check.
 func (a *api) sync(w http.ResponseWriter, r *http.Request) {
-	dev := deviceFrom(r)
+	auth := authFrom(r)
 	q := r.URL.Query()
-	timeout, err := parseTimeout(q.Get("timeout"))
+	req, err := a.syncRequest(q, auth)
 	if err != nil {
-		writeError(w, r, a.log, err)
+		// Answered before the guard is checked: an unverified token is
+		// checked first, so a revoked one is 401 whatever else is wrong.
+		if !auth.Unverified {
+			writeError(w, r, a.log, err)
+		} else if _, ok := a.reauthenticate(w, r, auth); ok {
+			writeError(w, r, a.log, err)
+		}
 		return
 	}
-	req := devicesync.Request{
-		Device:    inbox.Recipient{UserID: dev.UserID, NID: dev.NID},
-		ToDevice:  inbox.Position{NID: dev.NID},
-		Limit:     inbox.DefaultSyncLimit,
-		Timeout:   timeout,
-		KeyCounts: true,
-	}
-	if s := q.Get("since"); s != "" {
-		tok, err := devicesync.ParseToken(a.devsync.Epoch(), req.Device, s)
-		if err != nil {
-			writeError(w, r, a.log, err)
+	res, err := a.devsync.Sync(r.Context(), req)
+	if errors.Is(err, devicesync.ErrTokenRevoked) {
+		var ok bool
+		if auth, ok = a.reauthenticate(w, r, auth); !ok {
 			return
 		}
-		req.ToDevice, req.Lists = tok.ToDevice, tok.Lists
+		if req, err = a.syncRequest(q, auth); err == nil {
+			res, err = a.devsync.Sync(r.Context(), req)
+		}
 	}
-	res, err := a.devsync.Sync(r.Context(), req)
 	if err != nil {
-		if errors.Is(err, devicesync.ErrDeviceGone) {
+		switch {
+		case errors.Is(err, devicesync.ErrDeviceGone):
 			err = matrix.Errorf(matrix.UnknownToken, "The device was deleted.")
+		case errors.Is(err, devicesync.ErrTokenRevoked):
+			err = matrix.Errorf(matrix.UnknownToken, "Unknown access token.")
 		}
 		writeError(w, r, a.log, err)
 		return
@@ -99,4 +110,30 @@ func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 		body.DeviceLists = &deviceListsBody{Changed: res.Lists.Changed, Left: res.Lists.Left}
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+// syncRequest reads a client /sync's parameters for the device auth names,
+// its checks guarded by the token (auth.Guard; nil for a token the
+// homeserver vouched for).
+func (a *api) syncRequest(q url.Values, auth devicelists.Auth) (devicesync.Request, error) {
+	timeout, err := parseTimeout(q.Get("timeout"))
+	if err != nil {
+		return devicesync.Request{}, err
+	}
+	req := devicesync.Request{
+		Device:    inbox.Recipient{UserID: auth.UserID, NID: auth.NID},
+		ToDevice:  inbox.Position{NID: auth.NID},
+		Limit:     inbox.DefaultSyncLimit,
+		Timeout:   timeout,
+		KeyCounts: true,
+		TokenHash: auth.Guard,
+	}
+	if s := q.Get("since"); s != "" {
+		tok, err := devicesync.ParseToken(a.devsync.Epoch(), req.Device, s)
+		if err != nil {
+			return devicesync.Request{}, err
+		}
+		req.ToDevice, req.Lists = tok.ToDevice, tok.Lists
+	}
+	return req, nil
 }
