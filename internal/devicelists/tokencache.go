@@ -7,8 +7,8 @@ import (
 )
 
 // TokenCacheSize bounds the cache of authenticated tokens: an entry is a
-// token hash and a device, about 200 bytes with its bookkeeping, so a full
-// cache holds about 13 MB.
+// token hash and a device, about 250 bytes with its list and map
+// bookkeeping and typical ids, so a full cache holds about 16 MB.
 const TokenCacheSize = 1 << 16
 
 // Auth is a request's access token, authenticated.
