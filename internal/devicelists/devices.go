@@ -40,6 +40,8 @@ type Service struct {
 	remote     RemoteKeys
 	fed        *Federation // nil while federation is off
 	upstream   *Upstream
+	// tokens remembers authenticated tokens (tokencache.go).
+	tokens *tokenCache
 	// federationNames shows display names to other servers.
 	federationNames bool
 }
@@ -52,7 +54,7 @@ func New(store Store, serverName string, log *slog.Logger, m *Metrics) *Service 
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Service{store: store, serverName: serverName, log: log, m: m}
+	return &Service{store: store, serverName: serverName, log: log, m: m, tokens: newTokenCache(TokenCacheSize)}
 }
 
 // SetFederationDeviceNames decides whether other servers see local devices'
@@ -155,21 +157,45 @@ func (r *Service) DeleteDevice(ctx context.Context, userID, deviceID string) (De
 }
 
 // Authenticate returns the live device holding token, or ErrNotFound. Tokens
-// todeviced holds itself are checked first; with an upstream configured, any
-// other token is checked with the homeserver.
-func (r *Service) Authenticate(ctx context.Context, token string) (Device, error) {
-	d, err := r.store.DeviceByToken(ctx, HashToken(token))
+// todeviced holds itself are checked first, and remembered (CachedAuth);
+// with an upstream configured, any other token is checked with the
+// homeserver.
+func (r *Service) Authenticate(ctx context.Context, token string) (Auth, error) {
+	hash := HashToken(token)
+	d, err := r.store.DeviceByToken(ctx, hash)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			if r.upstream != nil {
-				return r.authenticateUpstream(ctx, token)
+				d, err := r.authenticateUpstream(ctx, token)
+				return Auth{Device: d}, err
 			}
-			return Device{}, err
+			return Auth{}, err
 		}
-		return Device{}, fmt.Errorf("looking up access token: %w", err)
+		return Auth{}, fmt.Errorf("looking up access token: %w", err)
 	}
-	return d, nil
+	r.tokens.put(hash, d)
+	return Auth{Device: d, Guard: hash}, nil
 }
+
+// CachedAuth returns, without a database read, the device token named when
+// Authenticate last found it on this replica, marked Unverified: the token
+// may have been revoked since, here or on another replica. Only a caller
+// that guards everything it does with the Guard may act on it (a /sync:
+// inbox.SyncQuery.TokenHash), and ForgetToken when the guard fails. Tokens
+// the homeserver vouched for are never remembered: no guard could check
+// them.
+func (r *Service) CachedAuth(token string) (Auth, bool) {
+	hash := HashToken(token)
+	d, ok := r.tokens.get(hash)
+	if !ok {
+		return Auth{}, false
+	}
+	return Auth{Device: d, Guard: hash, Unverified: true}, true
+}
+
+// ForgetToken drops what CachedAuth remembers of a token: a guard found it
+// no longer names that device.
+func (r *Service) ForgetToken(hash []byte) { r.tokens.forget(hash) }
 
 // Device returns a live device or ErrNotFound.
 func (r *Service) Device(ctx context.Context, userID, deviceID string) (Device, error) {

@@ -265,11 +265,13 @@ func (r *Service) UploadKeys(ctx context.Context, userID, deviceID string, u Key
 	}
 	r.m.keysUploaded.WithLabelValues(KeyOneTime).Add(float64(len(otks)))
 	r.m.keysUploaded.WithLabelValues(KeyFallback).Add(float64(len(fbs)))
-	return UploadResult{OneTimeKeyCounts: withCurveCount(counts.OneTimeKeys)}, nil
+	return UploadResult{OneTimeKeyCounts: WithCurveCount(counts.OneTimeKeys)}, nil
 }
 
-// withCurveCount adds signed_curve25519: 0 when no such key is left.
-func withCurveCount(c map[string]int) map[string]int {
+// WithCurveCount adds signed_curve25519: 0 when no such key is left: /sync
+// and /keys/upload always report that count (devicesync applies it to the
+// counts a sync reads with its messages).
+func WithCurveCount(c map[string]int) map[string]int {
 	out := make(map[string]int, len(c)+1)
 	out[SignedCurve25519] = 0
 	for k, v := range c {
@@ -280,13 +282,15 @@ func withCurveCount(c map[string]int) map[string]int {
 
 // KeyCounts reads a device's one-time-key counts (signed_curve25519
 // always present) and the algorithms of its unused fallback keys, as
-// /sync reports them.
+// /sync reports them: for a sync that reads no inbox (a sliding-sync
+// connection without to_device). Every other sync reads them in its inbox
+// round trip (inbox.SyncQuery.KeyCounts).
 func (r *Service) KeyCounts(ctx context.Context, nid int64) (map[string]int, []string, error) {
 	c, err := r.store.KeyCounts(ctx, nid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("counting one-time keys: %w", err)
 	}
-	return withCurveCount(c.OneTimeKeys), c.UnusedFallback, nil
+	return WithCurveCount(c.OneTimeKeys), c.UnusedFallback, nil
 }
 
 // KeysClaim is the body of POST /keys/claim (and, without timeout, of the

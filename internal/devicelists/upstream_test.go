@@ -75,6 +75,11 @@ func TestUpstreamAuthentication(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "B1", d.DeviceID)
 	require.Zero(t, hs.calls.Load(), "tokens todeviced holds never go to the homeserver")
+	require.Equal(t, devicelists.HashToken("local-bob"), d.Guard, "a token of ours can be guarded")
+	cached, ok := svc.CachedAuth("local-bob")
+	require.True(t, ok, "and is remembered for /sync")
+	require.True(t, cached.Unverified)
+	require.Equal(t, d.Device, cached.Device)
 
 	d, err = svc.Authenticate(ctx, "hs-alice")
 	require.NoError(t, err)
@@ -83,6 +88,12 @@ func TestUpstreamAuthentication(t *testing.T) {
 	got, err := svc.Device(ctx, "@alice:example.org", "PHONE")
 	require.NoError(t, err, "the device is created on first sight")
 	require.Equal(t, d.NID, got.NID)
+	// No row of ours holds the homeserver's token: no sync could guard
+	// it, so it is never taken from memory (the whoami cache bounds how
+	// long it outlives a logout instead).
+	require.Nil(t, d.Guard)
+	_, ok = svc.CachedAuth("hs-alice")
+	require.False(t, ok, "a token the homeserver vouched for is not remembered")
 	for range 5 {
 		_, err = svc.Authenticate(ctx, "hs-alice")
 		require.NoError(t, err)

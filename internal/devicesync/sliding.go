@@ -36,24 +36,6 @@ const posClockSkew = 5 * time.Minute
 // MaxToDeviceLimit caps the to_device extension's limit (as Synapse does).
 const MaxToDeviceLimit = inbox.DefaultSyncLimit
 
-// KeyCounts is the seam for the one-time-key fields of a sync
-// (device_one_time_keys_count, device_unused_fallback_key_types): the
-// classic and internal /sync and the sliding-sync e2ee extension. A nil
-// KeyCounts omits them. StoredKeyCounts fills it from devicelists' key
-// storage; a change of the counts ends a waiting sync that asked for them
-// (Request.KeyCounts: the device's wake-up key is in the wait, and each
-// check compares the counts).
-type KeyCounts interface {
-	KeyCounts(ctx context.Context, dev inbox.Recipient) (oneTimeKeys map[string]int, unusedFallbackTypes []string, err error)
-}
-
-// StoredKeyCounts is KeyCounts from the device service's key storage.
-type StoredKeyCounts struct{ Devices *devicelists.Service }
-
-func (k StoredKeyCounts) KeyCounts(ctx context.Context, dev inbox.Recipient) (map[string]int, []string, error) {
-	return k.Devices.KeyCounts(ctx, dev.NID)
-}
-
 // ToDeviceExtension is a to_device extension that is enabled.
 type ToDeviceExtension struct {
 	// Since is the extension's since: a to-device token "EPOCH_NID_LO_HI"
@@ -96,8 +78,8 @@ type ToDeviceResult struct {
 type E2EEResult struct {
 	// DeviceLists is nil for a new connection.
 	DeviceLists *devicelists.Changes
-	// OneTimeKeys and FallbackTypes are nil when no KeyCounts is wired:
-	// the fields are omitted.
+	// OneTimeKeys and FallbackTypes are the device's counts, read on every
+	// check (Request.KeyCounts).
 	OneTimeKeys   map[string]int
 	FallbackTypes []string
 }

@@ -27,14 +27,16 @@ import (
 // while it waited). Each API answers it in its own words.
 var ErrDeviceGone = inbox.ErrDeviceGone
 
+// ErrTokenRevoked is returned by Sync when a check guarded by
+// Request.TokenHash found that the token no longer names the device (before
+// or while it waited): that check did nothing.
+var ErrTokenRevoked = inbox.ErrTokenRevoked
+
 // Config is what a Service syncs from.
 type Config struct {
 	Inbox   *inbox.Service
 	Devices *devicelists.Service
 	Hub     *wakeup.Hub
-	// KeyCounts fills the sliding-sync e2ee extension's one-time-key
-	// fields; nil omits them (sliding.go).
-	KeyCounts KeyCounts
 }
 
 // Service answers syncs. It is safe for concurrent use.
@@ -42,12 +44,11 @@ type Service struct {
 	inbox   *inbox.Service
 	devices *devicelists.Service
 	hub     *wakeup.Hub
-	counts  KeyCounts
 }
 
 // New returns a sync service.
 func New(cfg Config) *Service {
-	return &Service{inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub, counts: cfg.KeyCounts}
+	return &Service{inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub}
 }
 
 // Epoch is the database epoch every token carries.
@@ -74,9 +75,21 @@ type Request struct {
 	// returned, and only the user's device lists end the wait.
 	ListsOnly bool
 	// KeyCounts asks for the device's one-time-key counts and unused
-	// fallback key types (when the Service has a KeyCounts); a change of
-	// them during the wait ends it (an upload or a claim wakes the device).
+	// fallback key types (device_one_time_keys_count,
+	// device_unused_fallback_key_types: the classic and internal /sync and
+	// the sliding-sync e2ee extension). They are read on every check, in
+	// the inbox's round trip (with ListsOnly, in one of their own); a
+	// change of them during the wait ends it (an upload or a claim wakes
+	// the device).
 	KeyCounts bool
+	// TokenHash, when set, guards every check of the sync: the inbox
+	// acknowledges, reads and answers only while the access token with
+	// this hash still names Device (inbox.SyncQuery.TokenHash); otherwise
+	// Sync returns ErrTokenRevoked. So a sync may start on a device
+	// remembered for its token, and a token revoked while the sync waits
+	// ends it at its next check. ListsOnly checks read no inbox and are
+	// not guarded.
+	TokenHash []byte
 }
 
 // Result is what a sync found, and where the next one starts.
@@ -91,8 +104,8 @@ type Result struct {
 	// ListsHead is the device-list position the answer covers: the next
 	// device-list since.
 	ListsHead int64
-	// OneTimeKeys and FallbackTypes are the device's counts, nil when not
-	// asked for or no KeyCounts is wired.
+	// OneTimeKeys (signed_curve25519 always present) and FallbackTypes
+	// are the device's counts, nil when not asked for.
 	OneTimeKeys   map[string]int
 	FallbackTypes []string
 }
@@ -115,7 +128,8 @@ func (r Result) ListsToken() string { return FormatLists(r.epoch, r.ListsHead) }
 // Only the first check acknowledges; later ones read from the acknowledged
 // position, so a since is acknowledged once however long the wait. A since
 // above every position issued is refused (M_INVALID_PARAM) by the store's
-// sync query before it deletes anything.
+// sync query before it deletes anything. With req.TokenHash, a check that
+// finds the token revoked ends the sync with ErrTokenRevoked.
 func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
 	keys, check, res := s.prepare(req)
 	_, err := s.hub.Poll(ctx, req.Timeout, keys, check)
@@ -128,10 +142,10 @@ type Waiting struct{ p *wakeup.Parked }
 // Cancel ends a parked sync with err.
 func (w *Waiting) Cancel(err error) { w.p.Cancel(err) }
 
-// Park is a sync whose every check, the first included, runs on the wake-up
-// hub's workers while nothing waits on a goroutine: finish is called once,
-// on a worker, with what Sync would have returned. req.Timeout must be
-// positive. The returned Waiting is only for Cancel.
+// Park is Sync without a goroutine waiting: every check, the first
+// included, runs on the wake-up hub's workers (wakeup.Hub.Park), and finish
+// is called once, on a worker, with what Sync would have returned.
+// req.Timeout must be positive. The returned Waiting is only for Cancel.
 func (s *Service) Park(ctx context.Context, req Request, finish func(Result, error)) *Waiting {
 	keys, check, res := s.prepare(req)
 	return &Waiting{p: s.hub.Park(ctx, req.Timeout, keys, check, func(_ bool, err error) { finish(res.answer(), err) })}
@@ -143,45 +157,30 @@ func (s *Service) prepare(req Request) ([]wakeup.Key, func(context.Context) (boo
 	pos, dl := req.ToDevice, req.Lists
 	res := &Result{epoch: s.Epoch()}
 	keys := []wakeup.Key{wakeup.DeviceKey(req.Device.NID), wakeup.UserKey(req.Device.UserID)}
-	counts := req.KeyCounts && s.counts != nil
-	if req.ListsOnly && !counts {
+	if req.ListsOnly && !req.KeyCounts {
 		keys = keys[1:]
 	}
 	checked := false
 	check := func(ctx context.Context) (bool, error) {
-		// The device-list head is read with the inbox, before it, in one
-		// round trip, so the answer never claims a position whose changes
-		// it did not include.
-		var (
-			b    = inbox.Batch{Next: pos}
-			head int64
-			err  error
-		)
-		if req.ListsOnly {
-			head, err = s.devices.Head(ctx)
-		} else {
-			b, head, err = s.inbox.SyncAndHead(ctx, req.Device, pos, req.Limit)
-		}
+		c, err := s.check(ctx, req, pos)
 		if err != nil {
 			return false, err
 		}
+		b, head := c.Batch, c.DeviceListHead
 		pos = b.Next
 		res.ToDevice = b
 		res.ListsHead = head
 		found := len(b.Events) > 0
 		if dl.Incremental {
-			var c devicelists.Changes
-			if c, dl, err = s.listChanges(ctx, req.Device.UserID, dl, head); err != nil {
+			var ch devicelists.Changes
+			if ch, dl, err = s.listChanges(ctx, req.Device.UserID, dl, head); err != nil {
 				return false, err
 			}
-			res.Lists = &c
-			found = found || len(c.Changed)+len(c.Left) > 0
+			res.Lists = &ch
+			found = found || len(ch.Changed)+len(ch.Left) > 0
 		}
-		if counts {
-			otk, fb, err := s.counts.KeyCounts(ctx, req.Device)
-			if err != nil {
-				return false, err
-			}
+		if req.KeyCounts {
+			otk, fb := c.KeyCounts.OneTimeKeys, c.KeyCounts.UnusedFallback
 			// The counts the wait started with are what the client
 			// knows: a later check that reads others ends the wait.
 			found = found || (checked && (!maps.Equal(otk, res.OneTimeKeys) || !slices.Equal(fb, res.FallbackTypes)))
@@ -199,6 +198,32 @@ func (r *Result) answer() Result {
 		r.ToDevice.Events = []inbox.Event{}
 	}
 	return *r
+}
+
+// check reads what one check of a sync needs from the store: with the
+// inbox, one round trip (the device-list head read before the messages, so
+// the answer never claims a position whose changes it did not include, and
+// the key counts); with ListsOnly, the head and the counts alone. The
+// counts are as /sync reports them (devicelists.WithCurveCount).
+func (s *Service) check(ctx context.Context, req Request, pos inbox.Position) (inbox.Check, error) {
+	if !req.ListsOnly {
+		c, err := s.inbox.SyncCheck(ctx, inbox.CheckQuery{
+			Device: req.Device, Since: pos, Limit: req.Limit, KeyCounts: req.KeyCounts, TokenHash: req.TokenHash,
+		})
+		if err == nil && req.KeyCounts {
+			c.KeyCounts.OneTimeKeys = devicelists.WithCurveCount(c.KeyCounts.OneTimeKeys)
+		}
+		return c, err
+	}
+	c := inbox.Check{Batch: inbox.Batch{Next: pos}}
+	var err error
+	if c.DeviceListHead, err = s.devices.Head(ctx); err != nil {
+		return c, err
+	}
+	if req.KeyCounts {
+		c.KeyCounts.OneTimeKeys, c.KeyCounts.UnusedFallback, err = s.devices.KeyCounts(ctx, req.Device.NID)
+	}
+	return c, err
 }
 
 // listChanges answers an incremental device-list since up to head, and

@@ -37,29 +37,81 @@ func authorizationBearer(h string) (string, bool) {
 	return "", false
 }
 
-// requireDevice authenticates a client request by its access token.
-func (a *api) requireDevice(next http.Handler) http.Handler {
+// requireDevice authenticates a client request by its access token, with a
+// database read.
+func (a *api) requireDevice(next http.Handler) http.Handler { return a.authenticated(false, next) }
+
+// requireSyncDevice authenticates a client /sync speculatively: a token
+// authenticated on this replica before is taken for the device it named
+// then, without a round trip (devicelists.Auth.Unverified); any other as
+// requireDevice does. The handler guards everything it does with the
+// token's hash (devicesync.Request.TokenHash), which the inbox checks in the
+// sync's own round trip, and calls reauthenticate when the guard fails. So a
+// warm /sync check costs one round trip, and a revoked token (DESIGN
+// invariant 9) still does nothing, on any replica, at once.
+func (a *api) requireSyncDevice(next http.Handler) http.Handler { return a.authenticated(true, next) }
+
+func (a *api) authenticated(cached bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := bearer(r)
 		if !ok {
 			writeError(w, r, a.log, matrix.Errorf(matrix.MissingToken, "Missing access token."))
 			return
 		}
-		dev, err := authenticateShallow(r.Context(), a.devices, tok)
-		if err != nil {
-			if errors.Is(err, devicelists.ErrNotFound) {
-				writeError(w, r, a.log, matrix.Errorf(matrix.UnknownToken, "Unknown access token."))
+		var auth devicelists.Auth
+		hit := false
+		if cached {
+			auth, hit = a.devices.CachedAuth(tok)
+		}
+		if !hit {
+			if auth, ok = a.authenticate(w, r, tok); !ok {
 				return
 			}
-			writeError(w, r, a.log, err)
-			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), deviceKey, dev)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), deviceKey, auth)))
 	})
 }
 
-func deviceFrom(r *http.Request) devicelists.Device {
-	return r.Context().Value(deviceKey).(devicelists.Device)
+// authenticate looks tok up in the database (or asks the homeserver), and
+// answers the request itself when that fails.
+func (a *api) authenticate(w http.ResponseWriter, r *http.Request, tok string) (devicelists.Auth, bool) {
+	auth, err := a.lookUpToken(r.Context(), tok)
+	if err != nil {
+		writeError(w, r, a.log, err)
+		return auth, false
+	}
+	return auth, true
+}
+
+// lookUpToken looks tok up in the database (or asks the homeserver), on a
+// goroutine of its own (authenticateShallow); an unknown token is
+// M_UNKNOWN_TOKEN.
+func (a *api) lookUpToken(ctx context.Context, tok string) (devicelists.Auth, error) {
+	auth, err := authenticateShallow(ctx, a.devices, tok)
+	if errors.Is(err, devicelists.ErrNotFound) {
+		err = matrix.Errorf(matrix.UnknownToken, "Unknown access token.")
+	}
+	return auth, err
+}
+
+// reauthenticate is for a request of requireSyncDevice whose guard failed,
+// or that fails before its guard was checked while its device is
+// unverified: the remembered token is forgotten and looked up in the
+// database once more. A token no device holds is answered 401
+// M_UNKNOWN_TOKEN, as always; one that names a device (perhaps another
+// one: the internal API may give a deleted device's token to a new device)
+// is returned, to serve the request as that device.
+func (a *api) reauthenticate(w http.ResponseWriter, r *http.Request, failed devicelists.Auth) (devicelists.Auth, bool) {
+	a.devices.ForgetToken(failed.Guard)
+	tok, _ := bearer(r)
+	return a.authenticate(w, r, tok)
+}
+
+func deviceFrom(r *http.Request) devicelists.Device { return authFrom(r).Device }
+
+// authFrom is how the request's token was authenticated.
+func authFrom(r *http.Request) devicelists.Auth {
+	return r.Context().Value(deviceKey).(devicelists.Auth)
 }
 
 // requireInternal checks the internal API's shared secret in constant time.
@@ -90,9 +142,9 @@ func (a *api) requireInternal(next http.Handler) http.Handler {
 // request's goroutine may go on to park in a long-poll for minutes, and it
 // keeps a smaller stack if it never ran the database query's call chain (see
 // wakeup.runShallow).
-func authenticateShallow(ctx context.Context, devices *devicelists.Service, tok string) (devicelists.Device, error) {
+func authenticateShallow(ctx context.Context, devices *devicelists.Service, tok string) (devicelists.Auth, error) {
 	type result struct {
-		dev devicelists.Device
+		dev devicelists.Auth
 		err error
 	}
 	c := make(chan result, 1)

@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/todeviced/todeviced/internal/devicesync"
+	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
 // Parking lets an HTTP/1.1 long-poll wait with no goroutine and no buffers.
@@ -39,6 +40,7 @@ import (
 // on their goroutine, as do requests that asked to close the connection.
 type Parking struct {
 	log      *slog.Logger
+	hub      *wakeup.Hub
 	interval time.Duration
 
 	mu     sync.Mutex
@@ -64,16 +66,17 @@ const writeTimeout = 30 * time.Second
 var errClientGone = errors.New("the client closed the connection")
 
 // NewParking returns a Parking that parks nothing until Listener has
-// wrapped the API's listener. sweep is how often parked connections are
+// wrapped the API's listener. Parked requests' work runs on hub's workers
+// (wakeup.Hub.Go, wakeup.Hub.Park). sweep is how often parked connections are
 // checked for a client that left (sweepInterval when 0).
-func NewParking(log *slog.Logger, sweep time.Duration) *Parking {
+func NewParking(log *slog.Logger, hub *wakeup.Hub, sweep time.Duration) *Parking {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if sweep <= 0 {
 		sweep = sweepInterval
 	}
-	p := &Parking{log: log, interval: sweep, parked: map[*parkedSync]struct{}{}, stop: make(chan struct{})}
+	p := &Parking{log: log, hub: hub, interval: sweep, parked: map[*parkedSync]struct{}{}, stop: make(chan struct{})}
 	p.idle = sync.NewCond(&p.mu)
 	return p
 }
@@ -140,7 +143,8 @@ func (p *Parking) parkable(r *http.Request) bool {
 	return p.ln != nil && !p.closed
 }
 
-// parkedSync is one parked /sync.
+// parkedSync is one parked /sync: its connection, and what is needed to
+// answer on it.
 type parkedSync struct {
 	p    *Parking
 	conn net.Conn
@@ -152,23 +156,20 @@ type parkedSync struct {
 	header http.Header
 	// req stands in for the request when answering: its method and a
 	// context with its route (shared, read only).
-	req    *http.Request
-	rec    *statusRecorder
-	answer func(http.ResponseWriter, *http.Request, devicesync.Result, error)
+	req *http.Request
+	rec *statusRecorder
 
 	mu       sync.Mutex
 	wait     *devicesync.Waiting
 	finished bool // the answer is being written: the sweep keeps off
 }
 
-// park takes the connection of a /sync long-poll over and starts it with
-// start, which must call finish once with the sync's answer. It returns
-// false, having changed nothing, when it cannot (then the caller serves
-// the request as usual). answer writes the sync's answer: park calls it
-// later with a response writer of its own.
-func (p *Parking) park(w http.ResponseWriter, r *http.Request,
-	start func(ctx context.Context, finish func(devicesync.Result, error)) *devicesync.Waiting,
-	answer func(http.ResponseWriter, *http.Request, devicesync.Result, error)) bool {
+// park takes the connection of a /sync long-poll over and queues start on
+// the wake-up hub's workers, with the parked request; start must end with
+// a call of its respond or abandon, now or later (after a devicesync.Park,
+// whose Waiting it hands to setWait). park returns false, having changed
+// nothing, when it cannot (then the caller serves the request as usual).
+func (p *Parking) park(w http.ResponseWriter, r *http.Request, start func(ps *parkedSync)) bool {
 	if !p.parkable(r) {
 		return false
 	}
@@ -182,7 +183,7 @@ func (p *Parking) park(w http.ResponseWriter, r *http.Request,
 	if err != nil {
 		return false
 	}
-	ps := &parkedSync{p: p, conn: conn, header: header, rec: rec, answer: answer, req: p.standIn(route, r.Method)}
+	ps := &parkedSync{p: p, conn: conn, header: header, rec: rec, req: p.standIn(route, r.Method)}
 	if n := brw.Reader.Buffered(); n > 0 {
 		ps.prefix, _ = brw.Reader.Peek(n)
 		ps.prefix = bytes.Clone(ps.prefix)
@@ -192,11 +193,19 @@ func (p *Parking) park(w http.ResponseWriter, r *http.Request,
 	p.mu.Lock()
 	p.parked[ps] = struct{}{}
 	p.mu.Unlock()
-	wait := start(ps.req.Context(), ps.finish)
-	ps.mu.Lock()
-	ps.wait = wait
-	ps.mu.Unlock()
+	p.hub.Go(func() { start(ps) })
 	return true
+}
+
+// ctx is the context a parked request's work runs with: it never ends.
+func (ps *parkedSync) ctx() context.Context { return ps.req.Context() }
+
+// setWait registers the parked sync, for the sweep to cancel when the
+// client has gone.
+func (ps *parkedSync) setWait(w *devicesync.Waiting) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.wait = w
 }
 
 // standIn returns the request parked answers of route and method are
@@ -255,12 +264,18 @@ func recorderOf(w http.ResponseWriter) *statusRecorder {
 	}
 }
 
-// finish answers a parked /sync: on the hub's goroutine, once.
-func (ps *parkedSync) finish(res devicesync.Result, err error) {
-	ps.mu.Lock()
-	ps.finished = true
-	ps.mu.Unlock()
-	defer ps.p.unpark(ps)
+// abandon ends a parked request whose client has gone: nothing is
+// written, and it is recorded as 499.
+func (ps *parkedSync) abandon() {
+	ps.end()
+	_ = ps.conn.Close()
+	ps.rec.finishDetached(ps.req, 499, 0)
+}
+
+// respond answers a parked request with what write writes, on its
+// connection, and hands the connection back to the server. Once.
+func (ps *parkedSync) respond(write func(http.ResponseWriter, *http.Request)) {
+	ps.end()
 	status, n := 499, 0 // the client left and nothing was written
 	defer func() {
 		if v := recover(); v != nil {
@@ -270,12 +285,8 @@ func (ps *parkedSync) finish(res devicesync.Result, err error) {
 		}
 		ps.rec.finishDetached(ps.req, status, n)
 	}()
-	if errors.Is(err, errClientGone) {
-		_ = ps.conn.Close()
-		return
-	}
 	resp := &bufferedResponse{header: ps.header.Clone()}
-	ps.answer(resp, ps.req, res, err)
+	write(resp, ps.req)
 	keepAlive := !ps.p.isClosed()
 	if err := resp.writeTo(ps.conn, keepAlive); err != nil {
 		_ = ps.conn.Close()
@@ -293,6 +304,15 @@ func (ps *parkedSync) finish(res devicesync.Result, err error) {
 	if !ps.p.handBack(c) {
 		_ = ps.conn.Close()
 	}
+}
+
+// end takes the request off the parked list (the sweep keeps off it from
+// now on).
+func (ps *parkedSync) end() {
+	ps.mu.Lock()
+	ps.finished = true
+	ps.mu.Unlock()
+	ps.p.unpark(ps)
 }
 
 func (p *Parking) isClosed() bool {

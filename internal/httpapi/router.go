@@ -85,6 +85,8 @@ type api struct {
 	inbox   *inbox.Service
 	devices *devicelists.Service
 	devsync *devicesync.Service
+	// syncNow is /sync served on the request's goroutine (sync.go).
+	syncNow http.Handler
 	// inflight bounds unauthenticated federation bodies (inflight.go).
 	inflight *byteBudget
 }
@@ -107,6 +109,7 @@ func NewRouter(cfg Config) http.Handler {
 		cfg.PurgeDeleted = func() {}
 	}
 	a := &api{cfg: cfg, log: cfg.Logger, inbox: cfg.Inbox, devices: cfg.Devices, devsync: cfg.Sync}
+	a.syncNow = a.requireSyncDevice(http.HandlerFunc(a.syncOnGoroutine))
 	if cfg.SendRate > 0 {
 		a.limit = inbox.NewRateLimiter[int64](cfg.SendRate, cfg.SendBurst, nil)
 	}
@@ -125,11 +128,17 @@ func NewRouter(cfg Config) http.Handler {
 	r.Route("/_matrix/client", func(r chi.Router) {
 		r.Use(cors)
 		r.Get("/versions", a.versions)
+		// /sync alone starts on a remembered token: its every effect is
+		// guarded by the token in its own round trip. Other routes' writes
+		// are not, so they read the token first. It authenticates itself
+		// (sync.go): a parked long-poll does so on the hub's workers.
+		for _, v := range []string{"/v3", "/r0"} {
+			r.Get(v+"/sync", a.sync)
+		}
 		r.Group(func(r chi.Router) {
 			r.Use(a.requireDevice)
 			for _, v := range []string{"/v3", "/r0"} {
 				r.Put(v+"/sendToDevice/{eventType}/{txnId}", a.sendToDevice)
-				r.Get(v+"/sync", a.sync)
 				r.Get(v+"/keys/changes", a.keyChanges)
 				r.Post(v+"/keys/query", a.keysQuery)
 				r.Post(v+"/keys/upload", a.keysUpload)

@@ -114,7 +114,10 @@ func slidingExtensionsBody(res devicesync.ExtensionsResult) slidingExtensions {
 
 // slidingSync serves POST …/org.matrix.simplified_msc3575/sync for
 // extension-only connections. The pos is stateless (devicesync.FormatPos):
-// any replica continues any connection.
+// any replica continues any connection. Its token is read from the
+// database first (requireDevice), not taken from memory as /sync's: an
+// e2ee-only connection reads no inbox whose round trip could guard it, and
+// serving the request again as another device would mean keeping its body.
 func (a *api) slidingSync(w http.ResponseWriter, r *http.Request) {
 	d := deviceFrom(r)
 	dev := inbox.Recipient{UserID: d.UserID, NID: d.NID}

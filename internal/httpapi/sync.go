@@ -1,10 +1,11 @@
 package httpapi
 
 import (
-	"context"
 	"errors"
 	"net/http"
+	"net/url"
 
+	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/matrix"
@@ -37,8 +38,7 @@ type syncBody struct {
 	Rooms       roomsBody        `json:"rooms"`
 	AccountData emptyEvents      `json:"account_data"`
 	Presence    emptyEvents      `json:"presence"`
-	// The one-time-key fields, omitted only when no key counts are wired
-	// (tests).
+	// The one-time-key fields (read on every check, never omitted).
 	OneTimeKeysCount   map[string]int `json:"device_one_time_keys_count,omitempty"`
 	UnusedFallbackKeys *[]string      `json:"device_unused_fallback_key_types,omitempty"`
 }
@@ -56,43 +56,115 @@ func fallbackTypes(res devicesync.Result) *[]string {
 	return &t
 }
 
+// sync serves the client /sync. An HTTP/1.1 long-poll is parked (park.go):
+// its connection is taken over at once, and everything else, the token's
+// authentication included, happens on the wake-up hub's workers
+// (parkedSync). Anything else is authenticated by requireSyncDevice and
+// served on its goroutine (syncNow).
 func (a *api) sync(w http.ResponseWriter, r *http.Request) {
-	dev := deviceFrom(r)
-	q := r.URL.Query()
-	timeout, err := parseTimeout(q.Get("timeout"))
-	if err != nil {
-		writeError(w, r, a.log, err)
-		return
-	}
-	req := devicesync.Request{
-		Device:    inbox.Recipient{UserID: dev.UserID, NID: dev.NID},
-		ToDevice:  inbox.Position{NID: dev.NID},
-		Limit:     inbox.DefaultSyncLimit,
-		Timeout:   timeout,
-		KeyCounts: true,
-	}
-	if s := q.Get("since"); s != "" {
-		tok, err := devicesync.ParseToken(a.devsync.Epoch(), req.Device, s)
-		if err != nil {
-			writeError(w, r, a.log, err)
+	if tok, ok := bearer(r); ok {
+		q := r.URL.Query()
+		if t, err := parseTimeout(q.Get("timeout")); err == nil && t > 0 &&
+			a.cfg.Parking.park(w, r, func(ps *parkedSync) { a.parkedSync(ps, tok, q) }) {
 			return
 		}
-		req.ToDevice, req.Lists = tok.ToDevice, tok.Lists
 	}
-	if req.Timeout > 0 && a.cfg.Parking.park(w, r, func(ctx context.Context, finish func(devicesync.Result, error)) *devicesync.Waiting {
-		return a.devsync.Park(ctx, req, finish)
-	}, a.answerSync) {
-		return // answered later, by the hub's workers (park.go)
+	a.syncNow.ServeHTTP(w, r)
+}
+
+// syncOnGoroutine serves a /sync authenticated by requireSyncDevice: every
+// check is guarded by the token (a cached device is unverified until the
+// first check's round trip says otherwise). When the guard fails the token
+// is looked up again and, if it names a device, the sync is served as that
+// device: a since made for another device acknowledges nothing of it
+// (devicesync.ParseToken). A token revoked while the sync waits ends it
+// with 401 M_UNKNOWN_TOKEN at its next check.
+func (a *api) syncOnGoroutine(w http.ResponseWriter, r *http.Request) {
+	auth := authFrom(r)
+	q := r.URL.Query()
+	req, err := a.syncRequest(q, auth)
+	if err != nil {
+		// Answered before the guard is checked: an unverified token is
+		// checked first, so a revoked one is 401 whatever else is wrong.
+		if !auth.Unverified {
+			writeError(w, r, a.log, err)
+		} else if _, ok := a.reauthenticate(w, r, auth); ok {
+			writeError(w, r, a.log, err)
+		}
+		return
 	}
 	res, err := a.devsync.Sync(r.Context(), req)
+	if errors.Is(err, devicesync.ErrTokenRevoked) {
+		var ok bool
+		if auth, ok = a.reauthenticate(w, r, auth); !ok {
+			return
+		}
+		if req, err = a.syncRequest(q, auth); err == nil {
+			res, err = a.devsync.Sync(r.Context(), req)
+		}
+	}
 	a.answerSync(w, r, res, err)
 }
 
-// answerSync writes a client /sync's answer.
+// parkedSync is syncOnGoroutine for a parked /sync, on a worker: the same
+// authentication (a remembered token, else a database read), the same
+// guard, and the same second chance when the guard fails, with the wait
+// itself parked (devicesync.Park).
+func (a *api) parkedSync(ps *parkedSync, tok string, q url.Values) {
+	auth, ok := a.devices.CachedAuth(tok)
+	if !ok {
+		var err error
+		if auth, err = a.lookUpToken(ps.ctx(), tok); err != nil {
+			ps.respond(a.errorAnswer(err))
+			return
+		}
+	}
+	a.parkedSyncAs(ps, tok, q, auth, true)
+}
+
+func (a *api) parkedSyncAs(ps *parkedSync, tok string, q url.Values, auth devicelists.Auth, again bool) {
+	req, err := a.syncRequest(q, auth)
+	if err != nil {
+		if auth.Unverified {
+			a.devices.ForgetToken(auth.Guard)
+			if _, lerr := a.lookUpToken(ps.ctx(), tok); lerr != nil {
+				err = lerr
+			}
+		}
+		ps.respond(a.errorAnswer(err))
+		return
+	}
+	ps.setWait(a.devsync.Park(ps.ctx(), req, func(res devicesync.Result, err error) {
+		switch {
+		case errors.Is(err, errClientGone):
+			ps.abandon()
+		case errors.Is(err, devicesync.ErrTokenRevoked) && again:
+			a.devices.ForgetToken(auth.Guard)
+			if auth, err = a.lookUpToken(ps.ctx(), tok); err != nil {
+				ps.respond(a.errorAnswer(err))
+				return
+			}
+			a.parkedSyncAs(ps, tok, q, auth, false)
+		default:
+			ps.respond(func(w http.ResponseWriter, r *http.Request) { a.answerSync(w, r, res, err) })
+		}
+	}))
+}
+
+// errorAnswer writes err as the answer.
+func (a *api) errorAnswer(err error) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) { writeError(w, r, a.log, err) }
+}
+
+// answerSync writes a client /sync's answer: res, or err in the words of
+// the client API.
 func (a *api) answerSync(w http.ResponseWriter, r *http.Request, res devicesync.Result, err error) {
 	if err != nil {
-		if errors.Is(err, devicesync.ErrDeviceGone) {
+		switch {
+		case errors.Is(err, devicesync.ErrDeviceGone):
 			err = matrix.Errorf(matrix.UnknownToken, "The device was deleted.")
+		case errors.Is(err, devicesync.ErrTokenRevoked):
+			err = matrix.Errorf(matrix.UnknownToken, "Unknown access token.")
 		}
 		writeError(w, r, a.log, err)
 		return
@@ -110,4 +182,30 @@ func (a *api) answerSync(w http.ResponseWriter, r *http.Request, res devicesync.
 		body.DeviceLists = &deviceListsBody{Changed: res.Lists.Changed, Left: res.Lists.Left}
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+// syncRequest reads a client /sync's parameters for the device auth names,
+// its checks guarded by the token (auth.Guard; nil for a token the
+// homeserver vouched for).
+func (a *api) syncRequest(q url.Values, auth devicelists.Auth) (devicesync.Request, error) {
+	timeout, err := parseTimeout(q.Get("timeout"))
+	if err != nil {
+		return devicesync.Request{}, err
+	}
+	req := devicesync.Request{
+		Device:    inbox.Recipient{UserID: auth.UserID, NID: auth.NID},
+		ToDevice:  inbox.Position{NID: auth.NID},
+		Limit:     inbox.DefaultSyncLimit,
+		Timeout:   timeout,
+		KeyCounts: true,
+		TokenHash: auth.Guard,
+	}
+	if s := q.Get("since"); s != "" {
+		tok, err := devicesync.ParseToken(a.devsync.Epoch(), req.Device, s)
+		if err != nil {
+			return devicesync.Request{}, err
+		}
+		req.ToDevice, req.Lists = tok.ToDevice, tok.Lists
+	}
+	return req, nil
 }

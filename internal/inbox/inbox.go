@@ -169,32 +169,65 @@ type Batch struct {
 // pending messages, at most limit (DefaultSyncLimit when limit <= 0 or larger).
 // It returns ErrDeviceGone if the device was deleted.
 func (s *Service) Sync(ctx context.Context, dev Recipient, since Position, limit int) (Batch, error) {
-	b, _, err := s.sync(ctx, dev, since, limit, false)
+	b, _, err := s.sync(ctx, SyncQuery{Device: dev, Limit: limit}, since)
 	return b, err
 }
 
-// SyncAndHead is Sync that also returns the head of the device-list stream,
-// read before the messages in the same round trip.
-func (s *Service) SyncAndHead(ctx context.Context, dev Recipient, since Position, limit int) (Batch, int64, error) {
-	return s.sync(ctx, dev, since, limit, true)
+// CheckQuery is one check of a device's /sync (a long-poll makes one per
+// wake-up).
+type CheckQuery struct {
+	Device Recipient
+	// Since is acknowledged, then the messages above it are fetched.
+	Since Position
+	// Limit bounds the messages (DefaultSyncLimit when <= 0 or larger).
+	Limit int
+	// KeyCounts and TokenHash are SyncQuery's.
+	KeyCounts bool
+	TokenHash []byte
 }
 
-func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit int, head bool) (Batch, int64, error) {
-	if limit <= 0 || limit > DefaultSyncLimit {
-		limit = DefaultSyncLimit
+// Check is what one check of a /sync found.
+type Check struct {
+	Batch Batch
+	// DeviceListHead is the device-list stream's head, read before the
+	// messages.
+	DeviceListHead int64
+	// KeyCounts are the device's counts, when asked for.
+	KeyCounts OneTimeKeyCounts
+}
+
+// SyncCheck is Sync with everything else a /sync check reads, in the same
+// round trip: the head of the device-list stream, read before the messages,
+// the device's key counts when asked for, and the guard of the access token
+// (CheckQuery.TokenHash): when it fails, SyncCheck returns ErrTokenRevoked
+// and did nothing.
+func (s *Service) SyncCheck(ctx context.Context, q CheckQuery) (Check, error) {
+	b, res, err := s.sync(ctx, SyncQuery{Device: q.Device, Limit: q.Limit, DeviceListHead: true, KeyCounts: q.KeyCounts, TokenHash: q.TokenHash}, q.Since)
+	if err != nil {
+		return Check{}, err
 	}
+	return Check{Batch: b, DeviceListHead: res.DeviceListHead, KeyCounts: res.KeyCounts}, nil
+}
+
+// sync runs q, acknowledging since, and turns the rows into a batch.
+func (s *Service) sync(ctx context.Context, q SyncQuery, since Position) (Batch, SyncResult, error) {
+	if q.Limit <= 0 || q.Limit > DefaultSyncLimit {
+		q.Limit = DefaultSyncLimit
+	}
+	dev := q.Device
 	if since.NID != dev.NID {
 		since = Position{NID: dev.NID}
 	}
-	res, err := s.cfg.Store.Sync(ctx, SyncQuery{Device: dev, AckLo: since.Lo, AckHi: since.Hi, Limit: limit, DeviceListHead: head})
+	q.AckLo, q.AckHi = since.Lo, since.Hi
+	res, err := s.cfg.Store.Sync(ctx, q)
 	if err != nil {
-		if errors.Is(err, ErrDeviceGone) {
-			return Batch{}, 0, err
+		if errors.Is(err, ErrDeviceGone) || errors.Is(err, ErrTokenRevoked) {
+			return Batch{}, SyncResult{}, err
 		}
 		if errors.Is(err, ErrNotIssued) {
-			return Batch{}, 0, matrix.Errorf(matrix.InvalidParam, "The since token's to-device position %d was never issued.", since.Hi)
+			return Batch{}, SyncResult{}, matrix.Errorf(matrix.InvalidParam, "The since token's to-device position %d was never issued.", since.Hi)
 		}
-		return Batch{}, 0, fmt.Errorf("syncing inbox: %w", err)
+		return Batch{}, SyncResult{}, fmt.Errorf("syncing inbox: %w", err)
 	}
 	s.m.Acknowledged.Add(float64(res.Acked))
 	b := Batch{Next: since.Acked(), Limited: res.More, Events: make([]Event, 0, len(res.Messages))}
@@ -203,7 +236,7 @@ func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit
 	for _, msg := range res.Messages {
 		reason, err := drops.drop(ctx, msg)
 		if err != nil {
-			return Batch{}, 0, fmt.Errorf("checking requesting device: %w", err)
+			return Batch{}, SyncResult{}, fmt.Errorf("checking requesting device: %w", err)
 		}
 		if reason != "" {
 			// MSC3944, like an undeliverable row: left out, acknowledged
@@ -228,7 +261,7 @@ func (s *Service) sync(ctx context.Context, dev Recipient, since Position, limit
 		b.Next.Hi = res.Messages[n-1].Pos
 		s.m.Delivered.Add(float64(len(b.Events)))
 	}
-	return b, res.DeviceListHead, nil
+	return b, res, nil
 }
 
 // PurgeDevice deletes every inbox row of a deleted device, in bounded batches.

@@ -94,6 +94,11 @@ type Message struct {
 // position the inbox ever issued (to any device) is refused with
 // ErrNotIssued before anything is deleted: no such since was handed out, and
 // honouring it would delete messages never delivered and hide the next ones.
+//
+// A client's /sync check is this one query, one round trip on PostgreSQL:
+// besides the messages it reads what the check needs of other packages'
+// tables (the device-list head, the key counts) and checks the access token
+// it was made with (TokenHash).
 type SyncQuery struct {
 	Device Recipient
 	AckLo  int64
@@ -102,6 +107,30 @@ type SyncQuery struct {
 	// DeviceListHead also reads the head of the device-list stream (before
 	// the messages), saving /sync a round trip of its own.
 	DeviceListHead bool
+	// KeyCounts also reads the device's one-time-key counts and unused
+	// fallback key types, which every /sync answers.
+	KeyCounts bool
+	// TokenHash, when set, is the hash of the access token the sync was
+	// made with, and guards everything the query does: unless the token
+	// still names the live device (devices.token_hash, read in the
+	// acknowledgement's own statement), nothing is deleted, nothing read
+	// is returned, and Sync returns ErrTokenRevoked. This lets /sync start
+	// on a device remembered for the token without a round trip to check
+	// it first (DESIGN invariant 9). Nil means the caller has checked
+	// (the internal API, a token the homeserver vouched for).
+	TokenHash []byte
+}
+
+// OneTimeKeyCounts are a device's one-time-key counts, as a sync reads them
+// with its messages (devicelists owns the keys; the inbox only carries the
+// read).
+type OneTimeKeyCounts struct {
+	// OneTimeKeys counts the unclaimed one-time keys by algorithm (never
+	// nil when read).
+	OneTimeKeys map[string]int
+	// UnusedFallback lists the algorithms with an unused fallback key,
+	// sorted.
+	UnusedFallback []string
 }
 
 // SyncResult is the answer to a SyncQuery.
@@ -113,6 +142,8 @@ type SyncResult struct {
 	Acked int
 	// DeviceListHead is the device-list stream's head, when asked for.
 	DeviceListHead int64
+	// KeyCounts are the device's counts, when asked for.
+	KeyCounts OneTimeKeyCounts
 }
 
 // RemoteAccept is one m.direct_to_device EDU from another server, validated
@@ -185,6 +216,11 @@ var ErrDeviceGone = errors.New("device deleted")
 // inbox has issued: a since this server never handed out.
 var ErrNotIssued = errors.New("inbox position never issued")
 
+// ErrTokenRevoked is returned by Sync when SyncQuery.TokenHash no longer
+// names the device (the device was deleted or given another token): the
+// sync did nothing.
+var ErrTokenRevoked = errors.New("access token revoked")
+
 // Store is the persistence the inbox needs. Each method is one atomic unit;
 // backends implement it in sql/<dialect> terms and are checked by the shared
 // conformance suite (internal/storage/storetest).
@@ -199,10 +235,12 @@ type Store interface {
 	// It wakes waiters of the devices and destinations it wrote to.
 	Accept(ctx context.Context, a *Accept) (AcceptResult, error)
 
-	// Sync acknowledges and fetches as SyncQuery says. It returns
-	// ErrDeviceGone if the device no longer exists, and ErrNotIssued (having
-	// deleted nothing) for an AckHi above every position issued; that check
-	// rides in the sync's own round trip.
+	// Sync acknowledges and fetches as SyncQuery says. It returns, first
+	// of these that applies: ErrTokenRevoked (having deleted nothing) when
+	// the query's TokenHash does not name the live device; ErrNotIssued
+	// (having deleted nothing) for an AckHi above every position issued;
+	// ErrDeviceGone if the device no longer exists. The checks ride in
+	// the sync's own round trip.
 	Sync(ctx context.Context, q SyncQuery) (SyncResult, error)
 
 	// PurgeDevice deletes up to limit inbox rows of a deleted device with a

@@ -319,3 +319,52 @@ func BenchmarkParkedSyncMemory(b *testing.B) {
 		})
 	}
 }
+
+// A parked long-poll authenticates on the hub's workers: an unknown token
+// is answered 401 there, on the parked connection, which then serves the
+// next request.
+func TestParkedLongPollUnknownToken(t *testing.T) {
+	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	c := dialRaw(t, in)
+	c.write(syncRequest("no-such-token", "", 60_000, ""))
+	resp, body := c.read()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s", body)
+	require.Contains(t, string(body), "M_UNKNOWN_TOKEN")
+	c.write("GET /_matrix/client/versions HTTP/1.1\r\nHost: todeviced\r\n\r\n")
+	resp, _ = c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// A remembered token that has moved to another device (the internal API
+// gave B a new token and B's old one to C): the parked poll starts as B,
+// its first check's guard fails, the token is looked up again, and the poll
+// goes on parked as C, whose message ends it; B's message is not handed to
+// C.
+func TestParkedLongPollTokenMovedToAnotherDevice(t *testing.T) {
+	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in.PutDevice(t, "@a:localhost", "A", "tok-a")
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+	c := dialRaw(t, in)
+	c.write(syncRequest("tok-b", "", 0, "")) // remembers tok-b as B
+	_, body := c.read()
+	sinceB := decodeSync(t, body).NextBatch
+	in.Send(t, "tok-a", "m.test", "for-b", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"to": "B"}}})
+	in.PutDevice(t, "@b:localhost", "B", "tok-b-new")
+	in.PutDevice(t, "@b:localhost", "C", "tok-b")
+
+	c.write(syncRequest("tok-b", sinceB, 300_000, ""))
+	resp, body := c.read() // at once: C's device-list change is news to C
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	asC := decodeSync(t, body)
+	require.Empty(t, asC.ToDevice.Events, "B's message is not handed to C")
+	require.NotEqual(t, strings.Split(sinceB, "_")[1], strings.Split(asC.NextBatch, "_")[1], "the next since is C's")
+
+	c.write(syncRequest("tok-b", asC.NextBatch, 300_000, ""))
+	waitParked(t, in, 1)
+	in.Send(t, "tok-a", "m.test", "for-c", map[string]map[string]any{"@b:localhost": {"C": map[string]any{"to": "C"}}})
+	resp, body = c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	got := decodeSync(t, body)
+	require.Len(t, got.ToDevice.Events, 1)
+	require.Equal(t, "C", got.ToDevice.Events[0].Content["to"])
+}

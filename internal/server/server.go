@@ -163,7 +163,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		}
 	}
 	if cfg.ParkLongPolls {
-		s.parking = httpapi.NewParking(log, opts.ParkSweepInterval)
+		s.parking = httpapi.NewParking(log, s.hub, opts.ParkSweepInterval)
 	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		Parking:    s.parking,
@@ -171,8 +171,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		BodyTimeout: cfg.RequestBodyTimeout,
 		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
 		Inbox: s.inbox, Devices: s.devices, Logger: log, Metrics: httpapi.NewMetrics(reg),
-		Sync: devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub,
-			KeyCounts: devicesync.StoredKeyCounts{Devices: s.devices}}),
+		Sync:         devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub}),
 		PurgeDeleted: s.kickPurge, Federation: fed,
 		AdminFederation: adminFederation, AdminRetryNow: adminRetryNow, AdminKickResync: adminKickResync,
 	})

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/federation"
 	"github.com/todeviced/todeviced/internal/inbox"
@@ -57,6 +59,9 @@ type Options struct {
 	InboxHooks      inbox.Hooks
 	DeviceListHooks devicelists.Hooks
 	OnListenerState func(up bool)
+	// PostgresTracer, a test hook, sees every query and pipeline of the
+	// PostgreSQL pool (postgres.Options.Tracer); SQLite ignores it.
+	PostgresTracer pgx.QueryTracer
 }
 
 // Kind returns the backend a database URL names, or an error naming the
@@ -85,7 +90,7 @@ func Open(ctx context.Context, opts Options) (Backend, error) {
 		db, err := postgres.Open(ctx, postgres.Options{
 			URL: opts.URL, DirectURL: opts.DirectURL, MaxConns: opts.MaxConns, Migrate: opts.Migrate,
 			Hub: opts.Hub, Logger: opts.Logger, InboxHooks: opts.InboxHooks, DeviceListHooks: opts.DeviceListHooks,
-			OnListenerState: opts.OnListenerState, CallTimeout: opts.CallTimeout,
+			OnListenerState: opts.OnListenerState, CallTimeout: opts.CallTimeout, Tracer: opts.PostgresTracer,
 		})
 		if err != nil {
 			return nil, err

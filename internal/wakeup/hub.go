@@ -43,9 +43,10 @@ type Hub struct {
 	closed  chan struct{}
 	once    sync.Once
 
-	// runq holds detached polls (Parked) waiting for a worker.
+	// runq holds parked polls' checks (and Go's functions) waiting for a
+	// worker.
 	runMu   sync.Mutex
-	runq    []*Parked
+	runq    []task
 	workers int
 
 	observers map[int]func(keys []Key)

@@ -132,11 +132,26 @@ func (p *Parked) runOnce() {
 // objects each, not as thousands of goroutines queueing for a connection.
 const maxParkedWorkers = 32
 
-// enqueue queues p for a worker, starting one if fewer than
+// task is what the workers run: a parked poll's check, or Go's function.
+type task interface{ run() }
+
+func (p *Parked) run() { p.runOnce() }
+
+type funcTask func()
+
+func (f funcTask) run() { f() }
+
+// Go runs f on one of the workers of parked polls, after the work queued
+// before it. It is for work that leads to a Park and should queue with
+// the polls rather than hold a goroutine of its own while it waits for
+// the database (internal/httpapi's parked /sync authenticates there).
+func (h *Hub) Go(f func()) { h.enqueue(funcTask(f)) }
+
+// enqueue queues t for a worker, starting one if fewer than
 // maxParkedWorkers run. Workers exit when the queue is empty.
-func (h *Hub) enqueue(p *Parked) {
+func (h *Hub) enqueue(t task) {
 	h.runMu.Lock()
-	h.runq = append(h.runq, p)
+	h.runq = append(h.runq, t)
 	start := h.workers < maxParkedWorkers
 	if start {
 		h.workers++
@@ -155,11 +170,11 @@ func (h *Hub) work() {
 			h.runMu.Unlock()
 			return
 		}
-		p := h.runq[0]
+		t := h.runq[0]
 		h.runq[0] = nil
 		h.runq = h.runq[1:]
 		h.runMu.Unlock()
-		p.runOnce()
+		t.run()
 	}
 }
 

@@ -155,10 +155,11 @@ func TestAckAsyncCommitStaysInItsTransaction(t *testing.T) {
 		require.Len(t, b.Events, 1)
 		pos = b.Next
 		require.Equal(t, "on", setting(), "after sync %d", i)
-		// With the device-list head in the same pipeline, too.
-		_, _, err = svc.SyncAndHead(ctx, dev, pos, 100)
+		// With the device-list head and the key counts in the same
+		// pipeline, too.
+		_, err = svc.SyncCheck(ctx, inbox.CheckQuery{Device: dev, Since: pos, Limit: 100, KeyCounts: true})
 		require.NoError(t, err)
-		require.Equal(t, "on", setting(), "after sync %d with the head", i)
+		require.Equal(t, "on", setting(), "after sync %d with the head and the counts", i)
 	}
 }
 

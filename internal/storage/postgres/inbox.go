@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -390,11 +391,56 @@ const ackAsyncCommitSQL = `SELECT set_config('synchronous_commit', 'off', true)`
 // when rows are deleted, nor at a restart.
 const issuedInboxSQL = `(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM device_inbox_pos_seq)`
 
+// tokenGuardSQL is the guard of a sync made with an access token
+// (inbox.SyncQuery.TokenHash): the token still names the live device. An
+// index lookup of one device row (by nid or by the unique token hash).
+func tokenGuardSQL(nid, hash string) string {
+	return `EXISTS (SELECT 1 FROM devices WHERE nid = ` + nid + ` AND token_hash = ` + hash + `::bytea AND deleted_at IS NULL)`
+}
+
+// ackSQL is the acknowledging DELETE of a sync: the device's messages in
+// ($3, $4], unless $4 is above every position issued ($4 is then refused
+// and nothing deleted) or the guard fails. It returns whether $4 was
+// issued, whether the guard held and how many rows it deleted. The guard
+// is read in the DELETE's own snapshot, so a token revoked before the
+// statement started deletes nothing; as an uncorrelated subquery it gates
+// the delete once, not per row.
+func ackSQL(guard string) string {
+	return `
+		WITH issued AS (SELECT ` + issuedInboxSQL + ` AS pos),
+		guard AS (SELECT ` + guard + ` AS ok),
+		acked AS (
+			DELETE FROM device_inbox
+			WHERE user_id = $1 AND device_nid = $2 AND pos > $3 AND pos <= $4
+			  AND $4 <= (SELECT pos FROM issued) AND (SELECT ok FROM guard)
+			RETURNING 1
+		)
+		SELECT $4 <= (SELECT pos FROM issued), (SELECT ok FROM guard), (SELECT count(*) FROM acked)`
+}
+
+// deviceSQL checks, last in a sync's pipeline, that the device is alive
+// and whether the guard holds.
+func deviceSQL(guard string) string {
+	return `SELECT EXISTS (SELECT 1 FROM devices WHERE nid = $1 AND deleted_at IS NULL), ` + guard
+}
+
+var (
+	ackUnguardedSQL    = ackSQL("true")
+	ackGuardedSQL      = ackSQL(tokenGuardSQL("$2", "$5"))
+	deviceUnguardedSQL = deviceSQL("true")
+	deviceGuardedSQL   = deviceSQL(tokenGuardSQL("$1", "$2"))
+	// keyCountsSQL is sqlstmt.KeyCounts, which the sync reads with the
+	// messages.
+	keyCountsSQL = sqlstmt.KeyCounts.SQL(sqlstmt.Postgres)
+)
+
 // Sync acknowledges and fetches in one pipelined round trip (an implicit
-// transaction). The acknowledgement deletes only (AckLo, AckHi]: everything
-// at or below AckLo was deleted before that position was handed out, so the
-// delete never walks the dead entries of earlier acknowledgements, and the
-// fetch starts right above AckHi for the same reason.
+// transaction): with it the device-list head, the device's key counts and
+// the check of the device and of the access token, as the query asks. The
+// acknowledgement deletes only (AckLo, AckHi]: everything at or below AckLo
+// was deleted before that position was handed out, so the delete never
+// walks the dead entries of earlier acknowledgements, and the fetch starts
+// right above AckHi for the same reason.
 //
 // The transaction's only write is that DELETE, and it commits without
 // waiting for its WAL flush (ackAsyncCommitSQL; DESIGN invariant 11). A
@@ -404,6 +450,16 @@ const issuedInboxSQL = `(SELECT CASE WHEN is_called THEN last_value ELSE 0 END F
 // removes them. Nothing that adds data commits this way: sends are
 // transactions of their own with synchronous_commit on, and the setting is
 // local to this transaction, so it never leaks to the pooled connection.
+//
+// With a TokenHash, the DELETE is guarded in its own snapshot (ackSQL), and
+// the device check, last in the pipeline, checks the token again after
+// every read: when either says the token no longer names the device,
+// everything read is dropped and Sync returns inbox.ErrTokenRevoked. At
+// READ COMMITTED each statement of the implicit transaction reads in a
+// snapshot of its own, so the last one's is the latest: what was read
+// before it was read while the token was good. (A revocation that commits
+// between the DELETE and that check leaves the DELETE standing: it was
+// made while the token was good, as a sync just before the revocation.)
 func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncResult, error) {
 	b := &pgx.Batch{}
 	// A since above every position issued is refused, and deletes nothing:
@@ -411,32 +467,34 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 	// acknowledge, a statement of its own), in the same round trip.
 	ack := q.AckHi > q.AckLo
 	check := !ack && q.AckHi > 0
+	guarded := q.TokenHash != nil
 	if ack {
 		b.Queue(ackAsyncCommitSQL)
 	}
 	if q.DeviceListHead {
 		b.Queue(streamStateSQL)
 	}
-	if ack {
-		b.Queue(`
-			WITH issued AS (SELECT `+issuedInboxSQL+` AS pos),
-			acked AS (
-				DELETE FROM device_inbox
-				WHERE user_id = $1 AND device_nid = $2 AND pos > $3 AND pos <= $4
-				  AND $4 <= (SELECT pos FROM issued)
-				RETURNING 1
-			)
-			SELECT $4 <= (SELECT pos FROM issued), (SELECT count(*) FROM acked)`,
-			q.Device.UserID, q.Device.NID, q.AckLo, q.AckHi)
-	} else if check {
+	switch {
+	case ack && guarded:
+		b.Queue(ackGuardedSQL, q.Device.UserID, q.Device.NID, q.AckLo, q.AckHi, q.TokenHash)
+	case ack:
+		b.Queue(ackUnguardedSQL, q.Device.UserID, q.Device.NID, q.AckLo, q.AckHi)
+	case check:
 		b.Queue(`SELECT $1::bigint <= `+issuedInboxSQL, q.AckHi)
 	}
-	b.Queue(`SELECT EXISTS (SELECT 1 FROM devices WHERE nid = $1 AND deleted_at IS NULL)`, q.Device.NID)
 	b.Queue(`
 		SELECT pos, sender, type, content, enqueued_at FROM device_inbox
 		WHERE user_id = $1 AND device_nid = $2 AND pos > $3
 		ORDER BY pos LIMIT $4`,
 		q.Device.UserID, q.Device.NID, q.AckHi, q.Limit+1)
+	if q.KeyCounts {
+		b.Queue(keyCountsSQL, q.Device.NID)
+	}
+	if guarded {
+		b.Queue(deviceGuardedSQL, q.Device.NID, q.TokenHash)
+	} else {
+		b.Queue(deviceUnguardedSQL, q.Device.NID)
+	}
 	br := s.db.pool.SendBatch(ctx, b)
 	defer br.Close()
 	var res inbox.SyncResult
@@ -451,9 +509,9 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 			return res, fmt.Errorf("reading the device-list head: %w", err)
 		}
 	}
-	issued := true
+	issued, ackGuard := true, true
 	if ack {
-		if err := br.QueryRow().Scan(&issued, &res.Acked); err != nil {
+		if err := br.QueryRow().Scan(&issued, &ackGuard, &res.Acked); err != nil {
 			return res, fmt.Errorf("acknowledging messages: %w", err)
 		}
 	} else if check {
@@ -461,35 +519,54 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 			return res, fmt.Errorf("checking the since position: %w", err)
 		}
 	}
-	if !issued {
-		return inbox.SyncResult{}, inbox.ErrNotIssued
+	if err := readMessages(br, &res); err != nil {
+		return res, err
 	}
-	var live bool
-	if err := br.QueryRow().Scan(&live); err != nil {
-		return res, fmt.Errorf("checking device: %w", err)
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return res, fmt.Errorf("fetching messages: %w", err)
-	}
-	for rows.Next() {
-		var m inbox.Message
-		if err := rows.Scan(&m.Pos, &m.Sender, &m.Type, &m.Content, &m.EnqueuedAt); err != nil {
-			rows.Close()
+	if q.KeyCounts {
+		rows, err := br.Query()
+		if err != nil {
+			return res, fmt.Errorf("counting one-time keys: %w", err)
+		}
+		if res.KeyCounts, err = sqlstmt.ReadKeyCounts(rows); err != nil {
 			return res, err
 		}
-		res.Messages = append(res.Messages, m)
 	}
-	if err := rows.Err(); err != nil {
-		return res, fmt.Errorf("fetching messages: %w", err)
+	var live, tokenGuard bool
+	if err := br.QueryRow().Scan(&live, &tokenGuard); err != nil {
+		return res, fmt.Errorf("checking device: %w", err)
 	}
-	if !live {
+	switch {
+	case !ackGuard || !tokenGuard:
+		return inbox.SyncResult{}, inbox.ErrTokenRevoked
+	case !issued:
+		return inbox.SyncResult{}, inbox.ErrNotIssued
+	case !live:
 		return inbox.SyncResult{}, inbox.ErrDeviceGone
 	}
 	if len(res.Messages) > q.Limit {
 		res.Messages, res.More = res.Messages[:q.Limit], true
 	}
 	return res, br.Close()
+}
+
+// readMessages reads the messages a sync fetched.
+func readMessages(br pgx.BatchResults, res *inbox.SyncResult) error {
+	rows, err := br.Query()
+	if err != nil {
+		return fmt.Errorf("fetching messages: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var m inbox.Message
+		if err := rows.Scan(&m.Pos, &m.Sender, &m.Type, &m.Content, &m.EnqueuedAt); err != nil {
+			return fmt.Errorf("fetching messages: %w", err)
+		}
+		res.Messages = append(res.Messages, m)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("fetching messages: %w", err)
+	}
+	return nil
 }
 
 // AcceptRemote stores the to-device EDUs of an inbound transaction in one

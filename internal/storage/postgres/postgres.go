@@ -60,6 +60,9 @@ type Options struct {
 	// the URL sets one), so a statement stuck behind a lock ends on the
 	// server too, not only in the client that gave up on it.
 	CallTimeout time.Duration
+	// Tracer, a test hook, sees every query and pipeline the pool's
+	// connections send (tests count a request's round trips with it).
+	Tracer pgx.QueryTracer
 }
 
 // WriteStrategy is a way of writing a fan-out's inbox rows.
@@ -140,6 +143,7 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		cfg.MaxConns = opts.MaxConns
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "todeviced"
+	cfg.ConnConfig.Tracer = opts.Tracer
 	if _, set := cfg.ConnConfig.RuntimeParams["statement_timeout"]; !set && opts.CallTimeout > 0 {
 		// A little longer than the client's deadline, so the client gives up
 		// first (and answers 503) while the server still ends the statement

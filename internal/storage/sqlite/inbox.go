@@ -5,12 +5,14 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/storage/sqlstmt"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -253,10 +255,18 @@ func placeholders(rows, cols int) string {
 // AckLo was deleted before that position was handed out, so the delete
 // never walks the entries of earlier acknowledgements, and the fetch starts
 // right above AckHi for the same reason.
+//
+// With a TokenHash, the write checks the token before it deletes anything
+// and the read checks it again in its snapshot: when either finds that the
+// token no longer names the device, Sync returns inbox.ErrTokenRevoked and
+// nothing read.
 func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncResult, error) {
 	var res inbox.SyncResult
 	if q.AckHi > q.AckLo {
 		err := s.db.write(ctx, func(tx *sql.Tx) error {
+			if _, err := checkDevice(ctx, tx, q); err != nil {
+				return err
+			}
 			if err := checkIssued(ctx, tx, q.AckHi); err != nil {
 				return err
 			}
@@ -276,10 +286,17 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 		}
 	}
 	err := s.db.read(ctx, func(tx *sql.Tx) error {
+		live, err := checkDevice(ctx, tx, q)
+		if err != nil {
+			return err
+		}
 		if q.AckHi > 0 && q.AckHi <= q.AckLo {
 			if err := checkIssued(ctx, tx, q.AckHi); err != nil {
 				return err
 			}
+		}
+		if !live {
+			return inbox.ErrDeviceGone
 		}
 		if q.DeviceListHead {
 			var pruned int64
@@ -287,35 +304,17 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 				return fmt.Errorf("reading the device-list head: %w", err)
 			}
 		}
-		var live bool
-		if err := tx.QueryRowContext(ctx,
-			`SELECT EXISTS (SELECT 1 FROM devices WHERE nid = ? AND deleted_at IS NULL)`, q.Device.NID).Scan(&live); err != nil {
-			return fmt.Errorf("checking device: %w", err)
+		if err := fetchMessages(ctx, tx, q, &res); err != nil {
+			return err
 		}
-		if !live {
-			return inbox.ErrDeviceGone
-		}
-		rows, err := tx.QueryContext(ctx, `
-			SELECT pos, sender, type, content, enqueued_at FROM device_inbox
-			WHERE user_id = ? AND device_nid = ? AND pos > ?
-			ORDER BY pos LIMIT ?`,
-			q.Device.UserID, q.Device.NID, q.AckHi, q.Limit+1)
-		if err != nil {
-			return fmt.Errorf("fetching messages: %w", err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var m inbox.Message
-			var content []byte
-			var at int64
-			if err := rows.Scan(&m.Pos, &m.Sender, &m.Type, &content, &at); err != nil {
-				return fmt.Errorf("fetching messages: %w", err)
+		if q.KeyCounts {
+			rows, err := sqlstmt.SQLiteConn{R: tx}.Query(ctx, sqlstmt.KeyCounts, q.Device.NID)
+			if err != nil {
+				return fmt.Errorf("counting one-time keys: %w", err)
 			}
-			m.Content, m.EnqueuedAt = content, fromMicros(at)
-			res.Messages = append(res.Messages, m)
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("fetching messages: %w", err)
+			if res.KeyCounts, err = sqlstmt.ReadKeyCounts(rows); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -326,6 +325,53 @@ func (s *inboxStore) Sync(ctx context.Context, q inbox.SyncQuery) (inbox.SyncRes
 		res.Messages, res.More = res.Messages[:q.Limit], true
 	}
 	return res, nil
+}
+
+// checkDevice reads whether the device is alive, and for a guarded sync
+// (inbox.SyncQuery.TokenHash) refuses with inbox.ErrTokenRevoked unless the
+// token still names it: a primary-key lookup of the device row. (IS compares
+// as = does, and is false rather than NULL for an unguarded sync, whose
+// answer is not used.)
+func checkDevice(ctx context.Context, tx *sql.Tx, q inbox.SyncQuery) (live bool, err error) {
+	var token bool
+	err = tx.QueryRowContext(ctx, `
+		SELECT deleted_at IS NULL, deleted_at IS NULL AND token_hash IS ? FROM devices WHERE nid = ?`,
+		q.TokenHash, q.Device.NID).Scan(&live, &token)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return false, fmt.Errorf("checking device: %w", err)
+	}
+	if q.TokenHash != nil && !token {
+		return false, inbox.ErrTokenRevoked
+	}
+	return live, nil
+}
+
+// fetchMessages reads the device's pending messages above AckHi, one more
+// than the limit (to tell whether more are pending).
+func fetchMessages(ctx context.Context, tx *sql.Tx, q inbox.SyncQuery, res *inbox.SyncResult) error {
+	rows, err := tx.QueryContext(ctx, `
+		SELECT pos, sender, type, content, enqueued_at FROM device_inbox
+		WHERE user_id = ? AND device_nid = ? AND pos > ?
+		ORDER BY pos LIMIT ?`,
+		q.Device.UserID, q.Device.NID, q.AckHi, q.Limit+1)
+	if err != nil {
+		return fmt.Errorf("fetching messages: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var m inbox.Message
+		var content []byte
+		var at int64
+		if err := rows.Scan(&m.Pos, &m.Sender, &m.Type, &content, &at); err != nil {
+			return fmt.Errorf("fetching messages: %w", err)
+		}
+		m.Content, m.EnqueuedAt = content, fromMicros(at)
+		res.Messages = append(res.Messages, m)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("fetching messages: %w", err)
+	}
+	return nil
 }
 
 // checkIssued refuses a since position above every inbox position ever

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/inbox"
 )
 
 // The statements of devicelists.KeyTx: one-time and fallback keys.
@@ -51,10 +52,12 @@ var (
 		SELECT algorithm, count(*) FROM one_time_keys WHERE device_nid = $1 GROUP BY algorithm`)
 	unusedFallbackKeys = New(`
 		SELECT algorithm FROM fallback_keys WHERE device_nid = $1 AND NOT used ORDER BY algorithm`)
-	// keyCounts reads both counts of a device in one statement, for
+	// KeyCounts reads both counts of a device in one statement, for
 	// /sync: (algorithm, one-time keys left, 0) rows, then (algorithm, 0,
-	// 1) for each unused fallback key.
-	keyCounts = New(`
+	// 1) for each unused fallback key (ReadKeyCounts reads them). The inbox
+	// stores run it inside a /sync check's own round trip; DeviceReads
+	// alone for a sync that reads no inbox.
+	KeyCounts = New(`
 		SELECT algorithm, count(*), 0 FROM one_time_keys WHERE device_nid = $1 GROUP BY algorithm
 		UNION ALL
 		SELECT algorithm, 0, 1 FROM fallback_keys WHERE device_nid = $1 AND NOT used`)
@@ -141,15 +144,23 @@ func (t DeviceTx) DeleteDeviceKeys(ctx context.Context, nid int64) error {
 	return t.exec(ctx, "deleting fallback keys", deleteFallbackKeys, nid)
 }
 
-// KeyCounts is one statement outside a transaction: /sync reads it on
-// every check, so it costs one round trip.
+// KeyCounts is one statement outside a transaction, for a sync that reads
+// no inbox (a sliding-sync connection without the to_device extension);
+// every other /sync reads the counts in its inbox check's round trip.
 func (r DeviceReads) KeyCounts(ctx context.Context, nid int64) (devicelists.KeyCounts, error) {
-	out := devicelists.KeyCounts{OneTimeKeys: map[string]int{}, UnusedFallback: []string{}}
-	rows, err := r.C.Query(ctx, keyCounts, nid)
+	rows, err := r.C.Query(ctx, KeyCounts, nid)
 	if err != nil {
-		return out, fmt.Errorf("counting one-time keys: %w", err)
+		return devicelists.KeyCounts{}, fmt.Errorf("counting one-time keys: %w", err)
 	}
+	c, err := ReadKeyCounts(rows)
+	return devicelists.KeyCounts(c), err
+}
+
+// ReadKeyCounts reads and closes the rows of KeyCounts: never a nil map or
+// list, the fallback key types sorted.
+func ReadKeyCounts(rows Rows) (inbox.OneTimeKeyCounts, error) {
 	defer rows.Close()
+	out := inbox.OneTimeKeyCounts{OneTimeKeys: map[string]int{}, UnusedFallback: []string{}}
 	for rows.Next() {
 		var alg string
 		var n, fallback int64
@@ -162,6 +173,9 @@ func (r DeviceReads) KeyCounts(ctx context.Context, nid int64) (devicelists.KeyC
 			out.OneTimeKeys[alg] = int(n)
 		}
 	}
+	if err := rows.Err(); err != nil {
+		return out, fmt.Errorf("counting one-time keys: %w", err)
+	}
 	slices.Sort(out.UnusedFallback)
-	return out, rows.Err()
+	return out, nil
 }

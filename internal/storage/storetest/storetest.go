@@ -71,6 +71,8 @@ func Run(t *testing.T, h Harness) {
 		{"EpochChangesWhenDatabaseRecreated", testEpochChangesWhenRecreated},
 		{"AckIsTheNextSince", testAckIsNextSince},
 		{"SinceNeverIssuedDeletesNothing", testSinceNeverIssued},
+		{"SyncReadsKeyCounts", testSyncReadsKeyCounts},
+		{"SyncTokenGuard", testSyncTokenGuard},
 		{"Recipients", testRecipients},
 		{"RemoteMessagesGoToOutbox", testRemoteOutbox},
 		{"WakeUpOnCommit", testWakeUpOnCommit},

@@ -1,0 +1,147 @@
+package httpapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/todeviced/todeviced/internal/devicelists"
+	"github.com/todeviced/todeviced/internal/devicesync"
+	"github.com/todeviced/todeviced/internal/httpapi"
+	"github.com/todeviced/todeviced/internal/inbox"
+	"github.com/todeviced/todeviced/internal/servertest"
+	"github.com/todeviced/todeviced/internal/storage"
+	"github.com/todeviced/todeviced/internal/testdb"
+	"github.com/todeviced/todeviced/internal/wakeup"
+)
+
+// counted marks the context of the request whose round trips are counted.
+type counted struct{}
+
+// roundTrips counts what a PostgreSQL pool sends on behalf of a counted
+// request: queries (each a round trip of its own), prepares and pipelined
+// batches (one round trip each, whatever they hold), and the statements of
+// the batches.
+type roundTrips struct {
+	mu       sync.Mutex
+	queries  []string
+	batches  int
+	prepares int
+	batched  []string
+}
+
+func (c *roundTrips) count(ctx context.Context, f func()) {
+	if ctx.Value(counted{}) == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f()
+}
+
+func (c *roundTrips) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.queries, c.batches, c.prepares, c.batched = nil, 0, 0, nil
+}
+
+func (c *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	c.count(ctx, func() { c.queries = append(c.queries, d.SQL) })
+	return ctx
+}
+
+func (c *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (c *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	c.count(ctx, func() { c.batches++ })
+	return ctx
+}
+
+func (c *roundTrips) TraceBatchQuery(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+	c.count(ctx, func() { c.batched = append(c.batched, d.SQL) })
+}
+
+func (c *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+func (c *roundTrips) TracePrepareStart(ctx context.Context, _ *pgx.Conn, _ pgx.TracePrepareStartData) context.Context {
+	c.count(ctx, func() { c.prepares++ })
+	return ctx
+}
+
+func (c *roundTrips) TracePrepareEnd(context.Context, *pgx.Conn, pgx.TracePrepareEndData) {}
+
+// batchHas reports whether a statement of the counted batches contains s.
+func (c *roundTrips) batchHas(s string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, q := range c.batched {
+		if strings.Contains(q, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// A /sync check of a token this replica knows, acknowledging what the last
+// sync handed out and fetching what came since, is one round trip to
+// PostgreSQL: one pipeline holding the token's guard, the acknowledgement,
+// the fetch, the device-list head and the key counts, and no other query.
+func TestSyncCheckIsOneRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	trips := &roundTrips{}
+	hub := wakeup.NewHub()
+	b, err := storage.Open(ctx, storage.Options{URL: testdb.New(t), Migrate: true, Hub: hub, PostgresTracer: trips})
+	require.NoError(t, err)
+	t.Cleanup(func() { hub.Close(); b.Close() })
+	in := inbox.New(inbox.Config{ServerName: "localhost", Store: b.Inbox()})
+	dl := devicelists.New(b.Devices(), "localhost", nil, nil)
+	h := httpapi.NewRouter(httpapi.Config{ServerName: "localhost", Inbox: in, Devices: dl,
+		Sync: devicesync.New(devicesync.Config{Inbox: in, Devices: dl, Hub: hub})})
+	for _, d := range [][3]string{{alice, "A1", "tok-alice"}, {bob, "B1", "tok-bob"}} {
+		_, _, err := dl.PutDevice(ctx, d[0], d[1], d[2], nil, nil)
+		require.NoError(t, err)
+	}
+	send := func(txn string) {
+		_, err := in.Send(ctx, inbox.TxnKey{UserID: alice, DeviceID: "A1", EventType: "m.test", TxnID: txn},
+			inbox.Messages{bob: {"B1": json.RawMessage(`{"n":1}`)}})
+		require.NoError(t, err)
+	}
+	sync := func(since string) servertest.SyncResponse {
+		t.Helper()
+		trips.reset()
+		req := httptest.NewRequestWithContext(context.WithValue(ctx, counted{}, true), http.MethodGet,
+			"/_matrix/client/v3/sync?timeout=0&since="+since, nil)
+		req.Header.Set("Authorization", "Bearer tok-bob")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusOK, rec.Code, "%s", rec.Body)
+		var s servertest.SyncResponse
+		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &s))
+		return s
+	}
+
+	send("1")
+	s := sync("")
+	require.Len(t, s.ToDevice.Events, 1)
+	require.Len(t, trips.queries, 1, "a token not seen before is looked up: %q", trips.queries)
+	require.Equal(t, 1, trips.batches)
+
+	for i := range 3 {
+		send("warm" + string(rune('0'+i)))
+		s = sync(s.NextBatch)
+		require.Len(t, s.ToDevice.Events, 1)
+		require.Empty(t, trips.queries, "check %d: no query besides the pipeline", i)
+		require.Zero(t, trips.prepares)
+		require.Equal(t, 1, trips.batches, "check %d: one pipeline", i)
+		for _, part := range []string{"token_hash", "DELETE FROM device_inbox", "FROM device_inbox", "one_time_keys", "device_list_stream"} {
+			require.True(t, trips.batchHas(part), "check %d: the pipeline holds %q", i, part)
+		}
+	}
+}
