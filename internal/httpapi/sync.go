@@ -56,15 +56,18 @@ func fallbackTypes(res devicesync.Result) *[]string {
 	return &t
 }
 
-// sync serves the client /sync. An HTTP/1.1 long-poll is parked (park.go):
-// its connection is taken over at once, and everything else, the token's
-// authentication included, happens on the wake-up hub's workers
-// (parkedSync). Anything else is authenticated by requireSyncDevice and
+// sync serves the client /sync. Over HTTP/1.1 it is parked (park.go), a
+// long-poll or not: its connection is taken over at once, and everything
+// else, the token's authentication included, happens on the wake-up hub's
+// workers (parkedSync), so a herd of syncs (every client coming back after
+// a restart) queues as small objects rather than as goroutines holding
+// buffers while they wait for the database. Anything else (HTTP/2, parking
+// off, a malformed timeout) is authenticated by requireSyncDevice and
 // served on its goroutine (syncNow).
 func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 	if tok, ok := bearer(r); ok {
 		q := r.URL.Query()
-		if t, err := parseTimeout(q.Get("timeout")); err == nil && t > 0 &&
+		if _, err := parseTimeout(q.Get("timeout")); err == nil &&
 			a.cfg.Parking.park(w, r, func(ps *parkedSync) { a.parkedSync(ps, tok, q) }) {
 			return
 		}

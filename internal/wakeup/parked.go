@@ -27,22 +27,27 @@ type Parked struct {
 	again    bool  // something happened while it was
 	timedOut bool  // the timeout passed
 	canceled error // Cancel's error
+	checked  bool  // the first check has run
 	ended    bool
 }
 
 // Park registers for keys and queues the poll's first check. Checks run
 // with ctx, which must outlive the caller's request; finish is called as
-// Parked says. timeout must be positive. As with Poll, the registration
-// comes before the first check, so no wake-up after it is missed.
+// Parked says. As with Poll, the registration comes before the first
+// check, so no wake-up after it is missed, and the first check always runs,
+// however long it queued. With a timeout of 0 the poll is that one check
+// (it registers nothing: it is no long-poll).
 func (h *Hub) Park(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error), finish func(done bool, err error)) *Parked {
 	p := &Parked{h: h, timeout: timeout, check: check, ctx: ctx, finish: finish}
-	p.w = &Waiter{hub: h, keys: keys, fn: p.signal} // no channel: nobody selects on it
-	// Registered before p.mu is taken: a wake-up calls signal with the hub
-	// locked, and signal takes p.mu.
-	h.register(p.w)
+	if timeout > 0 {
+		p.w = &Waiter{hub: h, keys: keys, fn: p.signal} // no channel: nobody selects on it
+		// Registered before p.mu is taken: a wake-up calls signal with
+		// the hub locked, and signal takes p.mu.
+		h.register(p.w)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.ended {
+	if timeout > 0 && !p.ended {
 		p.timer = time.AfterFunc(p.timeout, func() {
 			p.mu.Lock()
 			defer p.mu.Unlock()
@@ -93,7 +98,8 @@ func (p *Parked) kickLocked() {
 func (p *Parked) runOnce() {
 	p.mu.Lock()
 	p.again = false
-	timedOut, canceled := p.timedOut, p.canceled
+	timedOut, canceled, first := p.timedOut, p.canceled, !p.checked
+	p.checked = true
 	p.mu.Unlock()
 	var (
 		done bool
@@ -102,14 +108,18 @@ func (p *Parked) runOnce() {
 	)
 	select {
 	case <-p.h.closed:
+		if first {
+			// Even a closing hub's answer carries a position.
+			done, err = p.check(p.ctx)
+		}
 	default:
 		switch {
 		case canceled != nil:
 			err = canceled
-		case timedOut:
+		case timedOut && !first:
 		default:
 			done, err = p.check(p.ctx)
-			end = done || err != nil
+			end = done || err != nil || timedOut || p.timeout <= 0
 		}
 	}
 	if end {
@@ -126,7 +136,7 @@ func (p *Parked) runOnce() {
 	p.running = false
 }
 
-// maxParkedWorkers bounds the goroutines checking detached polls. Checks
+// maxParkedWorkers bounds the goroutines checking parked polls. Checks
 // read the database, whose pool is the real bound; a herd of polls (every
 // client reconnecting after a restart) waits in the queue as a few small
 // objects each, not as thousands of goroutines queueing for a connection.
@@ -186,6 +196,8 @@ func (p *Parked) end(done bool, err error) {
 	}
 	finish := p.finish
 	p.mu.Unlock()
-	p.w.Close()
+	if p.w != nil {
+		p.w.Close()
+	}
 	finish(done, err)
 }

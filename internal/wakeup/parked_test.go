@@ -109,11 +109,13 @@ func TestParkEnds(t *testing.T) {
 			synctest.Wait()
 			h.Close()
 			require.Equal(t, parkResult{}, <-c)
+			var checks atomic.Int32
 			_, c = park(h, time.Minute, DeviceKey(1), func(context.Context) (bool, error) {
-				t.Error("a poll parked after the close is answered without a check")
+				checks.Add(1)
 				return false, nil
 			})
 			require.Equal(t, parkResult{}, <-c)
+			require.Equal(t, int32(1), checks.Load(), "a poll parked after the close is answered after its first check (its answer needs a position)")
 		})
 	})
 	t.Run("cancel", func(t *testing.T) {
@@ -171,5 +173,50 @@ func TestParkBoundsWorkers(t *testing.T) {
 		require.LessOrEqual(t, most.Load(), int32(maxParkedWorkers))
 		synctest.Wait()
 		require.Equal(t, 0, h.workers, "workers exit when the queue is empty")
+	})
+}
+
+// A poll with no timeout is one check, on a worker, and registers nothing.
+func TestParkZeroTimeoutChecksOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		var checks atomic.Int32
+		registered := false
+		h.OnWaitersChanged = func(int) { registered = true }
+		_, c := park(h, 0, DeviceKey(1), func(context.Context) (bool, error) {
+			checks.Add(1)
+			return false, nil
+		})
+		require.Equal(t, parkResult{}, <-c)
+		synctest.Wait()
+		require.Equal(t, int32(1), checks.Load())
+		require.False(t, registered)
+	})
+}
+
+// A poll whose timeout passes while its first check is still queued
+// behind others gets that check all the same: its answer needs the
+// position the check reads.
+func TestParkFirstCheckRunsAfterTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		release := make(chan struct{})
+		for i := range maxParkedWorkers {
+			h.Park(context.Background(), time.Hour, []Key{DeviceKey(int64(100 + i))}, func(context.Context) (bool, error) {
+				<-release
+				return true, nil
+			}, func(bool, error) {})
+		}
+		var checks atomic.Int32
+		_, c := park(h, time.Second, DeviceKey(1), func(context.Context) (bool, error) {
+			checks.Add(1)
+			return false, nil
+		})
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		require.Equal(t, int32(0), checks.Load(), "still queued")
+		close(release)
+		require.Equal(t, parkResult{}, <-c)
+		require.Equal(t, int32(1), checks.Load())
 	})
 }
