@@ -32,7 +32,9 @@ func benchBody() []byte {
 	return b.Bytes()
 }
 
-// go test -run XXX -bench 'DecodeSendBody|BuildAccept' -benchmem ./internal/inbox/
+// BenchmarkDecodeSendBody is the validation and decoding of that body.
+//
+//	go test -run XXX -bench 'DecodeSendBody|BuildAccept' -benchmem ./internal/inbox/
 func BenchmarkDecodeSendBody(b *testing.B) {
 	body := benchBody()
 	b.SetBytes(int64(len(body)))
@@ -44,6 +46,7 @@ func BenchmarkDecodeSendBody(b *testing.B) {
 	}
 }
 
+// BenchmarkBuildAccept is the accept built from its messages, all local.
 func BenchmarkBuildAccept(b *testing.B) {
 	msgs, err := DecodeSendBody(benchBody())
 	if err != nil {
