@@ -15,7 +15,8 @@ import (
 // for what is not JSON, M_BAD_JSON for the wrong shape, M_MISSING_PARAM when
 // "messages" is absent. A body that is not JSON is M_NOT_JSON even when its
 // shape is also wrong, so the whole body is checked before a shape error is
-// reported.
+// reported. A content that was compact already is a slice of body: body
+// must not change while the messages are in use.
 //
 // It reads the body once: encoding/json would validate it, then walk it once
 // per level of maps, then again to compact each content, which made decoding
