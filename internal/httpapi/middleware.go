@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -17,6 +18,56 @@ type Metrics struct {
 	Requests *prometheus.CounterVec
 	Duration *prometheus.HistogramVec
 	InFlight prometheus.Gauge
+
+	observers observerCache
+}
+
+// observerCache keeps the children of Requests and Duration that requests
+// have used, by route, method and status: WithLabelValues hashes its
+// labels and takes the vector's lock on every call, and the status's label
+// was a new string each time, per request. A map lookup under a read lock
+// is what remains. It stops growing at maxCachedObservers (the method is
+// the client's to choose); requests beyond it look their children up as
+// before.
+type observerCache struct {
+	mu sync.RWMutex
+	m  map[observerKey]requestObservers
+}
+
+type observerKey struct {
+	route, method string
+	status        int
+}
+
+type requestObservers struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+const maxCachedObservers = 1024
+
+func (m *Metrics) observersFor(route, method string, status int) requestObservers {
+	k := observerKey{route, method, status}
+	c := &m.observers
+	c.mu.RLock()
+	o, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return o
+	}
+	o = requestObservers{
+		requests: m.Requests.WithLabelValues(route, method, strconv.Itoa(status)),
+		duration: m.Duration.WithLabelValues(route, method),
+	}
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[observerKey]requestObservers{}
+	}
+	if len(c.m) < maxCachedObservers {
+		c.m[k] = o
+	}
+	c.mu.Unlock()
+	return o
 }
 
 // NewMetrics creates the HTTP metrics and registers them with reg.
@@ -137,14 +188,19 @@ func (s *statusRecorder) finishDetached(r *http.Request, status, bytes int) {
 func (s *statusRecorder) record(r *http.Request, route string, status, bytes int) {
 	s.m.InFlight.Dec()
 	d := time.Since(s.start)
-	s.m.Requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
-	s.m.Duration.WithLabelValues(route, r.Method).Observe(d.Seconds())
+	o := s.m.observersFor(route, r.Method, status)
+	o.requests.Inc()
+	o.duration.Observe(d.Seconds())
 	level := slog.LevelInfo
 	if status >= 500 {
 		level = slog.LevelError
 	}
-	s.log.Log(r.Context(), level, "request", "method", r.Method, "route", route, "status", status,
-		"duration_ms", float64(d.Microseconds())/1000, "bytes", bytes)
+	// Asked first: the arguments are boxed (allocated) before Log can find
+	// the line is not wanted, as at --log-level warn.
+	if s.log.Enabled(r.Context(), level) {
+		s.log.Log(r.Context(), level, "request", "method", r.Method, "route", route, "status", status,
+			"duration_ms", float64(d.Microseconds())/1000, "bytes", bytes)
+	}
 }
 
 // cors lets browser clients (Element Web and the like) call the client API,

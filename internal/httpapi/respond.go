@@ -7,23 +7,62 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/todeviced/todeviced/internal/matrix"
 )
 
 // writeJSON answers with status and v encoded as JSON.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	if a, ok := v.(jsonAppender); ok {
+		writeAppended(w, status, a)
+		return
+	}
 	body, err := json.Marshal(v)
 	if err != nil {
-		http.Error(w, `{"errcode":"M_UNKNOWN","error":"encoding response"}`, http.StatusInternalServerError)
+		writeEncodingError(w)
 		return
 	}
 	writeRaw(w, status, body)
 }
 
+func writeEncodingError(w http.ResponseWriter) {
+	http.Error(w, `{"errcode":"M_UNKNOWN","error":"encoding response"}`, http.StatusInternalServerError)
+}
+
+// bodyBuffers are the buffers answers with an appendJSON are written into:
+// the ResponseWriter copies what it is given, so the buffer is free again
+// once Write returns.
+var bodyBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledBody is the largest buffer put back: a /sync of a hundred large
+// messages should not stay allocated for the small ones after it.
+const maxPooledBody = 64 << 10
+
+func writeAppended(w http.ResponseWriter, status int, a jsonAppender) {
+	buf := bodyBuffers.Get().(*[]byte)
+	body, err := a.appendJSON((*buf)[:0])
+	if err != nil {
+		writeEncodingError(w)
+	} else {
+		writeRaw(w, status, body)
+	}
+	if cap(body) <= maxPooledBody {
+		*buf = body
+		bodyBuffers.Put(buf)
+	}
+}
+
+// jsonContentType is the Content-Type value of every JSON answer, one
+// slice for all of them instead of a new one per answer (Header.Set makes
+// one). Header values are only ever read or replaced, never written in
+// place, and its capacity is its length, so an Add copies it.
+var jsonContentType = []string{"application/json"}[:1:1]
+
 func writeRaw(w http.ResponseWriter, status int, body []byte) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 }

@@ -15,7 +15,8 @@ import (
 // for what is not JSON, M_BAD_JSON for the wrong shape, M_MISSING_PARAM when
 // "messages" is absent. A body that is not JSON is M_NOT_JSON even when its
 // shape is also wrong, so the whole body is checked before a shape error is
-// reported.
+// reported. A content that was compact already is a slice of body: body
+// must not change while the messages are in use.
 //
 // It reads the body once: encoding/json would validate it, then walk it once
 // per level of maps, then again to compact each content, which made decoding
@@ -59,6 +60,9 @@ type bodyDecoder struct {
 	i     int
 	shape error
 	deep  string // what was nested too deeply, for the error
+	// spaced is set whenever skipSpace steps over whitespace: content()
+	// clears it to learn whether a content is compact already.
+	spaced bool
 }
 
 // errTooDeep ends the walk of a value nested deeper than its limit: message
@@ -73,13 +77,18 @@ func (d *bodyDecoder) badShape(format string, args ...any) {
 }
 
 func (d *bodyDecoder) skipSpace() {
-	for d.i < len(d.in) {
-		switch d.in[d.i] {
+	i := d.i
+	for i < len(d.in) {
+		switch d.in[i] {
 		case ' ', '\t', '\n', '\r':
-			d.i++
-		default:
-			return
+			i++
+			continue
 		}
+		break
+	}
+	if i != d.i {
+		d.spaced = true
+		d.i = i
 	}
 }
 
@@ -174,7 +183,7 @@ func (d *bodyDecoder) top() (Messages, error) {
 			msgs[userID] = devices
 			return d.members(func(deviceID string) error {
 				isObj := d.peek() == '{'
-				content, err := d.value(make([]byte, 0, 256), matrix.MaxContentDepth)
+				content, err := d.content()
 				if err == errTooDeep && d.deep == "" {
 					d.deep = fmt.Sprintf("The content for %q device %q is nested more than %d levels deep.",
 						matrix.Quote(userID), matrix.Quote(deviceID), matrix.MaxContentDepth)
@@ -198,6 +207,30 @@ func (d *bodyDecoder) top() (Messages, error) {
 		d.shape = matrix.Errorf(matrix.MissingParam, "Missing 'messages'.")
 	}
 	return msgs, nil
+}
+
+// content checks the message content at d.i and returns it compact. A
+// content that is compact already, as clients send it, is returned as a
+// slice of the body, its capacity clipped so that nothing appended to it
+// can write into the body: no copy, no allocation. Only one with
+// insignificant whitespace is walked a second time, into a buffer of its
+// own size.
+func (d *bodyDecoder) content() (json.RawMessage, error) {
+	start := d.i
+	d.spaced = false
+	if _, err := d.value(nil, matrix.MaxContentDepth); err != nil {
+		return nil, err
+	}
+	if !d.spaced {
+		return d.in[start:d.i:d.i], nil
+	}
+	end := d.i
+	d.i = start
+	out, err := d.value(make([]byte, 0, end-start), matrix.MaxContentDepth)
+	if err != nil {
+		return nil, err // cannot happen: the same bytes passed above
+	}
+	return out, nil
 }
 
 // value checks the JSON value at d.i and, when out is not nil, appends it
@@ -304,39 +337,43 @@ func validScalar(lit []byte) bool {
 	return len(lit) > 0 && (lit[0] == '-' || lit[0] >= '0' && lit[0] <= '9') && json.Valid(lit)
 }
 
-// skipString steps over the string at d.i, checking its escapes.
+// skipString steps over the string at d.i, checking its escapes. It works
+// on locals, not on d's fields: strings are most of a body's bytes (the
+// ciphertexts), and the loop over them was the decoder's largest cost.
 func (d *bodyDecoder) skipString() error {
-	d.i++
-	for d.i < len(d.in) {
-		c := d.in[d.i]
+	in, i := d.in, d.i+1
+	for i < len(in) {
+		c := in[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			i++
+			continue
+		}
 		switch {
 		case c == '"':
-			d.i++
+			d.i = i + 1
 			return nil
 		case c < 0x20:
 			return errSyntax
-		case c == '\\':
-			if d.i+1 >= len(d.in) {
+		}
+		// A backslash.
+		if i+1 >= len(in) {
+			return errSyntax
+		}
+		switch in[i+1] {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			i += 2
+		case 'u':
+			if i+6 > len(in) {
 				return errSyntax
 			}
-			switch d.in[d.i+1] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				d.i += 2
-			case 'u':
-				if d.i+6 > len(d.in) {
+			for _, h := range in[i+2 : i+6] {
+				if !(h >= '0' && h <= '9' || h >= 'a' && h <= 'f' || h >= 'A' && h <= 'F') {
 					return errSyntax
 				}
-				for _, h := range d.in[d.i+2 : d.i+6] {
-					if !(h >= '0' && h <= '9' || h >= 'a' && h <= 'f' || h >= 'A' && h <= 'F') {
-						return errSyntax
-					}
-				}
-				d.i += 6
-			default:
-				return errSyntax
 			}
+			i += 6
 		default:
-			d.i++
+			return errSyntax
 		}
 	}
 	return errSyntax

@@ -28,6 +28,12 @@ func TestRecipientsExpand(t *testing.T) {
 	require.Equal(t, []row{{"@b:x", 2}, {"@a:x", 1}, {"@a:x", 3}}, got, "message order, * in nid order")
 	require.Equal(t, 2, unknown, "a * to a user without devices and an unknown device")
 
+	// A device added after a "*" was expanded is in the next "*".
+	r.Add(4, "@a:x", "A3")
+	got = nil
+	r.Expand([]LocalMessage{{UserID: "@a:x", DeviceID: AllDevices}}, func(user string, nid int64, _ json.RawMessage) { got = append(got, row{user, nid}) })
+	require.Equal(t, []row{{"@a:x", 1}, {"@a:x", 3}, {"@a:x", 4}}, got)
+
 	var none *Recipients
 	require.Equal(t, 1, none.Expand([]LocalMessage{{UserID: "@a:x", DeviceID: "A1"}}, nil), "no devices found: unknown")
 }

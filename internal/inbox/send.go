@@ -1,14 +1,12 @@
 package inbox
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/todeviced/todeviced/internal/matrix"
@@ -52,12 +50,16 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 	}
 	a := &Accept{Txn: txn, Sender: txn.UserID, EventType: txn.EventType, Response: []byte("{}")}
 	e := newEDUShape(txn.UserID, txn.EventType)
-	remote := map[string]Messages{}
-	userIDs := make([]string, 0, len(msgs))
+	// Made on the first remote user: most sends have none.
+	var remote map[string]Messages
+	// The ids are sorted with slices.Sort, which (unlike sort.Strings)
+	// lets a small fan-out's ids stay in these arrays on the stack.
+	var userArr, deviceArr [8]string
+	userIDs := userArr[:0]
 	for userID := range msgs {
 		userIDs = append(userIDs, userID)
 	}
-	sort.Strings(userIDs)
+	slices.Sort(userIDs)
 	for _, userID := range userIDs {
 		uid, err := matrix.ParseUserID(userID)
 		if err != nil {
@@ -71,7 +73,7 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 			return nil, matrix.Errorf(matrix.InvalidParam, "User id %q names this server as %q; use %q.", matrix.Quote(userID), uid.Server, serverName)
 		}
 		devices := msgs[userID]
-		deviceIDs := make([]string, 0, len(devices))
+		deviceIDs := deviceArr[:0]
 		for deviceID, content := range devices {
 			if deviceID != AllDevices {
 				if err := matrix.ValidateDeviceID(deviceID); err != nil {
@@ -90,11 +92,14 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 			}
 			deviceIDs = append(deviceIDs, deviceID)
 		}
-		sort.Strings(deviceIDs)
+		slices.Sort(deviceIDs)
 		if !local {
 			// Forwarded as given: "*" stays unexpanded for the remote server.
 			// One destination per server: DNS names ignore case.
 			dest := strings.ToLower(uid.Server)
+			if remote == nil {
+				remote = map[string]Messages{}
+			}
 			if remote[dest] == nil {
 				remote[dest] = Messages{}
 			}
@@ -107,43 +112,82 @@ func BuildAccept(serverName string, txn TxnKey, msgs Messages) (*Accept, error) 
 				a.Unaddressable++
 				continue
 			}
+			if a.Local == nil {
+				a.Local = make([]LocalMessage, 0, localCap(msgs))
+			}
 			a.Local = append(a.Local, LocalMessage{UserID: userID, DeviceID: deviceID, Content: devices[deviceID]})
 		}
 	}
-	destinations := make([]string, 0, len(remote))
-	for d := range remote {
-		destinations = append(destinations, d)
-	}
-	sort.Strings(destinations)
-	for _, d := range destinations {
-		a.Remote = append(a.Remote, e.split(d, remote[d])...)
+	if len(remote) > 0 {
+		destinations := make([]string, 0, len(remote))
+		for d := range remote {
+			destinations = append(destinations, d)
+		}
+		slices.Sort(destinations)
+		for _, d := range destinations {
+			a.Remote = append(a.Remote, e.split(d, remote[d])...)
+		}
 	}
 	a.Stale = markStale(a.EventType, a.Local)
 	return a, nil
 }
 
+// localCap is how many local messages msgs can make at most: the length
+// a.Local is made with, so that it is allocated once.
+func localCap(msgs Messages) int {
+	n := 0
+	for _, devices := range msgs {
+		n += len(devices)
+	}
+	return n
+}
+
 // eduShape builds m.direct_to_device EDUs of one sender and type and knows
-// their exact serialized size, so splitting needs no trial encoding.
+// their exact serialized size, so splitting needs no trial encoding. The
+// size is known from the start (every message of a send is checked
+// against it); the bytes of the wrapper are only built by split, for a
+// send that has remote users.
 type eduShape struct {
-	head, tail []byte // head ends where the messages object begins
+	sender, eventType string
+	// fixed is the size of the wrapper: head and tail.
+	fixed int
 }
 
 const messageIDLen = 32 // 128 random bits, hex
 
+// The wrapper of an EDU around its messages object; the message id and
+// the quoted sender and type go between the parts of the head.
+const (
+	eduHeadID     = `{"content":{"message_id":"`
+	eduHeadSender = `","sender":`
+	eduHeadType   = `,"type":`
+	eduHeadEnd    = `,"messages":{`
+	eduTail       = `}},"edu_type":"m.direct_to_device"}`
+)
+
 func newEDUShape(sender, eventType string) eduShape {
-	var h bytes.Buffer
-	h.WriteString(`{"content":{"message_id":"`)
-	h.WriteString(strings.Repeat("0", messageIDLen))
-	h.WriteString(`","sender":`)
-	h.Write(quote(sender))
-	h.WriteString(`,"type":`)
-	h.Write(quote(eventType))
-	h.WriteString(`,"messages":{`)
-	return eduShape{head: h.Bytes(), tail: []byte(`}},"edu_type":"m.direct_to_device"}`)}
+	return eduShape{sender: sender, eventType: eventType,
+		fixed: len(eduHeadID) + messageIDLen + len(eduHeadSender) + matrix.JSONStringLen(sender) +
+			len(eduHeadType) + matrix.JSONStringLen(eventType) + len(eduHeadEnd) + len(eduTail)}
+}
+
+// head is the EDU up to where its messages object begins, with a message
+// id of zeros for encode to overwrite.
+func (e eduShape) head() []byte {
+	h := make([]byte, 0, e.fixed-len(eduTail))
+	h = append(h, eduHeadID...)
+	for range messageIDLen {
+		h = append(h, '0')
+	}
+	h = append(h, eduHeadSender...)
+	h = matrix.AppendJSONString(h, e.sender)
+	h = append(h, eduHeadType...)
+	h = matrix.AppendJSONString(h, e.eventType)
+	return append(h, eduHeadEnd...)
 }
 
 func (e eduShape) sizeAlone(userID, deviceID string, content json.RawMessage) int {
-	return len(e.head) + len(e.tail) + len(quote(userID)) + 3 + len(quote(deviceID)) + 1 + len(content)
+	return e.fixed + matrix.JSONStringLen(userID) + 3 + matrix.JSONStringLen(deviceID) + 1 + len(content)
 }
 
 type eduEntry struct {
@@ -156,28 +200,29 @@ type eduEntry struct {
 func (e eduShape) split(destination string, msgs Messages) []OutboundEDU {
 	var out []OutboundEDU
 	var cur []eduEntry
-	size, count := len(e.head)+len(e.tail), 0
+	head := e.head()
+	size, count := e.fixed, 0
 	flush := func() {
 		if count == 0 {
 			return
 		}
-		out = append(out, e.encode(destination, cur, msgs, count))
-		cur, size, count = nil, len(e.head)+len(e.tail), 0
+		out = append(out, encodeEDU(head, size, destination, cur, msgs, count))
+		cur, size, count = nil, e.fixed, 0
 	}
 	userIDs := make([]string, 0, len(msgs))
 	for u := range msgs {
 		userIDs = append(userIDs, u)
 	}
-	sort.Strings(userIDs)
+	slices.Sort(userIDs)
 	for _, userID := range userIDs {
 		deviceIDs := make([]string, 0, len(msgs[userID]))
 		for d := range msgs[userID] {
 			deviceIDs = append(deviceIDs, d)
 		}
-		sort.Strings(deviceIDs)
-		qUser := len(quote(userID))
+		slices.Sort(deviceIDs)
+		qUser := matrix.JSONStringLen(userID)
 		for _, deviceID := range deviceIDs {
-			cost := len(quote(deviceID)) + 1 + len(msgs[userID][deviceID])
+			cost := matrix.JSONStringLen(deviceID) + 1 + len(msgs[userID][deviceID])
 			newUser := len(cur) == 0 || cur[len(cur)-1].userID != userID
 			if newUser {
 				cost += qUser + 3
@@ -189,7 +234,7 @@ func (e eduShape) split(destination string, msgs Messages) []OutboundEDU {
 			}
 			if count > 0 && size+cost > MaxEDUBytes {
 				flush()
-				cost = qUser + 3 + len(quote(deviceID)) + 1 + len(msgs[userID][deviceID])
+				cost = qUser + 3 + matrix.JSONStringLen(deviceID) + 1 + len(msgs[userID][deviceID])
 				newUser = true
 			}
 			if newUser {
@@ -204,30 +249,30 @@ func (e eduShape) split(destination string, msgs Messages) []OutboundEDU {
 	return out
 }
 
-func (e eduShape) encode(destination string, entries []eduEntry, msgs Messages, count int) OutboundEDU {
+// encodeEDU writes one EDU of size bytes, as split counted them.
+func encodeEDU(head []byte, size int, destination string, entries []eduEntry, msgs Messages, count int) OutboundEDU {
 	id := newMessageID()
-	var b bytes.Buffer
-	b.Write(e.head)
-	raw := b.Bytes()
-	copy(raw[len(`{"content":{"message_id":"`):], id)
+	b := make([]byte, 0, size)
+	b = append(b, head...)
+	copy(b[len(eduHeadID):], id)
 	for i, en := range entries {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		b.Write(quote(en.userID))
-		b.WriteString(":{")
+		b = matrix.AppendJSONString(b, en.userID)
+		b = append(b, ":{"...)
 		for j, d := range en.devices {
 			if j > 0 {
-				b.WriteByte(',')
+				b = append(b, ',')
 			}
-			b.Write(quote(d))
-			b.WriteByte(':')
-			b.Write(msgs[en.userID][d])
+			b = matrix.AppendJSONString(b, d)
+			b = append(b, ':')
+			b = append(b, msgs[en.userID][d]...)
 		}
-		b.WriteByte('}')
+		b = append(b, '}')
 	}
-	b.Write(e.tail)
-	return OutboundEDU{Destination: destination, MessageID: id, EDU: slices.Clip(b.Bytes()), Messages: count}
+	b = append(b, eduTail...)
+	return OutboundEDU{Destination: destination, MessageID: id, EDU: slices.Clip(b), Messages: count}
 }
 
 func newMessageID() string {
@@ -236,11 +281,6 @@ func newMessageID() string {
 		panic("crypto/rand failed: " + err.Error())
 	}
 	return hex.EncodeToString(b[:])
-}
-
-func quote(s string) []byte {
-	b, _ := json.Marshal(s) // a string always marshals
-	return b
 }
 
 // ErrRecipientNotLocal is returned by BuildRemoteAccept when a message of a
@@ -262,14 +302,14 @@ func BuildRemoteAccept(serverName, origin, messageID, sender, eventType string, 
 		}
 		userIDs = append(userIDs, userID)
 	}
-	sort.Strings(userIDs)
+	slices.Sort(userIDs)
 	for _, userID := range userIDs {
 		devices := msgs[userID]
 		deviceIDs := make([]string, 0, len(devices))
 		for d := range devices {
 			deviceIDs = append(deviceIDs, d)
 		}
-		sort.Strings(deviceIDs)
+		slices.Sort(deviceIDs)
 		for _, deviceID := range deviceIDs {
 			if deviceID == AllDevices && len(deviceIDs) > 1 {
 				r.Unaddressable++

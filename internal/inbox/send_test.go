@@ -183,6 +183,28 @@ func TestSplitLargestSingleMessage(t *testing.T) {
 	requireMxErr(t, err, matrix.TooLarge, 413)
 }
 
+// TestSplitSizeWithEscapedIDs: an EDU is as long as split counted it, also
+// when ids need escapes (a localpart may hold any printable ASCII).
+func TestSplitSizeWithEscapedIDs(t *testing.T) {
+	txn := TxnKey{UserID: `@s"<:here`, DeviceID: "D", EventType: "m.test", TxnID: "1"}
+	user := `@a"<&\\b:there`
+	c := json.RawMessage(`{"k":1}`)
+	a, err := BuildAccept("here", txn, Messages{user: {"D": c}})
+	require.NoError(t, err)
+	require.Len(t, a.Remote, 1)
+	shape := newEDUShape(txn.UserID, txn.EventType)
+	require.Len(t, a.Remote[0].EDU, shape.sizeAlone(user, "D", c))
+	var edu struct {
+		Content struct {
+			Sender   string                                `json:"sender"`
+			Messages map[string]map[string]json.RawMessage `json:"messages"`
+		} `json:"content"`
+	}
+	require.NoError(t, json.Unmarshal(a.Remote[0].EDU, &edu))
+	require.Equal(t, txn.UserID, edu.Content.Sender)
+	require.JSONEq(t, string(c), string(edu.Content.Messages[user]["D"]))
+}
+
 // TestBuildAcceptHostile: identifiers no backend could store or a peer
 // could verify, local users in another case, and content canonical JSON
 // cannot carry for a remote recipient are refused before anything is stored.

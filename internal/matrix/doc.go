@@ -11,8 +11,10 @@
 //     internal failure (500 M_UNKNOWN).
 //   - JSON: the limits every accepted value meets so that it can be emitted
 //     again (MaxDepth, MaxContentDepth, CheckJSON, CheckCanonical), canonical
-//     JSON (CanonicalJSON) as signatures and federation need it, and Quote
-//     for echoing client input in errors.
+//     JSON (CanonicalJSON) as signatures and federation need it, JSON
+//     written by hand exactly as encoding/json writes it (AppendJSONString,
+//     AppendJSONValue) for the hot answers, and Quote for echoing client
+//     input in errors.
 //   - EDU types: the names of the EDUs todeviced sends and receives.
 package matrix
 

@@ -193,12 +193,26 @@ func literal(b []byte, i int, lit string) bool {
 	return len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit
 }
 
+// plainInString marks the bytes a string holds that need no closer look:
+// printable ASCII but the quote and the backslash. Looking them up in a
+// table is what makes the loop over a long string (a ciphertext) fast.
+var plainInString = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // skipString steps over the string starting at b[i] == '"', checking its
 // escapes and that it is valid UTF-8.
 func skipString(b []byte, i int) (int, error) {
 	i++
 	for i < len(b) {
 		c := b[i]
+		if plainInString[c] {
+			i++
+			continue
+		}
 		switch {
 		case c == '"':
 			return i + 1, nil
