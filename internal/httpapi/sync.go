@@ -3,7 +3,6 @@ package httpapi
 import (
 	"errors"
 	"net/http"
-	"net/url"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/devicesync"
@@ -66,8 +65,8 @@ func fallbackTypes(res devicesync.Result) *[]string {
 // served on its goroutine (syncNow).
 func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 	if tok, ok := bearer(r); ok {
-		q := r.URL.Query()
-		if _, err := parseTimeout(q.Get("timeout")); err == nil &&
+		q := syncParamsOf(r)
+		if _, err := parseTimeout(q.timeout); err == nil &&
 			a.cfg.Parking.park(w, r, func(ps *parkedSync) { a.parkedSync(ps, tok, q) }) {
 			return
 		}
@@ -84,7 +83,7 @@ func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 // with 401 M_UNKNOWN_TOKEN at its next check.
 func (a *api) syncOnGoroutine(w http.ResponseWriter, r *http.Request) {
 	auth := authFrom(r)
-	q := r.URL.Query()
+	q := syncParamsOf(r)
 	req, err := a.syncRequest(q, auth)
 	if err != nil {
 		// Answered before the guard is checked: an unverified token is
@@ -113,7 +112,7 @@ func (a *api) syncOnGoroutine(w http.ResponseWriter, r *http.Request) {
 // authentication (a remembered token, else a database read), the same
 // guard, and the same second chance when the guard fails, with the wait
 // itself parked (devicesync.Park).
-func (a *api) parkedSync(ps *parkedSync, tok string, q url.Values) {
+func (a *api) parkedSync(ps *parkedSync, tok string, q syncParams) {
 	auth, ok := a.devices.CachedAuth(tok)
 	if !ok {
 		var err error
@@ -125,7 +124,7 @@ func (a *api) parkedSync(ps *parkedSync, tok string, q url.Values) {
 	a.parkedSyncAs(ps, tok, q, auth, true)
 }
 
-func (a *api) parkedSyncAs(ps *parkedSync, tok string, q url.Values, auth devicelists.Auth, again bool) {
+func (a *api) parkedSyncAs(ps *parkedSync, tok string, q syncParams, auth devicelists.Auth, again bool) {
 	req, err := a.syncRequest(q, auth)
 	if err != nil {
 		if auth.Unverified {
@@ -187,11 +186,20 @@ func (a *api) answerSync(w http.ResponseWriter, r *http.Request, res devicesync.
 	writeJSON(w, http.StatusOK, body)
 }
 
+// syncParams are the parameters of a client /sync that it reads: kept as
+// two strings, not the parsed query, while a parked sync waits.
+type syncParams struct{ timeout, since string }
+
+func syncParamsOf(r *http.Request) syncParams {
+	q := r.URL.Query()
+	return syncParams{timeout: q.Get("timeout"), since: q.Get("since")}
+}
+
 // syncRequest reads a client /sync's parameters for the device auth names,
 // its checks guarded by the token (auth.Guard; nil for a token the
 // homeserver vouched for).
-func (a *api) syncRequest(q url.Values, auth devicelists.Auth) (devicesync.Request, error) {
-	timeout, err := parseTimeout(q.Get("timeout"))
+func (a *api) syncRequest(q syncParams, auth devicelists.Auth) (devicesync.Request, error) {
+	timeout, err := parseTimeout(q.timeout)
 	if err != nil {
 		return devicesync.Request{}, err
 	}
@@ -203,7 +211,7 @@ func (a *api) syncRequest(q url.Values, auth devicelists.Auth) (devicesync.Reque
 		KeyCounts: true,
 		TokenHash: auth.Guard,
 	}
-	if s := q.Get("since"); s != "" {
+	if s := q.since; s != "" {
 		tok, err := devicesync.ParseToken(a.devsync.Epoch(), req.Device, s)
 		if err != nil {
 			return devicesync.Request{}, err

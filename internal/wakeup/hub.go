@@ -38,7 +38,7 @@ func OutboxDestination(k Key) (string, bool) {
 // Hub maps keys to waiters. It is safe for concurrent use.
 type Hub struct {
 	mu      sync.Mutex
-	waiters map[Key]map[*Waiter]struct{}
+	waiters map[Key]waiterSet
 	all     map[*Waiter]struct{}
 	closed  chan struct{}
 	once    sync.Once
@@ -60,9 +60,51 @@ type Hub struct {
 // NewHub returns an empty hub.
 func NewHub() *Hub {
 	return &Hub{
-		waiters: make(map[Key]map[*Waiter]struct{}),
+		waiters: make(map[Key]waiterSet),
 		all:     make(map[*Waiter]struct{}),
 		closed:  make(chan struct{}),
+	}
+}
+
+// waiterSet is the waiters of one key. Most keys have one (a device's
+// inbox) or a few (a user's devices), and 10 000 long-polls hold 20 000
+// keys, so one waiter is held without a map of its own.
+type waiterSet struct {
+	one  *Waiter
+	many map[*Waiter]struct{}
+}
+
+func (s waiterSet) add(w *Waiter) waiterSet {
+	switch {
+	case s.many != nil:
+		s.many[w] = struct{}{}
+	case s.one == nil || s.one == w:
+		s.one = w
+	default:
+		s.many = map[*Waiter]struct{}{s.one: {}, w: {}}
+		s.one = nil
+	}
+	return s
+}
+
+// remove returns the set without w, and false when it is empty.
+func (s waiterSet) remove(w *Waiter) (waiterSet, bool) {
+	if s.many != nil {
+		delete(s.many, w)
+		return s, len(s.many) > 0
+	}
+	if s.one == w {
+		s.one = nil
+	}
+	return s, s.one != nil
+}
+
+func (s waiterSet) each(fn func(*Waiter)) {
+	if s.one != nil {
+		fn(s.one)
+	}
+	for w := range s.many {
+		fn(w)
 	}
 }
 
@@ -89,12 +131,7 @@ func (h *Hub) register(w *Waiter) *Waiter {
 	keys := w.keys
 	h.mu.Lock()
 	for _, k := range keys {
-		m := h.waiters[k]
-		if m == nil {
-			m = make(map[*Waiter]struct{})
-			h.waiters[k] = m
-		}
-		m[w] = struct{}{}
+		h.waiters[k] = h.waiters[k].add(w)
 	}
 	h.all[w] = struct{}{}
 	n := len(h.all)
@@ -114,11 +151,10 @@ func (w *Waiter) Close() {
 		return
 	}
 	for _, k := range w.keys {
-		if m := h.waiters[k]; m != nil {
-			delete(m, w)
-			if len(m) == 0 {
-				delete(h.waiters, k)
-			}
+		if set, ok := h.waiters[k].remove(w); ok {
+			h.waiters[k] = set
+		} else {
+			delete(h.waiters, k)
 		}
 	}
 	delete(h.all, w)
@@ -145,9 +181,7 @@ func (h *Hub) Wake(keys ...Key) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, k := range keys {
-		for w := range h.waiters[k] {
-			w.signal()
-		}
+		h.waiters[k].each((*Waiter).signal)
 	}
 	for _, fn := range h.observers {
 		fn(keys)
