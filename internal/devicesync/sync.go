@@ -136,11 +136,49 @@ func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
 	return res.answer(), err
 }
 
-// Waiting is a parked sync (Park), for its owner to cancel.
-type Waiting struct{ p *wakeup.Parked }
+// Waiting is a sync that waits: Begin's, for its owner to Linger, Wait or
+// Detach; or Park's, for its owner to Cancel.
+type Waiting struct {
+	p   *wakeup.Parked
+	res *Result
+}
 
-// Cancel ends a parked sync with err.
+// Cancel ends a parked or detached sync with err.
 func (w *Waiting) Cancel(err error) { w.p.Cancel(err) }
+
+// Begin is Sync's first check (the only one that acknowledges), on the
+// caller's goroutine. It returns the answer, with a nil Waiting, when that
+// check found something or failed or req.Timeout is 0; otherwise a
+// Waiting, already registered with the hub so no wake-up after the check
+// is missed.
+func (s *Service) Begin(ctx context.Context, req Request) (*Waiting, Result, error) {
+	keys, check, res := s.prepare(req)
+	p, _, err := s.hub.Begin(ctx, req.Timeout, keys, check)
+	if p == nil {
+		return nil, res.answer(), err
+	}
+	return &Waiting{p: p, res: res}, Result{}, nil
+}
+
+// Linger waits for at most d on the caller's goroutine; more says the sync
+// is still waiting (then Wait or Detach it), otherwise res and err are the
+// answer.
+func (w *Waiting) Linger(ctx context.Context, d time.Duration) (res Result, err error, more bool) {
+	_, err, more = w.p.Linger(ctx, d)
+	return w.res.answer(), err, more
+}
+
+// Wait waits on the caller's goroutine, as Sync does after its first check.
+func (w *Waiting) Wait(ctx context.Context) (Result, error) {
+	_, err := w.p.Wait(ctx)
+	return w.res.answer(), err
+}
+
+// Detach waits without a goroutine (wakeup.Parked.Detach): later checks
+// run with ctx, and finish gets the answer once, on a worker.
+func (w *Waiting) Detach(ctx context.Context, finish func(Result, error)) {
+	w.p.Detach(ctx, func(_ bool, err error) { finish(w.res.answer(), err) })
+}
 
 // Park is Sync without a goroutine waiting: every check, the first
 // included, runs on the wake-up hub's workers (wakeup.Hub.Park), and finish
@@ -148,7 +186,7 @@ func (w *Waiting) Cancel(err error) { w.p.Cancel(err) }
 // req.Timeout must be positive. The returned Waiting is only for Cancel.
 func (s *Service) Park(ctx context.Context, req Request, finish func(Result, error)) *Waiting {
 	keys, check, res := s.prepare(req)
-	return &Waiting{p: s.hub.Park(ctx, req.Timeout, keys, check, func(_ bool, err error) { finish(res.answer(), err) })}
+	return &Waiting{p: s.hub.Park(ctx, req.Timeout, keys, check, func(_ bool, err error) { finish(res.answer(), err) }), res: res}
 }
 
 // prepare returns what a sync waits for, its check (which fills res) and

@@ -51,13 +51,24 @@ type Parking struct {
 	lastHeader http.Header
 	// standIns are the stand-in requests by method and route.
 	standIns sync.Map
-	idle     *sync.Cond // signalled when parked empties
-	stop     chan struct{}
+	// linger and lingering: syncLingering's time and slots.
+	linger    time.Duration
+	lingering chan struct{}
+	idle      *sync.Cond // signalled when parked empties
+	stop      chan struct{}
 }
 
 // sweepInterval is how often parked connections are checked for a client
 // that left: at most this long a closed socket and its poll linger.
 const sweepInterval = 5 * time.Second
+
+// lingerFor is how long a /sync of a remembered token waits on its own
+// goroutine before it is parked, and lingerSlots how many may do so at
+// once (syncLingering): about 11 MB of goroutines and buffers at most.
+const (
+	lingerFor   = 100 * time.Millisecond
+	lingerSlots = 256
+)
 
 // writeTimeout bounds the write of a parked poll's answer.
 const writeTimeout = 30 * time.Second
@@ -65,18 +76,39 @@ const writeTimeout = 30 * time.Second
 // errClientGone cancels a parked poll whose client closed the connection.
 var errClientGone = errors.New("the client closed the connection")
 
+// ParkingConfig tunes a Parking; zero fields take the defaults.
+type ParkingConfig struct {
+	// Sweep is how often parked connections are checked for a client
+	// that left (sweepInterval).
+	Sweep time.Duration
+	// Linger is how long a /sync of a remembered token waits on its own
+	// goroutine before it parks (lingerFor); negative: not at all.
+	Linger time.Duration
+	// LingerSlots is how many syncs may linger at once (lingerSlots).
+	LingerSlots int
+}
+
 // NewParking returns a Parking that parks nothing until Listener has
 // wrapped the API's listener. Parked requests' work runs on hub's workers
-// (wakeup.Hub.Go, wakeup.Hub.Park). sweep is how often parked connections are
-// checked for a client that left (sweepInterval when 0).
-func NewParking(log *slog.Logger, hub *wakeup.Hub, sweep time.Duration) *Parking {
+// (wakeup.Hub.Go, wakeup.Hub.Park).
+func NewParking(log *slog.Logger, hub *wakeup.Hub, cfg ParkingConfig) *Parking {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if sweep <= 0 {
-		sweep = sweepInterval
+	if cfg.Sweep <= 0 {
+		cfg.Sweep = sweepInterval
 	}
-	p := &Parking{log: log, hub: hub, interval: sweep, parked: map[*parkedSync]struct{}{}, stop: make(chan struct{})}
+	if cfg.Linger == 0 {
+		cfg.Linger = lingerFor
+	}
+	if cfg.LingerSlots <= 0 {
+		cfg.LingerSlots = lingerSlots
+	}
+	if cfg.Linger < 0 {
+		cfg.LingerSlots = 0
+	}
+	p := &Parking{log: log, hub: hub, interval: cfg.Sweep, linger: cfg.Linger, lingering: make(chan struct{}, cfg.LingerSlots),
+		parked: map[*parkedSync]struct{}{}, stop: make(chan struct{})}
 	p.idle = sync.NewCond(&p.mu)
 	return p
 }
@@ -141,6 +173,17 @@ func (p *Parking) parkable(r *http.Request) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.ln != nil && !p.closed
+}
+
+// lingerSlot takes one of the slots of syncs waiting on their goroutine
+// before they park; false when all are taken.
+func (p *Parking) lingerSlot() (release func(), ok bool) {
+	select {
+	case p.lingering <- struct{}{}:
+		return func() { <-p.lingering }, true
+	default:
+		return nil, false
+	}
 }
 
 // parkedSync is one parked /sync: its connection, and what is needed to

@@ -66,12 +66,62 @@ func fallbackTypes(res devicesync.Result) *[]string {
 func (a *api) sync(w http.ResponseWriter, r *http.Request) {
 	if tok, ok := bearer(r); ok {
 		q := syncParamsOf(r)
-		if _, err := parseTimeout(q.timeout); err == nil &&
-			a.cfg.Parking.park(w, r, func(ps *parkedSync) { a.parkedSync(ps, tok, q) }) {
-			return
+		if _, err := parseTimeout(q.timeout); err == nil && a.cfg.Parking.parkable(r) {
+			if a.syncLingering(w, r, tok, q) ||
+				a.cfg.Parking.park(w, r, func(ps *parkedSync) { a.parkedSync(ps, tok, q) }) {
+				return
+			}
 		}
 	}
 	a.syncNow.ServeHTTP(w, r)
+}
+
+// syncLingering serves a parkable /sync of a remembered token on its own
+// goroutine first, while few do (Parking.lingerSlot): its first check, and
+// its wait for up to Parking.linger, as on any goroutine. Only a sync still
+// waiting after that is parked. A busy device's syncs (each answered within
+// milliseconds by the next message) then cost no take-over and hand-back of
+// their connection, while an idle one still waits parked, and a herd of
+// syncs, beyond the slots, is parked at once. It returns false, having
+// answered nothing, when it did not serve the request.
+func (a *api) syncLingering(w http.ResponseWriter, r *http.Request, tok string, q syncParams) bool {
+	auth, ok := a.devices.CachedAuth(tok)
+	if !ok {
+		return false
+	}
+	req, err := a.syncRequest(q, auth)
+	if err != nil {
+		return false // answered by the parked path, which checks the token first
+	}
+	release, ok := a.cfg.Parking.lingerSlot()
+	if !ok {
+		return false
+	}
+	wait, res, err := a.devsync.Begin(r.Context(), req)
+	more := false
+	if wait != nil {
+		res, err, more = wait.Linger(r.Context(), a.cfg.Parking.linger)
+	}
+	release()
+	if errors.Is(err, devicesync.ErrTokenRevoked) {
+		// The guard did nothing: the request goes the parked way, whose
+		// lookup answers 401 or finds the device the token names now.
+		a.devices.ForgetToken(auth.Guard)
+		return false
+	}
+	if !more {
+		a.answerSync(w, r, res, err)
+		return true
+	}
+	if a.cfg.Parking.park(w, r, func(ps *parkedSync) {
+		wait.Detach(ps.ctx(), a.parkedFinish(ps, tok, q, auth, true))
+		ps.setWait(wait)
+	}) {
+		return true
+	}
+	res, err = wait.Wait(r.Context())
+	a.answerSync(w, r, res, err)
+	return true
 }
 
 // syncOnGoroutine serves a /sync authenticated by requireSyncDevice: every
@@ -136,7 +186,13 @@ func (a *api) parkedSyncAs(ps *parkedSync, tok string, q syncParams, auth device
 		ps.respond(a.errorAnswer(err))
 		return
 	}
-	ps.setWait(a.devsync.Park(ps.ctx(), req, func(res devicesync.Result, err error) {
+	ps.setWait(a.devsync.Park(ps.ctx(), req, a.parkedFinish(ps, tok, q, auth, again)))
+}
+
+// parkedFinish answers a parked sync when it ends: a client gone gets
+// nothing, a failed guard a second chance (once), anything else its answer.
+func (a *api) parkedFinish(ps *parkedSync, tok string, q syncParams, auth devicelists.Auth, again bool) func(devicesync.Result, error) {
+	return func(res devicesync.Result, err error) {
 		switch {
 		case errors.Is(err, errClientGone):
 			ps.abandon()
@@ -150,7 +206,7 @@ func (a *api) parkedSyncAs(ps *parkedSync, tok string, q syncParams, auth device
 		default:
 			ps.respond(func(w http.ResponseWriter, r *http.Request) { a.answerSync(w, r, res, err) })
 		}
-	}))
+	}
 }
 
 // errorAnswer writes err as the answer.

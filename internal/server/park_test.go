@@ -18,6 +18,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/server"
 	"github.com/todeviced/todeviced/internal/servertest"
 )
@@ -182,7 +183,7 @@ func TestParkedLongPollKeepsPipelinedRequest(t *testing.T) {
 // for its timeout.
 func TestParkedLongPollClientGone(t *testing.T) {
 	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")),
-		server.Options{ParkSweepInterval: 20 * time.Millisecond})
+		server.Options{Parking: httpapi.ParkingConfig{Sweep: 20 * time.Millisecond}})
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	c := dialRaw(t, in)
 	c.write(syncRequest("tok-b", "", 0, ""))
@@ -367,4 +368,79 @@ func TestParkedLongPollTokenMovedToAnotherDevice(t *testing.T) {
 	got := decodeSync(t, body)
 	require.Len(t, got.ToDevice.Events, 1)
 	require.Equal(t, "C", got.ToDevice.Events[0].Content["to"])
+}
+
+// lingerInstance starts an instance whose /sync of a remembered token
+// waits on its goroutine for linger before parking, in slots slots.
+func lingerInstance(t *testing.T, linger time.Duration, slots int) *servertest.Instance {
+	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")),
+		server.Options{Parking: httpapi.ParkingConfig{Linger: linger, LingerSlots: slots}})
+	in.PutDevice(t, "@a:localhost", "A", "tok-a")
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+	in.PutDevice(t, "@b:localhost", "C", "tok-c")
+	return in
+}
+
+// A /sync of a remembered token lingers on its goroutine first: woken
+// within the linger it is answered there, never parked; waiting longer it
+// parks, and is answered parked.
+func TestLingeringSync(t *testing.T) {
+	t.Run("answered while lingering", func(t *testing.T) {
+		in := lingerInstance(t, time.Hour, 0)
+		c := dialRaw(t, in)
+		c.write(syncRequest("tok-b", "", 0, "")) // remembers tok-b
+		_, body := c.read()
+		c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 60_000, ""))
+		servertest.WaitFor(t, "the sync to wait", func() bool { return in.Server.Hub().Len() == 1 })
+		require.Equal(t, 0, in.Server.Parking().Len(), "lingering, not parked")
+		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+		resp, body := c.read()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+		require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
+		require.Equal(t, 0, in.Server.Parking().Len())
+	})
+	t.Run("parked after the linger", func(t *testing.T) {
+		in := lingerInstance(t, 20*time.Millisecond, 0)
+		c := dialRaw(t, in)
+		c.write(syncRequest("tok-b", "", 0, ""))
+		_, body := c.read()
+		c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 60_000, ""))
+		waitParked(t, in, 1)
+		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+		resp, body := c.read()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+		require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
+	})
+	t.Run("slots taken: parked at once", func(t *testing.T) {
+		in := lingerInstance(t, time.Hour, 1)
+		var since [2]string
+		conns := [2]*rawClient{dialRaw(t, in), dialRaw(t, in)}
+		for i, tok := range []string{"tok-b", "tok-c"} {
+			conns[i].write(syncRequest(tok, "", 0, ""))
+			_, body := conns[i].read()
+			since[i] = decodeSync(t, body).NextBatch
+		}
+		conns[0].write(syncRequest("tok-b", since[0], 60_000, ""))
+		servertest.WaitFor(t, "B to linger", func() bool { return in.Server.Hub().Len() == 1 })
+		conns[1].write(syncRequest("tok-c", since[1], 60_000, ""))
+		servertest.WaitFor(t, "C to park", func() bool { return in.Server.Hub().Len() == 2 && in.Server.Parking().Len() == 1 })
+		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"*": map[string]any{"n": 1}}})
+		for _, c := range conns {
+			resp, body := c.read()
+			require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+			require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
+		}
+	})
+	t.Run("token revoked while lingering", func(t *testing.T) {
+		in := lingerInstance(t, time.Hour, 0)
+		c := dialRaw(t, in)
+		c.write(syncRequest("tok-b", "", 0, ""))
+		_, body := c.read()
+		c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 60_000, ""))
+		servertest.WaitFor(t, "the sync to linger", func() bool { return in.Server.Hub().Len() == 1 })
+		in.DeleteDevice(t, "@b:localhost", "B") // wakes B: the next check's guard fails
+		resp, body := c.read()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s", body)
+		require.Contains(t, string(body), "M_UNKNOWN_TOKEN")
+	})
 }

@@ -68,9 +68,8 @@ type Options struct {
 	Registry *prometheus.Registry
 	// FederationSweepInterval overrides the sender's sweep interval.
 	FederationSweepInterval time.Duration
-	// ParkSweepInterval overrides how often parked long-polls are checked
-	// for a client that left (httpapi.Parking).
-	ParkSweepInterval time.Duration
+	// Parking overrides the parking of HTTP/1.1 syncs' settings (tests).
+	Parking httpapi.ParkingConfig
 	// Version is reported by todeviced_build_info ("dev" when empty) and to
 	// other servers.
 	Version string
@@ -163,7 +162,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 		}
 	}
 	if cfg.ParkLongPolls {
-		s.parking = httpapi.NewParking(log, s.hub, opts.ParkSweepInterval)
+		s.parking = httpapi.NewParking(log, s.hub, opts.Parking)
 	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		Parking:    s.parking,

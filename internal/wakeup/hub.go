@@ -278,33 +278,9 @@ func runShallow(ctx context.Context, check func(ctx context.Context) (bool, erro
 // check is called at least once, after registration, so a change that commits
 // between the caller's last read and the registration is never missed.
 func (h *Hub) Poll(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error)) (bool, error) {
-	var w *Waiter
-	if timeout > 0 {
-		w = h.Register(keys...)
-		defer w.Close()
-	}
-	if timeout <= 0 {
-		return check(ctx)
-	}
-	done, err := runShallow(ctx, check)
-	if err != nil || done {
+	p, done, err := h.begin(ctx, timeout, keys, check, true)
+	if p == nil {
 		return done, err
 	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		select {
-		case <-w.C():
-		case <-timer.C:
-			return false, nil
-		case <-h.closed:
-			return false, nil
-		case <-ctx.Done():
-			return false, ctx.Err()
-		}
-		done, err := runShallow(ctx, check)
-		if err != nil || done {
-			return done, err
-		}
-	}
+	return p.Wait(ctx)
 }

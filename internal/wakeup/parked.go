@@ -29,6 +29,11 @@ type Parked struct {
 	canceled error // Cancel's error
 	checked  bool  // the first check has run
 	ended    bool
+	// detached is false while a Begin's caller still waits on its own
+	// goroutine (on the waiter's channel); signals then only fill that.
+	detached bool
+	// deadline is when the poll times out (Begin's polls).
+	deadline time.Time
 }
 
 // Park registers for keys and queues the poll's first check. Checks run
@@ -38,7 +43,7 @@ type Parked struct {
 // however long it queued. With a timeout of 0 the poll is that one check
 // (it registers nothing: it is no long-poll).
 func (h *Hub) Park(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error), finish func(done bool, err error)) *Parked {
-	p := &Parked{h: h, timeout: timeout, check: check, ctx: ctx, finish: finish}
+	p := &Parked{h: h, timeout: timeout, check: check, ctx: ctx, finish: finish, detached: true}
 	if timeout > 0 {
 		p.w = &Waiter{hub: h, keys: keys, fn: p.signal} // no channel: nobody selects on it
 		// Registered before p.mu is taken: a wake-up calls signal with
@@ -59,6 +64,107 @@ func (h *Hub) Park(ctx context.Context, timeout time.Duration, keys []Key, check
 	return p
 }
 
+// Begin registers for keys and runs the first check on the caller's
+// goroutine, as Poll does. When it is done or fails, or timeout is not
+// positive, the registration is dropped and a nil Parked is returned with
+// check's answer. Otherwise the caller lingers (Linger), then waits on its
+// goroutine (Wait) or detaches the poll (Detach).
+func (h *Hub) Begin(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error)) (*Parked, bool, error) {
+	return h.begin(ctx, timeout, keys, check, false)
+}
+
+// begin is Begin; shallow runs the checks on goroutines of their own
+// (runShallow), for a caller that will wait on its goroutine for long.
+func (h *Hub) begin(ctx context.Context, timeout time.Duration, keys []Key, check func(ctx context.Context) (done bool, err error), shallow bool) (*Parked, bool, error) {
+	if timeout <= 0 {
+		done, err := check(ctx)
+		return nil, done, err
+	}
+	p := &Parked{h: h, timeout: timeout, check: check, checked: true, deadline: time.Now().Add(timeout)}
+	p.w = h.register(&Waiter{hub: h, keys: keys, c: make(chan struct{}, 1), fn: p.signal})
+	done, err := p.run1(ctx, shallow)
+	if err != nil || done {
+		p.w.Close()
+		return nil, done, err
+	}
+	return p, false, nil
+}
+
+// Linger waits on the caller's goroutine for at most d, checking again
+// after every wake-up, as Poll does. more is true when the poll is still
+// waiting after d (the caller then Waits or Detaches); otherwise it has
+// ended, with done and err as Poll's.
+func (p *Parked) Linger(ctx context.Context, d time.Duration) (done bool, err error, more bool) {
+	return p.linger(ctx, d, false)
+}
+
+// run1 runs one check on the caller's goroutine, or with shallow on one of
+// its own.
+func (p *Parked) run1(ctx context.Context, shallow bool) (bool, error) {
+	if shallow {
+		return runShallow(ctx, p.check)
+	}
+	return p.check(ctx)
+}
+
+func (p *Parked) linger(ctx context.Context, d time.Duration, shallow bool) (done bool, err error, more bool) {
+	left := time.Until(p.deadline)
+	timer := time.NewTimer(min(d, left))
+	defer timer.Stop()
+	for {
+		select {
+		case <-p.w.C():
+		case <-timer.C:
+			if d < left {
+				return false, nil, true
+			}
+			p.w.Close()
+			return false, nil, false
+		case <-p.h.closed:
+			p.w.Close()
+			return false, nil, false
+		case <-ctx.Done():
+			p.w.Close()
+			return false, ctx.Err(), false
+		}
+		if done, err := p.run1(ctx, shallow); err != nil || done {
+			p.w.Close()
+			return done, err, false
+		}
+	}
+}
+
+// Wait waits on the caller's goroutine until the poll ends, as Poll does.
+func (p *Parked) Wait(ctx context.Context) (bool, error) {
+	done, err, _ := p.linger(ctx, time.Until(p.deadline)+time.Second, true)
+	return done, err
+}
+
+// Detach hands a poll of Begin's to the hub's workers: it waits without a
+// goroutine, later checks run with ctx, and finish is called as Parked
+// says.
+func (p *Parked) Detach(ctx context.Context, finish func(done bool, err error)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ctx, p.finish, p.detached = ctx, finish, true
+	p.timer = time.AfterFunc(time.Until(p.deadline), func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.timedOut = true
+		p.kickLocked()
+	})
+	select {
+	case <-p.w.C(): // woken since the caller last looked
+		p.kickLocked()
+	case <-p.h.closed:
+		p.kickLocked()
+	default:
+		if p.canceled != nil {
+			p.kickLocked()
+		}
+	}
+}
+
 // Cancel ends the poll: finish gets err (unless the poll has ended
 // already). The owner calls it when the client has gone away.
 func (p *Parked) Cancel(err error) {
@@ -68,7 +174,9 @@ func (p *Parked) Cancel(err error) {
 		return
 	}
 	p.canceled = err
-	p.kickLocked()
+	if p.detached {
+		p.kickLocked()
+	}
 }
 
 // signal is the waiter's fn: called with the hub locked, so it only
@@ -76,7 +184,9 @@ func (p *Parked) Cancel(err error) {
 func (p *Parked) signal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.kickLocked()
+	if p.detached {
+		p.kickLocked()
+	}
 }
 
 // kickLocked makes sure a worker looks at the poll after this moment.

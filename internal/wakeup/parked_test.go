@@ -220,3 +220,77 @@ func TestParkFirstCheckRunsAfterTimeout(t *testing.T) {
 		require.Equal(t, int32(1), checks.Load())
 	})
 }
+
+// Begin checks on the caller's goroutine; Linger waits there for a while,
+// checking after wake-ups; Detach then waits without a goroutine until the
+// original timeout, and a wake-up that came in between is not lost.
+func TestBeginLingerDetach(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		var checks atomic.Int32
+		found := atomic.Bool{}
+		check := func(context.Context) (bool, error) {
+			checks.Add(1)
+			return found.Load(), nil
+		}
+		p, done, err := h.Begin(context.Background(), time.Minute, []Key{DeviceKey(1)}, check)
+		require.NoError(t, err)
+		require.False(t, done)
+		require.NotNil(t, p)
+
+		start := time.Now()
+		done, err, more := p.Linger(context.Background(), time.Second)
+		require.NoError(t, err)
+		require.False(t, done)
+		require.True(t, more, "still waiting after the linger")
+		require.Equal(t, time.Second, time.Since(start))
+		require.Equal(t, int32(1), checks.Load())
+
+		found.Store(true)
+		h.Wake(DeviceKey(1)) // between the linger and the detach
+		c := make(chan parkResult, 2)
+		p.Detach(context.Background(), func(done bool, err error) { c <- parkResult{done, err} })
+		require.Equal(t, parkResult{done: true}, <-c)
+		require.Equal(t, int32(2), checks.Load())
+		require.Equal(t, 0, h.Len())
+	})
+}
+
+// A detached poll of Begin's times out at Begin's deadline, not a full
+// timeout after the detach; a Cancel that came before the detach ends it.
+func TestDetachKeepsDeadlineAndCancel(t *testing.T) {
+	nothing := func(context.Context) (bool, error) { return false, nil }
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		start := time.Now()
+		p, _, _ := h.Begin(context.Background(), 10*time.Second, []Key{DeviceKey(1)}, nothing)
+		_, _, more := p.Linger(context.Background(), 4*time.Second)
+		require.True(t, more)
+		c := make(chan parkResult, 1)
+		p.Detach(context.Background(), func(done bool, err error) { c <- parkResult{done, err} })
+		require.Equal(t, parkResult{}, <-c)
+		require.Equal(t, 10*time.Second, time.Since(start))
+	})
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		p, _, _ := h.Begin(context.Background(), time.Minute, []Key{DeviceKey(1)}, nothing)
+		gone := errors.New("gone")
+		p.Cancel(gone)
+		c := make(chan parkResult, 1)
+		p.Detach(context.Background(), func(done bool, err error) { c <- parkResult{done, err} })
+		require.Equal(t, parkResult{err: gone}, <-c)
+	})
+}
+
+// A linger as long as the timeout ends the poll (more false).
+func TestLingerToTheTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		p, _, _ := h.Begin(context.Background(), time.Second, []Key{DeviceKey(1)}, func(context.Context) (bool, error) { return false, nil })
+		done, err, more := p.Linger(context.Background(), time.Minute)
+		require.NoError(t, err)
+		require.False(t, done)
+		require.False(t, more)
+		require.Equal(t, 0, h.Len())
+	})
+}
