@@ -68,6 +68,28 @@ func (c *rawClient) read() (*http.Response, []byte) {
 	return resp, body
 }
 
+// versions asks for /versions on the connection and requires 200: the
+// connection still serves requests.
+func (c *rawClient) versions() {
+	c.t.Helper()
+	c.write("GET /_matrix/client/versions HTTP/1.1\r\nHost: todeviced\r\n\r\n")
+	resp, _ := c.read()
+	require.Equal(c.t, http.StatusOK, resp.StatusCode)
+}
+
+// initialSync syncs tok once without waiting and returns its next_batch.
+func (c *rawClient) initialSync(tok string) string {
+	c.t.Helper()
+	c.write(syncRequest(tok, "", 0, ""))
+	_, body := c.read()
+	return decodeSync(c.t, body).NextBatch
+}
+
+// sqliteInstance starts an instance on a fresh SQLite database.
+func sqliteInstance(t *testing.T, opts server.Options) *servertest.Instance {
+	return servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), opts)
+}
+
 type rawSync struct {
 	NextBatch string `json:"next_batch"`
 	ToDevice  struct {
@@ -136,12 +158,10 @@ func TestParkedLongPollAnswersOnItsConnection(t *testing.T) {
 // A parked long-poll that nothing wakes answers empty at its timeout, with
 // the since it was given, and keeps its connection.
 func TestParkedLongPollTimesOut(t *testing.T) {
-	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in := sqliteInstance(t, server.Options{})
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	c := dialRaw(t, in)
-	c.write(syncRequest("tok-b", "", 0, ""))
-	_, body := c.read()
-	since := decodeSync(t, body).NextBatch
+	since := c.initialSync("tok-b")
 
 	c.write(syncRequest("tok-b", since, 300, ""))
 	resp, body := c.read()
@@ -151,21 +171,17 @@ func TestParkedLongPollTimesOut(t *testing.T) {
 	require.Equal(t, since, got.NextBatch)
 	waitParked(t, in, 0)
 
-	c.write("GET /_matrix/client/versions HTTP/1.1\r\nHost: todeviced\r\n\r\n")
-	resp, _ = c.read()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	c.versions()
 }
 
 // A request the client pipelined behind a parked long-poll is read by the
 // server the poll hands the connection back to, in order.
 func TestParkedLongPollKeepsPipelinedRequest(t *testing.T) {
-	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in := sqliteInstance(t, server.Options{})
 	in.PutDevice(t, "@a:localhost", "A", "tok-a")
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	c := dialRaw(t, in)
-	c.write(syncRequest("tok-b", "", 0, ""))
-	_, body := c.read()
-	since := decodeSync(t, body).NextBatch
+	since := c.initialSync("tok-b")
 
 	c.write(syncRequest("tok-b", since, 60_000, "") + "GET /_matrix/client/versions HTTP/1.1\r\nHost: todeviced\r\n\r\n")
 	waitParked(t, in, 1)
@@ -182,13 +198,10 @@ func TestParkedLongPollKeepsPipelinedRequest(t *testing.T) {
 // sweep: its poll leaves the hub and is counted as 499, without waiting
 // for its timeout.
 func TestParkedLongPollClientGone(t *testing.T) {
-	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")),
-		server.Options{Parking: httpapi.ParkingConfig{Sweep: 20 * time.Millisecond}})
+	in := sqliteInstance(t, server.Options{Parking: httpapi.ParkingConfig{Sweep: 20 * time.Millisecond}})
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	c := dialRaw(t, in)
-	c.write(syncRequest("tok-b", "", 0, ""))
-	_, body := c.read()
-	c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 300_000, ""))
+	c.write(syncRequest("tok-b", c.initialSync("tok-b"), 300_000, ""))
 	waitParked(t, in, 1)
 	require.NoError(t, c.conn.Close())
 	waitParked(t, in, 0)
@@ -200,12 +213,10 @@ func TestParkedLongPollClientGone(t *testing.T) {
 // A device deleted while its long-poll is parked gets the same error as on
 // a goroutine, written by the parked answer.
 func TestParkedLongPollDeviceDeleted(t *testing.T) {
-	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in := sqliteInstance(t, server.Options{})
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	c := dialRaw(t, in)
-	c.write(syncRequest("tok-b", "", 0, ""))
-	_, body := c.read()
-	c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 300_000, ""))
+	c.write(syncRequest("tok-b", c.initialSync("tok-b"), 300_000, ""))
 	waitParked(t, in, 1)
 	in.DeleteDevice(t, "@b:localhost", "B")
 	resp, body := c.read()
@@ -216,12 +227,10 @@ func TestParkedLongPollDeviceDeleted(t *testing.T) {
 // Shutdown answers parked long-polls (empty, so clients come back
 // elsewhere) and closes their connections.
 func TestParkedLongPollShutdown(t *testing.T) {
-	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in := sqliteInstance(t, server.Options{})
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	c := dialRaw(t, in)
-	c.write(syncRequest("tok-b", "", 0, ""))
-	_, body := c.read()
-	c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 300_000, ""))
+	c.write(syncRequest("tok-b", c.initialSync("tok-b"), 300_000, ""))
 	waitParked(t, in, 1)
 	stopped := make(chan struct{})
 	go func() { in.Stop(t); close(stopped) }()
@@ -325,15 +334,13 @@ func BenchmarkParkedSyncMemory(b *testing.B) {
 // is answered 401 there, on the parked connection, which then serves the
 // next request.
 func TestParkedLongPollUnknownToken(t *testing.T) {
-	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in := sqliteInstance(t, server.Options{})
 	c := dialRaw(t, in)
 	c.write(syncRequest("no-such-token", "", 60_000, ""))
 	resp, body := c.read()
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s", body)
 	require.Contains(t, string(body), "M_UNKNOWN_TOKEN")
-	c.write("GET /_matrix/client/versions HTTP/1.1\r\nHost: todeviced\r\n\r\n")
-	resp, _ = c.read()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	c.versions()
 }
 
 // A remembered token that has moved to another device (the internal API
@@ -342,7 +349,7 @@ func TestParkedLongPollUnknownToken(t *testing.T) {
 // goes on parked as C, whose message ends it; B's message is not handed to
 // C.
 func TestParkedLongPollTokenMovedToAnotherDevice(t *testing.T) {
-	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), server.Options{})
+	in := sqliteInstance(t, server.Options{})
 	in.PutDevice(t, "@a:localhost", "A", "tok-a")
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	c := dialRaw(t, in)
@@ -373,8 +380,7 @@ func TestParkedLongPollTokenMovedToAnotherDevice(t *testing.T) {
 // lingerInstance starts an instance whose /sync of a remembered token
 // waits on its goroutine for linger before parking, in slots slots.
 func lingerInstance(t *testing.T, linger time.Duration, slots int) *servertest.Instance {
-	in := servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")),
-		server.Options{Parking: httpapi.ParkingConfig{Linger: linger, LingerSlots: slots}})
+	in := sqliteInstance(t, server.Options{Parking: httpapi.ParkingConfig{Linger: linger, LingerSlots: slots}})
 	in.PutDevice(t, "@a:localhost", "A", "tok-a")
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	in.PutDevice(t, "@b:localhost", "C", "tok-c")
@@ -388,9 +394,7 @@ func TestLingeringSync(t *testing.T) {
 	t.Run("answered while lingering", func(t *testing.T) {
 		in := lingerInstance(t, time.Hour, 0)
 		c := dialRaw(t, in)
-		c.write(syncRequest("tok-b", "", 0, "")) // remembers tok-b
-		_, body := c.read()
-		c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 60_000, ""))
+		c.write(syncRequest("tok-b", c.initialSync("tok-b"), 60_000, "")) // remembered by the first
 		servertest.WaitFor(t, "the sync to wait", func() bool { return in.Server.Hub().Len() == 1 })
 		require.Equal(t, 0, in.Server.Parking().Len(), "lingering, not parked")
 		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
@@ -402,9 +406,7 @@ func TestLingeringSync(t *testing.T) {
 	t.Run("parked after the linger", func(t *testing.T) {
 		in := lingerInstance(t, 20*time.Millisecond, 0)
 		c := dialRaw(t, in)
-		c.write(syncRequest("tok-b", "", 0, ""))
-		_, body := c.read()
-		c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 60_000, ""))
+		c.write(syncRequest("tok-b", c.initialSync("tok-b"), 60_000, ""))
 		waitParked(t, in, 1)
 		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
 		resp, body := c.read()
@@ -434,9 +436,7 @@ func TestLingeringSync(t *testing.T) {
 	t.Run("token revoked while lingering", func(t *testing.T) {
 		in := lingerInstance(t, time.Hour, 0)
 		c := dialRaw(t, in)
-		c.write(syncRequest("tok-b", "", 0, ""))
-		_, body := c.read()
-		c.write(syncRequest("tok-b", decodeSync(t, body).NextBatch, 60_000, ""))
+		c.write(syncRequest("tok-b", c.initialSync("tok-b"), 60_000, ""))
 		servertest.WaitFor(t, "the sync to linger", func() bool { return in.Server.Hub().Len() == 1 })
 		in.DeleteDevice(t, "@b:localhost", "B") // wakes B: the next check's guard fails
 		resp, body := c.read()
