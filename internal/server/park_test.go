@@ -163,7 +163,9 @@ func TestParkedLongPollTimesOut(t *testing.T) {
 	c := dialRaw(t, in)
 	since := c.initialSync("tok-b")
 
-	c.write(syncRequest("tok-b", since, 300, ""))
+	c.write(syncRequest("tok-b", since, 2000, ""))
+	waitParked(t, in, 1)
+	require.Equal(t, float64(1), metric(t, in.Server.Registry(), "todeviced_http_parked_syncs"))
 	resp, body := c.read()
 	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
 	got := decodeSync(t, body)

@@ -163,6 +163,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 	}
 	if cfg.ParkLongPolls {
 		s.parking = httpapi.NewParking(log, s.hub, opts.Parking)
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "todeviced_http_parked_syncs",
+			Help: "HTTP/1.1 syncs whose connection the wake-up hub holds (--park-long-polls): waiting with no goroutine, or queued for a worker.",
+		}, func() float64 { return float64(s.parking.Len()) }))
 	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		Parking:    s.parking,
