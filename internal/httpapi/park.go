@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/todeviced/todeviced/internal/devicesync"
+	"github.com/todeviced/todeviced/internal/matrix"
 	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
@@ -236,8 +237,31 @@ func (p *Parking) park(w http.ResponseWriter, r *http.Request, start func(ps *pa
 	p.mu.Lock()
 	p.parked[ps] = struct{}{}
 	p.mu.Unlock()
-	p.hub.Go(func() { start(ps) })
+	p.hub.Go(func() {
+		defer ps.recoverWorker()
+		start(ps)
+	})
 	return true
+}
+
+// recoverWorker answers a parked request whose work panicked on a worker
+// (its start, or the answer when its poll ended) with 500, as the observe
+// middleware does for a handler, instead of losing the process: workers
+// run under no middleware. Deferred, on the worker.
+func (ps *parkedSync) recoverWorker() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	ps.p.log.Error("parked request panicked", "route", ps.rec.route, "panic", v)
+	ps.mu.Lock()
+	finished := ps.finished
+	ps.mu.Unlock()
+	if !finished {
+		ps.respond(func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusInternalServerError, errorBody{Errcode: matrix.Unknown, Error: "Internal server error."})
+		})
+	}
 }
 
 // ctx is the context a parked request's work runs with: it never ends.

@@ -193,6 +193,7 @@ func (a *api) parkedSyncAs(ps *parkedSync, tok string, q syncParams, auth device
 // nothing, a failed guard a second chance (once), anything else its answer.
 func (a *api) parkedFinish(ps *parkedSync, tok string, q syncParams, auth devicelists.Auth, again bool) func(devicesync.Result, error) {
 	return func(res devicesync.Result, err error) {
+		defer ps.recoverWorker()
 		switch {
 		case errors.Is(err, errClientGone):
 			ps.abandon()

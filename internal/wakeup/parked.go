@@ -2,6 +2,7 @@ package wakeup
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -220,7 +221,7 @@ func (p *Parked) runOnce() {
 	case <-p.h.closed:
 		if first {
 			// Even a closing hub's answer carries a position.
-			done, err = p.check(p.ctx)
+			done, err = p.safeCheck()
 		}
 	default:
 		switch {
@@ -228,7 +229,7 @@ func (p *Parked) runOnce() {
 			err = canceled
 		case timedOut && !first:
 		default:
-			done, err = p.check(p.ctx)
+			done, err = p.safeCheck()
 			end = done || err != nil || timedOut || p.timeout <= 0
 		}
 	}
@@ -244,6 +245,18 @@ func (p *Parked) runOnce() {
 		return
 	}
 	p.running = false
+}
+
+// safeCheck runs the check on a worker: a panic in it ends this poll with
+// an error (its owner answers 500) instead of the process, as net/http's
+// recovery would for a request on its own goroutine.
+func (p *Parked) safeCheck() (done bool, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			done, err = false, fmt.Errorf("long-poll check panicked: %v", v)
+		}
+	}()
+	return p.check(p.ctx)
 }
 
 // maxParkedWorkers bounds the goroutines checking parked polls. Checks

@@ -294,3 +294,17 @@ func TestLingerToTheTimeout(t *testing.T) {
 		require.Equal(t, 0, h.Len())
 	})
 }
+
+// A check that panics on a worker ends its poll with an error, not the
+// process.
+func TestParkCheckPanic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub()
+		_, c := park(h, time.Minute, DeviceKey(1), func(context.Context) (bool, error) { panic("boom") })
+		r := <-c
+		require.False(t, r.done)
+		require.ErrorContains(t, r.err, "boom")
+		synctest.Wait()
+		require.Equal(t, 0, h.Len())
+	})
+}
