@@ -319,8 +319,8 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	// HTTP/1.1 and, for a reverse proxy that speaks it upstream (Envoy,
 	// Caddy, HAProxy), HTTP/2 without TLS (prior knowledge): many long-polls
-	// then share a few connections instead of holding one each, with its
-	// buffers and two goroutines.
+	// then share a few connections. Waiting HTTP/1.1 syncs are parked
+	// (httpapi.Parking) and cost less than an h2c stream's goroutine.
 	api.Protocols = new(http.Protocols)
 	api.Protocols.SetHTTP1(true)
 	api.Protocols.SetUnencryptedHTTP2(true)
