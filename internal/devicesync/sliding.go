@@ -110,6 +110,40 @@ type ExtensionsResult struct {
 //     only device-list changes end the wait;
 //   - a Lists position above the device-list head is CodeUnknownPos.
 func (s *Service) Extensions(ctx context.Context, req ExtensionsRequest) (ExtensionsResult, error) {
+	sreq, err := s.extensionsSync(req)
+	if err != nil {
+		return ExtensionsResult{}, err
+	}
+	res, err := s.Sync(ctx, sreq)
+	if retry, ok := extensionsRetry(req, sreq, err); ok {
+		sreq = retry
+		res, err = s.Sync(ctx, sreq)
+	}
+	return extensionsResult(req, sreq, res, err)
+}
+
+// ParkExtensions is Extensions waiting without a goroutine (Park): finish
+// is called once, on the wake-up hub's workers, with what Extensions would
+// have returned. req.Timeout must be positive. The returned Waiting is for
+// Cancel; it is the first sync's, and after a retry (an initial inbox sync
+// after a refused since) the retry is not cancellable: it waits out its
+// timeout, as a poll on a goroutine would.
+func (s *Service) ParkExtensions(ctx context.Context, req ExtensionsRequest, finish func(ExtensionsResult, error)) (*Waiting, error) {
+	sreq, err := s.extensionsSync(req)
+	if err != nil {
+		return nil, err
+	}
+	return s.Park(ctx, sreq, func(res Result, err error) {
+		if retry, ok := extensionsRetry(req, sreq, err); ok {
+			s.Park(ctx, retry, func(res Result, err error) { finish(extensionsResult(req, retry, res, err)) })
+			return
+		}
+		finish(extensionsResult(req, sreq, res, err))
+	}), nil
+}
+
+// extensionsSync is the sync an extensions request makes.
+func (s *Service) extensionsSync(req ExtensionsRequest) (Request, error) {
 	sreq := Request{Device: req.Device, ToDevice: inbox.Position{NID: req.Device.NID}, Timeout: req.Timeout}
 	if req.E2EE {
 		sreq.Lists = req.Lists
@@ -119,7 +153,7 @@ func (s *Service) Extensions(ctx context.Context, req ExtensionsRequest) (Extens
 		if req.ToDevice.Since != "" {
 			td, err := parseToDeviceSince(s.Epoch(), req.Device, req.ToDevice.Since)
 			if err != nil {
-				return ExtensionsResult{}, err
+				return Request{}, err
 			}
 			sreq.ToDevice = td
 		}
@@ -130,16 +164,24 @@ func (s *Service) Extensions(ctx context.Context, req ExtensionsRequest) (Extens
 	} else {
 		sreq.ListsOnly = true
 	}
-	res, err := s.Sync(ctx, sreq)
+	return sreq, nil
+}
+
+// extensionsRetry says whether a sync that failed with err is made again
+// as an initial inbox sync, and returns it: the store refuses a
+// never-issued to-device since before deleting anything (M_INVALID_PARAM);
+// so does devicelists for a device-list position above the head. If the
+// device-list position was at fault, the retry fails again the same way.
+func extensionsRetry(req ExtensionsRequest, sreq Request, err error) (Request, bool) {
 	if e, ok := matrix.AsError(err); ok && e.Code == matrix.InvalidParam && sreq.ToDevice.Hi > 0 {
-		// The store refuses a never-issued to-device since before deleting
-		// anything (M_INVALID_PARAM); so does devicelists for a
-		// device-list position above the head. Once more as an initial
-		// inbox sync: if the device-list position was at fault, it fails
-		// again the same way.
 		sreq.ToDevice = inbox.Position{NID: req.Device.NID}
-		res, err = s.Sync(ctx, sreq)
+		return sreq, true
 	}
+	return Request{}, false
+}
+
+// extensionsResult is the extensions' answer to what their sync returned.
+func extensionsResult(req ExtensionsRequest, sreq Request, res Result, err error) (ExtensionsResult, error) {
 	if e, ok := matrix.AsError(err); ok && e.Code == matrix.InvalidParam && sreq.Lists.Incremental {
 		return ExtensionsResult{}, matrix.Errorf(CodeUnknownPos, "The connection's device-list position %d is ahead of this server; start over.", sreq.Lists.Pos)
 	}

@@ -150,18 +150,41 @@ func (a *api) slidingSync(w http.ResponseWriter, r *http.Request) {
 		// continuing one waits for something new.
 		req.Timeout = timeout
 	}
-	res, err := a.devsync.Extensions(r.Context(), req)
-	if err != nil {
-		if errors.Is(err, devicesync.ErrDeviceGone) {
-			err = matrix.Errorf(matrix.UnknownToken, "The device was deleted.")
+	answer := func(w http.ResponseWriter, r *http.Request, res devicesync.ExtensionsResult, err error) {
+		if err != nil {
+			if errors.Is(err, devicesync.ErrDeviceGone) {
+				err = matrix.Errorf(matrix.UnknownToken, "The device was deleted.")
+			}
+			writeError(w, r, a.log, err)
+			return
 		}
-		writeError(w, r, a.log, err)
+		writeJSON(w, http.StatusOK, slidingSyncBody{
+			Pos:        devicesync.FormatPos(epoch, dev, b.ConnID, devicesync.Pos{Lists: res.ListsHead, Issued: now.Unix()}),
+			Extensions: slidingExtensionsBody(res),
+		})
+	}
+	// A waiting HTTP/1.1 connection is parked, as a /sync's is (park.go;
+	// the body has been read): the wait holds no goroutine.
+	if req.Timeout > 0 && a.cfg.Parking.park(w, r, func(ps *parkedSync) {
+		finish := func(res devicesync.ExtensionsResult, err error) {
+			defer ps.recoverWorker()
+			if errors.Is(err, errClientGone) {
+				ps.abandon()
+				return
+			}
+			ps.respond(func(w http.ResponseWriter, r *http.Request) { answer(w, r, res, err) })
+		}
+		wait, err := a.devsync.ParkExtensions(ps.ctx(), req, finish)
+		if err != nil {
+			finish(devicesync.ExtensionsResult{}, err)
+			return
+		}
+		ps.setWait(wait)
+	}) {
 		return
 	}
-	writeJSON(w, http.StatusOK, slidingSyncBody{
-		Pos:        devicesync.FormatPos(epoch, dev, b.ConnID, devicesync.Pos{Lists: res.ListsHead, Issued: now.Unix()}),
-		Extensions: slidingExtensionsBody(res),
-	})
+	res, err := a.devsync.Extensions(r.Context(), req)
+	answer(w, r, res, err)
 }
 
 type internalExtensionsBody struct {

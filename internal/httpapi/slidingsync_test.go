@@ -469,3 +469,32 @@ func TestSlidingSyncLongPollOutlivesTheBodyDeadline(t *testing.T) {
 		require.Equal(t, []int{9}, ns((<-got).Extensions.ToDevice.Events))
 	})
 }
+
+// A waiting sliding-sync request over HTTP/1.1 is parked like a /sync: the
+// wait holds no goroutine, and the message that wakes it is answered on
+// the parked connection with a pos and a next_batch that work.
+func TestSlidingSyncWaitParks(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := start(t, b)
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		first := ss(t, in, "tok-bob", "", 0, ssBody(true, "", 100, true))
+
+		got := make(chan servertest.Response, 1)
+		go func() {
+			got <- rawSS(context.Background(), t, in, "tok-bob", first.Pos, time.Minute, ssBody(true, first.Extensions.ToDevice.NextBatch, 100, true))
+		}()
+		servertest.WaitFor(t, "the sliding sync to park", func() bool {
+			return in.Server.Parking().Len() == 1 && in.Server.Hub().Len() == 1
+		})
+		sendN(t, in, 0, 1, "w")
+		r := <-got
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		var s ssResponse
+		require.NoError(t, json.Unmarshal(r.Body, &s))
+		require.Equal(t, []int{0}, ns(s.Extensions.ToDevice.Events))
+		require.NotNil(t, s.Extensions.E2EE)
+		next := ss(t, in, "tok-bob", s.Pos, 0, ssBody(true, s.Extensions.ToDevice.NextBatch, 100, true))
+		require.Empty(t, next.Extensions.ToDevice.Events, "the parked answer's next_batch acknowledged it")
+	})
+}
