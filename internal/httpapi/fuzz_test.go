@@ -1,12 +1,17 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/todeviced/todeviced/internal/server"
@@ -130,5 +135,46 @@ func FuzzInternalAPI(f *testing.F) {
 		if s.Status != http.StatusOK {
 			t.Fatalf("bob's sync after %s %s: %d %s", method, path, s.Status, s.Body)
 		}
+	})
+}
+
+// FuzzParkedSync drives the parked /sync (the path every HTTP/1.1 sync of
+// the real listener takes) with a fuzzed token, since and timeout, and
+// bytes pipelined behind the request, over one raw connection: the answer
+// must be well-formed HTTP with a JSON body and no 5xx, whatever follows.
+func FuzzParkedSync(f *testing.F) {
+	in := fuzzInstance(f)
+	tok := in.Sync(f, "tok-bob", "", 0).NextBatch
+	f.Add("tok-bob", tok, "5", "")
+	f.Add("tok-bob", "", "0", "GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n")
+	f.Add("no-such", tok, "10", "garbage\r\n\r\n")
+	f.Add("tok-bob\x00", "\xff", "-1", "")
+	f.Add("tok-alice", tok, "99999999999999999999", "")
+	host := strings.TrimPrefix(in.URL, "http://")
+	f.Fuzz(func(t *testing.T, token, since, timeout, trailer string) {
+		if n, err := strconv.ParseInt(timeout, 10, 64); err == nil && n > 20 {
+			timeout = "20" // a valid timeout waits: keep the fuzzer quick
+		}
+		q := url.Values{"since": {since}, "timeout": {timeout}}
+		conn, err := net.Dial("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		req := "GET /_matrix/client/v3/sync?" + q.Encode() + " HTTP/1.1\r\nHost: todeviced\r\nAuthorization: Bearer " +
+			url.QueryEscape(token) + "\r\n\r\n" + trailer
+		if _, err := io.WriteString(conn, req); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("no HTTP answer: %v", err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("reading the answer: %v", err)
+		}
+		checkAnswer(t, "parked sync", servertest.Response{Status: resp.StatusCode, Header: resp.Header, Body: body})
 	})
 }

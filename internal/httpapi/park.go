@@ -55,6 +55,8 @@ type Parking struct {
 	// linger and lingering: syncLingering's time and slots.
 	linger    time.Duration
 	lingering chan struct{}
+	// maxQueued bounds the work waiting for the hub's workers (park).
+	maxQueued int
 	idle      *sync.Cond // signalled when parked empties
 	stop      chan struct{}
 }
@@ -70,6 +72,14 @@ const (
 	lingerFor   = 100 * time.Millisecond
 	lingerSlots = 256
 )
+
+// maxQueued bounds the work waiting for the hub's workers: a parked
+// request waits there until its token is checked, so without a bound a
+// flood of requests with made-up tokens would queue as many as the
+// connections allow. 65 536 is six times the herd of 10 000 clients
+// reconnecting at once; a request over it is refused 429 with
+// Retry-After, before anything is read from the database.
+const maxQueued = 1 << 16
 
 // writeTimeout bounds the write of a parked poll's answer.
 const writeTimeout = 30 * time.Second
@@ -87,6 +97,9 @@ type ParkingConfig struct {
 	Linger time.Duration
 	// LingerSlots is how many syncs may linger at once (lingerSlots).
 	LingerSlots int
+	// MaxQueued is how much work may wait for the hub's workers before
+	// a request that would be parked is refused (maxQueued).
+	MaxQueued int
 }
 
 // NewParking returns a Parking that parks nothing until Listener has
@@ -108,7 +121,10 @@ func NewParking(log *slog.Logger, hub *wakeup.Hub, cfg ParkingConfig) *Parking {
 	if cfg.Linger < 0 {
 		cfg.LingerSlots = 0
 	}
-	p := &Parking{log: log, hub: hub, interval: cfg.Sweep, linger: cfg.Linger, lingering: make(chan struct{}, cfg.LingerSlots),
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = maxQueued
+	}
+	p := &Parking{log: log, hub: hub, interval: cfg.Sweep, linger: cfg.Linger, lingering: make(chan struct{}, cfg.LingerSlots), maxQueued: cfg.MaxQueued,
 		parked: map[*parkedSync]struct{}{}, stop: make(chan struct{})}
 	p.idle = sync.NewCond(&p.mu)
 	return p
@@ -212,10 +228,18 @@ type parkedSync struct {
 // the wake-up hub's workers, with the parked request; start must end with
 // a call of its respond or abandon, now or later (after a devicesync.Park,
 // whose Waiting it hands to setWait). park returns false, having changed
-// nothing, when it cannot (then the caller serves the request as usual).
+// nothing, when it cannot (then the caller serves the request as usual),
+// and true when it took the request: parked it, or refused it 429 because
+// too much work waits for the workers (maxQueued).
 func (p *Parking) park(w http.ResponseWriter, r *http.Request, start func(ps *parkedSync)) bool {
 	if !p.parkable(r) {
 		return false
+	}
+	if p.hub.Queued() >= p.maxQueued {
+		e := matrix.Errorf(matrix.LimitExceeded, "Too many syncs are waiting for the server; retry shortly.")
+		e.RetryAfter = time.Second
+		writeError(w, r, p.log, e)
+		return true
 	}
 	rec := recorderOf(w)
 	if rec == nil {

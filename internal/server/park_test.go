@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/todeviced/todeviced/internal/httpapi"
 	"github.com/todeviced/todeviced/internal/server"
 	"github.com/todeviced/todeviced/internal/servertest"
+	"github.com/todeviced/todeviced/internal/wakeup"
 )
 
 // rawClient speaks HTTP/1.1 on one TCP connection it controls, so tests
@@ -445,4 +447,33 @@ func TestLingeringSync(t *testing.T) {
 		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s", body)
 		require.Contains(t, string(body), "M_UNKNOWN_TOKEN")
 	})
+}
+
+// A flood of syncs with made-up tokens, while the workers are busy, queues
+// up to the bound and no further: the next is refused 429 with
+// Retry-After before anything is read, and the connection stays usable.
+func TestParkedQueueIsBounded(t *testing.T) {
+	in := sqliteInstance(t, server.Options{Parking: httpapi.ParkingConfig{MaxQueued: 2}})
+	hub := in.Server.Hub()
+	release := make(chan struct{})
+	defer close(release)
+	var busy atomic.Int32
+	for range wakeup.MaxParkedWorkers {
+		hub.Go(func() {
+			busy.Add(1)
+			<-release
+		})
+	}
+	servertest.WaitFor(t, "every worker busy", func() bool { return busy.Load() == wakeup.MaxParkedWorkers })
+	hub.Go(func() {})
+	hub.Go(func() {})
+	require.Equal(t, 2, hub.Queued())
+	c := dialRaw(t, in)
+	c.write(syncRequest("made-up", "", 30_000, ""))
+	resp, body := c.read()
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "%s", body)
+	require.Contains(t, string(body), "M_LIMIT_EXCEEDED")
+	require.Equal(t, "1", resp.Header.Get("Retry-After"))
+	require.Equal(t, 0, in.Server.Parking().Len())
+	c.versions()
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // Parked is a long-poll that waits without a goroutine (Hub.Park). Its
-// checks run on the hub's workers, at most maxParkedWorkers goroutines
+// checks run on the hub's workers, at most MaxParkedWorkers goroutines
 // whatever the number of polls: the first at once, the next after each
 // wake-up. When a check finds something or fails, the timeout passes, the
 // hub closes or Cancel is called, finish is called once, on a worker, with
@@ -259,11 +259,12 @@ func (p *Parked) safeCheck() (done bool, err error) {
 	return p.check(p.ctx)
 }
 
-// maxParkedWorkers bounds the goroutines checking parked polls. Checks
+// MaxParkedWorkers bounds the goroutines checking parked polls (and
+// running Go's functions). Checks
 // read the database, whose pool is the real bound; a herd of polls (every
 // client reconnecting after a restart) waits in the queue as a few small
 // objects each, not as thousands of goroutines queueing for a connection.
-const maxParkedWorkers = 32
+const MaxParkedWorkers = 32
 
 // task is what the workers run: a parked poll's check, or Go's function.
 type task interface{ run() }
@@ -280,12 +281,19 @@ func (f funcTask) run() { f() }
 // the database (internal/httpapi's parked /sync authenticates there).
 func (h *Hub) Go(f func()) { h.enqueue(funcTask(f)) }
 
+// Queued is how many checks and functions wait for a worker.
+func (h *Hub) Queued() int {
+	h.runMu.Lock()
+	defer h.runMu.Unlock()
+	return len(h.runq)
+}
+
 // enqueue queues t for a worker, starting one if fewer than
-// maxParkedWorkers run. Workers exit when the queue is empty.
+// MaxParkedWorkers run. Workers exit when the queue is empty.
 func (h *Hub) enqueue(t task) {
 	h.runMu.Lock()
 	h.runq = append(h.runq, t)
-	start := h.workers < maxParkedWorkers
+	start := h.workers < MaxParkedWorkers
 	if start {
 		h.workers++
 	}

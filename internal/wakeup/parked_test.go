@@ -142,7 +142,7 @@ func TestParkEnds(t *testing.T) {
 }
 
 // However many polls are parked and woken at once, at most
-// maxParkedWorkers goroutines check them, and every one is answered.
+// MaxParkedWorkers goroutines check them, and every one is answered.
 func TestParkBoundsWorkers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := NewHub()
@@ -165,12 +165,12 @@ func TestParkBoundsWorkers(t *testing.T) {
 			}, func(done bool, err error) { results <- parkResult{done, err} })
 		}
 		synctest.Wait()
-		require.Equal(t, int32(maxParkedWorkers), running.Load())
+		require.Equal(t, int32(MaxParkedWorkers), running.Load())
 		close(release)
 		for range n {
 			require.Equal(t, parkResult{done: true}, <-results)
 		}
-		require.LessOrEqual(t, most.Load(), int32(maxParkedWorkers))
+		require.LessOrEqual(t, most.Load(), int32(MaxParkedWorkers))
 		synctest.Wait()
 		require.Equal(t, 0, h.workers, "workers exit when the queue is empty")
 	})
@@ -201,7 +201,7 @@ func TestParkFirstCheckRunsAfterTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := NewHub()
 		release := make(chan struct{})
-		for i := range maxParkedWorkers {
+		for i := range MaxParkedWorkers {
 			h.Park(context.Background(), time.Hour, []Key{DeviceKey(int64(100 + i))}, func(context.Context) (bool, error) {
 				<-release
 				return true, nil
