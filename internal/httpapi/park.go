@@ -491,18 +491,18 @@ func (b *bufferedResponse) writeTo(c net.Conn, keepAlive bool) error {
 	if !keepAlive {
 		h.Set("Connection", "close")
 	}
-	var out bytes.Buffer
-	out.Grow(b.body.Len() + 256)
-	fmt.Fprintf(&out, "HTTP/1.1 %d %s\r\n", b.status, http.StatusText(b.status))
-	if err := h.Write(&out); err != nil {
+	var head bytes.Buffer
+	fmt.Fprintf(&head, "HTTP/1.1 %d %s\r\n", b.status, http.StatusText(b.status))
+	if err := h.Write(&head); err != nil {
 		return err
 	}
-	out.WriteString("\r\n")
-	out.Write(b.body.Bytes())
+	head.WriteString("\r\n")
 	if err := c.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
 		return err
 	}
-	if _, err := c.Write(out.Bytes()); err != nil {
+	// The head and the body in one write (writev), the body not copied.
+	bufs := net.Buffers{head.Bytes(), b.body.Bytes()}
+	if _, err := bufs.WriteTo(c); err != nil {
 		return err
 	}
 	return c.SetDeadline(time.Time{})

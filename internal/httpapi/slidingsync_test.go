@@ -386,17 +386,7 @@ func TestInternalSyncExtensions(t *testing.T) {
 		shareEncryptedRoom(t, in)
 		sendN(t, in, 0, 3, "i")
 		type answer struct {
-			Extensions struct {
-				ToDevice *struct {
-					NextBatch string             `json:"next_batch"`
-					Events    []servertest.Event `json:"events"`
-				} `json:"to_device"`
-				E2EE *struct {
-					DeviceLists *struct {
-						Changed []string `json:"changed"`
-					} `json:"device_lists"`
-				} `json:"e2ee"`
-			} `json:"extensions"`
+			ssResponse
 			DeviceListsNextBatch string `json:"device_lists_next_batch"`
 		}
 		call := func(q string, body any) (servertest.Response, answer) {
