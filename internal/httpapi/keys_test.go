@@ -224,16 +224,24 @@ func TestKeysUploadRefusesBadInput(t *testing.T) {
 	})
 }
 
+// aliceUploaded starts an instance with alice (A1, tok-alice) and bob
+// (B1, tok-bob), A1 having uploaded its device keys and two one-time keys.
+func aliceUploaded(t *testing.T, b servertest.Backend) (*servertest.Instance, *servertest.E2EDevice) {
+	t.Helper()
+	in := start(t, b)
+	in.PutDevice(t, alice, "A1", "tok-alice")
+	in.PutDevice(t, bob, "B1", "tok-bob")
+	a1 := servertest.NewE2EDevice(alice, "A1")
+	r := in.Do(t, http.MethodPost, uploadPath, "tok-alice", map[string]any{"device_keys": a1.DeviceKeys(), "one_time_keys": a1.OneTimeKeys(0, 2)})
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	return in, a1
+}
+
 // A claim or an upload ends a waiting /sync of the device: its counts
 // changed.
 func TestKeyCountsWakeSync(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		in := start(t, b)
-		in.PutDevice(t, alice, "A1", "tok-alice")
-		in.PutDevice(t, bob, "B1", "tok-bob")
-		a1 := servertest.NewE2EDevice(alice, "A1")
-		r := in.Do(t, http.MethodPost, uploadPath, "tok-alice", map[string]any{"device_keys": a1.DeviceKeys(), "one_time_keys": a1.OneTimeKeys(0, 2)})
-		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		in, a1 := aliceUploaded(t, b)
 		s := syncKeys(t, in, "tok-alice", "", 0)
 
 		for _, change := range []func(){
@@ -263,12 +271,7 @@ func TestKeyCountsWakeSync(t *testing.T) {
 // counts and is woken by a claim too.
 func TestSlidingSyncE2EEKeyCountsWake(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		in := start(t, b)
-		in.PutDevice(t, alice, "A1", "tok-alice")
-		in.PutDevice(t, bob, "B1", "tok-bob")
-		a1 := servertest.NewE2EDevice(alice, "A1")
-		r := in.Do(t, http.MethodPost, uploadPath, "tok-alice", map[string]any{"device_keys": a1.DeviceKeys(), "one_time_keys": a1.OneTimeKeys(0, 2)})
-		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		in, _ := aliceUploaded(t, b)
 		first := ss(t, in, "tok-alice", "", 0, ssBody(false, "", 0, true))
 
 		done := make(chan servertest.Response, 1)

@@ -168,13 +168,8 @@ func TestLongPollEndsWhenTokenRevoked(t *testing.T) {
 // the to-device round trip; a claim still ends its wait.
 func TestSlidingSyncE2EEKeyCountsWithToDevice(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		in := start(t, b)
-		in.PutDevice(t, alice, "A1", "tok-alice")
-		in.PutDevice(t, bob, "B1", "tok-bob")
-		a1 := servertest.NewE2EDevice(alice, "A1")
-		r := in.Do(t, http.MethodPost, uploadPath, "tok-alice", map[string]any{"device_keys": a1.DeviceKeys(), "one_time_keys": a1.OneTimeKeys(0, 2)})
-		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
-		r = rawSS(context.Background(), t, in, "tok-alice", "", 0, ssBody(true, "", 100, true))
+		in, _ := aliceUploaded(t, b)
+		r := rawSS(context.Background(), t, in, "tok-alice", "", 0, ssBody(true, "", 100, true))
 		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
 		require.JSONEq(t, `{"signed_curve25519":2}`, string(mustField(t, r.Body, "extensions", "e2ee", "device_one_time_keys_count")))
 		require.JSONEq(t, `[]`, string(mustField(t, r.Body, "extensions", "e2ee", "device_unused_fallback_key_types")))
