@@ -193,15 +193,17 @@ func (p *Parking) parkable(r *http.Request) bool {
 }
 
 // lingerSlot takes one of the slots of syncs waiting on their goroutine
-// before they park; false when all are taken.
-func (p *Parking) lingerSlot() (release func(), ok bool) {
+// before they park; false when all are taken. releaseLinger gives it back.
+func (p *Parking) lingerSlot() bool {
 	select {
 	case p.lingering <- struct{}{}:
-		return func() { <-p.lingering }, true
+		return true
 	default:
-		return nil, false
+		return false
 	}
 }
+
+func (p *Parking) releaseLinger() { <-p.lingering }
 
 // parkedSync is one parked /sync: its connection, and what is needed to
 // answer on it.

@@ -93,8 +93,7 @@ func (a *api) syncLingering(w http.ResponseWriter, r *http.Request, tok string, 
 	if err != nil {
 		return false // answered by the parked path, which checks the token first
 	}
-	release, ok := a.cfg.Parking.lingerSlot()
-	if !ok {
+	if !a.cfg.Parking.lingerSlot() {
 		return false
 	}
 	wait, res, err := a.devsync.Begin(r.Context(), req)
@@ -102,7 +101,7 @@ func (a *api) syncLingering(w http.ResponseWriter, r *http.Request, tok string, 
 	if wait != nil {
 		res, err, more = wait.Linger(r.Context(), a.cfg.Parking.linger)
 	}
-	release()
+	a.cfg.Parking.releaseLinger()
 	if errors.Is(err, devicesync.ErrTokenRevoked) {
 		// The guard did nothing: the request goes the parked way, whose
 		// lookup answers 401 or finds the device the token names now.
