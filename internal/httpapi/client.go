@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/todeviced/todeviced/internal/devicelists"
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/matrix"
 )
@@ -94,46 +95,88 @@ func readAll(rd io.Reader, declared int64) ([]byte, error) {
 	}
 }
 
+// sendToDevice serves PUT sendToDevice. It may start on a device remembered
+// for the token (requireSyncDevice): the transaction that records the send
+// checks the token (inbox.SenderGuard), and when that check fails, having
+// written nothing, the token is looked up again and the send made once more
+// as whatever device the token names now, or answered 401. A request that
+// fails before its guard is checked is answered only once the token is
+// known to be good (failUnverified), so a revoked token is told so.
 func (a *api) sendToDevice(w http.ResponseWriter, r *http.Request) {
-	dev := deviceFrom(r)
+	auth := authFrom(r)
 	if a.limit != nil {
 		// Before anything is read or recorded: a refused request is not a
 		// transaction, so the client's retry with the same txnId is served.
-		if ok, wait := a.limit.Allow(dev.NID); !ok {
+		if ok, wait := a.limit.Allow(auth.NID); !ok {
 			e := matrix.Errorf(matrix.LimitExceeded, "Too many requests.")
 			e.RetryAfter = wait
-			writeError(w, r, a.log, e)
+			a.failUnverified(w, r, auth, e)
 			return
 		}
 	}
 	eventType, err := pathParam(r, "eventType")
 	if err != nil {
-		writeError(w, r, a.log, err)
+		a.failUnverified(w, r, auth, err)
 		return
 	}
 	txnID, err := pathParam(r, "txnId")
 	if err != nil {
-		writeError(w, r, a.log, err)
+		a.failUnverified(w, r, auth, err)
 		return
 	}
 	body, err := readBody(w, r, a.cfg.MaxSendBytes)
 	if err != nil {
-		writeError(w, r, a.log, err)
+		a.failUnverified(w, r, auth, err)
 		return
 	}
 	msgs, err := inbox.DecodeSendBody(body)
 	if err != nil {
-		writeError(w, r, a.log, err)
+		a.failUnverified(w, r, auth, err)
 		return
 	}
-	resp, err := a.inbox.Send(r.Context(), inbox.TxnKey{
-		UserID: dev.UserID, DeviceID: dev.DeviceID, EventType: eventType, TxnID: txnID,
-	}, msgs)
+	resp, err := a.send(r, auth, eventType, txnID, msgs)
+	if errors.Is(err, inbox.ErrTokenRevoked) {
+		var ok bool
+		if auth, ok = a.reauthenticate(w, r, auth); !ok {
+			return
+		}
+		resp, err = a.send(r, auth, eventType, txnID, msgs)
+		if errors.Is(err, inbox.ErrTokenRevoked) {
+			// Revoked again between the lookup and the transaction.
+			a.devices.ForgetToken(auth.Guard)
+			err = matrix.Errorf(matrix.UnknownToken, "Unknown access token.")
+		}
+	}
 	if err != nil {
-		writeError(w, r, a.log, err)
+		a.failUnverified(w, r, auth, err)
 		return
 	}
 	writeRaw(w, http.StatusOK, resp)
+}
+
+// send records a sendToDevice as auth's device, guarded by the token when
+// todeviced holds it.
+func (a *api) send(r *http.Request, auth devicelists.Auth, eventType, txnID string, msgs inbox.Messages) ([]byte, error) {
+	var guard *inbox.SenderGuard
+	if auth.Guard != nil {
+		guard = &inbox.SenderGuard{NID: auth.NID, TokenHash: auth.Guard}
+	}
+	return a.inbox.SendGuarded(r.Context(), inbox.TxnKey{
+		UserID: auth.UserID, DeviceID: auth.DeviceID, EventType: eventType, TxnID: txnID,
+	}, guard, msgs)
+}
+
+// failUnverified answers err, unless auth was taken on trust and its token
+// turns out to be unknown: then, as for any request, 401. A request whose
+// context has ended (net/http ends it when reading the body failed, a 408)
+// gets err without the lookup, which could not run.
+func (a *api) failUnverified(w http.ResponseWriter, r *http.Request, auth devicelists.Auth, err error) {
+	if auth.Unverified && r.Context().Err() == nil {
+		if _, ok := a.reauthenticate(w, r, auth); !ok {
+			return
+		}
+	}
+	writeError(w, r, a.log, err)
 }
 
 // parseTimeout reads a long-poll timeout in milliseconds.

@@ -128,17 +128,18 @@ func NewRouter(cfg Config) http.Handler {
 	r.Route("/_matrix/client", func(r chi.Router) {
 		r.Use(cors)
 		r.Get("/versions", a.versions)
-		// /sync alone starts on a remembered token: its every effect is
-		// guarded by the token in its own round trip. Other routes' writes
-		// are not, so they read the token first. It authenticates itself
+		// /sync and sendToDevice start on a remembered token: their every
+		// effect is guarded by the token in their own round trip (the
+		// sync's pipeline, the send's transaction). Other routes' writes
+		// are not, so they read the token first. /sync authenticates itself
 		// (sync.go): a parked long-poll does so on the hub's workers.
 		for _, v := range []string{"/v3", "/r0"} {
 			r.Get(v+"/sync", a.sync)
+			r.With(a.requireSyncDevice).Put(v+"/sendToDevice/{eventType}/{txnId}", a.sendToDevice)
 		}
 		r.Group(func(r chi.Router) {
 			r.Use(a.requireDevice)
 			for _, v := range []string{"/v3", "/r0"} {
-				r.Put(v+"/sendToDevice/{eventType}/{txnId}", a.sendToDevice)
 				r.Get(v+"/keys/changes", a.keyChanges)
 				r.Post(v+"/keys/query", a.keysQuery)
 				r.Post(v+"/keys/upload", a.keysUpload)

@@ -93,6 +93,15 @@ func (s *Service) Epoch() string { return s.cfg.Store.Epoch() }
 // Send accepts a sendToDevice request from the device txn names. It returns
 // the response body: the recorded one when txn was seen before.
 func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, error) {
+	return s.SendGuarded(ctx, txn, nil, msgs)
+}
+
+// SendGuarded is Send for a device taken on trust: guard (if not nil) names
+// the device's NID and the hash of the token the request carried, and the
+// send is recorded only if that token still names that device, checked in
+// the same transaction. Otherwise nothing is stored and it returns
+// ErrTokenRevoked.
+func (s *Service) SendGuarded(ctx context.Context, txn TxnKey, guard *SenderGuard, msgs Messages) ([]byte, error) {
 	msgs, limited := s.limitLocal(txn, msgs)
 	if limited > 0 {
 		s.m.Dropped.WithLabelValues(DropKeyRequestRateLimited).Add(float64(limited))
@@ -102,6 +111,7 @@ func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
+	a.Guard = guard
 	res, err := s.cfg.Store.Accept(ctx, a)
 	if err != nil {
 		return nil, fmt.Errorf("accepting sendToDevice: %w", err)

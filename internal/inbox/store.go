@@ -55,6 +55,20 @@ type Accept struct {
 	// Stale is true when a local message has an MSC3944 rule (stale.go):
 	// only then does the accept path look at pending messages.
 	Stale bool
+	// Guard, when set, is checked in the transaction that records the send
+	// (see SenderGuard).
+	Guard *SenderGuard
+}
+
+// SenderGuard is the access token a sendToDevice was made with, for a send
+// that started on a device remembered for the token without a round trip to
+// check it (DESIGN invariant 9). The store records the send only if the
+// token still names the live device NID (devices.token_hash), checked in the
+// statement that records the transaction; otherwise it writes nothing for
+// the send and Accept returns ErrTokenRevoked.
+type SenderGuard struct {
+	NID       int64
+	TokenHash []byte
 }
 
 // AcceptResult says what storing an Accept did.
@@ -216,9 +230,9 @@ var ErrDeviceGone = errors.New("device deleted")
 // inbox has issued: a since this server never handed out.
 var ErrNotIssued = errors.New("inbox position never issued")
 
-// ErrTokenRevoked is returned by Sync when SyncQuery.TokenHash no longer
-// names the device (the device was deleted or given another token): the
-// sync did nothing.
+// ErrTokenRevoked is returned by Sync when SyncQuery.TokenHash, and by
+// Accept when Accept.Guard, no longer names the device (the device was
+// deleted or given another token): the sync or send did nothing.
 var ErrTokenRevoked = errors.New("access token revoked")
 
 // Store is the persistence the inbox needs. Each method is one atomic unit;

@@ -54,7 +54,7 @@ const (
 // preparation (expanding recipients, streaming rows) overlap the other's
 // commit; groups to the same devices still commit one after the other, on
 // the device locks, so more writers only add waiting ones.
-const groupWriters = 2
+const groupWriters = 1
 
 type acceptQueue struct {
 	mu      sync.Mutex
@@ -184,18 +184,26 @@ func (s *inboxStore) writeGroupTimed(ctx context.Context, group []*queuedAccept)
 
 // writeGroup writes a group and finishes each of its sends.
 func (s *inboxStore) writeGroup(ctx context.Context, group []*queuedAccept) {
+	if s.oneTrip(group) {
+		s.writeOneTrip(ctx, group)
+		return
+	}
 	if len(group) == 1 {
 		group[0].finish(s.acceptAlone(ctx, group[0].a))
 		return
 	}
 	const attempts = 4
 	for i := 0; ; i++ {
-		results, keys, err := s.acceptGroup(ctx, group)
+		results, keys, refused, err := s.acceptGroup(ctx, group)
 		if err == nil {
 			s.db.sendGroups.Add(1)
 			s.db.groupedSends.Add(int64(len(group)))
 			s.db.wakeLocal(keys)
 			for j, q := range group {
+				if refused != nil && refused[j] {
+					q.finish(inbox.AcceptResult{}, inbox.ErrTokenRevoked)
+					continue
+				}
 				q.finish(results[j], nil)
 			}
 			return
@@ -219,11 +227,12 @@ func (s *inboxStore) writeGroup(ctx context.Context, group []*queuedAccept) {
 }
 
 // acceptGroup writes several sends in one transaction of two round trips
-// (three with COPY), as accept writes one.
-func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (results []inbox.AcceptResult, keys []wakeup.Key, err error) {
+// (three with COPY), as accept writes one. refused, when not nil, marks the
+// sends whose guard failed: nothing was written for them.
+func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (results []inbox.AcceptResult, keys []wakeup.Key, refused []bool, err error) {
 	conn, err := s.acquire(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	defer conn.release(ctx)
 
@@ -244,42 +253,68 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	slices.SortFunc(order, func(x, y int) int { return compareTxn(group[x].a.Txn, group[y].a.Txn) })
 	var tk txnKeys
 	var tr [][]byte
+	var gNIDs []int64
+	var gHashes [][]byte
 	for _, i := range order {
 		tk.add(group[i].a.Txn)
 		tr = append(tr, group[i].a.Response)
+		nid, hash := guardArgs(group[i].a.Guard)
+		gNIDs = append(gNIDs, nid)
+		gHashes = append(gHashes, hash)
 	}
 
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
+	// One statement, one snapshot: each send's guard (inbox.SenderGuard) is
+	// read once, the transactions whose guard holds are recorded, and the
+	// rows say which were recorded (true) and whose guard failed (false).
 	b.Queue(`
-		INSERT INTO send_txns (user_id, device_id, event_type, txn_id, response)
-		SELECT u, d, e, t, r FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[])
-			WITH ORDINALITY AS k(u, d, e, t, r, n) ORDER BY n
-		ON CONFLICT DO NOTHING
-		RETURNING user_id, device_id, event_type, txn_id`, tk.users, tk.devices, tk.types, tk.ids, tr)
+		WITH k AS MATERIALIZED (
+			SELECT u, d, e, t, r, n, `+senderGuardSQL("g", "h")+` AS ok
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bytea[])
+				WITH ORDINALITY AS k(u, d, e, t, r, g, h, n)),
+		ins AS (
+			INSERT INTO send_txns (user_id, device_id, event_type, txn_id, response)
+			SELECT u, d, e, t, r FROM k WHERE ok ORDER BY n
+			ON CONFLICT DO NOTHING
+			RETURNING user_id, device_id, event_type, txn_id)
+		SELECT true, user_id, device_id, event_type, txn_id FROM ins
+		UNION ALL
+		SELECT false, u, d, e, t FROM k WHERE NOT ok`,
+		tk.users, tk.devices, tk.types, tk.ids, tr, gNIDs, gHashes)
 	if len(local) > 0 {
 		queueLockDevices(b, local)
 	}
 	br := conn.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
 		br.Close()
-		return nil, nil, fmt.Errorf("beginning transaction: %w", err)
+		return nil, nil, nil, fmt.Errorf("beginning transaction: %w", err)
 	}
 	conn.open = true
 	inserted := map[inbox.TxnKey]bool{}
-	if err := scanTxnKeys(br, func(k inbox.TxnKey, _ []byte) { inserted[k] = true }); err != nil {
+	var revoked map[inbox.TxnKey]bool
+	if err := scanRecorded(br, func(ok bool, k inbox.TxnKey) {
+		if ok {
+			inserted[k] = true
+			return
+		}
+		if revoked == nil {
+			revoked = map[inbox.TxnKey]bool{}
+		}
+		revoked[k] = true
+	}); err != nil {
 		br.Close()
-		return nil, nil, fmt.Errorf("recording transactions: %w", err)
+		return nil, nil, nil, fmt.Errorf("recording transactions: %w", err)
 	}
 	var devs lockedDevices
 	if len(local) > 0 {
 		if devs, err = scanLockedDevices(br); err != nil {
 			br.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	if err := br.Close(); err != nil {
-		return nil, nil, fmt.Errorf("locking recipient devices: %w", err)
+		return nil, nil, nil, fmt.Errorf("locking recipient devices: %w", err)
 	}
 
 	// What each send writes, in arrival order.
@@ -289,6 +324,15 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	stale := false
 	for i, q := range group {
 		a := q.a
+		if revoked[a.Txn] {
+			// Its token no longer names its device: nothing is written
+			// for it (the first of its key carried the guard).
+			if refused == nil {
+				refused = make([]bool, len(group))
+			}
+			refused[i] = true
+			continue
+		}
 		if first := firstOf[a.Txn]; first != i || !inserted[a.Txn] {
 			results[i].Duplicate = true
 			if inserted[a.Txn] {
@@ -308,7 +352,7 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	if stale {
 		plan, err := applyStale(ctx, conn, &rows, b)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		from := 0
 		for i := range group {
@@ -321,7 +365,7 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	keys = rows.wakeKeys(nil)
 
 	if err := rows.write(ctx, conn.Conn, s.db.opts.InboxWrite, b); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	// Each send's Remote is sorted by destination; a stable sort of the
 	// group's keeps every destination's EDUs in arrival order.
@@ -354,13 +398,13 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	}
 	if hook := s.db.opts.BeforeGroupCommit; hook != nil {
 		if err := hook(ctx, len(group)); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	if err := s.commit(ctx, conn, b, writes, keys, readRecorded); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return results, keys, nil
+	return results, keys, refused, nil
 }
 
 // txnKeys are transaction keys as query parameters.
@@ -376,6 +420,26 @@ func (t *txnKeys) add(k inbox.TxnKey) {
 func compareTxn(a, b inbox.TxnKey) int {
 	return cmp.Or(cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.DeviceID, b.DeviceID),
 		cmp.Compare(a.EventType, b.EventType), cmp.Compare(a.TxnID, b.TxnID))
+}
+
+// scanRecorded reads the rows of the group's recording statement: (true,
+// key) for each transaction recorded, (false, key) for each whose guard
+// failed.
+func scanRecorded(br pgx.BatchResults, fn func(bool, inbox.TxnKey)) error {
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var k inbox.TxnKey
+	var ok bool
+	for rows.Next() {
+		if err := rows.Scan(&ok, &k.UserID, &k.DeviceID, &k.EventType, &k.TxnID); err != nil {
+			return err
+		}
+		fn(ok, k)
+	}
+	return rows.Err()
 }
 
 // scanTxnKeys reads rows of (user_id, device_id, event_type, txn_id[,

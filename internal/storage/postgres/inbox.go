@@ -76,11 +76,18 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
+	guardNID, guardHash := guardArgs(a.Guard)
+	// The guard and the insert share one statement, and so one snapshot:
+	// the transaction is recorded only if the token still names the device.
 	b.Queue(`
-		INSERT INTO send_txns (user_id, device_id, event_type, txn_id, response)
-		VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT DO NOTHING`,
-		a.Txn.UserID, a.Txn.DeviceID, a.Txn.EventType, a.Txn.TxnID, a.Response)
+		WITH g AS (SELECT `+senderGuardSQL("$6::bigint", "$7")+` AS ok),
+		ins AS (
+			INSERT INTO send_txns (user_id, device_id, event_type, txn_id, response)
+			SELECT $1, $2, $3, $4, $5 FROM g WHERE g.ok
+			ON CONFLICT DO NOTHING
+			RETURNING 1)
+		SELECT g.ok, (SELECT count(*) FROM ins) FROM g`,
+		a.Txn.UserID, a.Txn.DeviceID, a.Txn.EventType, a.Txn.TxnID, a.Response, guardNID, guardHash)
 	if len(a.Local) > 0 {
 		queueLockDevices(b, a.Local)
 	}
@@ -90,8 +97,9 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 		return res, nil, fmt.Errorf("beginning transaction: %w", err)
 	}
 	conn.open = true
-	tag, err := br.Exec()
-	if err != nil {
+	var guardOK bool
+	var recorded int64
+	if err := br.QueryRow().Scan(&guardOK, &recorded); err != nil {
 		br.Close()
 		return res, nil, fmt.Errorf("recording transaction: %w", err)
 	}
@@ -105,7 +113,11 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 	if err := br.Close(); err != nil {
 		return res, nil, fmt.Errorf("locking recipient devices: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
+	if !guardOK {
+		// Nothing was written; the deferred ROLLBACK releases the locks.
+		return res, nil, inbox.ErrTokenRevoked
+	}
+	if recorded == 0 {
 		// A retry: answer what the first request answered. Nothing was
 		// written; the deferred ROLLBACK releases the device locks.
 		res.Duplicate = true
@@ -150,6 +162,21 @@ func (s *inboxStore) accept(ctx context.Context, a *inbox.Accept) (res inbox.Acc
 		return res, nil, err
 	}
 	return res, keys, nil
+}
+
+// senderGuardSQL is the condition of an inbox.SenderGuard, given the SQL
+// of its NID and token hash: true when the token still names the live
+// device, and for a send without a guard (NID 0; devices.nid starts at 1).
+func senderGuardSQL(nid, hash string) string {
+	return `(` + nid + ` = 0 OR ` + tokenGuardSQL(nid, hash) + `)`
+}
+
+// guardArgs are a guard's query parameters (0 and nil: no guard).
+func guardArgs(g *inbox.SenderGuard) (int64, []byte) {
+	if g == nil {
+		return 0, nil
+	}
+	return g.NID, g.TokenHash
 }
 
 // recipientRows are inbox rows to write, in position order.

@@ -44,6 +44,15 @@ func (s *inboxStore) Accept(ctx context.Context, a *inbox.Accept) (inbox.AcceptR
 	var res inbox.AcceptResult
 	var keys []wakeup.Key
 	err := s.db.writeSend(ctx, func(tx *sql.Tx) error {
+		if a.Guard != nil {
+			// With the writer's turn held: nothing can revoke the token
+			// between this read and the commit.
+			if _, err := checkDevice(ctx, tx, inbox.SyncQuery{
+				Device: inbox.Recipient{NID: a.Guard.NID}, TokenHash: a.Guard.TokenHash,
+			}); err != nil {
+				return err
+			}
+		}
 		// Read the clock with the writer's turn held, so acceptance times
 		// follow positions (expiry walks by position).
 		now := micros(time.Now())
