@@ -191,3 +191,61 @@ func TestSlidingSyncE2EEKeyCountsWithToDevice(t *testing.T) {
 		}
 	})
 }
+
+// sendToDevice starts on a remembered token too; the send's own transaction
+// checks it (inbox.SenderGuard). A replaced or deleted device's token sends
+// nothing, at once, and is told 401 even for a request it would refuse for
+// another reason; a remembered token now held by another device sends as
+// that device.
+func TestSendRevokedTokenStopsAtOnce(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in := start(t, b)
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		first := in.Sync(t, "tok-bob", "", 0)
+		rawSend := func(token, txn string, body any) servertest.Response {
+			t.Helper()
+			return in.Do(t, http.MethodPut, "/_matrix/client/v3/sendToDevice/m.test/"+txn, token, body)
+		}
+		msg := func(n int) map[string]any {
+			return map[string]any{"messages": map[string]map[string]any{bob: {"B1": map[string]any{"n": n}}}}
+		}
+		send(t, in, "a", 0)
+		require.True(t, cached(in, "tok-alice"), "the first send remembered the token")
+
+		// The internal API gives the device another token: the next send
+		// with the old one, though remembered, is refused and stores
+		// nothing; its txnId is free for the new token.
+		in.PutDevice(t, alice, "A1", "tok-alice-2")
+		require.True(t, cached(in, "tok-alice"))
+		requireUnknownToken(t, rawSend("tok-alice", "b", msg(1)), "the replaced token")
+		require.False(t, cached(in, "tok-alice"), "a failed guard forgets the token")
+		requireUnknownToken(t, rawSend("tok-alice", "a", msg(0)), "a retry with the replaced token")
+		r := rawSend("tok-alice-2", "b", msg(1))
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		got := in.Sync(t, "tok-bob", first.NextBatch, 0)
+		require.Equal(t, []int{0, 1}, ns(got.ToDevice.Events), "the refused send delivered nothing")
+
+		// A deleted device's remembered token: 401, not 400, for a bad
+		// body; nothing sent.
+		require.True(t, cached(in, "tok-alice-2"))
+		r = rawSend("tok-alice-2", "c", []byte("not json"))
+		require.Equal(t, http.StatusBadRequest, r.Status, "a good remembered token with a bad body: %s", r.Body)
+		require.Equal(t, http.StatusOK, in.DeleteDevice(t, alice, "A1").Status)
+		requireUnknownToken(t, rawSend("tok-alice-2", "c", []byte("not json")), "a deleted device's token with a bad body")
+		requireUnknownToken(t, rawSend("tok-alice-2", "d", msg(2)), "a deleted device's token")
+
+		// A remembered token given to another device sends as that device.
+		in.PutDevice(t, alice, "A3", "tok-x")
+		r = rawSend("tok-x", "e", msg(3))
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		require.Equal(t, http.StatusOK, in.DeleteDevice(t, alice, "A3").Status)
+		in.PutDevice(t, alice, "A4", "tok-x")
+		require.True(t, cached(in, "tok-x"), "remembered for the deleted device")
+		r = rawSend("tok-x", "e", msg(4))
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		rest := in.Sync(t, "tok-bob", got.NextBatch, 0)
+		require.Equal(t, []int{3, 4}, ns(rest.ToDevice.Events),
+			"the same txnId from the new device is its own transaction; the deleted device's token sent nothing")
+	})
+}

@@ -46,9 +46,9 @@ import (
 // INSERT runs last, to completion, as every data-modifying CTE does. The
 // inbox positions follow the INSERT's ORDER BY: message order, which is
 // arrival order, within a send the order of its messages.
-const oneTripSQL = `
+var oneTripSQL = `
 	WITH k AS MATERIALIZED (
-		SELECT u, d, e, t, r, s, n, ` + `(g = 0 OR ` + `EXISTS (SELECT 1 FROM devices WHERE nid = g AND token_hash = h AND deleted_at IS NULL)) AS ok
+		SELECT u, d, e, t, r, s, n, ` + guardSQL + ` AS ok
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bytea[], $8::int[])
 			WITH ORDINALITY AS k(u, d, e, t, r, g, h, s, n)),
 	ins AS (
@@ -77,6 +77,9 @@ const oneTripSQL = `
 	UNION ALL SELECT 1, s, 0 FROM k WHERE NOT ok
 	UNION ALL SELECT 2, s, count(*) FROM w GROUP BY s
 	UNION ALL SELECT 3, 0, nid FROM l`
+
+// guardSQL is each send's guard in oneTripSQL.
+var guardSQL = senderGuardSQL("g", "h")
 
 // oneTrip reports whether a group can be written by oneTripSQL.
 func (s *inboxStore) oneTrip(group []*queuedAccept) bool {

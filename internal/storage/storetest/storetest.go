@@ -73,6 +73,7 @@ func Run(t *testing.T, h Harness) {
 		{"SinceNeverIssuedDeletesNothing", testSinceNeverIssued},
 		{"SyncReadsKeyCounts", testSyncReadsKeyCounts},
 		{"SyncTokenGuard", testSyncTokenGuard},
+		{"SendTokenGuard", testSendTokenGuard},
 		{"Recipients", testRecipients},
 		{"RemoteMessagesGoToOutbox", testRemoteOutbox},
 		{"WakeUpOnCommit", testWakeUpOnCommit},
