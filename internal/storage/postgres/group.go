@@ -50,10 +50,16 @@ const (
 	maxGroupRows  = 8000
 )
 
-// groupWriters is how many groups are written at once. Two let one group's
-// preparation (expanding recipients, streaming rows) overlap the other's
-// commit; groups to the same devices still commit one after the other, on
-// the device locks, so more writers only add waiting ones.
+// groupWriters is how many groups are written at once: one. Sends to the
+// same devices commit one after another on the device locks whatever the
+// number of writers, and a second writer only splits what queues while a
+// group is written into two smaller groups, each paying a WAL flush of its
+// own. Since the common send became one statement (onetrip.go), so that a
+// group holds its locks only while PostgreSQL runs it, one writer taking
+// everything queued is faster: accept-only fan-out 4, 8 senders, 3 300 sends/s
+// with two writers against 4 000 with one (docs/PERFORMANCE.md, "One
+// round trip per send"). Sends to disjoint devices lose nothing by it: they
+// share the group's statement and its flush instead of two flushes.
 const groupWriters = 1
 
 type acceptQueue struct {
