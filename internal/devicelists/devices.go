@@ -181,7 +181,8 @@ func (r *Service) Authenticate(ctx context.Context, token string) (Auth, error) 
 // Authenticate last found it on this replica, marked Unverified: the token
 // may have been revoked since, here or on another replica. Only a caller
 // that guards everything it does with the Guard may act on it (a /sync:
-// inbox.SyncQuery.TokenHash), and ForgetToken when the guard fails. Tokens
+// inbox.SyncQuery.TokenHash; a sendToDevice: inbox.SenderGuard), and
+// ForgetToken when the guard fails. Tokens
 // the homeserver vouched for are never remembered: no guard could check
 // them.
 func (r *Service) CachedAuth(token string) (Auth, bool) {

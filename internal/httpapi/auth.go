@@ -41,14 +41,16 @@ func authorizationBearer(h string) (string, bool) {
 // database read.
 func (a *api) requireDevice(next http.Handler) http.Handler { return a.authenticated(false, next) }
 
-// requireSyncDevice authenticates a client /sync speculatively: a token
-// authenticated on this replica before is taken for the device it named
-// then, without a round trip (devicelists.Auth.Unverified); any other as
-// requireDevice does. The handler guards everything it does with the
-// token's hash (devicesync.Request.TokenHash), which the inbox checks in the
-// sync's own round trip, and calls reauthenticate when the guard fails. So a
-// warm /sync check costs one round trip, and a revoked token (DESIGN
-// invariant 9) still does nothing, on any replica, at once.
+// requireSyncDevice authenticates a client /sync or sendToDevice
+// speculatively: a token authenticated on this replica before is taken for
+// the device it named then, without a round trip
+// (devicelists.Auth.Unverified); any other as requireDevice does. The
+// handler guards everything it does with the token's hash (a sync's
+// devicesync.Request.TokenHash, a send's inbox.SenderGuard), which the
+// store checks in the request's own round trip, and calls reauthenticate
+// when the guard fails. So a warm /sync check and a send cost one round
+// trip, and a revoked token (DESIGN invariant 9) still does nothing, on any
+// replica, at once.
 func (a *api) requireSyncDevice(next http.Handler) http.Handler { return a.authenticated(true, next) }
 
 func (a *api) authenticated(cached bool, next http.Handler) http.Handler {

@@ -55,16 +55,20 @@ func TestOneStatementSendLocksItsRecipients(t *testing.T) {
 		_, err := send("held", "B1")
 		done <- err
 	}()
-	require.Eventually(t, func() bool {
-		var waiting bool
-		// Not on conn: a transaction sees pg_stat_activity as it first read it.
-		err := db.Pool().QueryRow(ctx, `
+	waitForLock := func() {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			var waiting bool
+			// Not on conn: a transaction sees pg_stat_activity as it first read it.
+			err := db.Pool().QueryRow(ctx, `
 			SELECT EXISTS (SELECT 1 FROM pg_stat_activity
 			WHERE datname = current_database() AND pid <> pg_backend_pid()
 			  AND wait_event_type = 'Lock' AND query LIKE '%WITH k AS MATERIALIZED%')`).Scan(&waiting)
-		require.NoError(t, err)
-		return waiting
-	}, time.Minute, 10*time.Millisecond, "the send waits for the recipient's row lock")
+			require.NoError(t, err)
+			return waiting
+		}, time.Minute, 10*time.Millisecond, "the send waits for the recipient's row lock")
+	}
+	waitForLock()
 	select {
 	case err := <-done:
 		t.Fatalf("the send returned (%v) while its recipient was locked", err)
@@ -78,4 +82,30 @@ func TestOneStatementSendLocksItsRecipients(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, got.Messages, 1, d.DeviceID)
 	}
+
+	// A device deleted while the send waits for its lock: PostgreSQL
+	// re-checks the row it finally locks, finds it deleted, and the send
+	// writes nothing for it (invariant 9: no message outlives its device).
+	tx, err = conn.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `UPDATE devices SET deleted_at = now(), token_hash = NULL WHERE nid = $1`, held.NID)
+	require.NoError(t, err)
+	type result struct {
+		res inbox.AcceptResult
+		err error
+	}
+	racing := make(chan result, 1)
+	go func() {
+		res, err := send("racing", "B1")
+		racing <- result{res, err}
+	}()
+	waitForLock()
+	require.NoError(t, tx.Commit(ctx))
+	r := <-racing
+	require.NoError(t, r.err)
+	require.Zero(t, r.res.Delivered, "nothing for the device deleted meanwhile")
+	require.Equal(t, 1, r.res.Unknown)
+	var rows int
+	require.NoError(t, db.Pool().QueryRow(ctx, `SELECT count(*) FROM device_inbox WHERE device_nid = $1`, held.NID).Scan(&rows))
+	require.Equal(t, 1, rows, "only the message sent before the delete")
 }
