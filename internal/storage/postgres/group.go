@@ -188,22 +188,29 @@ func (s *inboxStore) writeGroupTimed(ctx context.Context, group []*queuedAccept)
 	s.writeGroup(ctx, group)
 }
 
-// writeGroup writes a group and finishes each of its sends.
+// writeGroup writes a group and finishes each of its sends: in one
+// statement when oneTrip allows it, else in one transaction (acceptGroup),
+// a group of one as a lone send (acceptAlone). A group that fails for any
+// reason but a deadlock or a serialization failure is written again one
+// send at a time.
 func (s *inboxStore) writeGroup(ctx context.Context, group []*queuedAccept) {
-	if s.oneTrip(group) {
-		s.writeOneTrip(ctx, group)
-		return
-	}
-	if len(group) == 1 {
+	oneTrip := s.oneTrip(group)
+	if !oneTrip && len(group) == 1 {
 		group[0].finish(s.acceptAlone(ctx, group[0].a))
 		return
 	}
+	write := s.acceptGroup
+	if oneTrip {
+		write = s.acceptOneTrip
+	}
 	const attempts = 4
 	for i := 0; ; i++ {
-		results, keys, refused, err := s.acceptGroup(ctx, group)
+		results, keys, refused, err := write(ctx, group)
 		if err == nil {
-			s.db.sendGroups.Add(1)
-			s.db.groupedSends.Add(int64(len(group)))
+			if len(group) > 1 {
+				s.db.sendGroups.Add(1)
+				s.db.groupedSends.Add(int64(len(group)))
+			}
 			s.db.wakeLocal(keys)
 			for j, q := range group {
 				if refused != nil && refused[j] {
@@ -212,14 +219,24 @@ func (s *inboxStore) writeGroup(ctx context.Context, group []*queuedAccept) {
 				}
 				q.finish(results[j], nil)
 			}
+			if oneTrip {
+				s.db.notifyLater(keys)
+			}
 			return
 		}
 		if !retryable(err) || i == attempts-1 {
+			if len(group) == 1 {
+				group[0].finish(inbox.AcceptResult{}, err)
+				return
+			}
 			s.db.log.WarnContext(ctx, "group of sendToDevice transactions failed; writing them one by one", "err", err, "sends", len(group))
 			for _, q := range group {
-				q.finish(s.acceptAlone(ctx, q.a))
+				s.writeGroup(ctx, []*queuedAccept{q})
 			}
 			return
+		}
+		if len(group) == 1 {
+			s.db.log.WarnContext(ctx, "retrying sendToDevice transaction", "err", err, "attempt", i+1)
 		}
 		select {
 		case <-time.After(time.Duration(rand.N(10*(i+1))+1) * time.Millisecond):
@@ -380,27 +397,8 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	writes := b.Len()
 	var readRecorded func(pgx.BatchResults) error
 	if len(lookup.ids) > 0 {
-		b.Queue(`
-			SELECT user_id, device_id, event_type, txn_id, response FROM send_txns
-			WHERE (user_id, device_id, event_type, txn_id) IN (
-				SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))`,
-			lookup.users, lookup.devices, lookup.types, lookup.ids)
-		readRecorded = func(br pgx.BatchResults) error {
-			recorded := map[inbox.TxnKey][]byte{}
-			if err := scanTxnKeys(br, func(k inbox.TxnKey, r []byte) { recorded[k] = r }); err != nil {
-				return fmt.Errorf("reading recorded responses: %w", err)
-			}
-			for i, q := range group {
-				if results[i].Duplicate && results[i].Response == nil {
-					r, ok := recorded[q.a.Txn]
-					if !ok {
-						return errors.New("reading recorded responses: a transaction record vanished")
-					}
-					results[i].Response = r
-				}
-			}
-			return nil
-		}
+		b.Queue(readRecordedSQL, lookup.users, lookup.devices, lookup.types, lookup.ids)
+		readRecorded = func(br pgx.BatchResults) error { return fillRecorded(br, group, results) }
 	}
 	if hook := s.db.opts.BeforeGroupCommit; hook != nil {
 		if err := hook(ctx, len(group)); err != nil {
@@ -426,6 +424,33 @@ func (t *txnKeys) add(k inbox.TxnKey) {
 func compareTxn(a, b inbox.TxnKey) int {
 	return cmp.Or(cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.DeviceID, b.DeviceID),
 		cmp.Compare(a.EventType, b.EventType), cmp.Compare(a.TxnID, b.TxnID))
+}
+
+// readRecordedSQL reads the transaction records of a list of keys.
+const readRecordedSQL = `
+	SELECT user_id, device_id, event_type, txn_id, response FROM send_txns
+	WHERE (user_id, device_id, event_type, txn_id) IN (
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))`
+
+// fillRecorded reads the recorded answers of a group's retries of
+// transactions recorded before it (rows of user_id, device_id, event_type,
+// txn_id, response) into their results: the Duplicate ones without a
+// Response.
+func fillRecorded(br pgx.BatchResults, group []*queuedAccept, results []inbox.AcceptResult) error {
+	recorded := map[inbox.TxnKey][]byte{}
+	if err := scanTxnKeys(br, func(k inbox.TxnKey, r []byte) { recorded[k] = r }); err != nil {
+		return fmt.Errorf("reading recorded responses: %w", err)
+	}
+	for i, q := range group {
+		if results[i].Duplicate && results[i].Response == nil {
+			r, ok := recorded[q.a.Txn]
+			if !ok {
+				return errors.New("reading recorded responses: a transaction record vanished")
+			}
+			results[i].Response = r
+		}
+	}
+	return nil
 }
 
 // scanRecorded reads the rows of the group's recording statement: (true,

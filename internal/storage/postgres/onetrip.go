@@ -2,11 +2,10 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
-	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/todeviced/todeviced/internal/inbox"
 	"github.com/todeviced/todeviced/internal/wakeup"
@@ -105,53 +104,6 @@ func (s *inboxStore) oneTrip(group []*queuedAccept) bool {
 		rows += len(q.a.Local)
 	}
 	return rows < CopyThreshold
-}
-
-// writeOneTrip writes a group that oneTrip allows and finishes each of its
-// sends, retrying as writeGroup does.
-func (s *inboxStore) writeOneTrip(ctx context.Context, group []*queuedAccept) {
-	const attempts = 4
-	for i := 0; ; i++ {
-		results, keys, refused, err := s.acceptOneTrip(ctx, group)
-		if err == nil {
-			if len(group) > 1 {
-				s.db.sendGroups.Add(1)
-				s.db.groupedSends.Add(int64(len(group)))
-			}
-			s.db.wakeLocal(keys)
-			for j, q := range group {
-				if refused[j] {
-					q.finish(inbox.AcceptResult{}, inbox.ErrTokenRevoked)
-					continue
-				}
-				q.finish(results[j], nil)
-			}
-			s.db.notifyLater(keys)
-			return
-		}
-		if !retryable(err) || i == attempts-1 {
-			if len(group) == 1 {
-				group[0].finish(inbox.AcceptResult{}, err)
-				return
-			}
-			s.db.log.WarnContext(ctx, "group of sendToDevice transactions failed; writing them one by one", "err", err, "sends", len(group))
-			for _, q := range group {
-				s.writeOneTrip(ctx, []*queuedAccept{q})
-			}
-			return
-		}
-		if len(group) == 1 {
-			s.db.log.WarnContext(ctx, "retrying sendToDevice transaction", "err", err, "attempt", i+1)
-		}
-		select {
-		case <-time.After(time.Duration(rand.N(10*(i+1))+1) * time.Millisecond):
-		case <-ctx.Done():
-			for _, q := range group {
-				q.finish(inbox.AcceptResult{}, ctx.Err())
-			}
-			return
-		}
-	}
 }
 
 // acceptOneTrip writes a group with oneTripSQL: one round trip, plus one to
@@ -263,38 +215,15 @@ func (s *inboxStore) acceptOneTrip(ctx context.Context, group []*queuedAccept) (
 }
 
 // readRecorded fills in the answers of retries of transactions recorded
-// before (Duplicate results without a Response).
+// before (Duplicate results without a Response), after the commit: those
+// records are committed, and never change.
 func (s *inboxStore) readRecorded(ctx context.Context, lookup txnKeys, group []*queuedAccept, results []inbox.AcceptResult) error {
-	rows, err := s.db.pool.Query(ctx, `
-		SELECT user_id, device_id, event_type, txn_id, response FROM send_txns
-		WHERE (user_id, device_id, event_type, txn_id) IN (
-			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))`,
-		lookup.users, lookup.devices, lookup.types, lookup.ids)
-	if err != nil {
-		return fmt.Errorf("reading recorded responses: %w", err)
+	b := &pgx.Batch{}
+	b.Queue(readRecordedSQL, lookup.users, lookup.devices, lookup.types, lookup.ids)
+	br := s.db.pool.SendBatch(ctx, b)
+	if err := fillRecorded(br, group, results); err != nil {
+		br.Close()
+		return err
 	}
-	recorded := map[inbox.TxnKey][]byte{}
-	var k inbox.TxnKey
-	for rows.Next() {
-		var resp []byte
-		if err := rows.Scan(&k.UserID, &k.DeviceID, &k.EventType, &k.TxnID, &resp); err != nil {
-			rows.Close()
-			return fmt.Errorf("reading recorded responses: %w", err)
-		}
-		recorded[k] = resp
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("reading recorded responses: %w", err)
-	}
-	for i, q := range group {
-		if results[i].Duplicate && results[i].Response == nil {
-			r, ok := recorded[q.a.Txn]
-			if !ok {
-				return errors.New("reading recorded responses: a transaction record vanished")
-			}
-			results[i].Response = r
-		}
-	}
-	return nil
+	return br.Close()
 }
