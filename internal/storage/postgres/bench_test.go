@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -94,6 +95,61 @@ func BenchmarkRawCopy(b *testing.B) {
 // storetest.ConcurrentSenders goroutines sending to the same 100 devices.
 func BenchmarkAcceptConcurrent(b *testing.B) {
 	storetest.BenchAcceptConcurrent(b, pgTarget(postgres.WriteAuto))
+}
+
+// BenchmarkAcceptSmallFanOuts is the shared small fan-out benchmark: 8
+// senders, fan-out 4 and 20 to named devices of the same 100.
+func BenchmarkAcceptSmallFanOuts(b *testing.B) {
+	storetest.BenchAcceptSmallFanOuts(b, pgTarget(postgres.WriteAuto))
+}
+
+// BenchmarkRawCopySmallFanOuts is its physical baseline, as the load
+// generator's --baseline: the same rows COPYed from as many goroutines, one
+// transaction per send, no locks, no order, no transaction record.
+func BenchmarkRawCopySmallFanOuts(b *testing.B) {
+	for _, fanOut := range storetest.SmallFanOuts {
+		b.Run(fmt.Sprintf("fanout=%d", fanOut), func(b *testing.B) {
+			db := openBench(b, postgres.WriteUnnest)
+			ctx := context.Background()
+			nidOf := map[string]int64{}
+			for k := range storetest.SmallFanOutDevices {
+				user, dev := fmt.Sprintf("@u%02d:example.org", k/2), fmt.Sprint("D", k%2)
+				d, _, err := db.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: user, DeviceID: dev})
+				if err != nil {
+					b.Fatal(err)
+				}
+				nidOf[user+"|"+dev] = d.NID
+			}
+			var next atomic.Int64
+			b.SetParallelism((storetest.ConcurrentSenders + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					recipients := storetest.SmallFanOutRecipients(int(next.Add(1)), fanOut)
+					i := 0
+					rows := pgx.CopyFromFunc(func() ([]any, error) {
+						if i == len(recipients) {
+							return nil, nil
+						}
+						r := recipients[i]
+						i++
+						return []any{r.UserID, nidOf[r.UserID+"|"+r.DeviceID], "@alice:example.org", "m.room.encrypted", []byte(storetest.BenchContent)}, nil
+					})
+					err := pgx.BeginFunc(ctx, db.Pool(), func(tx pgx.Tx) error {
+						_, err := tx.CopyFrom(ctx, pgx.Identifier{"device_inbox"},
+							[]string{"user_id", "device_nid", "sender", "type", "content"}, rows)
+						return err
+					})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sends/s")
+			b.ReportMetric(float64(fanOut*b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
 }
 
 // BenchmarkRawCopyConcurrent is its physical baseline: the same rows COPYed

@@ -53,13 +53,15 @@ const (
 // groupWriters is how many groups are written at once: one. Sends to the
 // same devices commit one after another on the device locks whatever the
 // number of writers, and a second writer only splits what queues while a
-// group is written into two smaller groups, each paying a WAL flush of its
-// own. Since the common send became one statement (onetrip.go), so that a
-// group holds its locks only while PostgreSQL runs it, one writer taking
-// everything queued is faster: accept-only fan-out 4, 8 senders, 3 300 sends/s
-// with two writers against 4 000 with one (docs/PERFORMANCE.md, "One
-// round trip per send"). Sends to disjoint devices lose nothing by it: they
-// share the group's statement and its flush instead of two flushes.
+// group is written into two smaller groups, which then wait for each
+// other's locks and pay a WAL flush each. One writer taking everything
+// queued is faster end to end, where each sender waits for its answer
+// before sending again: accept-only fan-out 4, 8 senders, 3 150–3 300
+// sends/s with two writers against about 3 950 with one; fan-out 20,
+// 1 870–2 020 against 2 200–2 370 (docs/PERFORMANCE.md, "One writer, and
+// the token in the send's transaction"). Sends to disjoint devices lose
+// nothing by it: they share the group's transaction and its flush instead
+// of two flushes.
 const groupWriters = 1
 
 type acceptQueue struct {
@@ -189,28 +191,20 @@ func (s *inboxStore) writeGroupTimed(ctx context.Context, group []*queuedAccept)
 }
 
 // writeGroup writes a group and finishes each of its sends: in one
-// statement when oneTrip allows it, else in one transaction (acceptGroup),
-// a group of one as a lone send (acceptAlone). A group that fails for any
-// reason but a deadlock or a serialization failure is written again one
-// send at a time.
+// transaction (acceptGroup), a group of one as a lone send (acceptAlone). A
+// group that fails for any reason but a deadlock or a serialization failure
+// is written again one send at a time.
 func (s *inboxStore) writeGroup(ctx context.Context, group []*queuedAccept) {
-	oneTrip := s.oneTrip(group)
-	if !oneTrip && len(group) == 1 {
+	if len(group) == 1 {
 		group[0].finish(s.acceptAlone(ctx, group[0].a))
 		return
 	}
-	write := s.acceptGroup
-	if oneTrip {
-		write = s.acceptOneTrip
-	}
 	const attempts = 4
 	for i := 0; ; i++ {
-		results, keys, refused, err := write(ctx, group)
+		results, keys, refused, err := s.acceptGroup(ctx, group)
 		if err == nil {
-			if len(group) > 1 {
-				s.db.sendGroups.Add(1)
-				s.db.groupedSends.Add(int64(len(group)))
-			}
+			s.db.sendGroups.Add(1)
+			s.db.groupedSends.Add(int64(len(group)))
 			s.db.wakeLocal(keys)
 			for j, q := range group {
 				if refused != nil && refused[j] {
@@ -219,24 +213,14 @@ func (s *inboxStore) writeGroup(ctx context.Context, group []*queuedAccept) {
 				}
 				q.finish(results[j], nil)
 			}
-			if oneTrip {
-				s.db.notifyLater(keys)
-			}
 			return
 		}
 		if !retryable(err) || i == attempts-1 {
-			if len(group) == 1 {
-				group[0].finish(inbox.AcceptResult{}, err)
-				return
-			}
 			s.db.log.WarnContext(ctx, "group of sendToDevice transactions failed; writing them one by one", "err", err, "sends", len(group))
 			for _, q := range group {
-				s.writeGroup(ctx, []*queuedAccept{q})
+				q.finish(s.acceptAlone(ctx, q.a))
 			}
 			return
-		}
-		if len(group) == 1 {
-			s.db.log.WarnContext(ctx, "retrying sendToDevice transaction", "err", err, "attempt", i+1)
 		}
 		select {
 		case <-time.After(time.Duration(rand.N(10*(i+1))+1) * time.Millisecond):

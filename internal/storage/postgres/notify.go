@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,76 +70,6 @@ func (db *DB) notify(ctx context.Context, keys []wakeup.Key) {
 	if err := db.pool.SendBatch(ctx, b).Close(); err != nil {
 		db.notifyFailed(ctx, err)
 	}
-}
-
-// notifier sends NOTIFYs after the commits they follow, from a goroutine
-// of its own: a one-round-trip send (onetrip.go) learns which devices it
-// wrote to only from its statement's answer, after the commit, and its
-// request need not wait for one more round trip. Keys that pile up while a
-// NOTIFY is on its way go out together in the next one. At most one
-// goroutine sends; it ends when nothing is left.
-type notifier struct {
-	mu      sync.Mutex
-	pending []wakeup.Key
-	running bool
-	done    sync.WaitGroup
-}
-
-// notifyLater has the notifier send NOTIFYs for keys.
-func (db *DB) notifyLater(keys []wakeup.Key) {
-	if len(keys) == 0 {
-		return
-	}
-	n := &db.notifier
-	n.mu.Lock()
-	n.pending = append(n.pending, keys...)
-	start := !n.running
-	n.running = true
-	if start {
-		n.done.Add(1)
-	}
-	n.mu.Unlock()
-	if start {
-		go db.sendNotifies()
-	}
-}
-
-func (db *DB) sendNotifies() {
-	n := &db.notifier
-	defer n.done.Done()
-	for {
-		n.mu.Lock()
-		keys := n.pending
-		n.pending = nil
-		if len(keys) == 0 {
-			n.running = false
-			n.mu.Unlock()
-			return
-		}
-		n.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
-		db.notify(ctx, uniqueKeys(keys))
-		cancel()
-	}
-}
-
-// notifyTimeout bounds one NOTIFY round trip of the notifier.
-const notifyTimeout = 5 * time.Second
-
-// wait returns once the notifier has sent everything handed to it.
-func (n *notifier) wait() { n.done.Wait() }
-
-// uniqueKeys drops repeated keys, keeping the first of each.
-func uniqueKeys(keys []wakeup.Key) []wakeup.Key {
-	seen := make(map[wakeup.Key]bool, len(keys))
-	out := keys[:0]
-	for _, k := range keys {
-		if !seen[k] {
-			seen[k] = true
-			out = append(out, k)
-		}
-	}
-	return out
 }
 
 // notifyFailed reports a NOTIFY that failed after its transaction had

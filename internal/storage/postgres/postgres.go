@@ -112,8 +112,6 @@ type DB struct {
 	// sendGroups counts groups of several sends written together, and
 	// groupedSends the sends in them.
 	sendGroups, groupedSends atomic.Int64
-	// notifier sends the NOTIFYs of one-round-trip sends (notify.go).
-	notifier notifier
 }
 
 // SendGroups reports how many groups of two or more sends were written in
@@ -200,7 +198,6 @@ func (db *DB) Close() {
 		db.cancel()
 		<-db.listening
 	}
-	db.notifier.wait()
 	db.pool.Close()
 }
 

@@ -40,6 +40,9 @@ func BenchmarkAccept(b *testing.B) { storetest.BenchAccept(b, sqliteTarget) }
 // BenchmarkAcceptConcurrent is the shared concurrent accept benchmark.
 func BenchmarkAcceptConcurrent(b *testing.B) { storetest.BenchAcceptConcurrent(b, sqliteTarget) }
 
+// BenchmarkAcceptSmallFanOuts is the shared small fan-out benchmark.
+func BenchmarkAcceptSmallFanOuts(b *testing.B) { storetest.BenchAcceptSmallFanOuts(b, sqliteTarget) }
+
 // BenchmarkSyncDrain is the shared steady-state sync benchmark.
 func BenchmarkSyncDrain(b *testing.B) { storetest.BenchSyncDrain(b, sqliteTarget) }
 

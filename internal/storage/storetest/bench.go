@@ -96,6 +96,68 @@ func BenchAcceptConcurrent(b *testing.B, t BenchTarget) {
 	b.ReportMetric(float64(devices*b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
+// SmallFanOuts are the fan-outs of BenchAcceptSmallFanOuts: those of real
+// to-device traffic (a room key to a few devices), and the load generator's
+// default and its fan-out 20.
+var SmallFanOuts = []int{4, 20}
+
+// SmallFanOutDevices are the devices the small fan-outs go to: 50 users
+// with 2 devices each, as the load generator's default load.
+const SmallFanOutDevices = 100
+
+// SmallFanOutRecipients is the i-th send's recipients at a fan-out: named
+// devices (user u<k>, device D<k%2>), spread over SmallFanOutDevices.
+func SmallFanOutRecipients(i, fanOut int) []inbox.LocalMessage {
+	out := make([]inbox.LocalMessage, 0, fanOut)
+	for j := range fanOut {
+		k := (i*7 + j*13) % SmallFanOutDevices
+		out = append(out, inbox.LocalMessage{UserID: fmt.Sprintf("@u%02d:example.org", k/2), DeviceID: fmt.Sprint("D", k%2)})
+	}
+	return out
+}
+
+// BenchAcceptSmallFanOuts measures sends from ConcurrentSenders goroutines
+// at once, each to a few named devices of the same SmallFanOutDevices: the
+// shape of the load generator's default load, without HTTP. It reports
+// sends and messages per second; compare with the raw COPY of the same rows
+// (BenchmarkRawCopySmallFanOuts on PostgreSQL).
+func BenchAcceptSmallFanOuts(b *testing.B, t BenchTarget) {
+	for _, fanOut := range SmallFanOuts {
+		b.Run(fmt.Sprintf("fanout=%d", fanOut), func(b *testing.B) {
+			s := t.Open(b)
+			ctx := context.Background()
+			for k := range SmallFanOutDevices {
+				if _, _, err := s.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: fmt.Sprintf("@u%02d:example.org", k/2), DeviceID: fmt.Sprint("D", k%2)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
+			var next atomic.Int64
+			b.SetParallelism((ConcurrentSenders + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := next.Add(1)
+					msgs := inbox.Messages{}
+					for _, r := range SmallFanOutRecipients(int(i), fanOut) {
+						if msgs[r.UserID] == nil {
+							msgs[r.UserID] = map[string]json.RawMessage{}
+						}
+						msgs[r.UserID][r.DeviceID] = BenchContent
+					}
+					k := inbox.TxnKey{UserID: "@alice:example.org", DeviceID: "A", EventType: "m.room.encrypted", TxnID: fmt.Sprint(i)}
+					if _, err := svc.Send(ctx, k, msgs); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sends/s")
+			b.ReportMetric(float64(fanOut*b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
 // BenchSyncDrain is one steady-state sync: acknowledge the previous 100,
 // fetch the next 100, from a device whose backlog is kept constant (refilled
 // outside the timer) at 100 or 100 000 messages. The cost must not grow with

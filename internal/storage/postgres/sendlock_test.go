@@ -14,12 +14,13 @@ import (
 	"github.com/todeviced/todeviced/internal/testdb"
 )
 
-// The one-statement send (onetrip.go) takes its recipients' device locks,
-// as every writer to a device must for invariant 3: with a recipient's row
-// held by another transaction, the send waits — PostgreSQL shows it waiting
-// on a lock, and it has not returned — and completes, its row delivered,
-// once that transaction ends. A send to another device does not wait.
-func TestOneStatementSendLocksItsRecipients(t *testing.T) {
+// A send takes its recipients' device locks, as every writer to a device
+// must for invariant 3: with a recipient's row held by another transaction,
+// the send waits — PostgreSQL shows it waiting on a lock, and it has not
+// returned — and completes, its row delivered, once that transaction ends.
+// A send to another device does not wait. A device deleted while the send
+// waits gets nothing (invariant 9).
+func TestSendLocksItsRecipients(t *testing.T) {
 	ctx := context.Background()
 	url := testdb.New(t)
 	db, err := postgres.Open(ctx, postgres.Options{URL: url, Migrate: true})
@@ -63,7 +64,7 @@ func TestOneStatementSendLocksItsRecipients(t *testing.T) {
 			err := db.Pool().QueryRow(ctx, `
 			SELECT EXISTS (SELECT 1 FROM pg_stat_activity
 			WHERE datname = current_database() AND pid <> pg_backend_pid()
-			  AND wait_event_type = 'Lock' AND query LIKE '%WITH k AS MATERIALIZED%')`).Scan(&waiting)
+			  AND wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE%')`).Scan(&waiting)
 			require.NoError(t, err)
 			return waiting
 		}, time.Minute, 10*time.Millisecond, "the send waits for the recipient's row lock")
@@ -85,7 +86,7 @@ func TestOneStatementSendLocksItsRecipients(t *testing.T) {
 
 	// A device deleted while the send waits for its lock: PostgreSQL
 	// re-checks the row it finally locks, finds it deleted, and the send
-	// writes nothing for it (invariant 9: no message outlives its device).
+	// writes nothing for it (no message outlives its device).
 	tx, err = conn.Begin(ctx)
 	require.NoError(t, err)
 	_, err = tx.Exec(ctx, `UPDATE devices SET deleted_at = now(), token_hash = NULL WHERE nid = $1`, held.NID)
