@@ -44,6 +44,7 @@ type Service struct {
 	inbox   *inbox.Service
 	devices *devicelists.Service
 	hub     *wakeup.Hub
+	counts  countsSeen
 }
 
 // New returns a sync service.
@@ -219,9 +220,17 @@ func (s *Service) prepare(req Request) ([]wakeup.Key, func(context.Context) (boo
 		}
 		if req.KeyCounts {
 			otk, fb := c.KeyCounts.OneTimeKeys, c.KeyCounts.UnusedFallback
-			// The counts the wait started with are what the client
-			// knows: a later check that reads others ends the wait.
-			found = found || (checked && (!maps.Equal(otk, res.OneTimeKeys) || !slices.Equal(fb, res.FallbackTypes)))
+			fp := countsFingerprint(otk, fb)
+			prev, seen := s.counts.swap(req.Device.NID, fp)
+			if checked {
+				// The counts the wait started with are what the client
+				// knows: a later check that reads others ends the wait.
+				found = found || !maps.Equal(otk, res.OneTimeKeys) || !slices.Equal(fb, res.FallbackTypes)
+			} else {
+				// Counts that changed since this replica last handed
+				// the device its counts are news (countsSeen).
+				found = found || (seen && prev != fp)
+			}
 			res.OneTimeKeys, res.FallbackTypes = otk, fb
 		}
 		checked = true

@@ -289,3 +289,22 @@ func TestSlidingSyncE2EEKeyCountsWake(t *testing.T) {
 		}
 	})
 }
+
+// A claim that lands between a device's /sync answer and its next long-poll
+// is news to that long-poll: it returns at once with the new counts, not
+// with the next event or at its timeout (devicesync.countsSeen).
+func TestKeyCountsChangedBetweenSyncsEndTheNextAtOnce(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in, _ := aliceUploaded(t, b)
+		s := syncKeys(t, in, "tok-alice", "", 0)
+		claimOne(t, in, "tok-bob", alice, "A1")
+		done := make(chan syncCounts, 1)
+		go func() { done <- syncKeys(t, in, "tok-alice", s.NextBatch, 10*time.Minute) }()
+		select {
+		case got := <-done:
+			require.NotEqual(t, s.Counts, got.Counts)
+		case <-time.After(30 * time.Second):
+			t.Fatal("the long-poll waited although the counts had changed since the last answer")
+		}
+	})
+}
