@@ -273,21 +273,26 @@ func TestSlidingSyncE2EEKeyCountsWake(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
 		in, _ := aliceUploaded(t, b)
 		first := ss(t, in, "tok-alice", "", 0, ssBody(false, "", 0, true))
-
-		done := make(chan servertest.Response, 1)
-		go func() {
-			done <- rawSS(context.Background(), t, in, "tok-alice", first.Pos, time.Minute, ssBody(false, "", 0, true))
-		}()
-		servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Hub().Len() == 1 })
-		claimOne(t, in, "tok-bob", alice, "A1")
-		select {
-		case r := <-done:
-			require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
-			require.JSONEq(t, `{"signed_curve25519":1}`, string(mustField(t, r.Body, "extensions", "e2ee", "device_one_time_keys_count")))
-		case <-time.After(30 * time.Second):
-			t.Fatal("the e2ee-only connection did not wake when the counts changed")
-		}
+		requireClaimEndsSlidingWait(t, in, first.Pos, ssBody(false, "", 0, true), "the e2ee-only connection")
 	})
+}
+
+// requireClaimEndsSlidingWait long-polls alice's sliding-sync connection at
+// pos with body, has bob claim one of A1's two keys once it waits, and
+// requires the wait to end with the new count.
+func requireClaimEndsSlidingWait(t *testing.T, in *servertest.Instance, pos string, body any, what string) {
+	t.Helper()
+	done := make(chan servertest.Response, 1)
+	go func() { done <- rawSS(context.Background(), t, in, "tok-alice", pos, time.Minute, body) }()
+	servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Hub().Len() == 1 })
+	claimOne(t, in, "tok-bob", alice, "A1")
+	select {
+	case r := <-done:
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		require.JSONEq(t, `{"signed_curve25519":1}`, string(mustField(t, r.Body, "extensions", "e2ee", "device_one_time_keys_count")))
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not wake when the counts changed", what)
+	}
 }
 
 // A claim that lands between a device's /sync answer and its next long-poll

@@ -174,21 +174,7 @@ func TestSlidingSyncE2EEKeyCountsWithToDevice(t *testing.T) {
 		require.JSONEq(t, `{"signed_curve25519":2}`, string(mustField(t, r.Body, "extensions", "e2ee", "device_one_time_keys_count")))
 		require.JSONEq(t, `[]`, string(mustField(t, r.Body, "extensions", "e2ee", "device_unused_fallback_key_types")))
 		first := ss(t, in, "tok-alice", "", 0, ssBody(true, "", 100, true))
-
-		done := make(chan servertest.Response, 1)
-		go func() {
-			done <- rawSS(context.Background(), t, in, "tok-alice", first.Pos, time.Minute,
-				ssBody(true, first.Extensions.ToDevice.NextBatch, 100, true))
-		}()
-		servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Hub().Len() == 1 })
-		claimOne(t, in, "tok-bob", alice, "A1")
-		select {
-		case r := <-done:
-			require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
-			require.JSONEq(t, `{"signed_curve25519":1}`, string(mustField(t, r.Body, "extensions", "e2ee", "device_one_time_keys_count")))
-		case <-time.After(30 * time.Second):
-			t.Fatal("the connection did not wake when the counts changed")
-		}
+		requireClaimEndsSlidingWait(t, in, first.Pos, ssBody(true, first.Extensions.ToDevice.NextBatch, 100, true), "the connection")
 	})
 }
 
