@@ -381,8 +381,27 @@ func (s *inboxStore) acceptGroup(ctx context.Context, group []*queuedAccept) (re
 	writes := b.Len()
 	var readRecorded func(pgx.BatchResults) error
 	if len(lookup.ids) > 0 {
-		b.Queue(readRecordedSQL, lookup.users, lookup.devices, lookup.types, lookup.ids)
-		readRecorded = func(br pgx.BatchResults) error { return fillRecorded(br, group, results) }
+		b.Queue(`
+			SELECT user_id, device_id, event_type, txn_id, response FROM send_txns
+			WHERE (user_id, device_id, event_type, txn_id) IN (
+				SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))`,
+			lookup.users, lookup.devices, lookup.types, lookup.ids)
+		readRecorded = func(br pgx.BatchResults) error {
+			recorded := map[inbox.TxnKey][]byte{}
+			if err := scanTxnKeys(br, func(k inbox.TxnKey, r []byte) { recorded[k] = r }); err != nil {
+				return fmt.Errorf("reading recorded responses: %w", err)
+			}
+			for i, q := range group {
+				if results[i].Duplicate && results[i].Response == nil {
+					r, ok := recorded[q.a.Txn]
+					if !ok {
+						return errors.New("reading recorded responses: a transaction record vanished")
+					}
+					results[i].Response = r
+				}
+			}
+			return nil
+		}
 	}
 	if hook := s.db.opts.BeforeGroupCommit; hook != nil {
 		if err := hook(ctx, len(group)); err != nil {
@@ -408,33 +427,6 @@ func (t *txnKeys) add(k inbox.TxnKey) {
 func compareTxn(a, b inbox.TxnKey) int {
 	return cmp.Or(cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.DeviceID, b.DeviceID),
 		cmp.Compare(a.EventType, b.EventType), cmp.Compare(a.TxnID, b.TxnID))
-}
-
-// readRecordedSQL reads the transaction records of a list of keys.
-const readRecordedSQL = `
-	SELECT user_id, device_id, event_type, txn_id, response FROM send_txns
-	WHERE (user_id, device_id, event_type, txn_id) IN (
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]))`
-
-// fillRecorded reads the recorded answers of a group's retries of
-// transactions recorded before it (rows of user_id, device_id, event_type,
-// txn_id, response) into their results: the Duplicate ones without a
-// Response.
-func fillRecorded(br pgx.BatchResults, group []*queuedAccept, results []inbox.AcceptResult) error {
-	recorded := map[inbox.TxnKey][]byte{}
-	if err := scanTxnKeys(br, func(k inbox.TxnKey, r []byte) { recorded[k] = r }); err != nil {
-		return fmt.Errorf("reading recorded responses: %w", err)
-	}
-	for i, q := range group {
-		if results[i].Duplicate && results[i].Response == nil {
-			r, ok := recorded[q.a.Txn]
-			if !ok {
-				return errors.New("reading recorded responses: a transaction record vanished")
-			}
-			results[i].Response = r
-		}
-	}
-	return nil
 }
 
 // scanRecorded reads the rows of the group's recording statement: (true,
