@@ -40,23 +40,29 @@ func (c *countsSeen) swap(nid int64, fp uint64) (prev uint64, ok bool) {
 
 // countsFingerprint hashes one-time-key counts and unused fallback key
 // types, in a fixed order.
+// It runs on every check of a sync that reads the counts, so it keeps to
+// the stack: a device has a handful of algorithms.
 func countsFingerprint(otk map[string]int, fallback []string) uint64 {
-	h := fnv.New64a()
-	algs := make([]string, 0, len(otk))
+	var algBuf [8]string
+	algs := algBuf[:0]
 	for alg := range otk {
 		algs = append(algs, alg)
 	}
 	slices.Sort(algs)
+	var buf [128]byte
+	b := buf[:0]
 	for _, alg := range algs {
-		h.Write([]byte(alg))
-		h.Write([]byte{0})
-		h.Write(strconv.AppendInt(nil, int64(otk[alg]), 10))
-		h.Write([]byte{0})
+		b = append(b, alg...)
+		b = append(b, 0)
+		b = strconv.AppendInt(b, int64(otk[alg]), 10)
+		b = append(b, 0)
 	}
-	h.Write([]byte{1})
+	b = append(b, 1)
 	for _, t := range fallback {
-		h.Write([]byte(t))
-		h.Write([]byte{0})
+		b = append(b, t...)
+		b = append(b, 0)
 	}
+	h := fnv.New64a()
+	h.Write(b)
 	return h.Sum64()
 }
