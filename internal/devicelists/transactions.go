@@ -158,13 +158,21 @@ func (s *store) PutDevice(ctx context.Context, p PutDevice) (Device, bool, error
 		if now.DisplayName != nil {
 			d.DisplayName = *now.DisplayName
 		}
+		var wake []wakeup.Key
+		if existed && p.TokenHash != nil {
+			// The device may have a new token: its syncs that wait on the
+			// old one, or skip their first check (devicesync's quiet
+			// devices), look at once and find it revoked (invariant 9).
+			wake = append(wake, wakeup.DeviceKey(now.NID))
+		}
 		changed := !existed ||
 			(p.Keys != nil && !bytes.Equal(old.Keys, p.Keys)) ||
 			(p.DisplayName != nil && (old.DisplayName == nil || *old.DisplayName != *p.DisplayName))
 		if !changed {
-			return nil, nil
+			return wake, nil
 		}
-		return s.localDeviceChanged(ctx, tx, p.UserID, p.Update(d.DisplayName, now.Keys))
+		w, err := s.localDeviceChanged(ctx, tx, p.UserID, p.Update(d.DisplayName, now.Keys))
+		return append(w, wake...), err
 	})
 	if err != nil {
 		return Device{}, false, err

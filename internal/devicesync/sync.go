@@ -14,8 +14,10 @@ package devicesync
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/todeviced/todeviced/internal/devicelists"
@@ -45,11 +47,20 @@ type Service struct {
 	devices *devicelists.Service
 	hub     *wakeup.Hub
 	counts  countsSeen
+	quiet   *quietDevices
+	// reads and skips count checks that read the store and first checks
+	// skipped (quietDevices).
+	reads, skips atomic.Uint64
 }
+
+// Checks returns how many sync checks read the store, and how many first
+// checks of long-polls were skipped because this replica knew their device
+// quiet (the todeviced_sync_checks_total counter).
+func (s *Service) Checks() (read, skipped uint64) { return s.reads.Load(), s.skips.Load() }
 
 // New returns a sync service.
 func New(cfg Config) *Service {
-	return &Service{inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub}
+	return &Service{inbox: cfg.Inbox, devices: cfg.Devices, hub: cfg.Hub, quiet: newQuietDevices(cfg.Hub)}
 }
 
 // Epoch is the database epoch every token carries.
@@ -131,17 +142,23 @@ func (r Result) ListsToken() string { return FormatLists(r.epoch, r.ListsHead) }
 // above every position issued is refused (M_INVALID_PARAM) by the store's
 // sync query before it deletes anything. With req.TokenHash, a check that
 // finds the token revoked ends the sync with ErrTokenRevoked.
+//
+// A long-poll bringing the since this replica last handed the device, with
+// no wake-up of the device or its user heard since, waits without its
+// first check (quietDevices): that check is then the first wake-up's, or
+// one made at the end, so every answer still comes from a check and every
+// since is acknowledged.
 func (s *Service) Sync(ctx context.Context, req Request) (Result, error) {
-	keys, check, res := s.prepare(req)
-	_, err := s.hub.Poll(ctx, req.Timeout, keys, check)
-	return res.answer(), err
+	r := s.prepare(req)
+	_, err := s.hub.Poll(ctx, req.Timeout, r.keys, r.check)
+	return r.end(ctx, err)
 }
 
 // Waiting is a sync that waits: Begin's, for its owner to Linger, Wait or
 // Detach; or Park's, for its owner to Cancel.
 type Waiting struct {
-	p   *wakeup.Parked
-	res *Result
+	p *wakeup.Parked
+	r *syncRun
 }
 
 // Cancel ends a parked or detached sync with err.
@@ -153,12 +170,13 @@ func (w *Waiting) Cancel(err error) { w.p.Cancel(err) }
 // Waiting, already registered with the hub so no wake-up after the check
 // is missed.
 func (s *Service) Begin(ctx context.Context, req Request) (*Waiting, Result, error) {
-	keys, check, res := s.prepare(req)
-	p, _, err := s.hub.Begin(ctx, req.Timeout, keys, check)
+	r := s.prepare(req)
+	p, _, err := s.hub.Begin(ctx, req.Timeout, r.keys, r.check)
 	if p == nil {
-		return nil, res.answer(), err
+		res, err := r.end(ctx, err)
+		return nil, res, err
 	}
-	return &Waiting{p: p, res: res}, Result{}, nil
+	return &Waiting{p: p, r: r}, Result{}, nil
 }
 
 // Linger waits for at most d on the caller's goroutine; more says the sync
@@ -166,19 +184,23 @@ func (s *Service) Begin(ctx context.Context, req Request) (*Waiting, Result, err
 // answer.
 func (w *Waiting) Linger(ctx context.Context, d time.Duration) (res Result, err error, more bool) {
 	_, err, more = w.p.Linger(ctx, d)
-	return w.res.answer(), err, more
+	if more {
+		return Result{}, nil, true
+	}
+	res, err = w.r.end(ctx, err)
+	return res, err, false
 }
 
 // Wait waits on the caller's goroutine, as Sync does after its first check.
 func (w *Waiting) Wait(ctx context.Context) (Result, error) {
 	_, err := w.p.Wait(ctx)
-	return w.res.answer(), err
+	return w.r.end(ctx, err)
 }
 
 // Detach waits without a goroutine (wakeup.Parked.Detach): later checks
 // run with ctx, and finish gets the answer once, on a worker.
 func (w *Waiting) Detach(ctx context.Context, finish func(Result, error)) {
-	w.p.Detach(ctx, func(_ bool, err error) { finish(w.res.answer(), err) })
+	w.p.Detach(ctx, func(_ bool, err error) { finish(w.r.end(ctx, err)) })
 }
 
 // Park is Sync without a goroutine waiting: every check, the first
@@ -186,57 +208,117 @@ func (w *Waiting) Detach(ctx context.Context, finish func(Result, error)) {
 // is called once, on a worker, with what Sync would have returned.
 // req.Timeout must be positive. The returned Waiting is only for Cancel.
 func (s *Service) Park(ctx context.Context, req Request, finish func(Result, error)) *Waiting {
-	keys, check, res := s.prepare(req)
-	return &Waiting{p: s.hub.Park(ctx, req.Timeout, keys, check, func(_ bool, err error) { finish(res.answer(), err) }), res: res}
+	r := s.prepare(req)
+	return &Waiting{p: s.hub.Park(ctx, req.Timeout, r.keys, r.check, func(_ bool, err error) { finish(r.end(ctx, err)) }), r: r}
 }
 
-// prepare returns what a sync waits for, its check (which fills res) and
-// res.
-func (s *Service) prepare(req Request) ([]wakeup.Key, func(context.Context) (bool, error), *Result) {
-	pos, dl := req.ToDevice, req.Lists
-	res := &Result{epoch: s.Epoch()}
-	keys := []wakeup.Key{wakeup.DeviceKey(req.Device.NID), wakeup.UserKey(req.Device.UserID)}
+// syncRun is one sync's state across its checks.
+type syncRun struct {
+	s    *Service
+	req  Request
+	keys []wakeup.Key
+	res  *Result
+	pos  inbox.Position
+	dl   ListsSince
+	// checked: a check has read the store (a skipped first check has not).
+	checked bool
+	skipped bool
+	// ticket is the quietDevices ticket of the latest check.
+	ticket uint64
+}
+
+// prepare returns a sync's run: what it waits for and its check (which
+// fills res).
+func (s *Service) prepare(req Request) *syncRun {
+	r := &syncRun{s: s, req: req, pos: req.ToDevice, dl: req.Lists, res: &Result{epoch: s.Epoch()}}
+	r.keys = []wakeup.Key{wakeup.DeviceKey(req.Device.NID), wakeup.UserKey(req.Device.UserID)}
 	if req.ListsOnly && !req.KeyCounts {
-		keys = keys[1:]
+		r.keys = r.keys[1:]
 	}
-	checked := false
-	check := func(ctx context.Context) (bool, error) {
-		c, err := s.check(ctx, req, pos)
-		if err != nil {
+	return r
+}
+
+// quietable: the sync reads the inbox, so its keys are the device's and
+// its user's, and its answer hands out an inbox position.
+func (r *syncRun) quietable() bool { return !r.req.ListsOnly }
+
+// check is one check of the sync, for the hub.
+func (r *syncRun) check(ctx context.Context) (bool, error) {
+	s, req := r.s, &r.req
+	if r.quietable() {
+		if !r.checked && !r.skipped && req.Timeout > 0 && s.quiet.quiet(r.keys[0], req) {
+			r.skipped = true
+			s.skips.Add(1)
+			return false, nil
+		}
+		r.ticket = s.quiet.arm(r.keys[0], r.keys[1])
+	}
+	s.reads.Add(1)
+	c, err := s.check(ctx, r.req, r.pos)
+	if err != nil {
+		return false, err
+	}
+	res := r.res
+	b, head := c.Batch, c.DeviceListHead
+	r.pos = b.Next
+	res.ToDevice = b
+	res.ListsHead = head
+	found := len(b.Events) > 0
+	if r.dl.Incremental {
+		var ch devicelists.Changes
+		if ch, r.dl, err = s.listChanges(ctx, req.Device.UserID, r.dl, head); err != nil {
 			return false, err
 		}
-		b, head := c.Batch, c.DeviceListHead
-		pos = b.Next
-		res.ToDevice = b
-		res.ListsHead = head
-		found := len(b.Events) > 0
-		if dl.Incremental {
-			var ch devicelists.Changes
-			if ch, dl, err = s.listChanges(ctx, req.Device.UserID, dl, head); err != nil {
-				return false, err
-			}
-			res.Lists = &ch
-			found = found || len(ch.Changed)+len(ch.Left) > 0
-		}
-		if req.KeyCounts {
-			otk, fb := c.KeyCounts.OneTimeKeys, c.KeyCounts.UnusedFallback
-			fp := countsFingerprint(otk, fb)
-			prev, seen := s.counts.swap(req.Device.NID, fp)
-			if checked {
-				// The counts the wait started with are what the client
-				// knows: a later check that reads others ends the wait.
-				found = found || !maps.Equal(otk, res.OneTimeKeys) || !slices.Equal(fb, res.FallbackTypes)
-			} else {
-				// Counts that changed since this replica last handed
-				// the device its counts are news (countsSeen).
-				found = found || (seen && prev != fp)
-			}
-			res.OneTimeKeys, res.FallbackTypes = otk, fb
-		}
-		checked = true
-		return found, nil
+		res.Lists = &ch
+		found = found || len(ch.Changed)+len(ch.Left) > 0
 	}
-	return keys, check, res
+	if req.KeyCounts {
+		otk, fb := c.KeyCounts.OneTimeKeys, c.KeyCounts.UnusedFallback
+		fp := countsFingerprint(otk, fb)
+		prev, seen := s.counts.swap(req.Device.NID, fp)
+		if r.checked {
+			// The counts the wait started with are what the client
+			// knows: a later check that reads others ends the wait.
+			found = found || !maps.Equal(otk, res.OneTimeKeys) || !slices.Equal(fb, res.FallbackTypes)
+		} else {
+			// Counts that changed since this replica last handed
+			// the device its counts are news (countsSeen).
+			found = found || (seen && prev != fp)
+		}
+		res.OneTimeKeys, res.FallbackTypes = otk, fb
+	}
+	r.checked = true
+	return found, nil
+}
+
+// end is the sync's answer once its wait ended with err. A sync whose
+// first check was skipped and that no wake-up checked since checks now,
+// so the since is acknowledged and the answer read. An answer handed out
+// from a check no wake-up followed leaves the device quiet at it.
+func (r *syncRun) end(ctx context.Context, err error) (Result, error) {
+	if err == nil && !r.checked {
+		_, err = r.finalCheck(ctx)
+	}
+	if err != nil {
+		return r.res.answer(), err
+	}
+	if r.quietable() && !r.res.ToDevice.Limited {
+		r.s.quiet.settle(r.keys[0], r.ticket, quietAt{
+			toDevice: r.res.ToDevice.Next, listsHead: r.res.ListsHead, keyCounts: r.req.KeyCounts, token: r.req.TokenHash,
+		})
+	}
+	return r.res.answer(), nil
+}
+
+// finalCheck is check outside the hub, which recovers a panic in a check
+// of a parked sync: so does this one.
+func (r *syncRun) finalCheck(ctx context.Context) (found bool, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			found, err = false, fmt.Errorf("sync check panicked: %v", v)
+		}
+	}()
+	return r.check(ctx)
 }
 
 // answer is the Result as handed out: never a nil event list.

@@ -99,7 +99,10 @@ func TestAdminInboxActions(t *testing.T) {
 		polled := make(chan servertest.SyncResponse, 1)
 		go func() { polled <- in.Sync(t, "tb", first.NextBatch, 20*time.Second) }()
 		servertest.WaitFor(t, "the long-poll to wait", func() bool { return in.Hub().Len() == 1 })
-		require.EqualValues(t, 0, admin("POST", "/users/@bob:localhost/devices/B1/inbox/purge", map[string]any{})["purged"])
+		// The long-poll acknowledges message 10 at its first check, which
+		// a quiet device's long-poll makes at its first wake-up: the
+		// purge finds it or not, delivered either way.
+		require.Contains(t, []any{0.0, 1.0}, admin("POST", "/users/@bob:localhost/devices/B1/inbox/purge", map[string]any{})["purged"])
 		in.Send(t, "ta", "m.room_key", "k2", map[string]map[string]any{bob: {"B1": map[string]any{"n": 11}}})
 		select {
 		case res := <-polled:

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -143,5 +144,62 @@ func TestSyncCheckIsOneRoundTrip(t *testing.T) {
 		for _, part := range []string{"token_hash", "DELETE FROM device_inbox", "FROM device_inbox", "one_time_keys", "device_list_stream"} {
 			require.True(t, trips.batchHas(part), "check %d: the pipeline holds %q", i, part)
 		}
+	}
+}
+
+// A long-poll right after an answer, on a replica that has heard nothing
+// of the device since, waits without a round trip: a message delivered to
+// a long-polling device costs one pipeline (the wake-up's check, which
+// acknowledges the since), not two.
+func TestQuietLongPollIsOneRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	trips := &roundTrips{}
+	hub := wakeup.NewHub()
+	b, err := storage.Open(ctx, storage.Options{URL: testdb.New(t), Migrate: true, Hub: hub, PostgresTracer: trips})
+	require.NoError(t, err)
+	lctx, stop := context.WithCancel(ctx)
+	b.Start(lctx)
+	t.Cleanup(func() { hub.Close(); stop(); b.Close() })
+	require.Eventually(t, func() bool { return !hub.Deaf() }, 30*time.Second, time.Millisecond, "listening")
+	in := inbox.New(inbox.Config{ServerName: "localhost", Store: b.Inbox()})
+	dl := devicelists.New(b.Devices(), "localhost", nil, nil)
+	h := httpapi.NewRouter(httpapi.Config{ServerName: "localhost", Inbox: in, Devices: dl,
+		Sync: devicesync.New(devicesync.Config{Inbox: in, Devices: dl, Hub: hub})})
+	for _, d := range [][3]string{{alice, "A1", "tok-alice"}, {bob, "B1", "tok-bob"}} {
+		_, _, err := dl.PutDevice(ctx, d[0], d[1], d[2], nil, nil)
+		require.NoError(t, err)
+	}
+	send := func(txn string) {
+		_, err := in.Send(ctx, inbox.TxnKey{UserID: alice, DeviceID: "A1", EventType: "m.test", TxnID: txn},
+			inbox.Messages{bob: {"B1": json.RawMessage(`{"n":1}`)}})
+		require.NoError(t, err)
+	}
+	sync := func(since, timeout string) servertest.SyncResponse {
+		t.Helper()
+		req := httptest.NewRequestWithContext(context.WithValue(ctx, counted{}, true), http.MethodGet,
+			"/_matrix/client/v3/sync?timeout="+timeout+"&since="+since, nil)
+		req.Header.Set("Authorization", "Bearer tok-bob")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusOK, rec.Code, "%s", rec.Body)
+		var s servertest.SyncResponse
+		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &s))
+		return s
+	}
+
+	send("0")
+	s := sync("", "0")
+	require.Len(t, s.ToDevice.Events, 1)
+	for i := range 3 {
+		trips.reset()
+		got := make(chan servertest.SyncResponse, 1)
+		go func() { got <- sync(s.NextBatch, "60000") }()
+		require.Eventually(t, func() bool { return hub.Len() == 1 }, 30*time.Second, time.Millisecond, "the long-poll waits")
+		send("poll" + string(rune('0'+i)))
+		s = <-got
+		require.Len(t, s.ToDevice.Events, 1)
+		require.Empty(t, trips.queries, "long-poll %d: no query", i)
+		require.Equal(t, 1, trips.batches, "long-poll %d: one pipeline, the wake-up's", i)
+		require.True(t, trips.batchHas("DELETE FROM device_inbox"), "long-poll %d: it acknowledged", i)
 	}
 }

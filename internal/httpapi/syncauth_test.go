@@ -235,3 +235,36 @@ func TestSendRevokedTokenStopsAtOnce(t *testing.T) {
 			"the same txnId from the new device is its own transaction; the deleted device's token sent nothing")
 	})
 }
+
+// A long-poll that skipped its first check (its replica answered its since
+// and heard nothing of the device since) still ends with 401 at once when
+// the device's token is replaced, with no message for it: the replacement
+// wakes the device, on the replica that made it and on the others.
+func TestQuietLongPollOfReplacedTokenEndsAtOnce(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		url := b.NewURL(t)
+		a := servertest.Start(t, servertest.Config(url), server.Options{})
+		waiters := []*servertest.Instance{a}
+		if b.MultiInstance {
+			waiters = append(waiters, servertest.Start(t, servertest.Config(url), server.Options{}))
+		}
+		for i, in := range waiters {
+			servertest.WaitFor(t, "the replica to hear wake-ups", func() bool { return !in.Hub().Deaf() })
+			old, tok := "tok-bob-"+string(rune('0'+i)), "tok-bob-"+string(rune('1'+i))
+			a.PutDevice(t, bob, "B1", old)
+			s := in.Sync(t, old, "", 0)
+			_, skipped := in.SyncChecks()
+
+			waiting := make(chan servertest.Response, 1)
+			go func() { waiting <- in.RawSync(context.Background(), t, old, s.NextBatch, 10*time.Minute) }()
+			servertest.WaitFor(t, "the long-poll to skip its first check", func() bool { _, k := in.SyncChecks(); return k == skipped+1 })
+			a.PutDevice(t, bob, "B1", tok)
+			select {
+			case r := <-waiting:
+				requireUnknownToken(t, r, "the quiet long-poll of a replaced token")
+			case <-time.After(30 * time.Second):
+				t.Fatal("the long-poll did not end when its token was replaced")
+			}
+		}
+	})
+}

@@ -42,6 +42,7 @@ type Server struct {
 	parking  *httpapi.Parking
 	inbox    *inbox.Service
 	devices  *devicelists.Service
+	devsync  *devicesync.Service
 	registry *prometheus.Registry
 	m        *serverMetrics
 	handler  http.Handler
@@ -168,13 +169,28 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 			Help: "HTTP/1.1 syncs whose connection the wake-up hub holds (--park-long-polls): waiting with no goroutine, or queued for a worker.",
 		}, func() float64 { return float64(s.parking.Len()) }))
 	}
+	devsync := devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub})
+	s.devsync = devsync
+	for _, c := range []struct {
+		result string
+		n      func() uint64
+	}{
+		{"read", func() uint64 { r, _ := devsync.Checks(); return r }},
+		{"skipped", func() uint64 { _, k := devsync.Checks(); return k }},
+	} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "todeviced_sync_checks_total",
+			Help:        "Checks of /sync and sliding-sync requests: read the store (result=read), or a long-poll's first check skipped because this replica had heard no wake-up of the device since it answered the since the poll brings (result=skipped).",
+			ConstLabels: prometheus.Labels{"result": c.result},
+		}, func() float64 { return float64(c.n()) }))
+	}
 	s.handler = httpapi.NewRouter(httpapi.Config{
 		Parking:    s.parking,
 		ServerName: cfg.ServerName, InternalSecret: cfg.InternalSecret, AdminSecret: cfg.AdminSecret, MaxSendBytes: cfg.MaxSendBytes,
 		BodyTimeout: cfg.RequestBodyTimeout,
 		SendRate:    cfg.SendRateLimit, SendBurst: cfg.SendBurst,
 		Inbox: s.inbox, Devices: s.devices, Logger: log, Metrics: httpapi.NewMetrics(reg),
-		Sync:         devicesync.New(devicesync.Config{Inbox: s.inbox, Devices: s.devices, Hub: s.hub}),
+		Sync:         devsync,
 		PurgeDeleted: s.kickPurge, Federation: fed,
 		AdminFederation: adminFederation, AdminRetryNow: adminRetryNow, AdminKickResync: adminKickResync,
 	})
@@ -269,6 +285,10 @@ func (s *Server) Inbox() *inbox.Service { return s.inbox }
 
 // Devices is the device registry.
 func (s *Server) Devices() *devicelists.Service { return s.devices }
+
+// SyncChecks is devicesync.Service.Checks: sync checks that read the
+// store, and long-polls' first checks skipped.
+func (s *Server) SyncChecks() (read, skipped uint64) { return s.devsync.Checks() }
 
 // Backend is the open database.
 func (s *Server) Backend() storage.Backend { return s.backend }

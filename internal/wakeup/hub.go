@@ -11,6 +11,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -55,6 +56,8 @@ type Hub struct {
 	// OnWaitersChanged, when set, is called with the number of registered
 	// waiters after every change (used for the active long-poll gauge).
 	OnWaitersChanged func(n int)
+
+	deaf atomic.Bool
 }
 
 // NewHub returns an empty hub.
@@ -222,6 +225,20 @@ func (h *Hub) Observe(fn func(keys []Key)) (stop func()) {
 		delete(h.observers, id)
 	}
 }
+
+// SetDeaf says whether the hub may be missing wake-ups from elsewhere: its
+// notification source (PostgreSQL's LISTEN connection) is not connected,
+// so commits of other replicas, and NOTIFYs of this one, go unheard until
+// the WakeAll that follows its reconnection. A new hub hears everything
+// (its wake-ups are in-process, as on SQLite); a source that can miss
+// some sets it deaf until it listens. Waiters are unaffected: they are
+// woken by WakeAll. Consumers that also rely on having heard every wake-up
+// between two requests (devicesync's quiet devices) rely on it only while
+// the hub is not deaf.
+func (h *Hub) SetDeaf(deaf bool) { h.deaf.Store(deaf) }
+
+// Deaf reports SetDeaf's latest word.
+func (h *Hub) Deaf() bool { return h.deaf.Load() }
 
 // Len returns the number of registered waiters.
 func (h *Hub) Len() int {

@@ -26,12 +26,12 @@ func (t deviceTx) LockStream(ctx context.Context) error {
 	return nil
 }
 
-func notifyKeys(ctx context.Context, tx pgx.Tx, keys []wakeup.Key) error {
+func (db *DB) notifyKeys(ctx context.Context, tx pgx.Tx, keys []wakeup.Key) error {
 	if len(keys) == 0 {
 		return nil
 	}
 	b := &pgx.Batch{}
-	queueNotify(b, keys)
+	db.queueNotify(b, keys)
 	return tx.SendBatch(ctx, b).Close()
 }
 

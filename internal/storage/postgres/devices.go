@@ -41,7 +41,10 @@ var (
 )
 
 // Write sends the NOTIFYs inside the transaction, so other replicas hear of
-// it as it commits, and wakes this replica's waiters after.
+// it as it commits, and wakes this replica's waiters after — after a
+// failure too, when the commit may have happened all the same (a lost
+// connection at COMMIT): the listener drops this replica's own
+// notifications, so the local wake-up is the only one it gets.
 func (s *deviceStore) Write(ctx context.Context, fn func(devicelists.Tx) ([]wakeup.Key, error)) error {
 	var wake []wakeup.Key
 	err := s.db.inTx(ctx, func(tx pgx.Tx) error {
@@ -49,13 +52,10 @@ func (s *deviceStore) Write(ctx context.Context, fn func(devicelists.Tx) ([]wake
 		if wake, err = fn(newDeviceTx(tx)); err != nil {
 			return err
 		}
-		return notifyKeys(ctx, tx, wake)
+		return s.db.notifyKeys(ctx, tx, wake)
 	})
-	if err != nil {
-		return err
-	}
 	s.db.wakeLocal(wake)
-	return nil
+	return err
 }
 
 // Read runs fn in a read-only repeatable-read snapshot.

@@ -296,24 +296,34 @@ func (c *txConn) release(ctx context.Context) {
 // followed by the COMMIT and then the NOTIFYs for keys, in one pipeline.
 // The NOTIFY runs after the COMMIT, in a transaction of its own (see
 // acceptAlone); its failure is logged, not returned: the rows are stored.
-func (s *inboxStore) commit(ctx context.Context, c *txConn, b *pgx.Batch, writes int, keys []wakeup.Key, read func(pgx.BatchResults) error) error {
+//
+// Any error leaves it unknown whether the COMMIT and the NOTIFY ran (the
+// server may have run the whole pipeline while this side failed to read
+// it), so this replica's waiters are woken then too: the listener drops
+// this replica's own notifications (listener.listen), so a commit it
+// notified must always be followed by a local wake-up. A spurious one
+// costs a look.
+func (s *inboxStore) commit(ctx context.Context, c *txConn, b *pgx.Batch, writes int, keys []wakeup.Key, read func(pgx.BatchResults) error) (err error) {
 	b.Queue("COMMIT")
-	queueNotify(b, keys)
+	s.db.queueNotify(b, keys)
 	br := c.SendBatch(ctx, b)
+	defer func() {
+		if err != nil {
+			br.Close()
+			s.db.wakeLocal(keys)
+		}
+	}()
 	for range writes {
 		if _, err := br.Exec(); err != nil {
-			br.Close()
 			return fmt.Errorf("writing inbox and outbox rows: %w", err)
 		}
 	}
 	if read != nil {
 		if err := read(br); err != nil {
-			br.Close()
 			return err
 		}
 	}
 	if _, err := br.Exec(); err != nil {
-		br.Close()
 		return fmt.Errorf("committing: %w", err)
 	}
 	c.open = false

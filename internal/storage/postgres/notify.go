@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,9 +30,21 @@ const (
 	listenerMaxBackoff = 2 * time.Second
 )
 
-// notifyPayloads packs wake-up keys into as few NOTIFY payloads as fit.
-// Keys never contain spaces (user ids and server names cannot).
-func notifyPayloads(keys []wakeup.Key) []string {
+// A payload is the notifying replica's origin field ('r' and a random id,
+// made when it opened the database), then the keys, space-separated. A
+// replica's listener drops its own notifications: every commit it
+// notifies, it also wakes its own waiters for at once (wakeLocal, on
+// failure paths too), and the echo, arriving a moment later, would only
+// make a long-poll that registered in between look at the store again
+// for nothing, and make devicesync's quiet devices forget the device.
+// Keys never start with 'r' (wakeup's are 'd', 'u' and 'o'); a payload
+// without an origin (an older replica's) wakes its keys, and an older
+// replica takes the origin field for a key nobody waits on.
+
+// notifyPayloads packs wake-up keys into as few NOTIFY payloads as fit,
+// each led by origin. Keys never contain spaces (user ids and server names
+// cannot).
+func notifyPayloads(origin string, keys []wakeup.Key) []string {
 	var out []string
 	var b strings.Builder
 	for _, k := range keys {
@@ -39,9 +52,10 @@ func notifyPayloads(keys []wakeup.Key) []string {
 			out = append(out, b.String())
 			b.Reset()
 		}
-		if b.Len() > 0 {
-			b.WriteByte(' ')
+		if b.Len() == 0 {
+			b.WriteString(origin)
 		}
+		b.WriteByte(' ')
 		b.WriteString(string(k))
 	}
 	if b.Len() > 0 {
@@ -53,8 +67,8 @@ func notifyPayloads(keys []wakeup.Key) []string {
 // queueNotify adds the NOTIFYs for keys to a batch, to be sent with the
 // transaction's last writes: one notification per transaction, split only
 // when the payload would overflow.
-func queueNotify(b *pgx.Batch, keys []wakeup.Key) {
-	for _, p := range notifyPayloads(keys) {
+func (db *DB) queueNotify(b *pgx.Batch, keys []wakeup.Key) {
+	for _, p := range notifyPayloads(db.origin, keys) {
 		b.Queue(`SELECT pg_notify('`+notifyChannel+`', $1)`, p)
 	}
 }
@@ -66,7 +80,7 @@ func (db *DB) notify(ctx context.Context, keys []wakeup.Key) {
 		return
 	}
 	b := &pgx.Batch{}
-	queueNotify(b, keys)
+	db.queueNotify(b, keys)
 	if err := db.pool.SendBatch(ctx, b).Close(); err != nil {
 		db.notifyFailed(ctx, err)
 	}
@@ -80,24 +94,34 @@ func (db *DB) notifyFailed(ctx context.Context, err error) {
 	db.log.WarnContext(ctx, "waking other replicas failed; their long-polls see the committed messages when they next look", "err", err)
 }
 
-func parsePayload(p string) []wakeup.Key {
+// parsePayload returns a payload's keys, and whether self (this replica's
+// origin field) sent it.
+func parsePayload(p, self string) (keys []wakeup.Key, own bool) {
 	fields := strings.Fields(p)
-	keys := make([]wakeup.Key, len(fields))
+	if len(fields) > 0 && strings.HasPrefix(fields[0], "r") {
+		if fields[0] == self {
+			return nil, true
+		}
+		fields = fields[1:]
+	}
+	keys = make([]wakeup.Key, len(fields))
 	for i, f := range fields {
 		keys[i] = wakeup.Key(f)
 	}
-	return keys
+	return keys, false
 }
 
 // listener holds one LISTEN connection per replica and wakes the hub.
 type listener struct {
 	url     string
+	origin  string // this replica's payload origin: its own to drop
 	hub     *wakeup.Hub
 	log     *slog.Logger
 	onState func(up bool)
 }
 
 func (l *listener) setState(up bool) {
+	l.hub.SetDeaf(!up)
 	if l.onState != nil {
 		l.onState(up)
 	}
@@ -162,6 +186,13 @@ func (l *listener) listen(ctx context.Context) (connected bool, err error) {
 			}
 			return true, err
 		}
-		l.hub.Wake(parsePayload(n.Payload)...)
+		if keys, own := parsePayload(n.Payload, l.origin); !own {
+			l.hub.Wake(keys...)
+		}
 	}
+}
+
+// newOrigin is a replica's payload origin: 'r' and 64 random bits.
+func newOrigin() string {
+	return "r" + strconv.FormatUint(rand.Uint64(), 36)
 }

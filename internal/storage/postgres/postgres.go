@@ -103,6 +103,7 @@ type DB struct {
 	log       *slog.Logger
 	epoch     string
 	hub       *wakeup.Hub
+	origin    string // leads this replica's NOTIFY payloads (notify.go)
 	listener  *listener
 	cancel    context.CancelFunc
 	listening chan struct{}
@@ -154,7 +155,12 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating connection pool: %w", err)
 	}
-	db := &DB{pool: pool, opts: opts, log: opts.Logger, hub: opts.Hub}
+	db := &DB{pool: pool, opts: opts, log: opts.Logger, hub: opts.Hub, origin: newOrigin()}
+	if db.hub != nil {
+		// Until the listener listens (Start), commits of other replicas go
+		// unheard.
+		db.hub.SetDeaf(true)
+	}
 	if err := pool.QueryRow(ctx, `SELECT epoch FROM meta`).Scan(&db.epoch); err != nil {
 		pool.Close()
 		var pgErr *pgconn.PgError
@@ -184,7 +190,7 @@ func (db *DB) Start(ctx context.Context) {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	db.cancel = cancel
-	db.listener = &listener{url: db.opts.DirectURL, hub: db.hub, log: db.log, onState: db.opts.OnListenerState}
+	db.listener = &listener{url: db.opts.DirectURL, origin: db.origin, hub: db.hub, log: db.log, onState: db.opts.OnListenerState}
 	db.listening = make(chan struct{})
 	go func() {
 		defer close(db.listening)
