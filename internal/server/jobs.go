@@ -37,6 +37,7 @@ func (s *Server) Start(ctx context.Context) {
 		return nil
 	}, nil)
 	s.goJob(ctx, "federation-housekeeping", housekeepEvery, s.housekeeper.Housekeep, nil)
+	s.jobs.Go(func() { s.trimHeap(ctx) })
 	s.goJob(ctx, "federation-gauges", backlogEvery, s.housekeeper.RefreshGauges, nil)
 	if s.sender != nil {
 		s.jobs.Go(func() { s.sender.Run(ctx) })

@@ -15,6 +15,7 @@ type serverMetrics struct {
 	listenerUp  prometheus.Gauge
 	inboxMaxAge prometheus.Gauge
 	dbReady     prometheus.Gauge
+	heapTrims   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, version, databaseURL string) *serverMetrics {
@@ -45,8 +46,12 @@ func newMetrics(reg prometheus.Registerer, version, databaseURL string) *serverM
 			Name: "todeviced_database_ready",
 			Help: "1 when the database answers and its schema is migrated (what /readyz checks), refreshed every 15 s.",
 		}),
+		heapTrims: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "todeviced_heap_trims_total",
+			Help: "Garbage collections run early because the process went quiet holding more than twice its live heap (after a burst such as thousands of clients connecting at once), so the memory goes back to the system.",
+		}),
 	}
-	reg.MustRegister(buildInfo, m.longPolls, m.listenerUp, m.inboxMaxAge, m.dbReady,
+	reg.MustRegister(buildInfo, m.longPolls, m.listenerUp, m.inboxMaxAge, m.dbReady, m.heapTrims,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
