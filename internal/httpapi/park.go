@@ -48,6 +48,10 @@ type Parking struct {
 	ln     *parkingListener
 	parked map[*parkedSync]struct{}
 	closed bool
+	// fresh are the connections handed back to net/http that have not
+	// begun a request since (ConnState): at shutdown they are closed
+	// (CloseFresh), as net/http closes its idle ones.
+	fresh map[net.Conn]struct{}
 	// lastHeader is the headers of the last parked poll (sharedHeader).
 	lastHeader http.Header
 	// standIns are the stand-in requests by method and route.
@@ -426,8 +430,48 @@ func (p *Parking) unpark(ps *parkedSync) {
 func (p *Parking) handBack(c net.Conn) bool {
 	p.mu.Lock()
 	ln := p.ln
+	if ln != nil && !p.closed {
+		if p.fresh == nil {
+			p.fresh = make(map[net.Conn]struct{})
+		}
+		p.fresh[c] = struct{}{}
+	}
 	p.mu.Unlock()
-	return ln != nil && ln.handBack(c)
+	if ln != nil && ln.handBack(c) {
+		return true
+	}
+	p.mu.Lock()
+	delete(p.fresh, c)
+	p.mu.Unlock()
+	return false
+}
+
+// ConnState is the API server's http.Server.ConnState: a handed-back
+// connection stops being fresh once net/http starts reading a request from
+// it (or closes it).
+func (p *Parking) ConnState(c net.Conn, st http.ConnState) {
+	if st == http.StateNew {
+		return
+	}
+	p.mu.Lock()
+	if len(p.fresh) > 0 {
+		delete(p.fresh, c)
+	}
+	p.mu.Unlock()
+}
+
+// CloseFresh closes the connections handed back to net/http that have not
+// begun a request since: idle keep-alive connections, which net/http,
+// taking them for new ones (StateNew), would let hold its Shutdown for
+// five seconds. Call it after Close and Drain, before http.Server.Shutdown.
+func (p *Parking) CloseFresh() {
+	p.mu.Lock()
+	fresh := p.fresh
+	p.fresh = nil
+	p.mu.Unlock()
+	for c := range fresh {
+		_ = c.Close()
+	}
 }
 
 // sweep cancels the parked polls whose client has gone.

@@ -2,9 +2,11 @@ package server_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -13,6 +15,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -476,4 +479,46 @@ func TestParkedQueueIsBounded(t *testing.T) {
 	require.Equal(t, "1", resp.Header.Get("Retry-After"))
 	require.Equal(t, 0, in.Server.Parking().Len())
 	c.versions()
+}
+
+// A connection handed back to net/http after a parked answer, idle since,
+// is closed at shutdown like any idle keep-alive connection: net/http takes
+// it for a new one and would otherwise hold its Shutdown for five seconds
+// (here longer than the shutdown deadline, which would be logged).
+func TestShutdownClosesHandedBackConnections(t *testing.T) {
+	cfg := servertest.Config("sqlite:" + filepath.Join(t.TempDir(), "p.db"))
+	cfg.ShutdownTimeout = 3 * time.Second
+	var logs syncBuffer
+	in := servertest.StartLogged(t, cfg, server.Options{}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	in.PutDevice(t, "@a:localhost", "A", "tok-a")
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+	c := dialRaw(t, in)
+	c.write(syncRequest("tok-b", c.initialSync("tok-b"), 300_000, ""))
+	waitParked(t, in, 1)
+	in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+	resp, body := c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	require.False(t, resp.Close, "kept alive: handed back")
+
+	in.Stop(t)
+	_, err := c.r.ReadByte()
+	require.ErrorIs(t, err, io.EOF, "closed by the shutdown")
+	require.NotContains(t, logs.String(), "did not finish before the shutdown deadline")
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

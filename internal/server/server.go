@@ -349,6 +349,7 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 	errc := make(chan error, 2)
 	if s.parking != nil {
 		apiLn = s.parking.Listener(apiLn)
+		api.ConnState = s.parking.ConnState
 	}
 	go func() { errc <- api.Serve(apiLn) }()
 	if metricsLn != nil {
@@ -384,6 +385,9 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 		if err := s.parking.Drain(sctx); err != nil {
 			s.log.Warn("parked long-polls did not answer before the shutdown deadline", "err", err)
 		}
+		// Connections handed back after earlier answers and idle since:
+		// net/http would wait five seconds for them.
+		s.parking.CloseFresh()
 	}
 	for _, srv := range servers {
 		if err := srv.Shutdown(sctx); err != nil {
