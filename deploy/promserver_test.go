@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,13 +13,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/todeviced/todeviced/internal/servertest"
 )
 
 // promScrapeInterval is the scrape and rule evaluation interval of the
@@ -56,22 +56,7 @@ type promServer struct {
 
 // lockedBuffer collects the server's output (written by exec's copier
 // goroutine, read by the test when it fails).
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type lockedBuffer = servertest.LockedBuffer
 
 // testRules rewrites alerts.yml for the test: every expression as shipped,
 // every `for` shortened to three evaluation intervals, so an alert whose

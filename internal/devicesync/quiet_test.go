@@ -47,6 +47,19 @@ func (e *env) stored(t *testing.T, dev inbox.Recipient) int {
 	return int(st.Count)
 }
 
+// answered waits until the hub hears every wake-up, then has bob's B1
+// receive message 1 in an initial sync, whose answer leaves it quiet.
+func (e *env) answered(t *testing.T) (inbox.Recipient, devicesync.Result) {
+	t.Helper()
+	hearing(t, e.hub)
+	dev := e.device(t, bob, "B1")
+	e.send(t, "1", bob, "B1", 1)
+	first, err := e.sync.Sync(ctx(t), devicesync.Request{Device: dev, ToDevice: inbox.Position{NID: dev.NID}})
+	require.NoError(t, err)
+	require.Equal(t, []int{1}, ns(t, first.ToDevice.Events))
+	return dev, first
+}
+
 // next is the request a client makes with res's token.
 func next(dev inbox.Recipient, res devicesync.Result, timeout time.Duration) devicesync.Request {
 	return devicesync.Request{Device: dev, ToDevice: res.ToDevice.Next, Lists: devicesync.ListsAt(res.ListsHead), Timeout: timeout}
@@ -58,13 +71,7 @@ func next(dev inbox.Recipient, res devicesync.Result, timeout time.Duration) dev
 // stays until that check.
 func TestQuietLongPollWaitsWithoutItsFirstCheck(t *testing.T) {
 	eachBackend(t, func(t *testing.T, e *env) {
-		hearing(t, e.hub)
-		dev := e.device(t, bob, "B1")
-		e.send(t, "1", bob, "B1", 1)
-		first, err := e.sync.Sync(ctx(t), devicesync.Request{Device: dev, ToDevice: inbox.Position{NID: dev.NID}})
-		require.NoError(t, err)
-		require.Equal(t, []int{1}, ns(t, first.ToDevice.Events))
-
+		dev, first := e.answered(t)
 		reads, skips := e.sync.Checks()
 		c := e.poll(t, ctx(t), next(dev, first, time.Minute))
 		require.Eventually(t, func() bool { _, s := e.sync.Checks(); return s == skips+1 }, 30*time.Second, time.Millisecond, "the first check is skipped")
@@ -86,12 +93,7 @@ func TestQuietLongPollWaitsWithoutItsFirstCheck(t *testing.T) {
 // is acknowledged and the answer is read from the store.
 func TestQuietLongPollChecksAtItsTimeout(t *testing.T) {
 	eachBackend(t, func(t *testing.T, e *env) {
-		hearing(t, e.hub)
-		dev := e.device(t, bob, "B1")
-		e.send(t, "1", bob, "B1", 1)
-		first, err := e.sync.Sync(ctx(t), devicesync.Request{Device: dev, ToDevice: inbox.Position{NID: dev.NID}})
-		require.NoError(t, err)
-
+		dev, first := e.answered(t)
 		reads, skips := e.sync.Checks()
 		res, err := e.sync.Sync(ctx(t), next(dev, first, 200*time.Millisecond))
 		require.NoError(t, err)

@@ -90,42 +90,73 @@ func (c *roundTrips) batchHas(s string) bool {
 	return false
 }
 
+// tripRouter is the real router on PostgreSQL whose round trips for
+// counted requests are counted: alice (A1) sends to bob (B1), who syncs.
+type tripRouter struct {
+	t     *testing.T
+	h     http.Handler
+	trips *roundTrips
+	hub   *wakeup.Hub
+	in    *inbox.Service
+}
+
+// newTripRouter builds it; listen starts the wake-up listener and waits
+// until the hub hears every wake-up (quiet devices need it).
+func newTripRouter(t *testing.T, listen bool) *tripRouter {
+	ctx := context.Background()
+	r := &tripRouter{t: t, trips: &roundTrips{}, hub: wakeup.NewHub()}
+	b, err := storage.Open(ctx, storage.Options{URL: testdb.New(t), Migrate: true, Hub: r.hub, PostgresTracer: r.trips})
+	require.NoError(t, err)
+	lctx, stop := context.WithCancel(ctx)
+	if listen {
+		b.Start(lctx)
+	}
+	t.Cleanup(func() { r.hub.Close(); stop(); b.Close() })
+	if listen {
+		require.Eventually(t, func() bool { return !r.hub.Deaf() }, 30*time.Second, time.Millisecond, "listening")
+	}
+	r.in = inbox.New(inbox.Config{ServerName: "localhost", Store: b.Inbox()})
+	dl := devicelists.New(b.Devices(), "localhost", nil, nil)
+	r.h = httpapi.NewRouter(httpapi.Config{ServerName: "localhost", Inbox: r.in, Devices: dl,
+		Sync: devicesync.New(devicesync.Config{Inbox: r.in, Devices: dl, Hub: r.hub})})
+	for _, d := range [][3]string{{alice, "A1", "tok-alice"}, {bob, "B1", "tok-bob"}} {
+		_, _, err := dl.PutDevice(ctx, d[0], d[1], d[2], nil, nil)
+		require.NoError(t, err)
+	}
+	return r
+}
+
+func (r *tripRouter) send(txn string) {
+	_, err := r.in.Send(context.Background(), inbox.TxnKey{UserID: alice, DeviceID: "A1", EventType: "m.test", TxnID: txn},
+		inbox.Messages{bob: {"B1": json.RawMessage(`{"n":1}`)}})
+	require.NoError(r.t, err)
+}
+
+// sync is bob's counted /sync.
+func (r *tripRouter) sync(since, timeout string) servertest.SyncResponse {
+	r.t.Helper()
+	req := httptest.NewRequestWithContext(context.WithValue(context.Background(), counted{}, true), http.MethodGet,
+		"/_matrix/client/v3/sync?timeout="+timeout+"&since="+since, nil)
+	req.Header.Set("Authorization", "Bearer tok-bob")
+	rec := httptest.NewRecorder()
+	r.h.ServeHTTP(rec, req)
+	require.Equal(r.t, http.StatusOK, rec.Code, "%s", rec.Body)
+	var s servertest.SyncResponse
+	require.NoError(r.t, json.Unmarshal(rec.Body.Bytes(), &s))
+	return s
+}
+
 // A /sync check of a token this replica knows, acknowledging what the last
 // sync handed out and fetching what came since, is one round trip to
 // PostgreSQL: one pipeline holding the token's guard, the acknowledgement,
 // the fetch, the device-list head and the key counts, and no other query.
 func TestSyncCheckIsOneRoundTrip(t *testing.T) {
-	ctx := context.Background()
-	trips := &roundTrips{}
-	hub := wakeup.NewHub()
-	b, err := storage.Open(ctx, storage.Options{URL: testdb.New(t), Migrate: true, Hub: hub, PostgresTracer: trips})
-	require.NoError(t, err)
-	t.Cleanup(func() { hub.Close(); b.Close() })
-	in := inbox.New(inbox.Config{ServerName: "localhost", Store: b.Inbox()})
-	dl := devicelists.New(b.Devices(), "localhost", nil, nil)
-	h := httpapi.NewRouter(httpapi.Config{ServerName: "localhost", Inbox: in, Devices: dl,
-		Sync: devicesync.New(devicesync.Config{Inbox: in, Devices: dl, Hub: hub})})
-	for _, d := range [][3]string{{alice, "A1", "tok-alice"}, {bob, "B1", "tok-bob"}} {
-		_, _, err := dl.PutDevice(ctx, d[0], d[1], d[2], nil, nil)
-		require.NoError(t, err)
-	}
-	send := func(txn string) {
-		_, err := in.Send(ctx, inbox.TxnKey{UserID: alice, DeviceID: "A1", EventType: "m.test", TxnID: txn},
-			inbox.Messages{bob: {"B1": json.RawMessage(`{"n":1}`)}})
-		require.NoError(t, err)
-	}
+	r := newTripRouter(t, false)
+	trips, send := r.trips, r.send
 	sync := func(since string) servertest.SyncResponse {
 		t.Helper()
 		trips.reset()
-		req := httptest.NewRequestWithContext(context.WithValue(ctx, counted{}, true), http.MethodGet,
-			"/_matrix/client/v3/sync?timeout=0&since="+since, nil)
-		req.Header.Set("Authorization", "Bearer tok-bob")
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		require.Equal(t, http.StatusOK, rec.Code, "%s", rec.Body)
-		var s servertest.SyncResponse
-		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &s))
-		return s
+		return r.sync(since, "0")
 	}
 
 	send("1")
@@ -152,40 +183,8 @@ func TestSyncCheckIsOneRoundTrip(t *testing.T) {
 // a long-polling device costs one pipeline (the wake-up's check, which
 // acknowledges the since), not two.
 func TestQuietLongPollIsOneRoundTrip(t *testing.T) {
-	ctx := context.Background()
-	trips := &roundTrips{}
-	hub := wakeup.NewHub()
-	b, err := storage.Open(ctx, storage.Options{URL: testdb.New(t), Migrate: true, Hub: hub, PostgresTracer: trips})
-	require.NoError(t, err)
-	lctx, stop := context.WithCancel(ctx)
-	b.Start(lctx)
-	t.Cleanup(func() { hub.Close(); stop(); b.Close() })
-	require.Eventually(t, func() bool { return !hub.Deaf() }, 30*time.Second, time.Millisecond, "listening")
-	in := inbox.New(inbox.Config{ServerName: "localhost", Store: b.Inbox()})
-	dl := devicelists.New(b.Devices(), "localhost", nil, nil)
-	h := httpapi.NewRouter(httpapi.Config{ServerName: "localhost", Inbox: in, Devices: dl,
-		Sync: devicesync.New(devicesync.Config{Inbox: in, Devices: dl, Hub: hub})})
-	for _, d := range [][3]string{{alice, "A1", "tok-alice"}, {bob, "B1", "tok-bob"}} {
-		_, _, err := dl.PutDevice(ctx, d[0], d[1], d[2], nil, nil)
-		require.NoError(t, err)
-	}
-	send := func(txn string) {
-		_, err := in.Send(ctx, inbox.TxnKey{UserID: alice, DeviceID: "A1", EventType: "m.test", TxnID: txn},
-			inbox.Messages{bob: {"B1": json.RawMessage(`{"n":1}`)}})
-		require.NoError(t, err)
-	}
-	sync := func(since, timeout string) servertest.SyncResponse {
-		t.Helper()
-		req := httptest.NewRequestWithContext(context.WithValue(ctx, counted{}, true), http.MethodGet,
-			"/_matrix/client/v3/sync?timeout="+timeout+"&since="+since, nil)
-		req.Header.Set("Authorization", "Bearer tok-bob")
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		require.Equal(t, http.StatusOK, rec.Code, "%s", rec.Body)
-		var s servertest.SyncResponse
-		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &s))
-		return s
-	}
+	r := newTripRouter(t, true)
+	trips, hub, send, sync := r.trips, r.hub, r.send, r.sync
 
 	send("0")
 	s := sync("", "0")

@@ -127,17 +127,24 @@ func TestSyncTokenRevokedOnAnotherReplica(t *testing.T) {
 	})
 }
 
+// replicas starts an instance and, where the backend allows more than one,
+// a second on the same database.
+func replicas(t *testing.T, b servertest.Backend) []*servertest.Instance {
+	url := b.NewURL(t)
+	in := []*servertest.Instance{servertest.Start(t, servertest.Config(url), server.Options{})}
+	if b.MultiInstance {
+		in = append(in, servertest.Start(t, servertest.Config(url), server.Options{}))
+	}
+	return in
+}
+
 // A long-poll whose token is revoked while it waits ends with 401 at its
 // next check (here, the wake-up of a message for the device), on the
 // replica that revoked it or another; the message waits for the new token.
 func TestLongPollEndsWhenTokenRevoked(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		url := b.NewURL(t)
-		a := servertest.Start(t, servertest.Config(url), server.Options{})
-		waiters := []*servertest.Instance{a}
-		if b.MultiInstance {
-			waiters = append(waiters, servertest.Start(t, servertest.Config(url), server.Options{}))
-		}
+		waiters := replicas(t, b)
+		a := waiters[0]
 		a.PutDevice(t, alice, "A1", "tok-alice")
 		for i, in := range waiters {
 			old, tok := "tok-bob-"+string(rune('0'+i)), "tok-bob-"+string(rune('1'+i))
@@ -242,12 +249,8 @@ func TestSendRevokedTokenStopsAtOnce(t *testing.T) {
 // wakes the device, on the replica that made it and on the others.
 func TestQuietLongPollOfReplacedTokenEndsAtOnce(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		url := b.NewURL(t)
-		a := servertest.Start(t, servertest.Config(url), server.Options{})
-		waiters := []*servertest.Instance{a}
-		if b.MultiInstance {
-			waiters = append(waiters, servertest.Start(t, servertest.Config(url), server.Options{}))
-		}
+		waiters := replicas(t, b)
+		a := waiters[0]
 		for i, in := range waiters {
 			servertest.WaitFor(t, "the replica to hear wake-ups", func() bool { return !in.Hub().Deaf() })
 			old, tok := "tok-bob-"+string(rune('0'+i)), "tok-bob-"+string(rune('1'+i))

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,7 +14,6 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -488,7 +486,7 @@ func TestParkedQueueIsBounded(t *testing.T) {
 func TestShutdownClosesHandedBackConnections(t *testing.T) {
 	cfg := servertest.Config("sqlite:" + filepath.Join(t.TempDir(), "p.db"))
 	cfg.ShutdownTimeout = 3 * time.Second
-	var logs syncBuffer
+	var logs servertest.LockedBuffer
 	in := servertest.StartLogged(t, cfg, server.Options{}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	in.PutDevice(t, "@a:localhost", "A", "tok-a")
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
@@ -504,21 +502,4 @@ func TestShutdownClosesHandedBackConnections(t *testing.T) {
 	_, err := c.r.ReadByte()
 	require.ErrorIs(t, err, io.EOF, "closed by the shutdown")
 	require.NotContains(t, logs.String(), "did not finish before the shutdown deadline")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
