@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/todeviced/todeviced/internal/servertest"
 	"github.com/todeviced/todeviced/internal/storage"
 )
 
@@ -44,7 +45,7 @@ func freeAddr(t *testing.T) string {
 // process is todeviced running as a subprocess.
 type process struct {
 	cmd *exec.Cmd
-	log *bytes.Buffer
+	log *servertest.LockedBuffer
 }
 
 func startProcess(t *testing.T, bin string, args []string) *process {
@@ -55,9 +56,9 @@ func startProcess(t *testing.T, bin string, args []string) *process {
 			env = append(env, kv)
 		}
 	}
-	p := &process{cmd: exec.Command(bin, args...), log: &bytes.Buffer{}}
+	p := &process{cmd: exec.Command(bin, args...), log: &servertest.LockedBuffer{}}
 	p.cmd.Env = env
-	p.cmd.Stdout, p.cmd.Stderr = io.Discard, &lockedWriter{w: p.log}
+	p.cmd.Stdout, p.cmd.Stderr = io.Discard, p.log
 	require.NoError(t, p.cmd.Start())
 	t.Cleanup(func() {
 		if p.cmd.ProcessState == nil {
@@ -65,7 +66,7 @@ func startProcess(t *testing.T, bin string, args []string) *process {
 			_ = p.cmd.Wait()
 		}
 		if t.Failed() {
-			t.Logf("todeviced log:\n%s", p.cmd.Stderr.(*lockedWriter).String())
+			t.Logf("todeviced log:\n%s", p.log.String())
 		}
 	})
 	return p
@@ -74,23 +75,6 @@ func startProcess(t *testing.T, bin string, args []string) *process {
 func (p *process) kill(t *testing.T) {
 	require.NoError(t, p.cmd.Process.Kill()) // SIGKILL: no shutdown, no lease release
 	_ = p.cmd.Wait()
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.String()
 }
 
 // waitServing waits until the API at addr answers.
