@@ -63,6 +63,9 @@ type quietAt struct {
 	toDevice  inbox.Position
 	listsHead int64
 	keyCounts bool
+	// listsOnly: the answer read no inbox (a sliding-sync connection with
+	// the e2ee extension alone); its toDevice says nothing of the inbox.
+	listsOnly bool
 	token     []byte
 }
 
@@ -148,7 +151,8 @@ func (q *quietDevices) settle(device wakeup.Key, ticket uint64, at quietAt) {
 // quiet says whether req may skip its first check: it brings the
 // positions of the device's settled answer (a device-list since at that
 // answer's head, or none), with the same token (or one this request has
-// just read, TokenHash nil) and the same ask for key counts. req must
+// just read, TokenHash nil), the same ask for key counts and the same
+// reading of the inbox or not. req must
 // already be registered with the hub.
 func (q *quietDevices) quiet(device wakeup.Key, req *Request) bool {
 	if q.hub.Deaf() {
@@ -159,5 +163,6 @@ func (q *quietDevices) quiet(device wakeup.Key, req *Request) bool {
 	d := q.device[device]
 	return d != nil && d.settled && d.at.toDevice == req.ToDevice &&
 		(req.Lists == ListsSince{} || req.Lists == ListsAt(d.at.listsHead)) &&
-		d.at.keyCounts == req.KeyCounts && (req.TokenHash == nil || bytes.Equal(d.at.token, req.TokenHash))
+		d.at.keyCounts == req.KeyCounts && d.at.listsOnly == req.ListsOnly &&
+		(req.TokenHash == nil || bytes.Equal(d.at.token, req.TokenHash))
 }

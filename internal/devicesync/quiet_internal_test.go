@@ -36,6 +36,7 @@ func TestQuietDevicesLedger(t *testing.T) {
 		"another device-list since":      func(r *Request) { r.Lists = ListsAt(10) },
 		"a since of another epoch":       func(r *Request) { r.Lists = listsOfAnotherEpoch },
 		"no key counts asked for":        func(r *Request) { r.KeyCounts = false },
+		"no inbox read (e2ee alone)":     func(r *Request) { r.ListsOnly = true },
 		"another remembered token":       func(r *Request) { r.TokenHash = []byte("other") },
 		"a since for an initial lists":   func(r *Request) { r.Lists = ListsSince{Incremental: true} },
 		"a since of no device (initial)": func(r *Request) { r.ToDevice = inbox.Position{} },

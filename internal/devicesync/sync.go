@@ -238,9 +238,10 @@ func (s *Service) prepare(req Request) *syncRun {
 	return r
 }
 
-// quietable: the sync reads the inbox, so its keys are the device's and
-// its user's, and its answer hands out an inbox position.
-func (r *syncRun) quietable() bool { return !r.req.ListsOnly }
+// quietable: the sync waits on its device's key and its user's (it reads
+// the inbox, or the device's key counts), so every change a check would
+// report wakes one of them.
+func (r *syncRun) quietable() bool { return !r.req.ListsOnly || r.req.KeyCounts }
 
 // check is one check of the sync, for the hub.
 func (r *syncRun) check(ctx context.Context) (bool, error) {
@@ -304,7 +305,8 @@ func (r *syncRun) end(ctx context.Context, err error) (Result, error) {
 	}
 	if r.quietable() && !r.res.ToDevice.Limited {
 		r.s.quiet.settle(r.keys[0], r.ticket, quietAt{
-			toDevice: r.res.ToDevice.Next, listsHead: r.res.ListsHead, keyCounts: r.req.KeyCounts, token: r.req.TokenHash,
+			toDevice: r.res.ToDevice.Next, listsHead: r.res.ListsHead, keyCounts: r.req.KeyCounts, listsOnly: r.req.ListsOnly,
+			token: r.req.TokenHash,
 		})
 	}
 	return r.res.answer(), nil

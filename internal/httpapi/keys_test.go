@@ -313,3 +313,40 @@ func TestKeyCountsChangedBetweenSyncsEndTheNextAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// An e2ee-only sliding-sync connection's long-poll is quiet too: after an
+// answer it waits without a check, and a claim still ends it with the new
+// count. An answer that read no inbox never lets a to_device request skip
+// its check: a message pending since before it comes at once.
+func TestQuietSlidingSyncE2EEConnection(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		in, _ := aliceUploaded(t, b)
+		servertest.WaitFor(t, "the replica to hear wake-ups", func() bool { return !in.Hub().Deaf() })
+		e2ee := ssBody(false, "", 0, true)
+		first := ss(t, in, "tok-alice", "", 0, e2ee)
+		_, skipped := in.SyncChecks()
+		done := make(chan servertest.Response, 1)
+		go func() { done <- rawSS(context.Background(), t, in, "tok-alice", first.Pos, time.Minute, e2ee) }()
+		servertest.WaitFor(t, "the long-poll to skip its first check", func() bool { _, k := in.SyncChecks(); return k == skipped+1 })
+		claimOne(t, in, "tok-bob", alice, "A1")
+		select {
+		case r := <-done:
+			require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+			require.JSONEq(t, `{"signed_curve25519":1}`, string(mustField(t, r.Body, "extensions", "e2ee", "device_one_time_keys_count")))
+		case <-time.After(30 * time.Second):
+			t.Fatal("the quiet e2ee long-poll did not wake when the counts changed")
+		}
+
+		in.Send(t, "tok-bob", "m.test", "pending", map[string]map[string]any{alice: {"A1": map[string]any{"n": 1}}})
+		// Answered after the message, reading no inbox; the connection
+		// then turns to_device on.
+		answered := ss(t, in, "tok-alice", "", 0, e2ee)
+		c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		r := rawSS(c, t, in, "tok-alice", answered.Pos, time.Hour, ssBody(true, "", 100, true))
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		var got ssResponse
+		require.NoError(t, json.Unmarshal(r.Body, &got))
+		require.Len(t, got.Extensions.ToDevice.Events, 1, "the pending message, at once")
+	})
+}
