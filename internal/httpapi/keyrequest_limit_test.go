@@ -39,3 +39,42 @@ func TestKeyRequestRateLimit(t *testing.T) {
 		require.Equal(t, 2.0, counterValue(t, in, "todeviced_messages_dropped_total", "reason", "key_request_rate_limited"))
 	})
 }
+
+// A send that stores nothing pays nothing: a retried transaction id (the
+// first request paid), a request refused as bad input, and a send whose
+// remembered token turned out to be revoked (redone once as the device the
+// token names now) give back the tokens they took.
+func TestKeyRequestRateLimitChargesStoredSendsOnly(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		cfg := servertest.Config(b.NewURL(t))
+		cfg.KeyRequestRateLimit, cfg.KeyRequestBurst = 0.0001, 2 // no refill during the test
+		in := servertest.Start(t, cfg, server.Options{})
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.PutDevice(t, bob, "B1", "tok-bob")
+		req := func(n int) map[string]any {
+			return map[string]any{"action": "request", "request_id": "r" + string(rune('a'+n)), "requesting_device_id": "A1", "n": n}
+		}
+		in.Send(t, "tok-alice", "m.room_key_request", "1", map[string]map[string]any{bob: {"B1": req(1)}})
+		for range 3 {
+			in.Send(t, "tok-alice", "m.room_key_request", "1", map[string]map[string]any{bob: {"B1": req(1)}})
+		}
+		r := in.Do(t, "PUT", "/_matrix/client/v3/sendToDevice/m.room_key_request/bad", "tok-alice",
+			map[string]any{"messages": map[string]any{bob: map[string]any{"B1": req(9)}, "bob": map[string]any{"X": req(9)}}})
+		require.Equal(t, 400, r.Status, "%s", r.Body)
+
+		// The device is deleted and made again with the same id and
+		// token: this replica still remembers the old device for the
+		// token, so the next send's guard fails and it is redone as the
+		// new device, under the same (user, device) limit.
+		require.Equal(t, 200, in.DeleteDevice(t, alice, "A1").Status)
+		in.PutDevice(t, alice, "A1", "tok-alice")
+		in.Send(t, "tok-alice", "m.room_key_request", "2", map[string]map[string]any{bob: {"B1": req(2)}})
+
+		s := in.Sync(t, "tok-bob", "", 0)
+		require.Equal(t, []int{1, 2}, ns(s.ToDevice.Events), "the second stored request had a token left")
+		require.Zero(t, counterValue(t, in, "todeviced_messages_dropped_total", "reason", "key_request_rate_limited"))
+		in.Send(t, "tok-alice", "m.room_key_request", "3", map[string]map[string]any{bob: {"B1": req(3)}})
+		require.Equal(t, []int{1, 2}, ns(in.Sync(t, "tok-bob", "", 0).ToDevice.Events), "and that was the last")
+		require.Equal(t, 1.0, counterValue(t, in, "todeviced_messages_dropped_total", "reason", "key_request_rate_limited"))
+	})
+}

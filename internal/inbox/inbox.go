@@ -102,23 +102,28 @@ func (s *Service) Send(ctx context.Context, txn TxnKey, msgs Messages) ([]byte, 
 // the same transaction. Otherwise nothing is stored and it returns
 // ErrTokenRevoked.
 func (s *Service) SendGuarded(ctx context.Context, txn TxnKey, guard *SenderGuard, msgs Messages) ([]byte, error) {
-	msgs, limited := s.limitLocal(txn, msgs)
-	if limited > 0 {
-		s.m.Dropped.WithLabelValues(DropKeyRequestRateLimited).Add(float64(limited))
-		s.log.InfoContext(ctx, "dropped room key requests over the rate limit", "user_id", txn.UserID, "device_id", txn.DeviceID, "messages", limited)
-	}
+	msgs, limited, taken := s.limitLocal(txn, msgs)
 	a, err := BuildAccept(s.cfg.ServerName, txn, msgs)
 	if err != nil {
+		s.refundLocal(txn, taken)
 		return nil, err
 	}
 	a.Guard = guard
 	res, err := s.cfg.Store.Accept(ctx, a)
 	if err != nil {
+		s.refundLocal(txn, taken)
 		return nil, fmt.Errorf("accepting sendToDevice: %w", err)
 	}
 	if res.Duplicate {
+		// Answered from the first request, which paid: this one stored
+		// nothing.
+		s.refundLocal(txn, taken)
 		s.m.Duplicates.Inc()
 		return res.Response, nil
+	}
+	if limited > 0 {
+		s.m.Dropped.WithLabelValues(DropKeyRequestRateLimited).Add(float64(limited))
+		s.log.InfoContext(ctx, "dropped room key requests over the rate limit", "user_id", txn.UserID, "device_id", txn.DeviceID, "messages", limited)
 	}
 	s.m.Enqueued.WithLabelValues(OriginLocal).Add(float64(res.Delivered))
 	s.m.Dropped.WithLabelValues(DropUnknownDevice).Add(float64(res.Unknown + a.Unaddressable))

@@ -8,6 +8,8 @@ package inbox
 // Synapse answers), so a looping client learns nothing it could retry on.
 // The limiters are per replica, in memory, like --send-rate-limit's.
 
+import "github.com/todeviced/todeviced/internal/matrix"
+
 // Defaults of the key request limits (Synapse's rc_key_requests).
 const (
 	DefaultKeyRequestRate  = 20
@@ -40,17 +42,22 @@ func newKeyLimits(cfg Config) keyLimits {
 // limitLocal removes from msgs the recipient users over the sending
 // device's limit and returns how many messages it dropped. msgs is not
 // modified: a copy is returned when something is dropped.
-func (s *Service) limitLocal(txn TxnKey, msgs Messages) (Messages, int) {
+func (s *Service) limitLocal(txn TxnKey, msgs Messages) (_ Messages, dropped, taken int) {
 	if s.keys.local == nil || txn.EventType != TypeRoomKeyRequest {
-		return msgs, 0
+		return msgs, 0, 0
 	}
 	var out Messages
-	dropped := 0
 	for userID, devices := range msgs {
 		if userID == txn.UserID {
 			continue
 		}
+		if _, err := matrix.ParseUserID(userID); err != nil {
+			// Not limited but refused, with the whole send: BuildAccept
+			// answers M_INVALID_PARAM, whatever the limit.
+			continue
+		}
 		if ok, _ := s.keys.local.Allow(deviceKey{txn.UserID, txn.DeviceID}); ok {
+			taken++
 			continue
 		}
 		if out == nil {
@@ -63,9 +70,18 @@ func (s *Service) limitLocal(txn TxnKey, msgs Messages) (Messages, int) {
 		dropped += len(devices)
 	}
 	if out == nil {
-		return msgs, 0
+		return msgs, 0, taken
 	}
-	return out, dropped
+	return out, dropped, taken
+}
+
+// refundLocal gives back the tokens limitLocal took for a send that was
+// then not stored (its guard failed, or the store did): its retry, as the
+// same device or another, is charged once.
+func (s *Service) refundLocal(txn TxnKey, taken int) {
+	if s.keys.local != nil {
+		s.keys.local.Refund(deviceKey{txn.UserID, txn.DeviceID}, taken)
+	}
 }
 
 // limitRemote drops from r the messages to each recipient user over the

@@ -57,6 +57,19 @@ func (l *RateLimiter[K]) Allow(key K) (bool, time.Duration) {
 	return false, wait
 }
 
+// Refund gives key back n tokens taken by Allow for work that then did not
+// happen (a send the store refused), up to the burst.
+func (l *RateLimiter[K]) Refund(key K, n int) {
+	if n <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b, ok := l.buckets[key]; ok {
+		b.tokens = math.Min(l.burst, b.tokens+float64(n))
+	}
+}
+
 // sweep forgets buckets that have refilled completely (they are equal to a
 // fresh one), at most once a minute, so the map stays as small as the set of
 // recently active devices.
