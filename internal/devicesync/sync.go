@@ -48,8 +48,8 @@ type Service struct {
 	hub     *wakeup.Hub
 	counts  countsSeen
 	quiet   *quietDevices
-	// reads and skips count checks that read the store and first checks
-	// skipped (quietDevices).
+	// reads and skips count checks that read the store (once the read is
+	// done) and first checks skipped (quietDevices).
 	reads, skips atomic.Uint64
 }
 
@@ -254,8 +254,8 @@ func (r *syncRun) check(ctx context.Context) (bool, error) {
 		}
 		r.ticket = s.quiet.arm(r.keys[0], r.keys[1])
 	}
-	s.reads.Add(1)
 	c, err := s.check(ctx, r.req, r.pos)
+	s.reads.Add(1)
 	if err != nil {
 		return false, err
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -138,4 +139,106 @@ func benchmarkSyncCheck(b *testing.B, url string) {
 		}
 		since = next
 	}
+}
+
+// BenchmarkLongPollDelivery is what one message costs a device that
+// long-polls: a /sync with the since of the previous answer registers and
+// waits, the message is sent, the wake-up's check acknowledges and fetches
+// it, and the answer is written. With quiet=true the replica hears every
+// wake-up and the long-poll waits without its first check (devicesync's
+// quiet devices); with quiet=false the hub is deaf, as while a listener
+// reconnects, and every long-poll checks first (the behaviour before). The
+// send is timed too, and each iteration sends only once the long-poll has
+// checked or skipped, so the deaf run's first check finds nothing.
+//
+//	go test -run XXX -bench LongPollDelivery -benchtime 3s ./internal/httpapi/
+func BenchmarkLongPollDelivery(b *testing.B) {
+	backends := []struct {
+		name string
+		url  func(b *testing.B) string
+	}{
+		{"postgres", func(b *testing.B) string { return testdb.New(b) }},
+		{"sqlite", func(b *testing.B) string { return "sqlite:" + filepath.Join(b.TempDir(), "todeviced.db") }},
+	}
+	for _, be := range backends {
+		for _, quiet := range []bool{true, false} {
+			b.Run(fmt.Sprintf("%s/quiet=%v", be.name, quiet), func(b *testing.B) { benchmarkLongPollDelivery(b, be.url(b), quiet) })
+		}
+	}
+}
+
+func benchmarkLongPollDelivery(b *testing.B, url string, quiet bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := server.New(ctx, servertest.Config(url), nil, server.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	srv.Start(ctx)
+	for srv.Hub().Deaf() { // the PostgreSQL listener connects
+		time.Sleep(time.Millisecond)
+	}
+	if !quiet {
+		srv.Hub().SetDeaf(true)
+	}
+	h := srv.Handler()
+	for _, d := range []struct{ user, device, token string }{{alice, "A1", "tok-alice"}, {bob, "B1", "tok-bob"}} {
+		if _, _, err := srv.Devices().PutDevice(ctx, d.user, d.device, d.token, nil, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	type answer struct {
+		since string
+		n     int
+		err   error
+	}
+	sync := func(since, timeout string) answer {
+		req := httptest.NewRequest(http.MethodGet, "/_matrix/client/v3/sync?timeout="+timeout+"&since="+since, nil)
+		req.Header.Set("Authorization", "Bearer tok-bob")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			return answer{err: fmt.Errorf("sync: %d %s", rec.Code, rec.Body)}
+		}
+		var s servertest.SyncResponse
+		if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
+			return answer{err: err}
+		}
+		return answer{since: s.NextBatch, n: len(s.ToDevice.Events)}
+	}
+	send := func(i int) {
+		_, err := srv.Inbox().Send(ctx, inbox.TxnKey{UserID: alice, DeviceID: "A1", EventType: "m.test", TxnID: fmt.Sprint(i)},
+			inbox.Messages{bob: {"B1": json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	deliver := func(i int, since string) string {
+		r0, k0 := srv.SyncChecks()
+		done := make(chan answer, 1)
+		go func() { done <- sync(since, "60000") }()
+		for r, k := srv.SyncChecks(); r == r0 && k == k0; r, k = srv.SyncChecks() {
+			runtime.Gosched()
+		}
+		send(i)
+		a := <-done
+		if a.err != nil || a.n != 1 {
+			b.Fatalf("long-poll %d: %d messages, %v", i, a.n, a.err)
+		}
+		return a.since
+	}
+	since := sync("", "0").since
+	for i := range 10 { // warm the connections' statement caches
+		since = deliver(-i-1, since)
+	}
+	r0, k0 := srv.SyncChecks()
+	i := 0
+	for b.Loop() {
+		since = deliver(i, since)
+		i++
+	}
+	r, k := srv.SyncChecks()
+	b.ReportMetric(float64(r-r0)/float64(i), "checks/op")
+	b.ReportMetric(float64(k-k0)/float64(i), "skips/op")
 }
