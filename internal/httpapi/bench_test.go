@@ -75,15 +75,20 @@ func BenchmarkWakeUpLatency(b *testing.B) {
 // the JSON answer. The send before each sync is not timed.
 //
 //	go test -run XXX -bench SyncCheck -benchtime 3s ./internal/httpapi/
+//
+// diskBackends are the databases BenchmarkSyncCheck and
+// BenchmarkLongPollDelivery run on: SQLite's file on disk, so a commit
+// pays its fsync (the client benchmarks' benchBackends put it in memory).
+var diskBackends = []struct {
+	name string
+	url  func(b *testing.B) string
+}{
+	{"postgres", func(b *testing.B) string { return testdb.New(b) }},
+	{"sqlite", func(b *testing.B) string { return "sqlite:" + filepath.Join(b.TempDir(), "todeviced.db") }},
+}
+
 func BenchmarkSyncCheck(b *testing.B) {
-	backends := []struct {
-		name string
-		url  func(b *testing.B) string
-	}{
-		{"postgres", func(b *testing.B) string { return testdb.New(b) }},
-		{"sqlite", func(b *testing.B) string { return "sqlite:" + filepath.Join(b.TempDir(), "todeviced.db") }},
-	}
-	for _, be := range backends {
+	for _, be := range diskBackends {
 		b.Run(be.name, func(b *testing.B) { benchmarkSyncCheck(b, be.url(b)) })
 	}
 }
@@ -153,14 +158,7 @@ func benchmarkSyncCheck(b *testing.B, url string) {
 //
 //	go test -run XXX -bench LongPollDelivery -benchtime 3s ./internal/httpapi/
 func BenchmarkLongPollDelivery(b *testing.B) {
-	backends := []struct {
-		name string
-		url  func(b *testing.B) string
-	}{
-		{"postgres", func(b *testing.B) string { return testdb.New(b) }},
-		{"sqlite", func(b *testing.B) string { return "sqlite:" + filepath.Join(b.TempDir(), "todeviced.db") }},
-	}
-	for _, be := range backends {
+	for _, be := range diskBackends {
 		for _, quiet := range []bool{true, false} {
 			b.Run(fmt.Sprintf("%s/quiet=%v", be.name, quiet), func(b *testing.B) { benchmarkLongPollDelivery(b, be.url(b), quiet) })
 		}
