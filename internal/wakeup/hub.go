@@ -178,30 +178,32 @@ func (w *Waiter) signal() {
 	}
 }
 
-// Wake signals every waiter registered for any of keys, and tells the
-// observers.
+// Wake tells the observers, then signals every waiter registered for any
+// of keys. Observers first: a waiter may run on another core the moment it
+// is signalled, and what it does then (devicesync arms a quiet device
+// before it reads) must come after the observers have seen this wake-up.
 func (h *Hub) Wake(keys ...Key) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, k := range keys {
-		h.waiters[k].each((*Waiter).signal)
-	}
 	for _, fn := range h.observers {
 		fn(keys)
+	}
+	for _, k := range keys {
+		h.waiters[k].each((*Waiter).signal)
 	}
 }
 
 // WakeAll signals every waiter, e.g. after the notification source
 // reconnected and may have missed notifications. Observers are called with
-// nil keys.
+// nil keys, first, as in Wake.
 func (h *Hub) WakeAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for w := range h.all {
-		w.signal()
-	}
 	for _, fn := range h.observers {
 		fn(nil)
+	}
+	for w := range h.all {
+		w.signal()
 	}
 }
 

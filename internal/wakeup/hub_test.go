@@ -3,6 +3,7 @@ package wakeup
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -154,4 +155,27 @@ func TestObserveHearsEveryWake(t *testing.T) {
 	require.False(t, ok)
 	_, ok = OutboxDestination(Key("o"))
 	require.False(t, ok)
+}
+
+// Observers hear of a wake-up before any waiter is signalled: a signalled
+// waiter may act at once on another core, and what it does then
+// (devicesync arms a quiet device before it reads) must come after the
+// observers saw the wake-up (which made that device unquiet).
+func TestObserversBeforeWaiters(t *testing.T) {
+	h := NewHub()
+	var order []string
+	h.Observe(func(keys []Key) {
+		if keys == nil {
+			order = append(order, "observe all")
+		} else {
+			order = append(order, "observe")
+		}
+	})
+	w := h.register(&Waiter{hub: h, keys: []Key{DeviceKey(1)}, c: make(chan struct{}, 1), fn: func() { order = append(order, "signal") }})
+	defer w.Close()
+	h.Wake(DeviceKey(1))
+	h.WakeAll()
+	if want := []string{"observe", "signal", "observe all", "signal"}; !slices.Equal(order, want) {
+		t.Fatalf("order %v, want %v", order, want)
+	}
 }

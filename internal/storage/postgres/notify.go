@@ -163,10 +163,13 @@ func (l *listener) listen(ctx context.Context) (connected bool, err error) {
 	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
 		return false, err
 	}
+	// Notifications sent before LISTEN took effect were missed: every
+	// waiter looks, and devicesync forgets its quiet devices. Only then is
+	// the hub said to hear again, so nothing settled quiet before this
+	// WakeAll is taken for current after it.
+	l.hub.WakeAll()
 	l.setState(true)
 	l.log.InfoContext(ctx, "wake-up listener connected")
-	// Notifications sent before LISTEN took effect were missed.
-	l.hub.WakeAll()
 	for {
 		wctx, cancel := context.WithTimeout(ctx, listenerPing)
 		n, err := conn.WaitForNotification(wctx)
