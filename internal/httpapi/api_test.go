@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -435,5 +436,45 @@ func TestSendRateLimit(t *testing.T) {
 		require.Equal(t, 200, in.Do(t, "PUT", "/_matrix/client/v3/sendToDevice/m.test/4", "tok-bob", `{"messages":{"@alice:localhost":{"A1":{"n":4}}}}`).Status, "other devices are not limited")
 		s := in.Sync(t, "tok-bob", "", 0)
 		require.Equal(t, []int{1, 2}, ns(s.ToDevice.Events), "the refused request enqueued nothing")
+	})
+}
+
+// Quiet devices across replicas: a long-poll that skipped its first check
+// on one replica is woken by a message sent through another, and a message
+// sent through another between an answer and the next long-poll ends that
+// long-poll at once (its NOTIFY made the device unquiet, or wakes the
+// long-poll that skipped).
+func TestQuietLongPollAcrossReplicas(t *testing.T) {
+	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
+		if !b.MultiInstance {
+			t.Skip("one instance per database")
+		}
+		url := b.NewURL(t)
+		a := servertest.Start(t, servertest.Config(url), server.Options{})
+		bb := servertest.Start(t, servertest.Config(url), server.Options{})
+		servertest.WaitFor(t, "instance B to hear wake-ups", func() bool { return !bb.Hub().Deaf() })
+		a.PutDevice(t, alice, "A1", "tok-alice")
+		a.PutDevice(t, bob, "B1", "tok-bob")
+		s := bb.Sync(t, "tok-bob", "", 0)
+
+		_, skipped := bb.SyncChecks()
+		got := make(chan servertest.SyncResponse, 1)
+		go func() { got <- bb.Sync(t, "tok-bob", s.NextBatch, 10*time.Minute) }()
+		servertest.WaitFor(t, "the long-poll on B to skip its first check", func() bool { _, k := bb.SyncChecks(); return k == skipped+1 })
+		a.Send(t, "tok-alice", "m.test", "x", map[string]map[string]any{bob: {"B1": map[string]any{"n": 7}}})
+		s = <-got
+		require.Equal(t, []int{7}, ns(s.ToDevice.Events))
+
+		for i := range 5 {
+			a.Send(t, "tok-alice", "m.test", fmt.Sprint("between", i), map[string]map[string]any{bob: {"B1": map[string]any{"n": i}}})
+			c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			r := bb.RawSync(c, t, "tok-bob", s.NextBatch, time.Hour)
+			cancel()
+			require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+			var next servertest.SyncResponse
+			require.NoError(t, json.Unmarshal(r.Body, &next))
+			require.Equal(t, []int{i}, ns(next.ToDevice.Events), "sent between the answer and the long-poll")
+			s = next
+		}
 	})
 }
