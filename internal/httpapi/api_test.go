@@ -92,12 +92,7 @@ func TestSyncPagesOf100WithoutWaiting(t *testing.T) {
 
 func TestLongPollWakesOnAnotherInstance(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		if !b.MultiInstance {
-			t.Skip("one instance per database")
-		}
-		url := b.NewURL(t)
-		a := servertest.Start(t, servertest.Config(url), server.Options{})
-		bb := servertest.Start(t, servertest.Config(url), server.Options{})
+		a, bb := twoReplicas(t, b)
 		a.PutDevice(t, alice, "A1", "tok-alice")
 		a.PutDevice(t, bob, "B1", "tok-bob")
 		s := bb.Sync(t, "tok-bob", "", 0)
@@ -446,12 +441,7 @@ func TestSendRateLimit(t *testing.T) {
 // long-poll that skipped).
 func TestQuietLongPollAcrossReplicas(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		if !b.MultiInstance {
-			t.Skip("one instance per database")
-		}
-		url := b.NewURL(t)
-		a := servertest.Start(t, servertest.Config(url), server.Options{})
-		bb := servertest.Start(t, servertest.Config(url), server.Options{})
+		a, bb := twoReplicas(t, b)
 		servertest.WaitFor(t, "instance B to hear wake-ups", func() bool { return !bb.Hub().Deaf() })
 		a.PutDevice(t, alice, "A1", "tok-alice")
 		a.PutDevice(t, bob, "B1", "tok-bob")

@@ -351,12 +351,7 @@ func TestSlidingSyncLongPollWakes(t *testing.T) {
 
 func TestSlidingSyncPosIsGoodOnEveryReplica(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		if !b.MultiInstance {
-			t.Skip("one instance per database")
-		}
-		url := b.NewURL(t)
-		r1 := servertest.Start(t, servertest.Config(url), server.Options{})
-		r2 := servertest.Start(t, servertest.Config(url), server.Options{})
+		r1, r2 := twoReplicas(t, b)
 		r1.PutDevice(t, alice, "A1", "tok-alice")
 		r1.PutDevice(t, bob, "B1", "tok-bob")
 		shareEncryptedRoom(t, r1)

@@ -137,11 +137,7 @@ func (a *api) syncOnGoroutine(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Answered before the guard is checked: an unverified token is
 		// checked first, so a revoked one is 401 whatever else is wrong.
-		if !auth.Unverified {
-			writeError(w, r, a.log, err)
-		} else if _, ok := a.reauthenticate(w, r, auth); ok {
-			writeError(w, r, a.log, err)
-		}
+		a.failUnverified(w, r, auth, err)
 		return
 	}
 	res, err := a.devsync.Sync(r.Context(), req)

@@ -100,12 +100,7 @@ func TestSyncTokenGivenToAnotherDevice(t *testing.T) {
 // one is refused by another at once, though the other remembered it.
 func TestSyncTokenRevokedOnAnotherReplica(t *testing.T) {
 	servertest.EachBackend(t, func(t *testing.T, b servertest.Backend) {
-		if !b.MultiInstance {
-			t.Skip("one instance per database")
-		}
-		url := b.NewURL(t)
-		a := servertest.Start(t, servertest.Config(url), server.Options{})
-		other := servertest.Start(t, servertest.Config(url), server.Options{})
+		a, other := twoReplicas(t, b)
 		a.PutDevice(t, alice, "A1", "tok-alice")
 		a.PutDevice(t, bob, "B1", "tok-bob")
 		a.PutDevice(t, bob, "B2", "tok-b2")
@@ -136,6 +131,16 @@ func replicas(t *testing.T, b servertest.Backend) []*servertest.Instance {
 		in = append(in, servertest.Start(t, servertest.Config(url), server.Options{}))
 	}
 	return in
+}
+
+// twoReplicas starts two instances on one database, skipping the test on a
+// backend that serves a database from one instance only.
+func twoReplicas(t *testing.T, b servertest.Backend) (*servertest.Instance, *servertest.Instance) {
+	if !b.MultiInstance {
+		t.Skip("one instance per database")
+	}
+	in := replicas(t, b)
+	return in[0], in[1]
 }
 
 // A long-poll whose token is revoked while it waits ends with 401 at its
