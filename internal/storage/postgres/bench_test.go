@@ -112,13 +112,9 @@ func BenchmarkRawCopySmallFanOuts(b *testing.B) {
 			db := openBench(b, postgres.WriteUnnest)
 			ctx := context.Background()
 			nidOf := map[string]int64{}
-			for k := range storetest.SmallFanOutDevices {
-				user, dev := fmt.Sprintf("@u%02d:example.org", k/2), fmt.Sprint("D", k%2)
-				d, _, err := db.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: user, DeviceID: dev})
-				if err != nil {
-					b.Fatal(err)
-				}
-				nidOf[user+"|"+dev] = d.NID
+			for k, nid := range storetest.PutBenchDevices(b, db.Devices(), storetest.SmallFanOutDevices, storetest.SmallFanOutDevice) {
+				user, dev := storetest.SmallFanOutDevice(k)
+				nidOf[user+"|"+dev] = nid
 			}
 			var next atomic.Int64
 			b.SetParallelism((storetest.ConcurrentSenders + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))

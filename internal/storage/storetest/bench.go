@@ -35,6 +35,24 @@ var BenchContent = json.RawMessage(`{"algorithm":"m.olm.v1.curve25519-aes-sha2",
 // FanOuts are the fan-outs the accept benchmarks measure.
 var FanOuts = []int{1, 100, 1000}
 
+// PutBenchDevices creates n devices in devices, the k-th named by
+// name(k), and returns their nids in that order.
+func PutBenchDevices(b *testing.B, devices devicelists.Store, n int, name func(k int) (userID, deviceID string)) []int64 {
+	nids := make([]int64, n)
+	for k := range n {
+		user, dev := name(k)
+		d, _, err := devices.PutDevice(context.Background(), devicelists.PutDevice{UserID: user, DeviceID: dev})
+		if err != nil {
+			b.Fatal(err)
+		}
+		nids[k] = d.NID
+	}
+	return nids
+}
+
+// bobsDevice is the k-th of one user's many devices.
+func bobsDevice(k int) (string, string) { return "@bob:example.org", fmt.Sprintf("D%05d", k) }
+
 // BenchAccept measures whole accepted sendToDevice requests (validation, EDU
 // split, transaction record, device locks, rows, wake-ups, commit) to 1, 100
 // and 1 000 devices, and reports messages per second.
@@ -43,11 +61,7 @@ func BenchAccept(b *testing.B, t BenchTarget) {
 		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
 			s := t.Open(b)
 			ctx := context.Background()
-			for i := range n {
-				if _, _, err := s.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: "@bob:example.org", DeviceID: fmt.Sprintf("D%05d", i)}); err != nil {
-					b.Fatal(err)
-				}
-			}
+			PutBenchDevices(b, s.Devices(), n, bobsDevice)
 			svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
 			msgs := inbox.Messages{"@bob:example.org": {"*": BenchContent}}
 			b.ResetTimer()
@@ -74,11 +88,7 @@ func BenchAcceptConcurrent(b *testing.B, t BenchTarget) {
 	const devices = 100
 	s := t.Open(b)
 	ctx := context.Background()
-	for i := range devices {
-		if _, _, err := s.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: "@bob:example.org", DeviceID: fmt.Sprintf("D%05d", i)}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	PutBenchDevices(b, s.Devices(), devices, bobsDevice)
 	svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
 	msgs := inbox.Messages{"@bob:example.org": {"*": BenchContent}}
 	var next atomic.Int64
@@ -105,13 +115,19 @@ var SmallFanOuts = []int{4, 20}
 // with 2 devices each, as the load generator's default load.
 const SmallFanOutDevices = 100
 
+// SmallFanOutDevice is the k-th of them.
+func SmallFanOutDevice(k int) (userID, deviceID string) {
+	return fmt.Sprintf("@u%02d:example.org", k/2), fmt.Sprint("D", k%2)
+}
+
 // SmallFanOutRecipients is the i-th send's recipients at a fan-out: named
 // devices (user u<k>, device D<k%2>), spread over SmallFanOutDevices.
 func SmallFanOutRecipients(i, fanOut int) []inbox.LocalMessage {
 	out := make([]inbox.LocalMessage, 0, fanOut)
 	for j := range fanOut {
 		k := (i*7 + j*13) % SmallFanOutDevices
-		out = append(out, inbox.LocalMessage{UserID: fmt.Sprintf("@u%02d:example.org", k/2), DeviceID: fmt.Sprint("D", k%2)})
+		user, dev := SmallFanOutDevice(k)
+		out = append(out, inbox.LocalMessage{UserID: user, DeviceID: dev})
 	}
 	return out
 }
@@ -126,11 +142,7 @@ func BenchAcceptSmallFanOuts(b *testing.B, t BenchTarget) {
 		b.Run(fmt.Sprintf("fanout=%d", fanOut), func(b *testing.B) {
 			s := t.Open(b)
 			ctx := context.Background()
-			for k := range SmallFanOutDevices {
-				if _, _, err := s.Devices().PutDevice(ctx, devicelists.PutDevice{UserID: fmt.Sprintf("@u%02d:example.org", k/2), DeviceID: fmt.Sprint("D", k%2)}); err != nil {
-					b.Fatal(err)
-				}
-			}
+			PutBenchDevices(b, s.Devices(), SmallFanOutDevices, SmallFanOutDevice)
 			svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
 			var next atomic.Int64
 			b.SetParallelism((ConcurrentSenders + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
