@@ -88,6 +88,24 @@ func (c *rawClient) initialSync(tok string) string {
 	return decodeSync(c.t, body).NextBatch
 }
 
+// sendToB sends @b:localhost's device B message t1 from A.
+func sendToB(t testing.TB, in *servertest.Instance) {
+	t.Helper()
+	in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+}
+
+// answeredParked long-polls B's inbox on c from a fresh since, waits until
+// the long-poll is parked, sends B a message and reads the answer (200).
+func (c *rawClient) answeredParked(in *servertest.Instance, timeoutMS int) (*http.Response, []byte) {
+	c.t.Helper()
+	c.write(syncRequest("tok-b", c.initialSync("tok-b"), timeoutMS, ""))
+	waitParked(c.t, in, 1)
+	sendToB(c.t, in)
+	resp, body := c.read()
+	require.Equal(c.t, http.StatusOK, resp.StatusCode, "%s", body)
+	return resp, body
+}
+
 // sqliteInstance starts an instance on a fresh SQLite database.
 func sqliteInstance(t *testing.T, opts server.Options) *servertest.Instance {
 	return servertest.Start(t, servertest.Config("sqlite:"+filepath.Join(t.TempDir(), "p.db")), opts)
@@ -138,7 +156,7 @@ func TestParkedLongPollAnswersOnItsConnection(t *testing.T) {
 
 		c.write(syncRequest("tok-b", first.NextBatch, 60_000, ""))
 		waitParked(t, in, 1)
-		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+		sendToB(t, in)
 
 		resp, body = c.read()
 		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
@@ -190,7 +208,7 @@ func TestParkedLongPollKeepsPipelinedRequest(t *testing.T) {
 
 	c.write(syncRequest("tok-b", since, 60_000, "") + "GET /_matrix/client/versions HTTP/1.1\r\nHost: todeviced\r\n\r\n")
 	waitParked(t, in, 1)
-	in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+	sendToB(t, in)
 	resp, body := c.read()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
@@ -276,7 +294,7 @@ func TestLongPollsThatDoNotPark(t *testing.T) {
 			} else {
 				require.Nil(t, in.Server.Parking())
 			}
-			in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+			sendToB(t, in)
 			resp, body := c.read()
 			require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
 			require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
@@ -402,7 +420,7 @@ func TestLingeringSync(t *testing.T) {
 		c.write(syncRequest("tok-b", c.initialSync("tok-b"), 60_000, "")) // remembered by the first
 		servertest.WaitFor(t, "the sync to wait", func() bool { return in.Server.Hub().Len() == 1 })
 		require.Equal(t, 0, in.Server.Parking().Len(), "lingering, not parked")
-		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
+		sendToB(t, in)
 		resp, body := c.read()
 		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
 		require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
@@ -410,12 +428,7 @@ func TestLingeringSync(t *testing.T) {
 	})
 	t.Run("parked after the linger", func(t *testing.T) {
 		in := lingerInstance(t, 20*time.Millisecond, 0)
-		c := dialRaw(t, in)
-		c.write(syncRequest("tok-b", c.initialSync("tok-b"), 60_000, ""))
-		waitParked(t, in, 1)
-		in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
-		resp, body := c.read()
-		require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+		_, body := dialRaw(t, in).answeredParked(in, 60_000)
 		require.Len(t, decodeSync(t, body).ToDevice.Events, 1)
 	})
 	t.Run("slots taken: parked at once", func(t *testing.T) {
@@ -491,11 +504,7 @@ func TestShutdownClosesHandedBackConnections(t *testing.T) {
 	in.PutDevice(t, "@a:localhost", "A", "tok-a")
 	in.PutDevice(t, "@b:localhost", "B", "tok-b")
 	c := dialRaw(t, in)
-	c.write(syncRequest("tok-b", c.initialSync("tok-b"), 300_000, ""))
-	waitParked(t, in, 1)
-	in.Send(t, "tok-a", "m.test", "t1", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 1}}})
-	resp, body := c.read()
-	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	resp, _ := c.answeredParked(in, 300_000)
 	require.False(t, resp.Close, "kept alive: handed back")
 
 	in.Stop(t)
