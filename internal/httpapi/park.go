@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -61,8 +62,11 @@ type Parking struct {
 	lingering chan struct{}
 	// maxQueued bounds the work waiting for the hub's workers (park).
 	maxQueued int
-	idle      *sync.Cond // signalled when parked empties
-	stop      chan struct{}
+	// idleTimeout is how long a handed-back connection may wait for its
+	// next request (ParkingConfig.Idle).
+	idleTimeout time.Duration
+	idle        *sync.Cond // signalled when parked empties
+	stop        chan struct{}
 }
 
 // sweepInterval is how often parked connections are checked for a client
@@ -104,6 +108,13 @@ type ParkingConfig struct {
 	// MaxQueued is how much work may wait for the hub's workers before
 	// a request that would be parked is refused (maxQueued).
 	MaxQueued int
+	// Idle is how long a connection handed back after a parked answer may
+	// wait for its next request: the server's http.Server.IdleTimeout, as
+	// for any kept-alive connection. net/http takes a handed-back
+	// connection for a new one and would give it only ReadHeaderTimeout;
+	// with Idle set, that timeout runs from the next request's first byte
+	// (backConn). Zero: net/http's timeouts as they are.
+	Idle time.Duration
 }
 
 // NewParking returns a Parking that parks nothing until Listener has
@@ -128,7 +139,7 @@ func NewParking(log *slog.Logger, hub *wakeup.Hub, cfg ParkingConfig) *Parking {
 	if cfg.MaxQueued <= 0 {
 		cfg.MaxQueued = maxQueued
 	}
-	p := &Parking{log: log, hub: hub, interval: cfg.Sweep, linger: cfg.Linger, lingering: make(chan struct{}, cfg.LingerSlots), maxQueued: cfg.MaxQueued,
+	p := &Parking{log: log, hub: hub, interval: cfg.Sweep, linger: cfg.Linger, lingering: make(chan struct{}, cfg.LingerSlots), maxQueued: cfg.MaxQueued, idleTimeout: cfg.Idle,
 		parked: map[*parkedSync]struct{}{}, stop: make(chan struct{})}
 	p.idle = sync.NewCond(&p.mu)
 	return p
@@ -394,10 +405,7 @@ func (ps *parkedSync) respond(write func(http.ResponseWriter, *http.Request)) {
 		_ = ps.conn.Close()
 		return
 	}
-	var c net.Conn = ps.conn
-	if len(ps.prefix) > 0 {
-		c = &prefixConn{Conn: ps.conn, r: io.MultiReader(bytes.NewReader(ps.prefix), ps.conn)}
-	}
+	c := handedBack(ps.conn, ps.prefix, ps.p.idleTimeout)
 	if !ps.p.handBack(c) {
 		_ = ps.conn.Close()
 	}
@@ -493,7 +501,7 @@ func (p *Parking) sweep() {
 		for _, ps := range all {
 			ps.mu.Lock()
 			wait := ps.wait
-			gone := wait != nil && !ps.finished && peerClosed(ps.conn)
+			gone := wait != nil && !ps.finished && sweepable(ps.conn) && peerClosed(socket(ps.conn))
 			ps.mu.Unlock()
 			if gone {
 				wait.Cancel(errClientGone)
@@ -554,14 +562,118 @@ func (b *bufferedResponse) writeTo(c net.Conn, keepAlive bool) error {
 	return c.SetDeadline(time.Time{})
 }
 
-// prefixConn reads the bytes a client pipelined behind a parked request
-// before the socket.
-type prefixConn struct {
-	net.Conn
-	r io.Reader
+// backConn is a connection handed back to net/http after a parked
+// answer. It reads first the bytes the client pipelined behind the parked
+// request (r, when not nil), then the socket. And until the next
+// request's first byte arrives, it holds any read deadline net/http sets
+// (the header timeout, from the moment it took the connection for a new
+// one) back to idle from now, then applies it from that first byte: a
+// client gets the server's idle timeout between a parked answer and its
+// next request, as on any kept-alive connection, and a request that has
+// begun still gets only the header timeout to finish its header.
+type backConn struct {
+	net.Conn // the socket, never a backConn
+	r        io.Reader
+	idle     time.Duration
+
+	started atomic.Bool // a byte of the next request has been read
+	mu      sync.Mutex
+	header  time.Duration // the read timeout net/http asked for; 0: none
 }
 
-func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+// handedBack wraps c, whose client may have pipelined prefix, to be
+// handed back to net/http. A backConn is unwrapped, not nested, so a
+// connection parked again and again keeps one layer; bytes its reader had
+// not yet given out stay in front of the socket's.
+func handedBack(c net.Conn, prefix []byte, idle time.Duration) net.Conn {
+	rest := io.Reader(nil)
+	if bc, ok := c.(*backConn); ok {
+		c, rest = bc.Conn, bc.r
+	}
+	if len(prefix) > 0 {
+		if rest == nil {
+			rest = c
+		}
+		rest = io.MultiReader(bytes.NewReader(prefix), rest)
+	}
+	if rest == nil && idle <= 0 {
+		return c
+	}
+	return &backConn{Conn: c, r: rest, idle: idle}
+}
+
+func (c *backConn) Read(p []byte) (int, error) {
+	var n int
+	var err error
+	if c.r != nil {
+		n, err = c.r.Read(p)
+	} else {
+		n, err = c.Conn.Read(p)
+	}
+	if n > 0 && !c.started.Load() {
+		c.mu.Lock()
+		if !c.started.Load() {
+			c.started.Store(true)
+			if c.header > 0 {
+				_ = c.Conn.SetReadDeadline(time.Now().Add(c.header))
+			}
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *backConn) SetReadDeadline(t time.Time) error {
+	if c.started.Load() {
+		return c.Conn.SetReadDeadline(t)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.started.Load() || c.idle <= 0 || t.IsZero() || !t.After(time.Now()) {
+		// A request under way, no idle timeout to give, no deadline, or
+		// one in the past (net/http aborting a read): as asked.
+		if !c.started.Load() {
+			c.header = 0
+		}
+		return c.Conn.SetReadDeadline(t)
+	}
+	c.header = time.Until(t)
+	return c.Conn.SetReadDeadline(time.Now().Add(max(c.idle, c.header)))
+}
+
+func (c *backConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// CloseWrite half-closes the socket, as net/http does to a connection it
+// closes after an error answer so the client reads the answer before the
+// close.
+func (c *backConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// socket is c's socket: c itself unless c is a backConn.
+func socket(c net.Conn) net.Conn {
+	if bc, ok := c.(*backConn); ok {
+		return bc.Conn
+	}
+	return c
+}
+
+// sweepable reports whether the sweep may peek at c's socket: not while
+// bytes the client pipelined wait in front of it, which a peek at the
+// socket would not see (a client that sent a request and then closed its
+// side still has that request to be answered).
+func sweepable(c net.Conn) bool {
+	bc, ok := c.(*backConn)
+	return !ok || bc.r == nil
+}
 
 // parkingListener is the API listener plus the connections handed back.
 type parkingListener struct {

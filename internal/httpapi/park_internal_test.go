@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -28,4 +29,41 @@ func TestParkedWorkerPanicAnswers500(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusInternalServerError, resp.StatusCode)
 	require.Equal(t, 0, p.Len())
+}
+
+// A connection handed back again and again stays one backConn around its
+// socket, and reads, in order, what the client pipelined behind the
+// latest parked request, then whatever an earlier hand-back had not yet
+// given out, then the socket.
+func TestHandedBackConnectionsDoNotNest(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+
+	require.Same(t, server, handedBack(server, nil, 0), "nothing to add: the socket itself")
+
+	first := handedBack(server, []byte("abcdef"), 0).(*backConn)
+	require.Same(t, server, first.Conn)
+	buf := make([]byte, 2)
+	n, err := first.Read(buf)
+	require.NoError(t, err)
+	require.Equal(t, "ab", string(buf[:n]))
+	require.False(t, sweepable(first), "bytes wait in front of the socket")
+
+	second := handedBack(first, []byte("XY"), time.Minute).(*backConn)
+	require.Same(t, server, second.Conn, "unwrapped, not nested")
+	require.Same(t, server, socket(second))
+	go func() { _, _ = client.Write([]byte("!")) }()
+	var got []byte
+	for len(got) < len("XYcdef!") {
+		b := make([]byte, 16)
+		n, err := second.Read(b)
+		require.NoError(t, err)
+		got = append(got, b[:n]...)
+	}
+	require.Equal(t, "XYcdef!", string(got))
+
+	third := handedBack(server, nil, time.Minute).(*backConn)
+	require.True(t, sweepable(third))
+	require.True(t, sweepable(server))
 }

@@ -512,3 +512,48 @@ func TestShutdownClosesHandedBackConnections(t *testing.T) {
 	require.ErrorIs(t, err, io.EOF, "closed by the shutdown")
 	require.NotContains(t, logs.String(), "did not finish before the shutdown deadline")
 }
+
+// A connection handed back after a parked answer waits for its next
+// request as long as any kept-alive connection (the idle timeout), not
+// the header timeout net/http gives a new connection; a request that has
+// begun still gets only the header timeout to finish its header, and a
+// connection silent past the idle timeout is closed.
+func TestHandedBackConnectionWaitsTheIdleTimeout(t *testing.T) {
+	const header, idle = 300 * time.Millisecond, 1500 * time.Millisecond
+	in := sqliteInstance(t, server.Options{ReadHeaderTimeout: header, IdleTimeout: idle})
+	in.PutDevice(t, "@a:localhost", "A", "tok-a")
+	in.PutDevice(t, "@b:localhost", "B", "tok-b")
+
+	c := dialRaw(t, in)
+	resp, _ := c.answeredParked(in, 300_000)
+	require.False(t, resp.Close, "kept alive: handed back")
+	time.Sleep(3 * header)
+	c.versions() // longer than the header timeout after the answer: still served
+
+	// A parked answer again on the same connection (it was handed back,
+	// served, and parks once more), then a request that starts and stalls
+	// in its header: closed after the header timeout, not the idle one.
+	c.write(syncRequest("tok-b", c.initialSync("tok-b"), 300_000, ""))
+	waitParked(t, in, 1)
+	in.Send(t, "tok-a", "m.test", "t2", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 2}}})
+	resp, _ = c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	c.write("GET /_matrix/client/versions HTTP/1.1\r\n")
+	start := time.Now()
+	require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(time.Minute)))
+	_, err := c.r.ReadByte()
+	require.ErrorIs(t, err, io.EOF, "a stalled header is cut off")
+	require.Less(t, time.Since(start), idle, "by the header timeout")
+
+	// Silent past the idle timeout after a parked answer: closed.
+	c = dialRaw(t, in)
+	c.write(syncRequest("tok-b", c.initialSync("tok-b"), 300_000, ""))
+	waitParked(t, in, 1)
+	in.Send(t, "tok-a", "m.test", "t3", map[string]map[string]any{"@b:localhost": {"B": map[string]any{"n": 3}}})
+	resp, _ = c.read()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	start = time.Now()
+	_, err = c.r.ReadByte()
+	require.ErrorIs(t, err, io.EOF, "closed once idle")
+	require.GreaterOrEqual(t, time.Since(start), idle-header, "not before the idle timeout")
+}

@@ -39,14 +39,17 @@ type Server struct {
 	hub     *wakeup.Hub
 	// parking holds HTTP/1.1 long-polls waiting without a goroutine (nil
 	// with --park-long-polls=false).
-	parking  *httpapi.Parking
-	inbox    *inbox.Service
-	devices  *devicelists.Service
-	devsync  *devicesync.Service
-	registry *prometheus.Registry
-	m        *serverMetrics
-	handler  http.Handler
-	metrics  http.Handler
+	parking *httpapi.Parking
+	// headerTimeout and idleTimeout are the API server's
+	// (Options.ReadHeaderTimeout, Options.IdleTimeout).
+	headerTimeout, idleTimeout time.Duration
+	inbox                      *inbox.Service
+	devices                    *devicelists.Service
+	devsync                    *devicesync.Service
+	registry                   *prometheus.Registry
+	m                          *serverMetrics
+	handler                    http.Handler
+	metrics                    http.Handler
 
 	fedMetrics  *federation.Metrics
 	housekeeper *federation.Housekeeper
@@ -74,7 +77,18 @@ type Options struct {
 	// Version is reported by todeviced_build_info ("dev" when empty) and to
 	// other servers.
 	Version string
+	// ReadHeaderTimeout and IdleTimeout override the API server's (tests;
+	// zero: readHeaderTimeout and idleTimeout).
+	ReadHeaderTimeout, IdleTimeout time.Duration
 }
+
+// The API server's timeouts: a request's header must arrive within
+// readHeaderTimeout of its first byte (of the connection, for a new one),
+// and a kept-alive connection may wait idleTimeout for its next request.
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
 
 // New opens the database (migrating it when configured) and builds the
 // server. Call Start to run background jobs, then Serve or use Handler.
@@ -162,8 +176,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, opts Options) (*Serv
 			adminRetryNow = s.sender.RetryNow
 		}
 	}
+	if opts.ReadHeaderTimeout <= 0 {
+		opts.ReadHeaderTimeout = readHeaderTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = idleTimeout
+	}
+	s.headerTimeout, s.idleTimeout = opts.ReadHeaderTimeout, opts.IdleTimeout
 	if cfg.ParkLongPolls {
-		s.parking = httpapi.NewParking(log, s.hub, opts.Parking)
+		pc := opts.Parking
+		if pc.Idle == 0 {
+			pc.Idle = opts.IdleTimeout
+		}
+		s.parking = httpapi.NewParking(log, s.hub, pc)
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "todeviced_http_parked_syncs",
 			Help: "HTTP/1.1 syncs whose connection the wake-up hub holds (--park-long-polls): waiting with no goroutine, or queued for a worker.",
@@ -335,7 +360,7 @@ func (s *Server) Serve(ctx context.Context) error {
 // listener: no metrics server).
 func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listener) error {
 	s.Start(ctx)
-	api := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	api := &http.Server{Handler: s.handler, ReadHeaderTimeout: s.headerTimeout, IdleTimeout: s.idleTimeout,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	// HTTP/1.1 and, for a reverse proxy that speaks it upstream (Envoy,
 	// Caddy, HAProxy), HTTP/2 without TLS (prior knowledge): many long-polls
@@ -353,7 +378,7 @@ func (s *Server) ServeListeners(ctx context.Context, apiLn, metricsLn net.Listen
 	}
 	go func() { errc <- api.Serve(apiLn) }()
 	if metricsLn != nil {
-		ms := &http.Server{Handler: s.metrics, ReadHeaderTimeout: 10 * time.Second}
+		ms := &http.Server{Handler: s.metrics, ReadHeaderTimeout: readHeaderTimeout}
 		servers = append(servers, ms)
 		go func() { errc <- ms.Serve(metricsLn) }()
 	}
