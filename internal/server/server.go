@@ -39,17 +39,18 @@ type Server struct {
 	hub     *wakeup.Hub
 	// parking holds HTTP/1.1 long-polls waiting without a goroutine (nil
 	// with --park-long-polls=false).
-	parking *httpapi.Parking
+	parking  *httpapi.Parking
+	inbox    *inbox.Service
+	devices  *devicelists.Service
+	devsync  *devicesync.Service
+	registry *prometheus.Registry
+	m        *serverMetrics
+	handler  http.Handler
+	metrics  http.Handler
+
 	// headerTimeout and idleTimeout are the API server's
 	// (Options.ReadHeaderTimeout, Options.IdleTimeout).
 	headerTimeout, idleTimeout time.Duration
-	inbox                      *inbox.Service
-	devices                    *devicelists.Service
-	devsync                    *devicesync.Service
-	registry                   *prometheus.Registry
-	m                          *serverMetrics
-	handler                    http.Handler
-	metrics                    http.Handler
 
 	fedMetrics  *federation.Metrics
 	housekeeper *federation.Housekeeper
@@ -83,8 +84,9 @@ type Options struct {
 }
 
 // The API server's timeouts: a request's header must arrive within
-// readHeaderTimeout of its first byte (of the connection, for a new one),
-// and a kept-alive connection may wait idleTimeout for its next request.
+// readHeaderTimeout (counted from the connection's start on a new one, from
+// the request's first byte on a kept-alive or handed-back one), and a
+// kept-alive connection may wait idleTimeout for its next request.
 const (
 	readHeaderTimeout = 10 * time.Second
 	idleTimeout       = 2 * time.Minute
