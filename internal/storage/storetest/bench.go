@@ -50,6 +50,14 @@ func PutBenchDevices(b *testing.B, devices devicelists.Store, n int, name func(k
 	return nids
 }
 
+// sendService opens a fresh database with n devices, the k-th named by
+// name, and returns the inbox service sending on it.
+func (t BenchTarget) sendService(b *testing.B, n int, name func(k int) (userID, deviceID string)) *inbox.Service {
+	s := t.Open(b)
+	PutBenchDevices(b, s.Devices(), n, name)
+	return inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
+}
+
 // bobsDevice is the k-th of one user's many devices.
 func bobsDevice(k int) (string, string) { return "@bob:example.org", fmt.Sprintf("D%05d", k) }
 
@@ -59,10 +67,8 @@ func bobsDevice(k int) (string, string) { return "@bob:example.org", fmt.Sprintf
 func BenchAccept(b *testing.B, t BenchTarget) {
 	for _, n := range FanOuts {
 		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
-			s := t.Open(b)
+			svc := t.sendService(b, n, bobsDevice)
 			ctx := context.Background()
-			PutBenchDevices(b, s.Devices(), n, bobsDevice)
-			svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
 			msgs := inbox.Messages{"@bob:example.org": {"*": BenchContent}}
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
@@ -86,10 +92,8 @@ const ConcurrentSenders = 8
 // messages per second; compare with a concurrent raw COPY of the same rows.
 func BenchAcceptConcurrent(b *testing.B, t BenchTarget) {
 	const devices = 100
-	s := t.Open(b)
+	svc := t.sendService(b, devices, bobsDevice)
 	ctx := context.Background()
-	PutBenchDevices(b, s.Devices(), devices, bobsDevice)
-	svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
 	msgs := inbox.Messages{"@bob:example.org": {"*": BenchContent}}
 	var next atomic.Int64
 	b.SetParallelism((ConcurrentSenders + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
@@ -140,10 +144,8 @@ func SmallFanOutRecipients(i, fanOut int) []inbox.LocalMessage {
 func BenchAcceptSmallFanOuts(b *testing.B, t BenchTarget) {
 	for _, fanOut := range SmallFanOuts {
 		b.Run(fmt.Sprintf("fanout=%d", fanOut), func(b *testing.B) {
-			s := t.Open(b)
+			svc := t.sendService(b, SmallFanOutDevices, SmallFanOutDevice)
 			ctx := context.Background()
-			PutBenchDevices(b, s.Devices(), SmallFanOutDevices, SmallFanOutDevice)
-			svc := inbox.New(inbox.Config{ServerName: "example.org", Store: s.Inbox()})
 			var next atomic.Int64
 			b.SetParallelism((ConcurrentSenders + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
 			b.ResetTimer()
