@@ -75,9 +75,10 @@ func newQuietDevices(hub *wakeup.Hub) *quietDevices {
 	return q
 }
 
-// woken is the hub's observer: it runs with the hub locked, after the
-// waiters were signalled, so a sync that registered before the wake-up was
-// signalled and one that registers after it finds its device unquiet.
+// woken is the hub's observer: it runs with the hub locked, before the
+// waiters are signalled (wakeup.Hub.Wake), so a sync woken by this wake-up
+// arms its device only after the device was forgotten here, and one that
+// registers after it finds its device unquiet.
 func (q *quietDevices) woken(keys []wakeup.Key) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
