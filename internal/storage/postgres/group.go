@@ -449,8 +449,8 @@ func scanRecorded(br pgx.BatchResults, fn func(bool, inbox.TxnKey)) error {
 	return rows.Err()
 }
 
-// scanTxnKeys reads rows of (user_id, device_id, event_type, txn_id[,
-// response]).
+// scanTxnKeys reads rows of (user_id, device_id, event_type, txn_id,
+// response).
 func scanTxnKeys(br pgx.BatchResults, fn func(inbox.TxnKey, []byte)) error {
 	rows, err := br.Query()
 	if err != nil {
@@ -460,8 +460,7 @@ func scanTxnKeys(br pgx.BatchResults, fn func(inbox.TxnKey, []byte)) error {
 	var k inbox.TxnKey
 	for rows.Next() {
 		var resp []byte
-		dest := []any{&k.UserID, &k.DeviceID, &k.EventType, &k.TxnID, &resp}
-		if err := rows.Scan(dest[:len(rows.FieldDescriptions())]...); err != nil {
+		if err := rows.Scan(&k.UserID, &k.DeviceID, &k.EventType, &k.TxnID, &resp); err != nil {
 			return err
 		}
 		fn(k, resp)
